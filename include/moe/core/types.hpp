@@ -1,0 +1,41 @@
+// Scalar, index and matrix aliases shared by every part of the library.
+#pragma once
+
+#include <cstdint>
+
+#include <Eigen/Core>
+
+namespace moe {
+
+/// Counts, offsets and slots: 64-bit, so T * k never overflows.
+using Index = Eigen::Index;
+
+/// Expert ids, as in Megatron-Core and PyTorch's `topk` indices (int32 there too).
+using ExpertId = std::int32_t;
+
+/// Token matrices: one token a row, row-major as in PyTorch.
+template <class S>
+using RowMatrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+template <class S>
+using Vector = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+
+/// `[T, k]` expert ids, row-major like the token matrices.
+using ExpertIdMatrix = Eigen::Matrix<ExpertId, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+using IndexVector = Eigen::Matrix<Index, Eigen::Dynamic, 1>;
+
+/// Read-only view over a caller's row-major matrix (or any compatible expression), without copying.
+template <class S>
+using ConstMatrixRef = Eigen::Ref<const RowMatrix<S>>;
+
+template <class S>
+using MatrixRef = Eigen::Ref<RowMatrix<S>>;
+
+template <class S>
+using ConstVectorRef = Eigen::Ref<const Vector<S>>;
+
+/// Training enables noise, jitter, and the statistics balancers accumulate; evaluation is deterministic.
+enum class Mode { train, eval };
+
+}  // namespace moe

@@ -1,0 +1,94 @@
+// RouterConfig: every option of the router, named after what it does, with each anchor system's
+// setting given by the presets in routing/presets.hpp.
+#pragma once
+
+#include "moe/core/error.hpp"
+#include "moe/core/types.hpp"
+
+namespace moe {
+
+/// How logits become scores. sigmoid as in DeepSeek-V3 and Megatron-Core's `sigmoid`.
+enum class ScoreFunction { softmax, sigmoid };
+
+/// Where softmax sits relative to top-k (Megatron-Core `moe_router_pre_softmax`).
+///  - softmax_then_topk: p = softmax over all E, keep the top k (Switch, Mixtral, Qwen, DeepSpeed).
+///  - topk_then_softmax: top k of the logits, softmax over those k (Megatron-Core's default).
+enum class SoftmaxOrder { softmax_then_topk, topk_then_softmax };
+
+/// Score of a group in group-limited routing: DeepSeek-V3 sums the group's top-2 scores, its
+/// bias-free variant and Megatron's num_groups == topk_group take the max.
+enum class GroupScore { sum_top2, max };
+
+/// What replaces the scores of experts in unselected groups: -inf (DeepSeek-V3, Megatron, torchtitan)
+/// or 0 (Hugging Face DeepSeek-V3, where a masked expert can still win if every kept score is < 0).
+enum class GroupMask { neg_inf, zero };
+
+/// Training-time noise; never applied in Mode::eval.
+///  - jitter: router input x *= U(1 - eps, 1 + eps), per element (Switch Transformer, HF, DeepSpeed).
+///  - noisy_topk: H = x W^T + N(0,1) * (softplus(x W_noise^T) + noise_epsilon) (Shazeer et al. 2017).
+enum class Noise { none, jitter, noisy_topk };
+
+struct RouterConfig {
+  Index num_experts = 8;
+  Index hidden = 0;  ///< d, the token width
+  Index top_k = 2;
+
+  ScoreFunction score = ScoreFunction::softmax;
+  SoftmaxOrder softmax_order = SoftmaxOrder::softmax_then_topk;
+
+  /// Divide the k selected weights by their sum (+ renormalize_epsilon). Mixtral, Qwen
+  /// norm_topk_prob, DeepSeek-V3 sigmoid. Implied by topk_then_softmax.
+  bool renormalize = false;
+  double renormalize_epsilon = 0.0;  ///< Megatron and HF DeepSeek-V3 use 1e-20; Mixtral 0
+  double scaling_factor = 1.0;       ///< DeepSeek-V3 routed_scaling_factor (2.5)
+
+  /// Group-limited top-k (DeepSeek-V3 n_group / topk_group): experts split in num_groups equal
+  /// groups, the best groups_selected groups kept, top-k taken inside them. 1 / 1 disables it.
+  Index num_groups = 1;
+  Index groups_selected = 1;
+  GroupScore group_score = GroupScore::sum_top2;
+  GroupMask group_mask = GroupMask::neg_inf;
+
+  bool linear_bias = false;  ///< logits = x W^T + b
+
+  Noise noise = Noise::none;
+  double jitter_epsilon = 1e-2;  ///< Switch / DeepSpeed default
+  double noise_epsilon = 1e-2;   ///< floor of the noisy-top-k standard deviation
+
+  bool groups_enabled() const noexcept { return num_groups > 1; }
+};
+
+/// Checks a RouterConfig; every message names the field.
+inline void validate(const RouterConfig& c) {
+  require(c.num_experts >= 1, "RouterConfig::num_experts", ">= 1", c.num_experts);
+  require(c.hidden >= 1, "RouterConfig::hidden", ">= 1", c.hidden);
+  require(c.top_k >= 1 && c.top_k <= c.num_experts, "RouterConfig::top_k",
+          detail::concat("1 <= top_k <= num_experts (", c.num_experts, ")"), c.top_k);
+  require(c.renormalize_epsilon >= 0.0, "RouterConfig::renormalize_epsilon", ">= 0",
+          c.renormalize_epsilon);
+  require(std::isfinite(c.scaling_factor) && c.scaling_factor > 0.0, "RouterConfig::scaling_factor",
+          "a finite value > 0", c.scaling_factor);
+  require(c.score == ScoreFunction::softmax || c.softmax_order == SoftmaxOrder::softmax_then_topk,
+          "RouterConfig::softmax_order", "softmax_then_topk with a sigmoid score", "topk_then_softmax");
+  require(c.num_groups >= 1, "RouterConfig::num_groups", ">= 1", c.num_groups);
+  require(c.num_experts % c.num_groups == 0, "RouterConfig::num_groups",
+          detail::concat("a divisor of num_experts (", c.num_experts, ")"), c.num_groups);
+  require(c.groups_selected >= 1 && c.groups_selected <= c.num_groups,
+          "RouterConfig::groups_selected",
+          detail::concat("1 <= groups_selected <= num_groups (", c.num_groups, ")"),
+          c.groups_selected);
+  if (c.groups_enabled()) {
+    const Index per_group = c.num_experts / c.num_groups;
+    require(c.groups_selected * per_group >= c.top_k, "RouterConfig::groups_selected",
+            detail::concat("groups_selected * experts per group (", per_group, ") >= top_k (",
+                           c.top_k, ")"),
+            c.groups_selected);
+    require(c.group_score != GroupScore::sum_top2 || per_group >= 2, "RouterConfig::group_score",
+            "max when a group has a single expert", "sum_top2");
+  }
+  require(c.jitter_epsilon >= 0.0 && c.jitter_epsilon < 1.0, "RouterConfig::jitter_epsilon",
+          "0 <= eps < 1", c.jitter_epsilon);
+  require(c.noise_epsilon >= 0.0, "RouterConfig::noise_epsilon", ">= 0", c.noise_epsilon);
+}
+
+}  // namespace moe
