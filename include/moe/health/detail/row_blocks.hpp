@@ -1,0 +1,34 @@
+// Row blocks for the health passes over [T, E]: each block fits in L1/L2, so the several
+// reductions over one block read memory once; per-block partials are combined in block order,
+// which keeps the result bitwise identical at any thread count.
+#pragma once
+
+#include <algorithm>
+
+#include "moe/core/detail/parallel.hpp"
+#include "moe/core/types.hpp"
+
+namespace moe::detail {
+
+/// Rows per block: 128 rows of 64 floats is 32 KiB.
+inline constexpr Index kHealthBlockRows = 128;
+
+inline Index health_block_count(Index rows) noexcept {
+  return (rows + kHealthBlockRows - 1) / kHealthBlockRows;
+}
+
+/// Calls body(block, first_row, row_count) for every block, in parallel when built with OpenMP.
+/// The body must not throw (an exception cannot leave an OpenMP region): record and raise after.
+template <class Body>
+void for_each_row_block(Index rows, Body&& body) {
+  parallel_for(0, health_block_count(rows), [&](Index b) {
+    const Index first = b * kHealthBlockRows;
+    body(b, first, std::min(kHealthBlockRows, rows - first));
+  });
+}
+
+/// A per-row column of at most one block, on the stack.
+template <class S>
+using BlockColumn = Eigen::Array<S, Eigen::Dynamic, 1, Eigen::ColMajor, kHealthBlockRows, 1>;
+
+}  // namespace moe::detail

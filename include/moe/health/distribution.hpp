@@ -1,0 +1,127 @@
+// What the router's probabilities say about one step: soft load, entropy of the mean routing
+// distribution, mean per-token entropy and mean top-1 probability, in one pass over [T, E].
+#pragma once
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "moe/core/error.hpp"
+#include "moe/core/types.hpp"
+#include "moe/health/detail/row_blocks.hpp"
+
+namespace moe {
+
+struct DistributionStats {
+  Eigen::VectorXd soft_load;        ///< [E] column sums of the probabilities (tokens_per_expert)
+  double normalized_entropy = 0.0;  ///< H(soft_load / sum) / log E; 1 when E = 1
+  double mean_token_entropy = 0.0;  ///< mean over tokens of H(p_t / sum_e p_te), in nats
+  double mean_top1 = 0.0;           ///< mean over tokens of max_e p_te (router confidence)
+  Index tokens = 0;                 ///< T
+  Index skipped_tokens = 0;         ///< rows with a non-finite entry, left out of all of the above
+};
+
+namespace detail {
+
+struct DistributionPartial {
+  double entropy = 0.0, top1 = 0.0;
+  Index skipped = 0;
+  Index negative_row = -1;  ///< first row holding a negative probability, -1 if none
+};
+
+template <class A>
+void accumulate_distribution(const A& a, Eigen::Ref<Eigen::RowVectorXd> colsum,
+                             DistributionPartial& out) {
+  using S = typename A::Scalar;
+  colsum = a.colwise().sum().template cast<double>();
+  const BlockColumn<S> row_sum = a.rowwise().sum();
+  // 0 log 0 = 0, the limit; the select also keeps zero rows (skipped tokens) at zero.
+  const BlockColumn<S> plogp = (a > S(0)).select(a * a.log(), S(0)).rowwise().sum();
+  // H(p / s) = log s - (sum p log p) / s, so rows that do not sum to one (sigmoid scores) are
+  // normalized without another pass.
+  const BlockColumn<S> entropy = (row_sum > S(0)).select(row_sum.log() - plogp / row_sum, S(0));
+  out.entropy = entropy.template cast<double>().sum();
+  out.top1 = a.rowwise().maxCoeff().template cast<double>().sum();
+}
+
+}  // namespace detail
+
+/// Soft load c_e = sum_t p_te (reference JAX check's tokens_per_expert); normalized entropy
+/// H(c / sum c) / log E; mean_t H(p_t) (fairseq `entropy_gating`); mean_t max_e p_te (flaxformer
+/// `router_confidence` over top-1). Rows with a NaN or infinite entry are counted in
+/// skipped_tokens and left out; a negative entry raises moe::Error.
+template <class P>
+DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities) {
+  using S = typename P::Scalar;
+  const auto& p = probabilities.derived();
+  const Index rows = p.rows(), experts = p.cols();
+  require(experts >= 1, "probabilities", "at least one column (expert)", experts);
+
+  const Index blocks = detail::health_block_count(rows);
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> colsums(blocks, experts);
+  std::vector<detail::DistributionPartial> partial(static_cast<std::size_t>(blocks));
+  detail::for_each_row_block(rows, [&](Index b, Index first, Index count) {
+    auto block = p.middleRows(first, count).array();
+    auto& out = partial[static_cast<std::size_t>(b)];
+    if (block.allFinite()) {
+      if ((block < S(0)).any()) {
+        for (Index r = 0; r < count && out.negative_row < 0; ++r)
+          if ((block.row(r) < S(0)).any()) out.negative_row = first + r;
+        return;
+      }
+      detail::accumulate_distribution(block, colsums.row(b), out);
+      return;
+    }
+    // Slow path, only for blocks holding a non-finite value: zero those rows and count them.
+    Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor, detail::kHealthBlockRows,
+                 Eigen::Dynamic>
+        copy = block;
+    for (Index r = 0; r < count; ++r) {
+      if (!copy.row(r).isFinite().all()) {
+        copy.row(r).setZero();
+        ++out.skipped;
+      } else if ((copy.row(r) < S(0)).any() && out.negative_row < 0) {
+        out.negative_row = first + r;
+      }
+    }
+    if (out.negative_row < 0) detail::accumulate_distribution(copy, colsums.row(b), out);
+  });
+
+  DistributionStats s;
+  s.tokens = rows;
+  s.soft_load = Eigen::VectorXd::Zero(experts);
+  double entropy = 0.0, top1 = 0.0;
+  for (Index b = 0; b < blocks; ++b) {
+    const auto& part = partial[static_cast<std::size_t>(b)];
+    if (part.negative_row >= 0) {
+      const Index r = part.negative_row;
+      Index c = 0;
+      while (c + 1 < experts && !(p(r, c) < S(0))) ++c;
+      detail::fail("probabilities", "entries >= 0",
+                   detail::concat(p(r, c), " at row ", r, ", column ", c));
+    }
+    s.soft_load += colsums.row(b).transpose();
+    entropy += part.entropy;
+    top1 += part.top1;
+    s.skipped_tokens += part.skipped;
+  }
+  const auto counted = static_cast<double>(rows - s.skipped_tokens);
+  s.mean_token_entropy = entropy / counted;  // NaN when no token was counted
+  s.mean_top1 = top1 / counted;
+
+  const double total = s.soft_load.sum();
+  if (experts == 1) {
+    s.normalized_entropy = 1.0;  // one expert: the only distribution there is, trivially uniform
+  } else if (total > 0.0) {
+    const Eigen::ArrayXd q = s.soft_load.array() / total;
+    const double h = -(q > 0.0).select(q * q.log(), 0.0).sum();
+    s.normalized_entropy = h / std::log(static_cast<double>(experts));
+  } else {
+    s.normalized_entropy = std::numeric_limits<double>::quiet_NaN();
+  }
+  return s;
+}
+
+}  // namespace moe
