@@ -75,9 +75,7 @@ DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities) {
       return;
     }
     // Slow path, only for blocks holding a non-finite value: zero those rows and count them.
-    Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor, detail::kHealthBlockRows,
-                 Eigen::Dynamic>
-        copy = block;
+    detail::BlockCopy<S> copy = block;
     for (Index r = 0; r < count; ++r) {
       if (!copy.row(r).isFinite().all()) {
         copy.row(r).setZero();

@@ -62,9 +62,7 @@ LogitStats logit_stats(const Eigen::DenseBase<Z>& logits) {
       detail::add_logsumexp(detail::row_logsumexp(block), out);
       return;
     }
-    Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor, detail::kHealthBlockRows,
-                 Eigen::Dynamic>
-        copy = block;
+    detail::BlockCopy<S> copy = block;
     detail::BlockColumn<bool> skip(count);
     for (Index r = 0; r < count; ++r) {
       const Index finite = copy.row(r).isFinite().count();

@@ -100,6 +100,7 @@ class HealthMonitor {
       : config_(std::move(config)), on_alert_(std::move(on_alert)) {
     validate(config_);
     layers_.resize(static_cast<std::size_t>(config_.num_layers));
+    for (auto& l : layers_) l.ema.fill(std::numeric_limits<double>::quiet_NaN());
   }
 
   const MonitorConfig& config() const noexcept { return config_; }
@@ -117,7 +118,6 @@ class HealthMonitor {
     if (l.counts.experts() == 0) {
       l.counts = HealthCounts(report.experts);
       l.cold_streak.assign(static_cast<std::size_t>(report.experts), 0);
-      l.ema.fill(std::numeric_limits<double>::quiet_NaN());
     }
     require(report.experts == l.counts.experts(), "report.experts",
             detail::concat(l.counts.experts(), " (the layer's first report)"), report.experts);

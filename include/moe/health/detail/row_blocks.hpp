@@ -27,8 +27,13 @@ void for_each_row_block(Index rows, Body&& body) {
   });
 }
 
-/// A per-row column of at most one block, on the stack.
+/// One value per row of a block. (Heap-allocated: a fixed-capacity array here trips GCC 12's
+/// -Wmaybe-uninitialized inside Eigen's packet loads; one allocation per 128 rows is noise.)
 template <class S>
-using BlockColumn = Eigen::Array<S, Eigen::Dynamic, 1, Eigen::ColMajor, kHealthBlockRows, 1>;
+using BlockColumn = Eigen::Array<S, Eigen::Dynamic, 1>;
+
+/// A copy of one block, for the slow path that zeroes rows holding non-finite values.
+template <class S>
+using BlockCopy = Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 }  // namespace moe::detail
