@@ -217,6 +217,10 @@ TEST_CASE("logit metrics, hand-worked", "[health]") {
   CHECK(r.logits->mean_logsumexp == Approx(a));
   CHECK(r.logits->mean_squared_logsumexp == Approx(b));
   CHECK(r.logits->nonfinite == 0);
+  // With logits, the per-token entropy is that of softmax(z) (fairseq entropy_gating).
+  const double h34 = -(0.75 * std::log(0.75) + 0.25 * std::log(0.25));
+  CHECK(r.logits->mean_entropy == Approx((3 * std::log(2.0) + h34) / 4));
+  CHECK(r.mean_token_entropy == r.logits->mean_entropy);
 
   SECTION("non-finite logits are counted and left out of the means") {
     const double nan = std::numeric_limits<double>::quiet_NaN();

@@ -32,28 +32,43 @@ struct DistributionPartial {
 };
 
 template <class A>
-void accumulate_distribution(const A& a, Eigen::Ref<Eigen::RowVectorXd> colsum,
+void accumulate_distribution(const A& a, bool token_entropy, Eigen::Ref<Eigen::RowVectorXd> colsum,
                              DistributionPartial& out) {
   using S = typename A::Scalar;
-  colsum = a.colwise().sum().template cast<double>();
-  const BlockColumn<S> row_sum = a.rowwise().sum();
-  // 0 log 0 = 0, the limit; the select also keeps zero rows (skipped tokens) at zero.
-  const BlockColumn<S> plogp = (a > S(0)).select(a * a.log(), S(0)).rowwise().sum();
-  // H(p / s) = log s - (sum p log p) / s, so rows that do not sum to one (sigmoid scores) are
-  // normalized without another pass.
-  const BlockColumn<S> entropy = (row_sum > S(0)).select(row_sum.log() - plogp / row_sum, S(0));
-  out.entropy = entropy.template cast<double>().sum();
-  out.top1 = a.rowwise().maxCoeff().template cast<double>().sum();
+  // Row by row so every reduction runs along contiguous memory in packets (Eigen 3.4 does not
+  // vectorize select() or a column broadcast across a row-major block).
+  Eigen::Array<S, 1, Eigen::Dynamic> sum = Eigen::Array<S, 1, Eigen::Dynamic>::Zero(a.cols());
+  // p log p with log(max(p, min normal)): 0 log 0 = 0, the limit, without a select; below the
+  // smallest normal float the term is under 1e-36 either way.
+  const S tiny = std::numeric_limits<S>::min();
+  double entropy = 0.0, top1 = 0.0;
+  for (Index r = 0; r < a.rows(); ++r) {
+    const auto row = a.row(r);
+    sum += row;
+    top1 += double(row.maxCoeff());
+    if (!token_entropy) continue;
+    const S row_sum = row.sum();
+    const S plogp = (row * row.max(tiny).log()).sum();
+    // H(p / s) = log s - (sum p log p) / s: rows that do not sum to one (sigmoid scores) are
+    // normalized without another pass.
+    if (row_sum > S(0)) entropy += std::log(double(row_sum)) - double(plogp) / double(row_sum);
+  }
+  colsum = sum.template cast<double>().matrix();
+  out.entropy = entropy;
+  out.top1 = top1;
 }
 
 }  // namespace detail
 
 /// Soft load c_e = sum_t p_te (reference JAX check's tokens_per_expert); normalized entropy
-/// H(c / sum c) / log E; mean_t H(p_t) (fairseq `entropy_gating`); mean_t max_e p_te (flaxformer
-/// `router_confidence` over top-1). Rows with a NaN or infinite entry are counted in
-/// skipped_tokens and left out; a negative entry raises moe::Error.
+/// H(c / sum c) / log E; mean_t H(p_t / sum p_t) (fairseq `entropy_gating` over probabilities);
+/// mean_t max_e p_te (flaxformer `router_confidence` over top-1). Rows with a NaN or infinite
+/// entry are counted in skipped_tokens and left out; a negative entry raises moe::Error.
+/// `token_entropy = false` skips the one logarithm per entry (mean_token_entropy is then NaN),
+/// for callers that take the entropy from the logits (logit_stats) instead.
 template <class P>
-DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities) {
+DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities,
+                                     bool token_entropy = true) {
   using S = typename P::Scalar;
   const auto& p = probabilities.derived();
   const Index rows = p.rows(), experts = p.cols();
@@ -65,13 +80,13 @@ DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities) {
   detail::for_each_row_block(rows, [&](Index b, Index first, Index count) {
     auto block = p.middleRows(first, count).array();
     auto& out = partial[static_cast<std::size_t>(b)];
-    if (block.allFinite()) {
-      if ((block < S(0)).any()) {
+    if (detail::all_finite(block)) {
+      if (block.size() > 0 && block.minCoeff() < S(0)) {
         for (Index r = 0; r < count && out.negative_row < 0; ++r)
           if ((block.row(r) < S(0)).any()) out.negative_row = first + r;
         return;
       }
-      detail::accumulate_distribution(block, colsums.row(b), out);
+      detail::accumulate_distribution(block, token_entropy, colsums.row(b), out);
       return;
     }
     // Slow path, only for blocks holding a non-finite value: zero those rows and count them.
@@ -84,7 +99,8 @@ DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities) {
         out.negative_row = first + r;
       }
     }
-    if (out.negative_row < 0) detail::accumulate_distribution(copy, colsums.row(b), out);
+    if (out.negative_row < 0)
+      detail::accumulate_distribution(copy, token_entropy, colsums.row(b), out);
   });
 
   DistributionStats s;
@@ -106,7 +122,8 @@ DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities) {
     s.skipped_tokens += part.skipped;
   }
   const auto counted = static_cast<double>(rows - s.skipped_tokens);
-  s.mean_token_entropy = entropy / counted;  // NaN when no token was counted
+  s.mean_token_entropy = token_entropy ? entropy / counted  // NaN when no token was counted
+                                       : std::numeric_limits<double>::quiet_NaN();
   s.mean_top1 = top1 / counted;
 
   const double total = s.soft_load.sum();

@@ -34,9 +34,9 @@ namespace detail {
 
 template <class P>
 HealthReport report_from(const Eigen::DenseBase<P>& probabilities, const IndexVector& hard_counts,
-                         Index top_k, const HealthConfig& config) {
+                         Index top_k, const HealthConfig& config, bool token_entropy = true) {
   const Index tokens = probabilities.rows(), experts = probabilities.cols();
-  DistributionStats d = distribution_stats(probabilities);
+  DistributionStats d = distribution_stats(probabilities, token_entropy);
   HealthReport r;
   r.tokens = tokens;
   r.experts = experts;
@@ -78,13 +78,25 @@ HealthReport health_report(const Eigen::DenseBase<P>& probabilities,
 }
 
 /// Health of one router step: soft loads from `routing.scores`, hard loads from
-/// `routing.expert_ids`, logit metrics from `routing.logits` when it is not empty.
+/// `routing.expert_ids`, logit metrics from `routing.logits` when it is not empty. With logits,
+/// mean_token_entropy is H(softmax(logits)) (fairseq `entropy_gating`), taken from the
+/// exponentials the logsumexp computes anyway, so the probabilities need no logarithm; without,
+/// it is the entropy of the normalized score rows.
 template <class S>
 HealthReport health_report(const Routing<S>& routing, const HealthConfig& config = {}) {
-  HealthReport r = health_report(routing.scores, routing.expert_ids, config);
-  if (routing.logits.size() > 0) {
-    require_shape(routing.logits, "routing.logits", routing.scores.rows(), routing.scores.cols());
+  validate(config);
+  const auto& p = routing.scores;
+  require(p.cols() >= 1, "routing.scores", "at least one column (expert)", p.cols());
+  require(routing.expert_ids.cols() >= 1, "routing.expert_ids", "at least one column (k >= 1)",
+          routing.expert_ids.cols());
+  require_shape(routing.expert_ids, "routing.expert_ids", p.rows(), -1);
+  const bool with_logits = routing.logits.size() > 0;
+  if (with_logits) require_shape(routing.logits, "routing.logits", p.rows(), p.cols());
+  HealthReport r = detail::report_from(p, hard_load(routing.expert_ids, p.cols()),
+                                       routing.expert_ids.cols(), config, !with_logits);
+  if (with_logits) {
     r.logits = logit_stats(routing.logits);
+    r.mean_token_entropy = r.logits->mean_entropy;
   }
   return r;
 }

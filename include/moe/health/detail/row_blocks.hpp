@@ -27,6 +27,13 @@ void for_each_row_block(Index rows, Body&& body) {
   });
 }
 
+/// True when every entry is finite: x - x is 0 for finite x and NaN otherwise, and a sum of
+/// packets is vectorized where Eigen 3.4's allFinite() walks coefficient by coefficient.
+template <class A>
+bool all_finite(const A& a) {
+  return (a - a).sum() == typename A::Scalar(0);
+}
+
 /// One value per row of a block. (Heap-allocated: a fixed-capacity array here trips GCC 12's
 /// -Wmaybe-uninitialized inside Eigen's packet loads; one allocation per 128 rows is noise.)
 template <class S>
