@@ -377,14 +377,14 @@ TEST_CASE("counts merge by plain sums, across monitors and through a flat buffer
   CHECK(merged.hard_stats().max_vio == Approx(0.25));
 
   const auto flat = merged.pack();
-  CHECK(flat.size() == 10 + 4 * 4);
+  CHECK(flat.size() == 9 + 4 * 4);
   const auto back = moe::HealthCounts::unpack(flat);
   CHECK(back.pack() == flat);
   CHECK(back.hard_load == merged.hard_load);
   // Sum-reducing two packed buffers equals merging.
   auto a = rank0.counts(0).pack();
   const auto b = rank1.counts(0).pack();
-  for (std::size_t i = 0; i < a.size(); ++i) a[i] += (i == 9 ? 0 : b[i]);  // E is not summed
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] += b[i];
   CHECK(moe::HealthCounts::unpack(a).pack() == flat);
 }
 
@@ -574,6 +574,7 @@ TEST_CASE("monitor and export input checks", "[health][errors]") {
   expect_error([&] { monitor.ema(1); }, "layer");
   expect_error([&] { moe::health_metric_index("no_such_metric"); }, "name");
   expect_error([&] { moe::HealthCounts::unpack({1, 2, 3}); }, "flat");
+  expect_error([&] { moe::HealthCounts::unpack(std::vector<double>(11, 0.0)); }, "flat");
   moe::HealthCounts two(2), three(3);
   expect_error([&] { two.merge(three); }, "other.experts()");
   moe::SvgHeatmapOptions options;

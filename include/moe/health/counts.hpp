@@ -77,8 +77,9 @@ struct HealthCounts {
     skipped_tokens += o.skipped_tokens;
   }
 
-  /// Flat buffer of 10 + 4 E doubles (exact for counts below 2^53), for a sum all-reduce
-  /// (e.g. MPI_Allreduce with MPI_DOUBLE and MPI_SUM) followed by unpack.
+  /// Flat buffer of 9 + 4 E doubles (exact for counts below 2^53) whose element-wise sum over
+  /// processes is the packed merge: sum-all-reduce it (e.g. MPI_Allreduce with MPI_DOUBLE and
+  /// MPI_SUM), then unpack. E is implied by the length.
   std::vector<double> pack() const {
     std::vector<double> out = {double(steps),
                                double(tokens),
@@ -88,8 +89,7 @@ struct HealthCounts {
                                double(capacity_tokens),
                                double(tokens_without_expert),
                                double(nonfinite_logits),
-                               double(skipped_tokens),
-                               double(experts())};
+                               double(skipped_tokens)};
     for (const IndexVector* v : {&hard_load, &kept, &dropped})
       for (Index e = 0; e < experts(); ++e) out.push_back(static_cast<double>((*v)[e]));
     for (Index e = 0; e < experts(); ++e) out.push_back(soft_load[e]);
@@ -97,12 +97,9 @@ struct HealthCounts {
   }
 
   static HealthCounts unpack(const std::vector<double>& flat) {
-    require(flat.size() >= 10, "flat", "at least 10 values", flat.size());
-    const double e_value = flat[9];
-    require(e_value >= 0.0 && std::floor(e_value) == e_value &&
-                flat.size() == 10 + 4 * static_cast<std::size_t>(e_value),
-            "flat", "10 + 4 E values with E stored at position 9", flat.size());
-    const auto experts = static_cast<Index>(e_value);
+    require(flat.size() >= 9 && (flat.size() - 9) % 4 == 0, "flat", "9 + 4 E values",
+            flat.size());
+    const auto experts = static_cast<Index>((flat.size() - 9) / 4);
     HealthCounts c(experts);
     const auto at = [&](std::size_t i) { return static_cast<Index>(std::llround(flat[i])); };
     c.steps = at(0);
@@ -114,7 +111,7 @@ struct HealthCounts {
     c.tokens_without_expert = at(6);
     c.nonfinite_logits = at(7);
     c.skipped_tokens = at(8);
-    std::size_t i = 10;
+    std::size_t i = 9;
     for (IndexVector* v : {&c.hard_load, &c.kept, &c.dropped})
       for (Index e = 0; e < experts; ++e) (*v)[e] = at(i++);
     for (Index e = 0; e < experts; ++e) c.soft_load[e] = flat[i++];
