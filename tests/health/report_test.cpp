@@ -230,6 +230,12 @@ TEST_CASE("logit metrics, hand-worked", "[health]") {
     CHECK(rn.logits->nonfinite == 3);
     CHECK(rn.logits->skipped_tokens == 2);
     CHECK(rn.logits->mean_logsumexp == Approx((std::log(2.0) + std::log(4.0)) / 2));
+    // A lone -inf (which a masked router could produce) is non-finite too, not a zero weight.
+    routing.logits << 0, 0, -inf, 0, 0, 0, 0, 0;
+    const auto rm = moe::health_report(routing);
+    CHECK(rm.logits->nonfinite == 1);
+    CHECK(rm.logits->skipped_tokens == 1);
+    CHECK(rm.logits->mean_logsumexp == Approx(std::log(2.0)));
   }
 }
 
@@ -399,6 +405,9 @@ TEST_CASE("edge cases: no tokens, one expert, k = E, huge logits, non-finite pro
     const auto ref = moe::test::ref_soft_load(moe::test::to_ref(p), 4);
     CHECK(r.soft.load.isApprox(Eigen::Map<const Eigen::VectorXd>(ref.data(), 4)));
     CHECK(r.mean_top1 == Approx(moe::test::ref_tokens(moe::test::to_ref(p)).mean_top1));
+    // -inf is skipped as non-finite, not rejected as negative.
+    p(6, 0) = -std::numeric_limits<double>::infinity();
+    CHECK(moe::health_report(p, 1).skipped_tokens == 3);
   }
 }
 

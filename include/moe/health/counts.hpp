@@ -97,8 +97,7 @@ struct HealthCounts {
   }
 
   static HealthCounts unpack(const std::vector<double>& flat) {
-    require(flat.size() >= 9 && (flat.size() - 9) % 4 == 0, "flat", "9 + 4 E values",
-            flat.size());
+    require(flat.size() >= 9 && (flat.size() - 9) % 4 == 0, "flat", "9 + 4 E values", flat.size());
     const auto experts = static_cast<Index>((flat.size() - 9) / 4);
     HealthCounts c(experts);
     const auto at = [&](std::size_t i) { return static_cast<Index>(std::llround(flat[i])); };

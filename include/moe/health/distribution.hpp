@@ -80,16 +80,17 @@ DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities,
   detail::for_each_row_block(rows, [&](Index b, Index first, Index count) {
     auto block = p.middleRows(first, count).array();
     auto& out = partial[static_cast<std::size_t>(b)];
-    if (detail::all_finite(block)) {
-      if (block.size() > 0 && block.minCoeff() < S(0)) {
+    // Fast path: a NaN or infinity anywhere in the block makes a column sum non-finite (finite
+    // probabilities cannot overflow a sum), so no separate finiteness sweep is needed.
+    detail::accumulate_distribution(block, token_entropy, colsums.row(b), out);
+    if (detail::all_finite(colsums.row(b)) && std::isfinite(out.entropy)) {
+      if (block.minCoeff() < S(0))
         for (Index r = 0; r < count && out.negative_row < 0; ++r)
           if ((block.row(r) < S(0)).any()) out.negative_row = first + r;
-        return;
-      }
-      detail::accumulate_distribution(block, token_entropy, colsums.row(b), out);
       return;
     }
     // Slow path, only for blocks holding a non-finite value: zero those rows and count them.
+    out = detail::DistributionPartial{};
     detail::BlockCopy<S> copy = block;
     for (Index r = 0; r < count; ++r) {
       if (!copy.row(r).isFinite().all()) {

@@ -66,10 +66,11 @@ LogitStats logit_stats(const Eigen::DenseBase<Z>& logits) {
   detail::for_each_row_block(rows, [&](Index b, Index first, Index count) {
     auto block = z.middleRows(first, count).array();
     auto& out = partial[static_cast<std::size_t>(b)];
-    if (detail::all_finite(block)) {
-      detail::add_logit_rows(block, detail::BlockColumn<bool>(), out);
-      return;
-    }
+    // Fast path: a row holding a NaN or infinity gives a NaN logsumexp or entropy (inf - inf,
+    // 0 * -inf), and a finite row never does, so the sums tell whether the block was clean.
+    detail::add_logit_rows(block, detail::BlockColumn<bool>(), out);
+    if (std::isfinite(out.lse) && std::isfinite(out.entropy)) return;
+    out = detail::LogitPartial{};
     detail::BlockColumn<bool> skip(count);
     for (Index r = 0; r < count; ++r) {
       const Index finite = block.row(r).isFinite().count();
