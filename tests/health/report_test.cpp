@@ -222,6 +222,21 @@ TEST_CASE("logit metrics, hand-worked", "[health]") {
   CHECK(r.logits->mean_entropy == Approx((3 * std::log(2.0) + h34) / 4));
   CHECK(r.mean_token_entropy == r.logits->mean_entropy);
 
+  SECTION("rows far below the block's maximum keep full precision") {
+    routing.logits << 100, 100, -100, -100, 0, std::log(3.0), -200, -200;
+    const auto rf = moe::health_report(routing);
+    CHECK(rf.logits->mean_logsumexp ==
+          Approx((100 + std::log(2.0) - 100 + std::log(2.0) + std::log(4.0) - 200 + std::log(2.0)) /
+                 4));
+    CHECK(rf.logits->mean_entropy == Approx((3 * std::log(2.0) + h34) / 4));
+    CHECK(rf.logits->nonfinite == 0);
+    // In float, e^-100 is below the normal range: the block falls back to per-row shifts.
+    RowMatrix<float> zf(2, 2);
+    zf << 40, 40, -60, -60;
+    const auto lf = moe::logit_stats(zf);
+    CHECK(lf.mean_logsumexp == Approx((40 + std::log(2.0) - 60 + std::log(2.0)) / 2).epsilon(1e-6));
+    CHECK(lf.mean_entropy == Approx(std::log(2.0)).epsilon(1e-6));
+  }
   SECTION("non-finite logits are counted and left out of the means") {
     const double nan = std::numeric_limits<double>::quiet_NaN();
     const double inf = std::numeric_limits<double>::infinity();

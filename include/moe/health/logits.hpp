@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -29,25 +30,58 @@ struct LogitPartial {
   Index nonfinite = 0, skipped = 0;
 };
 
-/// Adds the rows of block `z` not flagged in `skip` (empty: none skipped). Row by row, so exp
-/// runs in packets along contiguous memory; with e = exp(z - m) and s = sum e, lse = m + log s
-/// and H(softmax z) = log s - sum e (z - m) / s come from the same exponentials.
+/// Adds lse and entropy of each row from e = exp(z - shift) with s = sum e: lse = shift + log s,
+/// H(softmax z) = log s - sum e (z - shift) / s (the same exponentials give both).
+template <class S>
+void add_row_sums(const BlockColumn<S>& shift, const BlockColumn<S>& sum, const BlockColumn<S>& dot,
+                  LogitPartial& out) {
+  const BlockColumn<S> log_sum = sum.log();
+  const Eigen::ArrayXd lse = (shift + log_sum).template cast<double>();
+  out.lse = lse.sum();
+  out.lse2 = lse.square().sum();
+  out.entropy = (log_sum - dot / sum).template cast<double>().sum();
+}
+
+/// Fast path: one shift for the whole block (its maximum), so subtraction and exp run over the
+/// block as one array. Returns false, adding nothing, when a row's sum came out non-finite or
+/// so small that it lost precision (a row far below the block's maximum): the caller then takes
+/// the row-by-row path.
+template <class A>
+bool add_logit_block(const A& z, LogitPartial& out) {
+  using S = typename A::Scalar;
+  using Block = Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  if (z.rows() == 0) return true;
+  const S shift = z.maxCoeff();
+  const Block shifted = z - shift;
+  const Block e = shifted.exp();
+  const BlockColumn<S> sum = e.rowwise().sum();
+  const BlockColumn<S> dot = (e * shifted).rowwise().sum();
+  // Sums above min/epsilon keep every term that matters far from the subnormal range.
+  const S smallest = std::numeric_limits<S>::min() / std::numeric_limits<S>::epsilon();
+  if (!(sum.minCoeff() >= smallest) || !all_finite(dot)) return false;
+  add_row_sums<S>(BlockColumn<S>::Constant(z.rows(), shift), sum, dot, out);
+  return true;
+}
+
+/// Row-by-row path, each row shifted by its own maximum; rows flagged in `skip` add nothing.
 template <class A>
 void add_logit_rows(const A& z, const BlockColumn<bool>& skip, LogitPartial& out) {
   using S = typename A::Scalar;
+  const Index rows = z.rows();
+  BlockColumn<S> max(rows), sum(rows), dot(rows);
   Eigen::Array<S, 1, Eigen::Dynamic> shifted(z.cols()), e(z.cols());
-  for (Index r = 0; r < z.rows(); ++r) {
-    if (skip.size() > 0 && skip[r]) continue;
-    const S m = z.row(r).maxCoeff();
-    shifted = z.row(r) - m;
+  for (Index r = 0; r < rows; ++r) {
+    if (skip[r]) {
+      max[r] = S(0), sum[r] = S(1), dot[r] = S(0);  // lse = 0 and H = 0: adds nothing
+      continue;
+    }
+    max[r] = z.row(r).maxCoeff();
+    shifted = z.row(r) - max[r];
     e = shifted.exp();
-    const double sum = double(e.sum());
-    const double log_sum = std::log(sum);
-    const double lse = double(m) + log_sum;
-    out.lse += lse;
-    out.lse2 += lse * lse;
-    out.entropy += log_sum - double((e * shifted).sum()) / sum;
+    sum[r] = e.sum();
+    dot[r] = (e * shifted).sum();
   }
+  add_row_sums(max, sum, dot, out);
 }
 
 }  // namespace detail
@@ -66,11 +100,9 @@ LogitStats logit_stats(const Eigen::DenseBase<Z>& logits) {
   detail::for_each_row_block(rows, [&](Index b, Index first, Index count) {
     auto block = z.middleRows(first, count).array();
     auto& out = partial[static_cast<std::size_t>(b)];
-    // Fast path: a row holding a NaN or infinity gives a NaN logsumexp or entropy (inf - inf,
-    // 0 * -inf), and a finite row never does, so the sums tell whether the block was clean.
-    detail::add_logit_rows(block, detail::BlockColumn<bool>(), out);
-    if (std::isfinite(out.lse) && std::isfinite(out.entropy)) return;
-    out = detail::LogitPartial{};
+    // A NaN or infinity gives a NaN sum (inf - inf, 0 * -inf) and a finite row never does, so
+    // the fast path needs no separate finiteness sweep.
+    if (detail::add_logit_block(block, out)) return;
     detail::BlockColumn<bool> skip(count);
     for (Index r = 0; r < count; ++r) {
       const Index finite = block.row(r).isFinite().count();
