@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 #include <Eigen/Core>
@@ -13,6 +12,7 @@
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/health/config.hpp"
+#include "moe/routing/topk.hpp"
 
 namespace moe {
 
@@ -98,32 +98,28 @@ IndexVector hard_load(const Eigen::DenseBase<Ids>& expert_ids, Index num_experts
   return counts;
 }
 
-/// Hard load of the top-k of each row of `probabilities` [T, E]: equal scores go to the lower
-/// expert index, NaN ranks below everything.
+/// Hard load of the top-k of each row of `probabilities` [T, E], selected by moe::top_k (ties to
+/// the lower expert index); a NaN ranks below everything, as -inf.
 template <class P>
 IndexVector topk_load(const Eigen::DenseBase<P>& probabilities, Index top_k) {
+  using S = typename P::Scalar;
   const auto& p = probabilities.derived();
   const Index experts = p.cols();
   require(experts >= 1, "probabilities", "at least one column (expert)", experts);
   require(top_k >= 1 && top_k <= experts, "top_k",
           detail::concat("1 <= top_k <= number of experts (", experts, ")"), top_k);
   IndexVector counts = IndexVector::Zero(experts);
-  std::vector<Index> order(static_cast<std::size_t>(experts));
-  std::vector<double> key(static_cast<std::size_t>(experts));
+  Eigen::Array<S, 1, Eigen::Dynamic> row(experts);
+  std::vector<ExpertId> ids(static_cast<std::size_t>(top_k));
+  std::vector<S> selected(static_cast<std::size_t>(top_k));
   for (Index t = 0; t < p.rows(); ++t) {
+    // A contiguous copy (the input may be strided) without NaN, which moe::top_k does not take.
     for (Index e = 0; e < experts; ++e) {
-      const auto v = static_cast<double>(p(t, e));
-      key[static_cast<std::size_t>(e)] =
-          std::isnan(v) ? -std::numeric_limits<double>::infinity() : v;
+      const S v = p(t, e);
+      row[e] = std::isnan(v) ? -std::numeric_limits<S>::infinity() : v;
     }
-    std::iota(order.begin(), order.end(), Index{0});
-    // A strict weak order (value descending, then index ascending) makes the selected set unique.
-    std::nth_element(
-        order.begin(), order.begin() + (top_k - 1), order.end(), [&](Index a, Index b) {
-          const double ka = key[static_cast<std::size_t>(a)], kb = key[static_cast<std::size_t>(b)];
-          return ka > kb || (ka == kb && a < b);
-        });
-    for (Index j = 0; j < top_k; ++j) ++counts[order[static_cast<std::size_t>(j)]];
+    moe::top_k(row.data(), experts, top_k, ids.data(), selected.data());
+    for (ExpertId e : ids) ++counts[e];
   }
   return counts;
 }
