@@ -7,6 +7,10 @@
 
 #include <unsupported/Eigen/CXX11/Tensor>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include "moe/core/random.hpp"
 #include "moe/health/report.hpp"
 #include "moe/health/tensor.hpp"
@@ -424,6 +428,27 @@ TEST_CASE("edge cases: no tokens, one expert, k = E, huge logits, non-finite pro
     p(6, 0) = -std::numeric_limits<double>::infinity();
     CHECK(moe::health_report(p, 1).skipped_tokens == 3);
   }
+}
+
+TEST_CASE("same bits at any thread count", "[health][determinism]") {
+  moe::Routing<float> routing;
+  routing.logits = random_logits<float>(3000, 64, 77, 3, false);
+  routing.scores = softmax_rows(routing.logits);
+  routing.expert_ids = moe::ExpertIdMatrix::Zero(3000, 1);
+  const auto report_at = [&](int threads) {
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#else
+    (void)threads;  // built without OpenMP: one thread, and the same call twice
+#endif
+    return moe::health_report(routing);
+  };
+  const auto a = report_at(1), b = report_at(2);
+  CHECK(a.soft.load == b.soft.load);  // exact, not approximate
+  CHECK(a.mean_top1 == b.mean_top1);
+  CHECK(a.normalized_entropy == b.normalized_entropy);
+  CHECK(a.mean_token_entropy == b.mean_token_entropy);
+  CHECK(a.logits->mean_logsumexp == b.logits->mean_logsumexp);
 }
 
 TEST_CASE("bad input raises moe::Error naming the argument", "[health][errors]") {
