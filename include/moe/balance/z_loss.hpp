@@ -1,0 +1,52 @@
+// Router z-loss (ST-MoE): penalizes large logits so the router's softmax stays in a range where
+// rounding does not decide routing.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "moe/balance/loss_result.hpp"
+#include "moe/balance/token_mask.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/types.hpp"
+
+namespace moe {
+
+/// L = b * sum_{t real} logsumexp(z_t)^2 / max(n_real, 1) (ST-MoE; Megatron-Core z_loss_func with
+/// its padding mask); grad_tj = 2 b lse_t softmax(z_t)_j / max(n_real, 1), zero on padding rows.
+/// For RouterUpstream::logits. Without a mask this is HF Switch's and flaxformer's sum / (G T).
+template <class Derived>
+LossGradient<typename Derived::Scalar> router_z_loss(const Eigen::MatrixBase<Derived>& logits,
+                                                     double coefficient,
+                                                     const TokenMask& mask = TokenMask()) {
+  using S = typename Derived::Scalar;
+  const ConstMatrixRef<S> z(logits.derived());
+  require(std::isfinite(coefficient) && coefficient >= 0.0, "coefficient", "a finite value >= 0",
+          coefficient);
+  require(z.cols() >= 1, "logits", "at least one expert column", z.cols());
+  detail::require_token_mask(mask, z.rows(), "mask");
+  require_finite(z, "logits");
+
+  const double n =
+      static_cast<double>(std::max<Index>(1, detail::count_real_tokens(mask, z.rows())));
+  LossGradient<S> out;
+  out.grad = RowMatrix<S>::Zero(z.rows(), z.cols());
+  double total = 0;
+  for (Index t = 0; t < z.rows(); ++t) {
+    if (!detail::is_real_token(mask, t)) continue;
+    double m = -std::numeric_limits<double>::infinity();
+    for (Index e = 0; e < z.cols(); ++e) m = std::max(m, static_cast<double>(z(t, e)));
+    double sum = 0;
+    for (Index e = 0; e < z.cols(); ++e) sum += std::exp(static_cast<double>(z(t, e)) - m);
+    const double lse = m + std::log(sum);
+    total += lse * lse;
+    const double scale = 2.0 * coefficient * lse / n;
+    for (Index e = 0; e < z.cols(); ++e)
+      out.grad(t, e) = static_cast<S>(scale * std::exp(static_cast<double>(z(t, e)) - m) / sum);
+  }
+  out.value = static_cast<S>(coefficient * total / n);
+  return out;
+}
+
+}  // namespace moe
