@@ -237,4 +237,24 @@ inline std::vector<double> smooth_load(const Mat& clean, const Mat& noisy, const
   return load;
 }
 
+/// One aux-loss-free update: e_i = mean(load) - load_i; rule 0: b += u sign(e) (paper, Megatron);
+/// 1: the same minus its mean (torchtitan); 2: b += u e / mean(load).
+inline std::vector<double> bias_update(std::vector<double> bias, const std::vector<double>& load,
+                                       double u, int rule) {
+  double mean = 0;
+  for (double c : load) mean += c / load.size();
+  std::vector<double> delta(load.size());
+  for (std::size_t i = 0; i < load.size(); ++i) {
+    const double e = mean - load[i];
+    delta[i] = rule == 2 ? u * e / mean : u * (e > 0 ? 1.0 : (e < 0 ? -1.0 : 0.0));
+  }
+  if (rule == 1) {
+    double m = 0;
+    for (double d : delta) m += d / delta.size();
+    for (double& d : delta) d -= m;
+  }
+  for (std::size_t i = 0; i < bias.size(); ++i) bias[i] += delta[i];
+  return bias;
+}
+
 }  // namespace moe::ref
