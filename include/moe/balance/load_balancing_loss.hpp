@@ -239,11 +239,11 @@ inline double aux_loss_from_counts(const RowMatrix<double>& scores, const RowMat
 /// selection. Returns the value and fills grad = dL/d(scores used).
 /// `adjust_counts(counts)` may replace this batch's counts before the loss is formed (the
 /// global-batch loss substitutes its running average there).
-template <class SelectionScores, class AdjustCounts>
-double aux_loss_core(const RowMatrix<double>& used_scores, const SelectionScores& selection_scores,
-                     const ExpertIdMatrix& expert_ids, const AuxLossConfig& config,
-                     const TokenMask& mask, const ChoiceMask& kept, AdjustCounts&& adjust_counts,
-                     RowMatrix<double>& grad) {
+template <class AdjustCounts>
+double aux_loss_core(const RowMatrix<double>& used_scores,
+                     const RowMatrix<double>& selection_scores, const ExpertIdMatrix& expert_ids,
+                     const AuxLossConfig& config, const TokenMask& mask, const ChoiceMask& kept,
+                     AdjustCounts&& adjust_counts, RowMatrix<double>& grad) {
   validate(config);
   const Index num_tokens = used_scores.rows(), num_experts = used_scores.cols();
   require(num_experts >= 1, "scores", "at least one expert column", num_experts);
@@ -257,7 +257,7 @@ double aux_loss_core(const RowMatrix<double>& used_scores, const SelectionScores
   if (config.selection == AuxSelection::recomputed) {
     require(expert_ids.size() == 0, "expert_ids",
             "empty when AuxLossConfig::selection is recomputed", "a selection");
-    recomputed = top_k_rows(selection_scores, config.top_k);
+    recomputed = top_k_rows<double>(selection_scores, config.top_k);
     ids = &recomputed;
   } else {
     require_expert_ids(expert_ids, num_tokens, config.top_k, num_experts, "expert_ids");

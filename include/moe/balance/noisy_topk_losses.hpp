@@ -154,7 +154,7 @@ NoisyLoadLossGradient<typename D1::Scalar> noisy_topk_load_loss(
           "a value <= 0 or not finite");
 
   // Per token: the experts at ranks k and k + 1 of the noisy logits (ties to the lower index).
-  const ExpertIdMatrix ranked = detail::top_k_rows(h, top_k + 1);
+  const ExpertIdMatrix ranked = detail::top_k_rows<S>(h, top_k + 1);
   auto threshold_expert = [&](Index t, Index e) -> Index {
     const ExpertId in = ranked(t, top_k), out = ranked(t, top_k - 1);
     return static_cast<double>(h(t, e)) > static_cast<double>(h(t, in)) ? in : out;

@@ -1,6 +1,6 @@
-// Score transforms the balancing losses define for themselves (softmax, sigmoid, division by the
-// row sum) with their backward passes, and the checks on expert ids. Row math runs in double so
-// that float and double inputs lose nothing before the final cast.
+// Score transforms the balancing losses define for themselves (the router's softmax or sigmoid,
+// division by the row sum) with their backward passes, and the checks on expert ids. The losses
+// work in double so that float and double inputs lose nothing before the final cast.
 #pragma once
 
 #include <algorithm>
@@ -11,64 +11,28 @@
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/routing/config.hpp"
+#include "moe/routing/scoring.hpp"
+#include "moe/routing/topk.hpp"
 
 namespace moe::detail {
 
-/// softmax over each row, max-subtracted.
+/// Scores of `fn` over all experts, computed in double.
 template <class S>
-RowMatrix<double> softmax_rows(const ConstMatrixRef<S>& logits) {
-  RowMatrix<double> p(logits.rows(), logits.cols());
-  for (Index t = 0; t < logits.rows(); ++t) {
-    double m = -std::numeric_limits<double>::infinity();
-    for (Index e = 0; e < logits.cols(); ++e) m = std::max(m, static_cast<double>(logits(t, e)));
-    double sum = 0;
-    for (Index e = 0; e < logits.cols(); ++e) {
-      p(t, e) = std::exp(static_cast<double>(logits(t, e)) - m);
-      sum += p(t, e);
-    }
-    for (Index e = 0; e < logits.cols(); ++e) p(t, e) /= sum;
-  }
-  return p;
-}
-
-inline double sigmoid(double z) {
-  return z >= 0 ? 1.0 / (1.0 + std::exp(-z)) : std::exp(z) / (1.0 + std::exp(z));
-}
-
-template <class S>
-RowMatrix<double> sigmoid_rows(const ConstMatrixRef<S>& logits) {
-  RowMatrix<double> s(logits.rows(), logits.cols());
-  for (Index t = 0; t < logits.rows(); ++t)
-    for (Index e = 0; e < logits.cols(); ++e) s(t, e) = sigmoid(static_cast<double>(logits(t, e)));
+RowMatrix<double> score_rows(const ConstMatrixRef<S>& logits, ScoreFunction fn) {
+  const RowMatrix<double> z = logits.template cast<double>();
+  RowMatrix<double> s;
+  if (fn == ScoreFunction::softmax)
+    moe::softmax_rows<double>(z, s);
+  else
+    moe::sigmoid<double>(z, s);
   return s;
 }
 
-/// Scores of the given function over all experts.
-template <class S>
-RowMatrix<double> score_rows(const ConstMatrixRef<S>& logits, ScoreFunction fn) {
-  return fn == ScoreFunction::softmax ? softmax_rows<S>(logits) : sigmoid_rows<S>(logits);
-}
-
-/// dL/dz from dL/dp through p = softmax(z): p_j (g_j - sum_i p_i g_i).
-inline void softmax_backward_inplace(const RowMatrix<double>& p, RowMatrix<double>& g) {
-  for (Index t = 0; t < p.rows(); ++t) {
-    double dot = 0;
-    for (Index e = 0; e < p.cols(); ++e) dot += p(t, e) * g(t, e);
-    for (Index e = 0; e < p.cols(); ++e) g(t, e) = p(t, e) * (g(t, e) - dot);
-  }
-}
-
-/// dL/dz from dL/ds through s = sigmoid(z): g s (1 - s).
-inline void sigmoid_backward_inplace(const RowMatrix<double>& s, RowMatrix<double>& g) {
-  g.array() *= s.array() * (1.0 - s.array());
-}
-
+/// dL/dz from dL/ds through s = softmax(z) or sigmoid(z), in place.
 inline void score_backward_inplace(const RowMatrix<double>& s, ScoreFunction fn,
                                    RowMatrix<double>& g) {
-  if (fn == ScoreFunction::softmax)
-    softmax_backward_inplace(s, g);
-  else
-    sigmoid_backward_inplace(s, g);
+  g = fn == ScoreFunction::softmax ? moe::softmax_rows_backward<double>(s, g)
+                                   : moe::sigmoid_backward<double>(s, g);
 }
 
 /// s'_te = s_te / sum_j s_tj (DeepSeek-V3's normalized affinities). A zero row stays zero.
@@ -99,20 +63,12 @@ inline void sum_normalize_backward_inplace(const RowMatrix<double>& s,
   }
 }
 
-/// The k best experts of each row, highest first, ties to the lower expert index.
-template <class Matrix>
-ExpertIdMatrix top_k_rows(const Matrix& scores, Index k) {
-  ExpertIdMatrix ids(scores.rows(), k);
-  std::vector<ExpertId> order(static_cast<std::size_t>(scores.cols()));
-  for (Index t = 0; t < scores.rows(); ++t) {
-    for (Index e = 0; e < scores.cols(); ++e)
-      order[static_cast<std::size_t>(e)] = static_cast<ExpertId>(e);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](ExpertId a, ExpertId b) {
-      const auto va = scores(t, a), vb = scores(t, b);
-      return va > vb || (va == vb && a < b);
-    });
-    for (Index j = 0; j < k; ++j) ids(t, j) = order[static_cast<std::size_t>(j)];
-  }
+/// The k best experts of each row, highest first, ties to the lower expert index (moe::top_k).
+template <class S>
+ExpertIdMatrix top_k_rows(const ConstMatrixRef<S>& scores, Index k) {
+  ExpertIdMatrix ids;
+  RowMatrix<S> selected;
+  moe::top_k_rows<S>(scores, k, ids, selected);
   return ids;
 }
 
