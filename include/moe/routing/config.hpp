@@ -82,12 +82,12 @@ inline void validate(const RouterConfig& c) {
       detail::concat("1 <= groups_selected <= num_groups (", c.num_groups, ")"), c.groups_selected);
   if (c.groups_enabled()) {
     const Index per_group = c.num_experts / c.num_groups;
+    require(c.group_score != GroupScore::sum_top2 || per_group >= 2, "RouterConfig::group_score",
+            "max when a group has a single expert", "sum_top2");
     require(c.groups_selected * per_group >= c.top_k, "RouterConfig::groups_selected",
             detail::concat("groups_selected * experts per group (", per_group, ") >= top_k (",
                            c.top_k, ")"),
             c.groups_selected);
-    require(c.group_score != GroupScore::sum_top2 || per_group >= 2, "RouterConfig::group_score",
-            "max when a group has a single expert", "sum_top2");
   }
   require(c.jitter_epsilon >= 0.0 && c.jitter_epsilon < 1.0, "RouterConfig::jitter_epsilon",
           "0 <= eps < 1", c.jitter_epsilon);
