@@ -205,45 +205,61 @@ inline Index counted_choices(const AuxLossConfig& c) {
   return c.counting == AuxCounting::first_choice ? 1 : c.top_k;
 }
 
+/// The loss of one batch before its gradient is spread over tokens: every real token of domain b
+/// has the same gradient row row_grad(b) = a E f_b / (n_b B).
+struct AuxLossParts {
+  double value = 0;
+  RowMatrix<double> row_grad;  // [B, E]
+  AuxDomains domains;
+};
+
 /// value = a E / B sum_b sum_e f_be P_be with f_be = counts_be / (n_b k'), P_be = sum s / n_b over
-/// the real tokens of domain b; grad_te = a E f_be / (n_b B). Domains without real tokens add 0.
-inline double aux_loss_from_counts(const RowMatrix<double>& scores, const RowMatrix<double>& counts,
-                                   const Vector<double>& tokens, const AuxDomains& domains,
-                                   const TokenMask& mask, double coefficient, double count_divisor,
-                                   RowMatrix<double>& grad) {
+/// the real tokens of domain b. Domains without real tokens add 0.
+template <class Scores>
+AuxLossParts aux_loss_from_counts(const Scores& scores, const RowMatrix<double>& counts,
+                                  const Vector<double>& tokens, const AuxDomains& domains,
+                                  const TokenMask& mask, double coefficient, double count_divisor) {
   const Index num_experts = scores.cols();
   RowMatrix<double> score_sums = RowMatrix<double>::Zero(domains.count, num_experts);
   for (Index t = 0; t < scores.rows(); ++t)
-    if (is_real_token(mask, t)) score_sums.row(domains(t)) += scores.row(t);
+    if (is_real_token(mask, t)) score_sums.row(domains(t)) += scores.row(t).template cast<double>();
 
   const double scale =
       coefficient * static_cast<double>(num_experts) / static_cast<double>(domains.count);
-  RowMatrix<double> row_grad = RowMatrix<double>::Zero(domains.count, num_experts);
-  double value = 0;
+  AuxLossParts parts;
+  parts.domains = domains;
+  parts.row_grad = RowMatrix<double>::Zero(domains.count, num_experts);
   for (Index b = 0; b < domains.count; ++b) {
     const double n = tokens(b);
     if (!(n > 0)) continue;
     for (Index e = 0; e < num_experts; ++e) {
       const double f = counts(b, e) / (n * count_divisor);
-      value += scale * f * score_sums(b, e) / n;
-      row_grad(b, e) = scale * f / n;
+      parts.value += scale * f * score_sums(b, e) / n;
+      parts.row_grad(b, e) = scale * f / n;
     }
   }
-  grad.setZero(scores.rows(), num_experts);
-  for (Index t = 0; t < scores.rows(); ++t)
-    if (is_real_token(mask, t)) grad.row(t) = row_grad.row(domains(t));
-  return value;
+  return parts;
+}
+
+/// grad_te = row_grad(domain of t) on real rows, 0 on padding.
+template <class T>
+RowMatrix<T> spread_gradient(const AuxLossParts& parts, const TokenMask& mask, Index num_tokens) {
+  RowMatrix<T> grad = RowMatrix<T>::Zero(num_tokens, parts.row_grad.cols());
+  for (Index t = 0; t < num_tokens; ++t)
+    if (is_real_token(mask, t))
+      grad.row(t) = parts.row_grad.row(parts.domains(t)).template cast<T>();
+  return grad;
 }
 
 /// The loss over scores already transformed by the caller; `selection_scores` ranks a recomputed
-/// selection. Returns the value and fills grad = dL/d(scores used).
-/// `adjust_counts(counts)` may replace this batch's counts before the loss is formed (the
-/// global-batch loss substitutes its running average there).
-template <class AdjustCounts>
-double aux_loss_core(const RowMatrix<double>& used_scores,
-                     const RowMatrix<double>& selection_scores, const ExpertIdMatrix& expert_ids,
-                     const AuxLossConfig& config, const TokenMask& mask, const ChoiceMask& kept,
-                     AdjustCounts&& adjust_counts, RowMatrix<double>& grad) {
+/// selection. `adjust_counts(counts)` may replace this batch's counts before the loss is formed
+/// (the global-batch loss substitutes its running average there).
+template <class Scores, class AdjustCounts>
+AuxLossParts aux_loss_core(const Scores& used_scores, const Scores& selection_scores,
+                           const ExpertIdMatrix& expert_ids, const AuxLossConfig& config,
+                           const TokenMask& mask, const ChoiceMask& kept,
+                           AdjustCounts&& adjust_counts) {
+  using Scalar = typename Scores::Scalar;
   validate(config);
   const Index num_tokens = used_scores.rows(), num_experts = used_scores.cols();
   require(num_experts >= 1, "scores", "at least one expert column", num_experts);
@@ -257,7 +273,7 @@ double aux_loss_core(const RowMatrix<double>& used_scores,
   if (config.selection == AuxSelection::recomputed) {
     require(expert_ids.size() == 0, "expert_ids",
             "empty when AuxLossConfig::selection is recomputed", "a selection");
-    recomputed = top_k_rows<double>(selection_scores, config.top_k);
+    recomputed = top_k_rows<Scalar>(selection_scores, config.top_k);
     ids = &recomputed;
   } else {
     require_expert_ids(expert_ids, num_tokens, config.top_k, num_experts, "expert_ids");
@@ -273,7 +289,7 @@ double aux_loss_core(const RowMatrix<double>& used_scores,
     if (is_real_token(mask, t)) tokens(domains(t)) += 1;
   const double divisor = config.divide_by_top_k ? static_cast<double>(config.top_k) : 1.0;
   return aux_loss_from_counts(used_scores, counts, tokens, domains, mask, config.coefficient,
-                              divisor, grad);
+                              divisor);
 }
 
 /// Scores [T, E] (double) -> loss value and grad wrt `scores`, through the optional division by
@@ -283,13 +299,18 @@ double aux_loss_over_scores(const RowMatrix<double>& scores, const ExpertIdMatri
                             const AuxLossConfig& config, const TokenMask& mask,
                             const ChoiceMask& kept, AdjustCounts&& adjust_counts,
                             RowMatrix<double>& grad) {
-  if (config.scores == AuxScores::as_given)
-    return aux_loss_core(scores, scores, expert_ids, config, mask, kept, adjust_counts, grad);
+  if (config.scores == AuxScores::as_given) {
+    const AuxLossParts parts =
+        aux_loss_core(scores, scores, expert_ids, config, mask, kept, adjust_counts);
+    grad = spread_gradient<double>(parts, mask, scores.rows());
+    return parts.value;
+  }
   const RowMatrix<double> normalized = sum_normalize_rows(scores);
-  const double value =
-      aux_loss_core(normalized, scores, expert_ids, config, mask, kept, adjust_counts, grad);
+  const AuxLossParts parts =
+      aux_loss_core(normalized, scores, expert_ids, config, mask, kept, adjust_counts);
+  grad = spread_gradient<double>(parts, mask, scores.rows());
   sum_normalize_backward_inplace(scores, normalized, grad);
-  return value;
+  return parts.value;
 }
 
 struct KeepCounts {
@@ -302,8 +323,16 @@ LossGradient<S> aux_loss_from_scores(const ConstMatrixRef<S>& scores,
                                      const TokenMask& mask, const ChoiceMask& kept,
                                      AdjustCounts&& adjust_counts) {
   require_finite(scores, "scores");
-  RowMatrix<double> grad;
   LossGradient<S> out;
+  if (config.scores == AuxScores::as_given) {
+    // No Jacobian to apply: read the scores in place and write the gradient rows directly.
+    const AuxLossParts parts =
+        aux_loss_core(scores, scores, expert_ids, config, mask, kept, adjust_counts);
+    out.value = static_cast<S>(parts.value);
+    out.grad = spread_gradient<S>(parts, mask, scores.rows());
+    return out;
+  }
+  RowMatrix<double> grad;
   out.value = static_cast<S>(aux_loss_over_scores(scores.template cast<double>(), expert_ids,
                                                   config, mask, kept, adjust_counts, grad));
   out.grad = grad.cast<S>();

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 #include "moe/balance/loss_result.hpp"
 #include "moe/balance/token_mask.hpp"
@@ -33,17 +32,17 @@ LossGradient<typename Derived::Scalar> router_z_loss(const Eigen::MatrixBase<Der
   LossGradient<S> out;
   out.grad = RowMatrix<S>::Zero(z.rows(), z.cols());
   double total = 0;
+  Eigen::Array<double, 1, Eigen::Dynamic> shifted(z.cols());
   for (Index t = 0; t < z.rows(); ++t) {
     if (!detail::is_real_token(mask, t)) continue;
-    double m = -std::numeric_limits<double>::infinity();
-    for (Index e = 0; e < z.cols(); ++e) m = std::max(m, static_cast<double>(z(t, e)));
-    double sum = 0;
-    for (Index e = 0; e < z.cols(); ++e) sum += std::exp(static_cast<double>(z(t, e)) - m);
+    // exp once per entry, max-subtracted: lse = m + log(sum), softmax = exp / sum
+    shifted = z.row(t).template cast<double>().array();
+    const double m = shifted.maxCoeff();
+    shifted = (shifted - m).exp();
+    const double sum = shifted.sum();
     const double lse = m + std::log(sum);
     total += lse * lse;
-    const double scale = 2.0 * coefficient * lse / n;
-    for (Index e = 0; e < z.cols(); ++e)
-      out.grad(t, e) = static_cast<S>(scale * std::exp(static_cast<double>(z(t, e)) - m) / sum);
+    out.grad.row(t) = (shifted * (2.0 * coefficient * lse / (n * sum))).template cast<S>().matrix();
   }
   out.value = static_cast<S>(coefficient * total / n);
   return out;
