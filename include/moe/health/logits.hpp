@@ -52,10 +52,11 @@ bool add_logit_block(const A& z, LogitPartial& out) {
   using Block = Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   if (z.rows() == 0) return true;
   const S shift = z.maxCoeff();
-  const Block shifted = z - shift;
-  const Block e = shifted.exp();
+  // (z - shift) is recomputed rather than stored: one block-sized temporary keeps the block and
+  // its exponentials within L2.
+  const Block e = (z - shift).exp();
   const BlockColumn<S> sum = e.rowwise().sum();
-  const BlockColumn<S> dot = (e * shifted).rowwise().sum();
+  const BlockColumn<S> dot = (e * (z - shift)).rowwise().sum();
   // Sums above min/epsilon keep every term that matters far from the subnormal range.
   const S smallest = std::numeric_limits<S>::min() / std::numeric_limits<S>::epsilon();
   if (!(sum.minCoeff() >= smallest) || !all_finite(dot)) return false;
