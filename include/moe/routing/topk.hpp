@@ -12,24 +12,52 @@
 namespace moe {
 namespace detail {
 
-// Insertion into a descending list of at most K entries. A new value goes after every entry it does
-// not strictly beat, so among equal values the one seen first (the lower expert id) stays ahead.
+// Insertion into a descending list of K entries. A new value goes after every entry it does not
+// strictly beat, so among equal values the one seen first (the lower expert id) stays ahead.
 template <int K, class S>
-void top_k_insertion(const S* values, Index num_experts, ExpertId* ids, S* selected) {
+void insert_sorted(S value, ExpertId id, int& filled, S* best, ExpertId* best_id) {
+  if (filled == K && !(value > best[K - 1])) return;
+  int pos = filled < K ? filled++ : K - 1;
+  while (pos > 0 && value > best[pos - 1]) {
+    best[pos] = best[pos - 1];
+    best_id[pos] = best_id[pos - 1];
+    --pos;
+  }
+  best[pos] = value;
+  best_id[pos] = id;
+}
+
+// Top-K in two passes. Split the values into K disjoint strided groups {e : e mod K = g}: each
+// group's max is at least the smallest of those maxima, so at least K values reach it and
+// tau = min_g max_g is a lower bound of the K-th largest. A branch-free pass keeps the ids of the
+// values >= tau (few, for any spread of scores), in index order, and insertion sorts only those.
+// The group maxima are a vertical max over rows of K values, which vectorizes.
+template <int K, class S>
+void top_k_filtered(const S* values, Index num_experts, ExpertId* ids, S* selected) {
   S best[K] = {};
   ExpertId best_id[K] = {};
   int filled = 0;
-  for (Index e = 0; e < num_experts; ++e) {
-    const S v = values[e];
-    if (filled == K && !(v > best[K - 1])) continue;
-    int pos = filled < K ? filled++ : K - 1;
-    while (pos > 0 && v > best[pos - 1]) {
-      best[pos] = best[pos - 1];
-      best_id[pos] = best_id[pos - 1];
-      --pos;
+  const Index full_rows = num_experts / K;
+  if (full_rows >= 2) {
+    using Row = Eigen::Array<S, 1, K>;
+    Row group_max = Eigen::Map<const Row>(values);
+    for (Index r = 1; r < full_rows; ++r)
+      group_max = group_max.max(Eigen::Map<const Row>(values + r * K));
+    const S tau = group_max.minCoeff();
+    thread_local std::vector<ExpertId> candidates;
+    candidates.resize(static_cast<std::size_t>(num_experts));
+    Index count = 0;
+    for (Index e = 0; e < num_experts; ++e) {
+      candidates[static_cast<std::size_t>(count)] = static_cast<ExpertId>(e);
+      count += values[e] >= tau;
     }
-    best[pos] = v;
-    best_id[pos] = static_cast<ExpertId>(e);
+    for (Index c = 0; c < count; ++c) {
+      const ExpertId e = candidates[static_cast<std::size_t>(c)];
+      insert_sorted<K>(values[e], e, filled, best, best_id);
+    }
+  } else {
+    for (Index e = 0; e < num_experts; ++e)
+      insert_sorted<K>(values[e], static_cast<ExpertId>(e), filled, best, best_id);
   }
   std::copy(best, best + K, selected);
   std::copy(best_id, best_id + K, ids);
@@ -78,15 +106,15 @@ template <class S>
 void top_k(const S* values, Index num_experts, Index k, ExpertId* ids, S* selected) {
   switch (k) {
     case 1:
-      return detail::top_k_insertion<1>(values, num_experts, ids, selected);
+      return detail::top_k_filtered<1>(values, num_experts, ids, selected);
     case 2:
-      return detail::top_k_insertion<2>(values, num_experts, ids, selected);
+      return detail::top_k_filtered<2>(values, num_experts, ids, selected);
     case 4:
-      return detail::top_k_insertion<4>(values, num_experts, ids, selected);
+      return detail::top_k_filtered<4>(values, num_experts, ids, selected);
     case 6:
-      return detail::top_k_insertion<6>(values, num_experts, ids, selected);
+      return detail::top_k_filtered<6>(values, num_experts, ids, selected);
     case 8:
-      return detail::top_k_insertion<8>(values, num_experts, ids, selected);
+      return detail::top_k_filtered<8>(values, num_experts, ids, selected);
     default:
       if (k <= 16) return detail::top_k_insertion_any(values, num_experts, k, ids, selected);
       return detail::top_k_sort(values, num_experts, k, ids, selected);
