@@ -1,5 +1,6 @@
 // Capacity formulas of each convention, checked against values worked out by hand from each
-// system's arithmetic (including the float32 rounding of DeepSpeed and Python's half-to-even round).
+// system's arithmetic (including the float32 rounding of DeepSpeed and Python's half-to-even
+// round).
 #include <limits>
 
 #include <moe/dispatch/capacity.hpp>
@@ -46,10 +47,10 @@ TEST_CASE("megatron and deepspeed differ where float32 rounds 12.5 * 1.2 up", "[
 }
 
 TEST_CASE("megablocks truncates", "[capacity]") {
-  CHECK(cap(CapacityRounding::megablocks, 50, 1, 4, 1.2) == 15);   // 15.0 exactly
-  CHECK(cap(CapacityRounding::megablocks, 10, 1, 4, 1.0) == 2);    // 2.5 -> 2
-  CHECK(cap(CapacityRounding::megablocks, 10, 2, 4, 1.25) == 6);   // 6.25 -> 6
-  CHECK(cap(CapacityRounding::megablocks, 3, 1, 4, 1.0) == 0);     // 0.75 -> 0
+  CHECK(cap(CapacityRounding::megablocks, 50, 1, 4, 1.2) == 15);  // 15.0 exactly
+  CHECK(cap(CapacityRounding::megablocks, 10, 1, 4, 1.0) == 2);   // 2.5 -> 2
+  CHECK(cap(CapacityRounding::megablocks, 10, 2, 4, 1.25) == 6);  // 6.25 -> 6
+  CHECK(cap(CapacityRounding::megablocks, 3, 1, 4, 1.0) == 0);    // 0.75 -> 0
 }
 
 TEST_CASE("tutel multiplies k by trunc(cf * ceil(T / E))", "[capacity]") {
@@ -59,10 +60,10 @@ TEST_CASE("tutel multiplies k by trunc(cf * ceil(T / E))", "[capacity]") {
 }
 
 TEST_CASE("flaxformer rounds half to even and ignores k", "[capacity]") {
-  CHECK(cap(CapacityRounding::flaxformer, 50, 2, 4, 1.25) == 16);  // 15.625 -> 16
-  CHECK(cap(CapacityRounding::flaxformer, 10, 1, 4, 1.0) == 2);    // 2.5 -> 2 (even)
-  CHECK(cap(CapacityRounding::flaxformer, 14, 1, 4, 1.0) == 4);    // 3.5 -> 4 (even)
-  CHECK(cap(CapacityRounding::flaxformer, 10, 1, 4, 1.0, 4) == 4); // min_expert_capacity 4
+  CHECK(cap(CapacityRounding::flaxformer, 50, 2, 4, 1.25) == 16);   // 15.625 -> 16
+  CHECK(cap(CapacityRounding::flaxformer, 10, 1, 4, 1.0) == 2);     // 2.5 -> 2 (even)
+  CHECK(cap(CapacityRounding::flaxformer, 14, 1, 4, 1.0) == 4);     // 3.5 -> 4 (even)
+  CHECK(cap(CapacityRounding::flaxformer, 10, 1, 4, 1.0, 4) == 4);  // min_expert_capacity 4
 }
 
 TEST_CASE("gshard is k * ceil(T / E) whatever the factor", "[capacity]") {
@@ -92,8 +93,7 @@ TEST_CASE("fixed capacity, min_capacity, alignment and eval factor", "[capacity]
 
 TEST_CASE("bad capacity settings throw moe::Error naming the field", "[capacity][errors]") {
   auto throws_with = [](CapacityConfig c, const char* what) {
-    CHECK_THROWS_WITH(moe::expert_capacity(c, 10, 1, 4, Mode::train),
-                      MOE_CONTAINS(what));
+    CHECK_THROWS_WITH(moe::expert_capacity(c, 10, 1, 4, Mode::train), MOE_CONTAINS(what));
   };
   CapacityConfig c;
   c.train_factor = 0.0;
@@ -118,10 +118,8 @@ TEST_CASE("bad capacity settings throw moe::Error naming the field", "[capacity]
   throws_with(c, "group_size");
   c = CapacityConfig{};
   CHECK_THROWS_AS(moe::expert_capacity(c, -1, 1, 4, Mode::train), moe::Error);
-  CHECK_THROWS_WITH(moe::expert_capacity(c, 10, 0, 4, Mode::train),
-                    MOE_CONTAINS("top_k"));
-  CHECK_THROWS_WITH(moe::expert_capacity(c, 10, 1, 0, Mode::train),
-                    MOE_CONTAINS("num_experts"));
+  CHECK_THROWS_WITH(moe::expert_capacity(c, 10, 0, 4, Mode::train), MOE_CONTAINS("top_k"));
+  CHECK_THROWS_WITH(moe::expert_capacity(c, 10, 1, 0, Mode::train), MOE_CONTAINS("num_experts"));
   c.train_factor = 1e300;
   CHECK_THROWS_WITH(moe::expert_capacity(c, 10, 1, 1, Mode::train),
                     MOE_CONTAINS("expert capacity"));

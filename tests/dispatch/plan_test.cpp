@@ -58,8 +58,8 @@ void check_slots(const CapacityPlan<double>& plan, const Slots& expected) {
 
 TEST_CASE("position policy keeps entries in (token, choice) order", "[plan][policy]") {
   HandCase h;
-  auto plan = moe::make_capacity_plan<double>(h.ids, h.gates, 3, fixed_config(2, DropPolicy::position),
-                                              Mode::train);
+  auto plan = moe::make_capacity_plan<double>(h.ids, h.gates, 3,
+                                              fixed_config(2, DropPolicy::position), Mode::train);
   check_slots(plan, {{{0, 0}, {1, 0}}, {{0, 1}, {2, 0}}, {{1, 1}, {-1, -1}}, {{-1, -1}, {-1, -1}}});
   CHECK(plan.kept == moe::IndexVector((moe::IndexVector(3) << 2, 2, 1).finished()));
   CHECK(plan.dropped == moe::IndexVector((moe::IndexVector(3) << 2, 1, 0).finished()));
@@ -81,8 +81,8 @@ TEST_CASE("position policy keeps entries in (token, choice) order", "[plan][poli
 
 TEST_CASE("choice-major policy serves every first choice before any second", "[plan][policy]") {
   HandCase h;
-  auto plan = moe::make_capacity_plan<double>(h.ids, h.gates, 3,
-                                              fixed_config(2, DropPolicy::choice_major), Mode::train);
+  auto plan = moe::make_capacity_plan<double>(
+      h.ids, h.gates, 3, fixed_config(2, DropPolicy::choice_major), Mode::train);
   // Expert 1: token 2's first choice takes slot 0 before token 0's second choice.
   check_slots(plan, {{{0, 0}, {1, 1}}, {{0, 1}, {2, 0}}, {{1, 0}, {-1, -1}}, {{-1, -1}, {-1, -1}}});
   CHECK(plan.tokens_without_expert == 1);
@@ -90,8 +90,8 @@ TEST_CASE("choice-major policy serves every first choice before any second", "[p
 
 TEST_CASE("probability policy keeps the largest gates, numbered in token order", "[plan][policy]") {
   HandCase h;
-  auto plan = moe::make_capacity_plan<double>(h.ids, h.gates, 3,
-                                              fixed_config(2, DropPolicy::probability), Mode::train);
+  auto plan = moe::make_capacity_plan<double>(
+      h.ids, h.gates, 3, fixed_config(2, DropPolicy::probability), Mode::train);
   // Expert 0 keeps .60 and .50 (drops .40, .25); expert 1 keeps .70 and .35 (drops .30).
   check_slots(plan, {{{0, 0}, {-1, -1}}, {{0, 1}, {2, 0}}, {{1, 0}, {-1, -1}}, {{-1, -1}, {1, 1}}});
   CHECK(plan.tokens_without_expert == 0);
@@ -111,12 +111,12 @@ TEST_CASE("ties go to the lower token index", "[plan][policy]") {
   ids << 0, 0, 0, 0;
   RowMatrix<double> gates(4, 1);
   gates << 0.5, 0.9, 0.5, 0.9;
-  auto prob = moe::make_capacity_plan<double>(ids, gates, 1, fixed_config(3, DropPolicy::probability),
-                                              Mode::train);
+  auto prob = moe::make_capacity_plan<double>(
+      ids, gates, 1, fixed_config(3, DropPolicy::probability), Mode::train);
   check_slots(prob, {{{0, 0}}, {{0, 1}}, {{-1, -1}}, {{0, 2}}});
   gates << 0.5, 0.9, 0.5, 0.9;
-  auto bpr = moe::make_capacity_plan<double>(ids, gates, 1,
-                                             fixed_config(3, DropPolicy::batch_prioritized), Mode::train);
+  auto bpr = moe::make_capacity_plan<double>(
+      ids, gates, 1, fixed_config(3, DropPolicy::batch_prioritized), Mode::train);
   check_slots(bpr, {{{0, 2}}, {{0, 0}}, {{-1, -1}}, {{0, 1}}});
 }
 
@@ -131,8 +131,8 @@ TEST_CASE("random token selection is seeded and keeps C per expert", "[plan][pol
   CHECK(a.kept[0] == 10);
   CHECK(a.dropped[0] == 54);
   // Not simply the first ten tokens, and kept entries numbered in token order.
-  auto pos = moe::make_capacity_plan<double>(r.ids, r.gates, 4, fixed_config(10, DropPolicy::position),
-                                             Mode::train);
+  auto pos = moe::make_capacity_plan<double>(r.ids, r.gates, 4,
+                                             fixed_config(10, DropPolicy::position), Mode::train);
   CHECK(a.entry_slot != pos.entry_slot);
   Index last = -1;
   for (Index t = 0; t < 64; ++t)
@@ -230,7 +230,8 @@ TEST_CASE("plans match the sort-based reference on random shapes", "[plan][refer
       }
 }
 
-TEST_CASE("edge cases: T = 0, E = 1, k = E, C = 0 and 1, all tokens to one expert", "[plan][edge]") {
+TEST_CASE("edge cases: T = 0, E = 1, k = E, C = 0 and 1, all tokens to one expert",
+          "[plan][edge]") {
   CapacityConfig config;
   SECTION("no tokens") {
     ExpertIdMatrix ids(0, 2);

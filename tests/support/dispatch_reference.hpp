@@ -44,10 +44,18 @@ inline ReferenceSlots reference_slots(const ExpertIdMatrix& ids, const RowMatrix
       for (Index j = 0; j < k; ++j) {
         const double tt = static_cast<double>(t), jj = static_cast<double>(j);
         switch (policy) {
-          case DropPolicy::position: entries.emplace_back(tt, jj, 0.0, t, j); break;
-          case DropPolicy::choice_major: entries.emplace_back(jj, tt, 0.0, t, j); break;
-          case DropPolicy::batch_prioritized: entries.emplace_back(jj, -importance, tt, t, j); break;
-          case DropPolicy::probability: entries.emplace_back(-gates(t, j), tt, jj, t, j); break;
+          case DropPolicy::position:
+            entries.emplace_back(tt, jj, 0.0, t, j);
+            break;
+          case DropPolicy::choice_major:
+            entries.emplace_back(jj, tt, 0.0, t, j);
+            break;
+          case DropPolicy::batch_prioritized:
+            entries.emplace_back(jj, -importance, tt, t, j);
+            break;
+          case DropPolicy::probability:
+            entries.emplace_back(-gates(t, j), tt, jj, t, j);
+            break;
           case DropPolicy::random:
             entries.emplace_back(-rng.uniform(static_cast<std::uint64_t>(t * k + j)), tt, jj, t, j);
             break;
@@ -73,7 +81,8 @@ inline ReferenceSlots reference_slots(const ExpertIdMatrix& ids, const RowMatrix
       std::vector<Index> next(static_cast<std::size_t>(num_experts), 0);
       for (Index t = g * group; t < (g + 1) * group; ++t)
         for (Index j = 0; j < k; ++j)
-          if (kept[t][j]) out.slot(t, j) = ids(t, j) * out.capacity + filled[ids(t, j)] + next[ids(t, j)]++;
+          if (kept[t][j])
+            out.slot(t, j) = ids(t, j) * out.capacity + filled[ids(t, j)] + next[ids(t, j)]++;
     }
     for (Index e = 0; e < num_experts; ++e) filled[e] += count[e];
   }

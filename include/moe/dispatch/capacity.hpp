@@ -50,14 +50,17 @@ struct CapacityConfig {
   Index fixed_capacity = 0;   ///< C under CapacityRounding::fixed
   Index alignment = 1;        ///< C rounded up to a multiple of this, last (Tutel alignment)
   /// Tokens per routing group: capacity and priority apply per group of this many consecutive
-  /// tokens (Hugging Face Switch: the sequence length; flaxformer: tokens per group). 0 = one group.
+  /// tokens (Hugging Face Switch: the sequence length; flaxformer: tokens per group). 0 = one
+  /// group.
   Index group_size = 0;
   DropPolicy policy = DropPolicy::choice_major;
   /// Divide the surviving weights of a token by their sum, clamped below at the scalar's epsilon,
   /// after dropping (DeepSpeed top-2 / top-k, fairseq default). Off: Megatron, Tutel, Switch.
   bool renormalize_survivors = false;
 
-  double factor(Mode mode) const noexcept { return mode == Mode::train ? train_factor : eval_factor; }
+  double factor(Mode mode) const noexcept {
+    return mode == Mode::train ? train_factor : eval_factor;
+  }
 };
 
 /// Checks a CapacityConfig; every message names the field.

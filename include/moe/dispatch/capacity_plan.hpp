@@ -1,5 +1,5 @@
-// CapacityPlan: where every routed (token, choice) entry goes in the padded [E, C, d] expert buffer,
-// and the counts health metrics read. Built by make_capacity_plan (token choice) or
+// CapacityPlan: where every routed (token, choice) entry goes in the padded [E, C, d] expert
+// buffer, and the counts health metrics read. Built by make_capacity_plan (token choice) or
 // make_expert_choice_plan (expert choice); consumed by dispatch / combine and their backward.
 #pragma once
 
@@ -40,11 +40,11 @@ struct CapacityPlan {
   IndexVector slot_token;  ///< [E · capacity]
 
   // Counts.
-  IndexVector kept;                ///< [E] entries each expert keeps
-  IndexVector dropped;             ///< [E] entries each expert had to drop (overflow)
-  Index total_kept = 0;            ///< Σ kept
-  Index total_dropped = 0;         ///< Σ dropped; total_kept + total_dropped = entries
-  Index tokens_without_expert = 0; ///< tokens none of whose entries was kept
+  IndexVector kept;                 ///< [E] entries each expert keeps
+  IndexVector dropped;              ///< [E] entries each expert had to drop (overflow)
+  Index total_kept = 0;             ///< Σ kept
+  Index total_dropped = 0;          ///< Σ dropped; total_kept + total_dropped = entries
+  Index tokens_without_expert = 0;  ///< tokens none of whose entries was kept
 
   /// Set when the survivors were renormalized: per token the sum of its kept gate weights before
   /// the division (the backward pass needs it). Empty otherwise.
@@ -64,9 +64,9 @@ struct CapacityPlan {
   }
   /// Tokens none of whose entries was kept, over T (flaxformer fraction_tokens_left_behind).
   double fraction_tokens_without_expert() const noexcept {
-    return num_tokens == 0 ? 0.0
-                           : static_cast<double>(tokens_without_expert) /
-                                 static_cast<double>(num_tokens);
+    return num_tokens == 0
+               ? 0.0
+               : static_cast<double>(tokens_without_expert) / static_cast<double>(num_tokens);
   }
   /// Kept entries over all buffer slots (flaxformer expert_usage); 0 with no slots.
   double utilization() const noexcept {

@@ -99,7 +99,8 @@ RowMatrix<S> dispatch_backward(const CapacityPlan<S>& plan,
 /// y[t] = Σ over t's kept entries, in choice order, of w · expert_out[slot]; a dropped entry adds
 /// nothing and a token with no kept entry gets 0 (its residual carries it).
 template <class S>
-void combine(const CapacityPlan<S>& plan, const ConstMatrixRef<detail::plan_scalar_t<S>>& expert_out,
+void combine(const CapacityPlan<S>& plan,
+             const ConstMatrixRef<detail::plan_scalar_t<S>>& expert_out,
              MatrixRef<detail::plan_scalar_t<S>> y) {
   detail::check_plan_arrays(plan);
   require_shape(expert_out, "expert_out", plan.num_slots(), -1);

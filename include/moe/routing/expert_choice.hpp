@@ -93,7 +93,8 @@ CapacityPlan<S> make_expert_choice_plan(const ConstMatrixRef<detail::plan_scalar
 
   plan.token_offsets.resize(tokens + 1);
   plan.token_offsets[0] = 0;
-  for (Index t = 0; t < tokens; ++t) plan.token_offsets[t + 1] = plan.token_offsets[t] + per_token[t];
+  for (Index t = 0; t < tokens; ++t)
+    plan.token_offsets[t + 1] = plan.token_offsets[t] + per_token[t];
   const Index n = plan.token_offsets[tokens];
   plan.entry_expert.resize(n);
   plan.entry_slot.resize(n);

@@ -15,11 +15,11 @@ namespace moe::detail {
 
 /// Scratch of the slot assignment, kept across groups so a plan allocates it once.
 struct SlotScratch {
-  std::vector<Index> used;      ///< [E] entries kept by each expert in the current group
-  std::vector<Index> order;     ///< tokens (batch_prioritized) or bucketed entries (by priority)
-  std::vector<Index> bucket;    ///< [E + 1] offsets of each expert's bucket
-  std::vector<double> priority; ///< per entry of the group (probability, random)
-  std::vector<char> keep;       ///< per entry of the group
+  std::vector<Index> used;       ///< [E] entries kept by each expert in the current group
+  std::vector<Index> order;      ///< tokens (batch_prioritized) or bucketed entries (by priority)
+  std::vector<Index> bucket;     ///< [E + 1] offsets of each expert's bucket
+  std::vector<double> priority;  ///< per entry of the group (probability, random)
+  std::vector<char> keep;        ///< per entry of the group
 };
 
 /// Assigns flat slots to the entries of tokens [t0, t1). `base[e]` is how many entries expert e
@@ -27,9 +27,8 @@ struct SlotScratch {
 template <class S>
 void assign_group_slots(const Eigen::Ref<const ExpertIdMatrix>& ids,
                         const Eigen::Ref<const RowMatrix<S>>& gates, Index t0, Index t1,
-                        Index group_capacity, Index capacity, DropPolicy policy,
-                        std::uint64_t seed, std::vector<Index>& base, IndexVector& entry_slot,
-                        SlotScratch& scratch) {
+                        Index group_capacity, Index capacity, DropPolicy policy, std::uint64_t seed,
+                        std::vector<Index>& base, IndexVector& entry_slot, SlotScratch& scratch) {
   const Index k = ids.cols();
   const Index num_experts = static_cast<Index>(base.size());
   std::vector<Index>& used = scratch.used;
@@ -86,11 +85,13 @@ void assign_group_slots(const Eigen::Ref<const ExpertIdMatrix>& ids,
       } else {
         const CounterRng rng = make_rng(seed, RandomStream::token_selection);
         for (Index i = 0; i < n; ++i)
-          priority[static_cast<std::size_t>(i)] = rng.uniform(static_cast<std::uint64_t>(first + i));
+          priority[static_cast<std::size_t>(i)] =
+              rng.uniform(static_cast<std::uint64_t>(first + i));
       }
       std::vector<Index>& bucket = scratch.bucket;
       bucket.assign(static_cast<std::size_t>(num_experts + 1), 0);
-      for (Index i = 0; i < n; ++i) ++bucket[static_cast<std::size_t>(ids((first + i) / k, (first + i) % k)) + 1];
+      for (Index i = 0; i < n; ++i)
+        ++bucket[static_cast<std::size_t>(ids((first + i) / k, (first + i) % k)) + 1];
       for (Index e = 0; e < num_experts; ++e) bucket[e + 1] += bucket[e];
       std::vector<Index>& order = scratch.order;
       order.resize(static_cast<std::size_t>(n));
