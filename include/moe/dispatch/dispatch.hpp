@@ -11,6 +11,7 @@
 #include "moe/core/types.hpp"
 #include "moe/dispatch/capacity_plan.hpp"
 #include "moe/dispatch/detail/plan_finalize.hpp"
+#include "moe/dispatch/detail/row_kernels.hpp"
 
 namespace moe {
 
@@ -28,12 +29,36 @@ void check_plan_arrays(const CapacityPlan<S>& plan) {
           plan.entry_weight.size());
 }
 
-/// Rows [e·C, (e + 1)·C) of expert e, so threads split the buffer by expert.
-template <class Body>
-void for_each_expert_slot(Index num_experts, Index capacity, Body&& body) {
-  detail::parallel_for(0, num_experts, [&](Index e) {
-    for (Index s = e * capacity; s < (e + 1) * capacity; ++s) body(s);
-  });
+/// out_row = Σ over token t's kept entries, in choice order, of (w ·) rows[slot]; zero when none
+/// is kept. Entries go through sum_rows in batches of up to 8 rows, continuing the same sum.
+template <bool Weighted, class S, class Rows>
+void reduce_token(const CapacityPlan<S>& plan, Index t, const Rows& rows, S* out_row, Index n,
+                  bool stream) {
+  constexpr Index batch = 8;
+  const S* pointers[batch];
+  S weights[batch];
+  Index count = 0;
+  bool started = false;
+  const Index end = plan.token_offsets[t + 1];
+  Index kept_total = 0;
+  for (Index i = plan.token_offsets[t]; i < end; ++i) kept_total += plan.entry_slot[i] >= 0;
+  // Streaming is only safe when the row is written once (no later batch reads it back).
+  const bool single_pass = kept_total <= batch;
+  for (Index i = plan.token_offsets[t]; i < end; ++i) {
+    const Index s = plan.entry_slot[i];
+    if (s < 0) continue;
+    pointers[count] = rows.row(s).data();
+    weights[count] = plan.entry_weight[i];
+    if (++count == batch) {
+      sum_rows<Weighted>(out_row, n, pointers, weights, count, started, stream && single_pass);
+      started = true;
+      count = 0;
+    }
+  }
+  if (count > 0)
+    sum_rows<Weighted>(out_row, n, pointers, weights, count, started, stream && single_pass);
+  else if (!started)
+    zero_row(out_row, n, stream);
 }
 
 }  // namespace detail
@@ -45,14 +70,18 @@ void dispatch(const CapacityPlan<S>& plan, const ConstMatrixRef<detail::plan_sca
   detail::check_plan_arrays(plan);
   require_shape(x, "x", plan.num_tokens, -1);
   require_shape(buffer, "buffer", plan.num_slots(), x.cols());
-  const std::size_t row_bytes = static_cast<std::size_t>(x.cols()) * sizeof(S);
-  if (row_bytes == 0) return;
-  detail::for_each_expert_slot(plan.num_experts, plan.capacity, [&](Index s) {
-    const Index t = plan.slot_token[s];
-    if (t >= 0)
-      std::memcpy(buffer.row(s).data(), x.row(t).data(), row_bytes);
-    else
-      std::memset(static_cast<void*>(buffer.row(s).data()), 0, row_bytes);
+  const Index d = x.cols();
+  if (d == 0) return;
+  const bool stream = detail::should_stream<S>(plan.total_kept + plan.num_slots(), d);
+  detail::parallel_for(0, plan.num_experts, [&](Index e) {
+    for (Index s = e * plan.capacity; s < (e + 1) * plan.capacity; ++s) {
+      const Index t = plan.slot_token[s];
+      if (t >= 0)
+        detail::copy_row(buffer.row(s).data(), x.row(t).data(), d, stream);
+      else
+        detail::zero_row(buffer.row(s).data(), d, stream);
+    }
+    if (stream) detail::stream_fence();
   });
 }
 
@@ -72,19 +101,12 @@ void dispatch_backward(const CapacityPlan<S>& plan,
   detail::check_plan_arrays(plan);
   require_shape(grad_buffer, "grad_buffer", plan.num_slots(), -1);
   require_shape(grad_x, "grad_x", plan.num_tokens, grad_buffer.cols());
+  const Index d = grad_buffer.cols();
+  if (d == 0) return;
+  const bool stream = detail::should_stream<S>(plan.total_kept + plan.num_tokens, d);
   detail::parallel_for(0, plan.num_tokens, [&](Index t) {
-    auto out = grad_x.row(t);
-    bool first = true;
-    for (Index i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i) {
-      const Index s = plan.entry_slot[i];
-      if (s < 0) continue;
-      if (first)
-        out = grad_buffer.row(s);
-      else
-        out += grad_buffer.row(s);
-      first = false;
-    }
-    if (first) out.setZero();
+    detail::reduce_token<false>(plan, t, grad_buffer, grad_x.row(t).data(), d, stream);
+    if (stream) detail::stream_fence();
   });
 }
 
@@ -105,20 +127,12 @@ void combine(const CapacityPlan<S>& plan,
   detail::check_plan_arrays(plan);
   require_shape(expert_out, "expert_out", plan.num_slots(), -1);
   require_shape(y, "y", plan.num_tokens, expert_out.cols());
+  const Index d = expert_out.cols();
+  if (d == 0) return;
+  const bool stream = detail::should_stream<S>(plan.total_kept + plan.num_tokens, d);
   detail::parallel_for(0, plan.num_tokens, [&](Index t) {
-    auto out = y.row(t);
-    bool first = true;
-    for (Index i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i) {
-      const Index s = plan.entry_slot[i];
-      if (s < 0) continue;
-      const S w = plan.entry_weight[i];
-      if (first)
-        out.noalias() = w * expert_out.row(s);
-      else
-        out.noalias() += w * expert_out.row(s);
-      first = false;
-    }
-    if (first) out.setZero();
+    detail::reduce_token<true>(plan, t, expert_out, y.row(t).data(), d, stream);
+    if (stream) detail::stream_fence();
   });
 }
 
@@ -144,12 +158,20 @@ void combine_backward(const CapacityPlan<S>& plan,
   require_shape(grad_expert_out, "grad_expert_out", plan.num_slots(), expert_out.cols());
   require(grad_weight.size() == plan.num_entries(), "grad_weight",
           detail::concat("size ", plan.num_entries(), " (one per plan entry)"), grad_weight.size());
-  detail::for_each_expert_slot(plan.num_experts, plan.capacity, [&](Index s) {
-    const Index i = plan.slot_entry[s];
-    if (i >= 0)
-      grad_expert_out.row(s).noalias() = plan.entry_weight[i] * grad_y.row(plan.slot_token[s]);
-    else
-      grad_expert_out.row(s).setZero();
+  const Index d = expert_out.cols();
+  const bool stream = detail::should_stream<S>(plan.total_kept + plan.num_slots(), d);
+  detail::parallel_for(0, plan.num_experts, [&](Index e) {
+    for (Index s = e * plan.capacity; s < (e + 1) * plan.capacity; ++s) {
+      const Index i = plan.slot_entry[s];
+      if (i >= 0) {
+        const S* row = grad_y.row(plan.slot_token[s]).data();
+        detail::sum_rows<true>(grad_expert_out.row(s).data(), d, &row, &plan.entry_weight[i], 1,
+                               false, stream);
+      } else {
+        detail::zero_row(grad_expert_out.row(s).data(), d, stream);
+      }
+    }
+    if (stream) detail::stream_fence();
   });
   detail::parallel_for(0, plan.num_tokens, [&](Index t) {
     for (Index i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i) {

@@ -58,9 +58,13 @@ void assign_group_slots(const Eigen::Ref<const ExpertIdMatrix>& ids,
       std::iota(order.begin(), order.end(), t0);
       std::vector<double>& importance = scratch.priority;
       importance.resize(order.size());
-      for (Index t = t0; t < t1; ++t)
-        importance[static_cast<std::size_t>(t - t0)] =
-            k == 0 ? 0.0 : static_cast<double>(gates.row(t).maxCoeff());
+      for (Index t = t0; t < t1; ++t) {
+        // A scalar loop: k is small, and Eigen's vectorized maxCoeff trips GCC 12's
+        // maybe-uninitialized warning under AVX-512.
+        double best = static_cast<double>(gates(t, 0));
+        for (Index j = 1; j < k; ++j) best = std::max(best, static_cast<double>(gates(t, j)));
+        importance[static_cast<std::size_t>(t - t0)] = best;
+      }
       std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) {
         return importance[static_cast<std::size_t>(a - t0)] >
                importance[static_cast<std::size_t>(b - t0)];
