@@ -72,7 +72,7 @@ void dispatch(const CapacityPlan<S>& plan, const ConstMatrixRef<detail::plan_sca
   require_shape(buffer, "buffer", plan.num_slots(), x.cols());
   const Index d = x.cols();
   if (d == 0) return;
-  const bool stream = detail::should_stream<S>(plan.total_kept + plan.num_slots(), d);
+  const bool stream = detail::should_stream<S>(plan.num_slots(), d);
   detail::parallel_for(0, plan.num_experts, [&](Index e) {
     for (Index s = e * plan.capacity; s < (e + 1) * plan.capacity; ++s) {
       const Index t = plan.slot_token[s];
@@ -103,7 +103,7 @@ void dispatch_backward(const CapacityPlan<S>& plan,
   require_shape(grad_x, "grad_x", plan.num_tokens, grad_buffer.cols());
   const Index d = grad_buffer.cols();
   if (d == 0) return;
-  const bool stream = detail::should_stream<S>(plan.total_kept + plan.num_tokens, d);
+  const bool stream = detail::should_stream<S>(plan.num_tokens, d);
   detail::parallel_for(0, plan.num_tokens, [&](Index t) {
     detail::reduce_token<false>(plan, t, grad_buffer, grad_x.row(t).data(), d, stream);
     if (stream) detail::stream_fence();
@@ -129,7 +129,7 @@ void combine(const CapacityPlan<S>& plan,
   require_shape(y, "y", plan.num_tokens, expert_out.cols());
   const Index d = expert_out.cols();
   if (d == 0) return;
-  const bool stream = detail::should_stream<S>(plan.total_kept + plan.num_tokens, d);
+  const bool stream = detail::should_stream<S>(plan.num_tokens, d);
   detail::parallel_for(0, plan.num_tokens, [&](Index t) {
     detail::reduce_token<true>(plan, t, expert_out, y.row(t).data(), d, stream);
     if (stream) detail::stream_fence();
@@ -159,7 +159,7 @@ void combine_backward(const CapacityPlan<S>& plan,
   require(grad_weight.size() == plan.num_entries(), "grad_weight",
           detail::concat("size ", plan.num_entries(), " (one per plan entry)"), grad_weight.size());
   const Index d = expert_out.cols();
-  const bool stream = detail::should_stream<S>(plan.total_kept + plan.num_slots(), d);
+  const bool stream = detail::should_stream<S>(plan.num_slots(), d);
   detail::parallel_for(0, plan.num_experts, [&](Index e) {
     for (Index s = e * plan.capacity; s < (e + 1) * plan.capacity; ++s) {
       const Index i = plan.slot_entry[s];

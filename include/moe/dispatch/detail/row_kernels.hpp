@@ -1,13 +1,14 @@
-// Row kernels of dispatch and combine: copy, zero and weighted sum of rows of d scalars. Kernels
-// whose traffic exceeds the last-level cache write with non-temporal (streaming) stores, as glibc's
-// memcpy does: such outputs would be evicted anyway, and streaming skips the read-for-ownership
-// of each destination line, a third of the memory traffic of a copy.
+// Row kernels of dispatch and combine: copy, zero and weighted sum of rows of d scalars. Outputs
+// too large to stay in cache are written with non-temporal (streaming) stores, as glibc's memcpy
+// does: they would be evicted anyway, and streaming skips the read-for-ownership of each
+// destination line, a third of the memory traffic of a copy.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -20,12 +21,17 @@
 
 namespace moe::detail {
 
-/// Whether a kernel touching `rows` rows of d scalars (read plus written) streams its stores:
-/// when that exceeds the last-level cache, whose size Eigen detects.
+/// Whether a kernel writing `rows` rows of d scalars streams its stores: past 3/4 of one
+/// hardware thread's share of the last-level cache (Eigen detects its size), the rule glibc's
+/// memcpy applies to its non-temporal path.
 template <class S>
 bool should_stream(Index rows, Index d) {
-  static const double threshold =
-      static_cast<double>(std::max<std::ptrdiff_t>(Eigen::l3CacheSize(), 1 << 20));
+  static const double threshold = [] {
+    const double cache =
+        static_cast<double>(std::max<std::ptrdiff_t>(Eigen::l3CacheSize(), 1 << 20));
+    const double threads = static_cast<double>(std::max(1u, std::thread::hardware_concurrency()));
+    return 0.75 * cache / threads;
+  }();
   return static_cast<double>(rows) * static_cast<double>(d) * sizeof(S) > threshold;
 }
 
