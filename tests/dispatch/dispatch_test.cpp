@@ -393,7 +393,7 @@ TEMPLATE_TEST_CASE("row kernels agree with plain loops, streaming or not, at any
   for (Index n : {Index(0), Index(1), Index(5), Index(8), Index(13), Index(64), Index(1001)})
     for (Index offset : {Index(0), Index(1), Index(3)})
       for (bool stream : {false, true})
-        for (Index count : {Index(1), Index(3)}) {
+        for (Index count : {Index(1), Index(3), Index(9)}) {
           INFO("n=" << n << " offset=" << offset << " stream=" << stream << " count=" << count);
           std::vector<S> storage(static_cast<std::size_t>((count + 2) * (n + 8)));
           for (std::size_t i = 0; i < storage.size(); ++i)
@@ -401,7 +401,8 @@ TEMPLATE_TEST_CASE("row kernels agree with plain loops, streaming or not, at any
           std::vector<const S*> rows;
           for (Index j = 0; j < count; ++j) rows.push_back(storage.data() + j * (n + 8) + 1);
           S* dst = storage.data() + count * (n + 8) + offset;
-          const S weights[3] = {S(0.5), S(-2), S(0.125)};
+          const S weights[9] = {S(0.5),   S(-2), S(0.125), S(1), S(3),
+                                S(-0.25), S(2),  S(0.75),  S(-1)};
           std::vector<S> start(dst, dst + n);
 
           moe::detail::sum_rows<true>(dst, n, rows.data(), weights, count, false, stream);

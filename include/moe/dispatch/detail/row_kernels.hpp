@@ -116,12 +116,77 @@ Index head_elements(const S* dst, std::size_t align, Index n) {
   return std::min<Index>(n, static_cast<Index>((align - misaligned) / sizeof(S)));
 }
 
+/// dst[i] = Σ_j w_j · rows[j][i] for a compile-time number of rows: the row pointers and weights
+/// live in registers, where the generic loop would reload them after every store to dst (which
+/// the compiler must assume may alias them).
+template <bool Weighted, int Count, class S>
+void sum_rows_fixed(S* dst, Index n, const S* const* rows_in, const S* weights_in, bool stream) {
+  const S* rows[Count];
+  S weights[Count];
+  for (int j = 0; j < Count; ++j) {
+    rows[j] = rows_in[j];
+    weights[j] = Weighted ? weights_in[j] : S(1);
+  }
+  auto scalar = [&](Index i) {
+    S acc = Weighted ? weights[0] * rows[0][i] : rows[0][i];
+    for (int j = 1; j < Count; ++j) acc += Weighted ? weights[j] * rows[j][i] : rows[j][i];
+    dst[i] = acc;
+  };
+  Index i = 0;
+  if constexpr (HasLanes<S>::value) {
+    using L = Lanes<S>;
+    typename L::V w[Count];
+    for (int j = 0; j < Count; ++j) w[j] = L::set1(weights[j]);
+    auto vterm = [&](int j, Index at) {
+      return Weighted ? L::mul(w[j], L::load(rows[j] + at)) : L::load(rows[j] + at);
+    };
+    const Index head = stream ? head_elements(dst, L::align, n) : 0;
+    for (; i < head; ++i) scalar(i);
+    if (stream) {
+      for (; i + L::width <= n; i += L::width) {
+        auto acc = vterm(0, i);
+        for (int j = 1; j < Count; ++j) acc = L::add(acc, vterm(j, i));
+        L::stream(dst + i, acc);
+      }
+    } else {
+      for (; i + L::width <= n; i += L::width) {
+        auto acc = vterm(0, i);
+        for (int j = 1; j < Count; ++j) acc = L::add(acc, vterm(j, i));
+        L::store(dst + i, acc);
+      }
+    }
+  }
+  for (; i < n; ++i) scalar(i);
+}
+
 /// dst[i] (+)= Σ_j w_j · rows[j][i] for i < n, j = 0 .. count - 1 in order (w_j = 1 unless
 /// Weighted). With `accumulate` the sum starts from dst[i], continuing an earlier batch of rows in
 /// the same left-to-right order. count >= 1.
 template <bool Weighted, class S>
 void sum_rows(S* dst, Index n, const S* const* rows, const S* weights, Index count, bool accumulate,
               bool stream) {
+  if (!accumulate) {
+    switch (count) {
+      case 1:
+        return sum_rows_fixed<Weighted, 1>(dst, n, rows, weights, stream);
+      case 2:
+        return sum_rows_fixed<Weighted, 2>(dst, n, rows, weights, stream);
+      case 3:
+        return sum_rows_fixed<Weighted, 3>(dst, n, rows, weights, stream);
+      case 4:
+        return sum_rows_fixed<Weighted, 4>(dst, n, rows, weights, stream);
+      case 5:
+        return sum_rows_fixed<Weighted, 5>(dst, n, rows, weights, stream);
+      case 6:
+        return sum_rows_fixed<Weighted, 6>(dst, n, rows, weights, stream);
+      case 7:
+        return sum_rows_fixed<Weighted, 7>(dst, n, rows, weights, stream);
+      case 8:
+        return sum_rows_fixed<Weighted, 8>(dst, n, rows, weights, stream);
+      default:
+        break;
+    }
+  }
   auto term = [&](Index j, Index i) { return Weighted ? weights[j] * rows[j][i] : rows[j][i]; };
   auto scalar = [&](Index i) {
     S acc = accumulate ? dst[i] + term(0, i) : term(0, i);
