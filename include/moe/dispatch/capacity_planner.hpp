@@ -13,6 +13,7 @@
 #include "moe/dispatch/capacity.hpp"
 #include "moe/dispatch/capacity_plan.hpp"
 #include "moe/dispatch/detail/drop_policies.hpp"
+#include "moe/dispatch/detail/finite_rows.hpp"
 #include "moe/dispatch/detail/plan_finalize.hpp"
 #include "moe/routing/routing.hpp"
 
@@ -42,7 +43,7 @@ CapacityPlan<S> make_capacity_plan(const Eigen::Ref<const ExpertIdMatrix>& exper
         detail::fail("expert_ids", detail::concat("ids in [0, ", num_experts, ")"),
                      detail::concat(e, " at row ", t, ", column ", j));
     }
-  require_finite(gates, "gates");
+  detail::require_finite_rows<S>(gates, "gates");
   const Index group = config.group_size == 0 ? tokens : config.group_size;
   if (config.group_size > 0)
     require(tokens % config.group_size == 0, "expert_ids",

@@ -4,13 +4,14 @@
 #pragma once
 
 #include <algorithm>
-#include <numeric>
+#include <functional>
 #include <vector>
 
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/dispatch/capacity.hpp"
 #include "moe/dispatch/capacity_plan.hpp"
+#include "moe/dispatch/detail/finite_rows.hpp"
 #include "moe/dispatch/detail/plan_finalize.hpp"
 
 namespace moe {
@@ -51,7 +52,7 @@ CapacityPlan<S> make_expert_choice_plan(const ConstMatrixRef<detail::plan_scalar
   const Index num_experts = scores.cols();
   require(num_experts >= 1, "scores", "[T, E] with E >= 1",
           detail::concat("[", tokens, ", ", num_experts, "]"));
-  require_finite(scores, "scores");
+  detail::require_finite_rows<S>(scores, "scores");
   if (config.group_size > 0)
     require(tokens % config.group_size == 0, "scores",
             detail::concat("a row count divisible by ExpertChoiceConfig::group_size (",
@@ -70,18 +71,36 @@ CapacityPlan<S> make_expert_choice_plan(const ConstMatrixRef<detail::plan_scalar
 
   // chosen[e · capacity + c] = token in slot c of expert e (slots filled without gaps).
   std::vector<Index> chosen(static_cast<std::size_t>(num_experts * plan.capacity), -1);
-  std::vector<Index> order(static_cast<std::size_t>(group));
-  std::vector<S> column(static_cast<std::size_t>(group));
+  std::vector<Index> order;
+  std::vector<S> values;
+  // The group's scores, one expert a contiguous row. One cache line of padding per row keeps
+  // the rows, written in lockstep by the transpose, out of a single cache set when the group
+  // size is a power of two.
+  RowMatrix<S> columns(num_experts, group + 64 / static_cast<Index>(sizeof(S)));
   IndexVector per_token = IndexVector::Zero(tokens);
   for (Index g = 0; g < plan.num_groups; ++g) {
     const Index t0 = g * group;
-    for (Index e = 0; e < num_experts; ++e) {
-      for (Index t = 0; t < group; ++t) column[static_cast<std::size_t>(t)] = scores(t0 + t, e);
-      std::iota(order.begin(), order.end(), Index(0));
-      std::partial_sort(order.begin(), order.begin() + taken, order.end(), [&](Index a, Index b) {
-        const S sa = column[static_cast<std::size_t>(a)];
-        const S sb = column[static_cast<std::size_t>(b)];
-        return sa > sb || (sa == sb && a < b);
+    // The group's scores transposed, so each expert's column is one contiguous row.
+    for (Index t = 0; t < group; ++t) {
+      const S* row = scores.row(t0 + t).data();
+      for (Index e = 0; e < num_experts; ++e) columns(e, t) = row[e];
+    }
+    for (Index e = 0; e < num_experts && taken > 0; ++e) {
+      const S* column = columns.row(e).data();
+      // The taken-th largest score is the threshold: every token above it is kept, and tokens
+      // equal to it fill the remaining slots in ascending index. Selecting on plain values then
+      // sorting only the kept tokens is O(T + C log C) per expert.
+      values.assign(column, column + group);
+      std::nth_element(values.begin(), values.begin() + (taken - 1), values.end(),
+                       std::greater<S>());
+      const S threshold = values[static_cast<std::size_t>(taken - 1)];
+      order.clear();
+      for (Index t = 0; t < group; ++t)
+        if (column[t] > threshold) order.push_back(t);
+      for (Index t = 0; t < group && static_cast<Index>(order.size()) < taken; ++t)
+        if (column[t] == threshold) order.push_back(t);
+      std::sort(order.begin(), order.end(), [&](Index a, Index b) {
+        return column[a] > column[b] || (column[a] == column[b] && a < b);
       });
       for (Index c = 0; c < taken; ++c) {
         const Index t = t0 + order[static_cast<std::size_t>(c)];
