@@ -1,0 +1,48 @@
+// HealthConfig: the thresholds that classify an expert as hot or cold, and which average load they
+// are measured against.
+#pragma once
+
+#include <cmath>
+
+#include "moe/core/error.hpp"
+#include "moe/core/types.hpp"
+
+namespace moe {
+
+/// The average load hot and cold are measured against, for T tokens, E experts and k choices.
+///  - per_choice: hard loads against T*k/E, the mean of the top-k counts, so a perfectly balanced
+///    router is at ratio 1 for any k (NeMo Automodel's utilization ratio); soft loads against T/E,
+///    since a token's probabilities sum to one whatever k is.
+///  - per_token: T/E for both, the literal `avg_load = router_probs.shape[0] / num_experts` of the
+///    reference JAX check. With k > 1 every expert of a balanced router then looks k times hot.
+enum class AverageLoad { per_choice, per_token };
+
+struct HealthConfig {
+  /// Hot: load > hot_factor * average (the reference check's capacity_factor, 1.25).
+  double hot_factor = 1.25;
+  /// Cold: load < cold_factor * average (0.1 in the reference check).
+  double cold_factor = 0.1;
+  AverageLoad average = AverageLoad::per_choice;
+};
+
+/// Checks a HealthConfig; every message names the field.
+inline void validate(const HealthConfig& c) {
+  require(std::isfinite(c.hot_factor) && c.hot_factor > 0.0, "HealthConfig::hot_factor",
+          "a finite value > 0", c.hot_factor);
+  require(std::isfinite(c.cold_factor) && c.cold_factor >= 0.0, "HealthConfig::cold_factor",
+          "a finite value >= 0", c.cold_factor);
+  require(c.cold_factor <= c.hot_factor, "HealthConfig::cold_factor",
+          detail::concat("<= hot_factor (", c.hot_factor, ")"), c.cold_factor);
+}
+
+/// Average load of the hard (top-k count) or soft (probability sum) load for T tokens, E experts
+/// and k choices, as `config.average` chooses.
+inline double average_load(bool hard, Index tokens, Index experts, Index top_k,
+                           const HealthConfig& config) {
+  const double per_token = static_cast<double>(tokens) / static_cast<double>(experts);
+  return (hard && config.average == AverageLoad::per_choice)
+             ? per_token * static_cast<double>(top_k)
+             : per_token;
+}
+
+}  // namespace moe

@@ -1,0 +1,523 @@
+// One-step health metrics: the reference JAX check reproduced by hand, each metric on hand-worked
+// cases, random inputs against the plain-loop reference, tensors, non-finite input, bad input.
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "moe/core/random.hpp"
+#include "moe/health/report.hpp"
+#include "moe/health/tensor.hpp"
+#include "support/catch.hpp"
+#include "support/health_reference.hpp"
+
+using moe::Index;
+using moe::RowMatrix;
+
+namespace {
+
+// Rows sum to one; column sums are [4.0, 2.5, 1.4, 0.1] (T = 8, E = 4, avg_load = 2).
+RowMatrix<double> seed_probs() {
+  RowMatrix<double> p(8, 4);
+  p << 1, 0, 0, 0,    //
+      1, 0, 0, 0,     //
+      1, 0, 0, 0,     //
+      .5, .5, 0, 0,   //
+      .5, .5, 0, 0,   //
+      0, .5, .5, 0,   //
+      0, .5, .4, .1,  //
+      0, .5, .5, 0;
+  return p;
+}
+
+std::vector<int> ids(const std::vector<moe::ExpertId>& v) {
+  return std::vector<int>(v.begin(), v.end());
+}
+
+template <class F>
+void require_error_naming(F&& f, const std::string& argument) {
+  try {
+    f();
+  } catch (const moe::Error& e) {
+    INFO(e.what());
+    CHECK(std::string(e.what()).find(argument) != std::string::npos);
+    return;
+  }
+  FAIL("no moe::Error for " << argument);
+}
+
+template <class S>
+RowMatrix<S> random_logits(Index t, Index e, std::uint64_t seed, double scale, bool quantize) {
+  moe::CounterRng rng(seed, 1);
+  RowMatrix<S> z(t, e);
+  for (Index i = 0; i < z.size(); ++i) {
+    double v = scale * rng.normal(static_cast<std::uint64_t>(i));
+    if (quantize) v = std::round(v);  // many exact ties
+    z.data()[i] = static_cast<S>(v);
+  }
+  return z;
+}
+
+template <class S>
+RowMatrix<S> softmax_rows(const RowMatrix<S>& z) {
+  RowMatrix<S> p(z.rows(), z.cols());
+  for (Index t = 0; t < z.rows(); ++t) {
+    const S m = z.row(t).maxCoeff();
+    p.row(t) = (z.row(t).array() - m).exp();
+    p.row(t) /= p.row(t).sum();
+  }
+  return p;
+}
+
+void check_load(const moe::LoadStats& got, const std::vector<double>& load, double average,
+                double tol, double hot = 1.25, double cold = 0.1) {
+  const auto ref = moe::test::ref_load(load, average, hot, cold);
+  REQUIRE(got.load.size() == static_cast<Index>(load.size()));
+  for (std::size_t e = 0; e < load.size(); ++e)
+    CHECK(got.load[e] == Approx(load[e]).epsilon(tol).margin(tol));
+  CHECK(got.average_load == Approx(average));
+  CHECK(got.mean == Approx(ref.mean).epsilon(tol).margin(tol));
+  CHECK(got.variance == Approx(ref.variance).epsilon(tol).margin(tol));
+  if (ref.mean > 0) {
+    CHECK(got.cv == Approx(ref.cv).epsilon(tol).margin(tol));
+    CHECK(got.max_vio == Approx(ref.max_vio).epsilon(tol).margin(tol));
+  }
+  CHECK(got.min == Approx(ref.min).epsilon(tol).margin(tol));
+  CHECK(got.max == Approx(ref.max).epsilon(tol).margin(tol));
+  CHECK(got.p10 == Approx(ref.p10).epsilon(tol).margin(tol));
+  CHECK(got.p50 == Approx(ref.p50).epsilon(tol).margin(tol));
+  CHECK(got.p90 == Approx(ref.p90).epsilon(tol).margin(tol));
+  CHECK(ids(got.hot) == ref.hot);
+  CHECK(ids(got.cold) == ref.cold);
+}
+
+}  // namespace
+
+TEST_CASE("reference JAX check on soft loads, reproduced by hand", "[health][seeds]") {
+  // tokens_per_expert = [4, 2.5, 1.4, 0.1], avg_load = 8 / 4 = 2, max_capacity = 2.5:
+  // hot = [4 > 2.5] (2.5 itself is not above), cold = [0.1 < 0.2], var = (4 + .25 + .36 + 3.61)/4.
+  const auto p = seed_probs();
+  for (Index k : {1, 2}) {
+    const auto r = moe::health_report(p, k);
+    CHECK(r.soft.load.isApprox(Eigen::Vector4d(4.0, 2.5, 1.4, 0.1)));
+    CHECK(r.soft.average_load == 2.0);
+    CHECK(r.soft.variance == Approx(2.055));
+    CHECK(r.soft.hot_count() == 1);
+    CHECK(ids(r.soft.hot) == std::vector<int>{0});
+    CHECK(r.soft.cold_count() == 1);
+    CHECK(ids(r.soft.cold) == std::vector<int>{3});
+  }
+  // The same in float through a Map, the way a caller's buffer arrives.
+  const RowMatrix<float> pf = p.cast<float>();
+  const auto rf = moe::health_report(Eigen::Map<const RowMatrix<float>>(pf.data(), 8, 4), 1);
+  CHECK(rf.soft.variance == Approx(2.055).epsilon(1e-6));
+  CHECK(rf.soft.hot_count() == 1);
+  CHECK(rf.soft.cold_count() == 1);
+}
+
+TEST_CASE("reference JAX check on hard loads, reproduced by hand", "[health][seeds]") {
+  const auto p = seed_probs();
+  SECTION("k = 1: top-1 counts [5, 3, 0, 0] (ties to the lower expert), avg 2") {
+    const auto r = moe::health_report(p, 1);
+    CHECK(r.hard.load == Eigen::Vector4d(5, 3, 0, 0));
+    CHECK(r.hard.average_load == 2.0);
+    CHECK(r.hard.variance == Approx(4.5));
+    CHECK(ids(r.hard.hot) == std::vector<int>{0, 1});
+    CHECK(ids(r.hard.cold) == std::vector<int>{2, 3});
+  }
+  SECTION("k = 2: counts [5, 8, 3, 0]; T k / E = 4 by default, T / E = 2 literally") {
+    const auto r = moe::health_report(p, 2);
+    CHECK(r.hard.load == Eigen::Vector4d(5, 8, 3, 0));
+    CHECK(r.hard.average_load == 4.0);
+    CHECK(r.hard.variance == Approx(8.5));
+    CHECK(ids(r.hard.hot) == std::vector<int>{1});  // 5 is not above 1.25 * 4
+    CHECK(ids(r.hard.cold) == std::vector<int>{3});
+    CHECK(r.hard.max_vio == Approx(1.0));
+    CHECK(r.hard.cv == Approx(std::sqrt(8.5) / 4.0));
+    CHECK(r.hard.min == 0.0);
+    CHECK(r.hard.max == 8.0);
+    CHECK(r.hard.p10 == Approx(0.9));  // sorted [0, 3, 5, 8]
+    CHECK(r.hard.p50 == Approx(4.0));
+    CHECK(r.hard.p90 == Approx(7.1));
+
+    moe::HealthConfig literal;
+    literal.average = moe::AverageLoad::per_token;
+    const auto l = moe::health_report(p, 2, literal);
+    CHECK(l.hard.average_load == 2.0);
+    CHECK(ids(l.hard.hot) == std::vector<int>{0, 1, 2});
+    CHECK(ids(l.hard.cold) == std::vector<int>{3});
+    CHECK(l.soft.average_load == 2.0);
+  }
+  SECTION("the router's own ids give the same counts as the top-k of the probabilities") {
+    moe::ExpertIdMatrix chosen(8, 2);
+    chosen << 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 2, 1, 2, 1, 2;
+    const auto r = moe::health_report(p, chosen);
+    CHECK(r.hard.load == Eigen::Vector4d(5, 8, 3, 0));
+    CHECK(r.top_k == 2);
+  }
+  SECTION("configurable thresholds") {
+    moe::HealthConfig c;
+    c.hot_factor = 1.0;
+    c.cold_factor = 0.5;
+    const auto r = moe::health_report(p, 2, c);
+    CHECK(ids(r.hard.hot) == std::vector<int>{0, 1});
+    CHECK(ids(r.hard.cold) == std::vector<int>{3});  // 3 is not below 2
+    CHECK(ids(r.soft.cold) == std::vector<int>{3});  // 1.4 is not below 1
+  }
+}
+
+TEST_CASE("distribution metrics, hand-worked", "[health]") {
+  const auto r = moe::health_report(seed_probs(), 1);
+  const double ln2 = std::log(2.0);
+  const double h6 = -(.5 * std::log(.5) + .4 * std::log(.4) + .1 * std::log(.1));
+  CHECK(r.mean_token_entropy == Approx((4 * ln2 + h6) / 8));
+  CHECK(r.mean_top1 == Approx(5.5 / 8));
+  double h = 0;
+  for (double c : {4.0, 2.5, 1.4, 0.1}) h -= c / 8 * std::log(c / 8);
+  CHECK(r.normalized_entropy == Approx(h / std::log(4.0)));
+  CHECK(r.skipped_tokens == 0);
+  CHECK_FALSE(r.logits.has_value());
+  CHECK_FALSE(r.capacity.has_value());
+
+  SECTION("uniform rows: entropy 1 normalized, log E per token") {
+    const RowMatrix<float> u = RowMatrix<float>::Constant(5, 8, 0.125f);
+    const auto ru = moe::health_report(u, 2);
+    CHECK(ru.normalized_entropy == Approx(1.0).epsilon(1e-6));
+    CHECK(ru.mean_token_entropy == Approx(std::log(8.0)).epsilon(1e-6));
+    CHECK(ru.mean_top1 == Approx(0.125));
+    CHECK(ru.soft.variance == Approx(0.0).margin(1e-12));
+    CHECK(ru.soft.max_vio == Approx(0.0).margin(1e-6));
+  }
+  SECTION("sigmoid-like rows are normalized before the entropy") {
+    RowMatrix<double> s(1, 2);
+    s << 0.9, 0.9;
+    const auto rs = moe::health_report(s, 1);
+    CHECK(rs.mean_token_entropy == Approx(std::log(2.0)));
+    CHECK(rs.mean_top1 == Approx(0.9));
+  }
+}
+
+TEST_CASE("logit metrics, hand-worked", "[health]") {
+  moe::Routing<double> routing;
+  routing.logits.resize(4, 2);
+  routing.logits << 0, 0, std::log(3.0), 0, 1000, 1000, -5, -5;
+  routing.scores = RowMatrix<double>::Constant(4, 2, 0.5);
+  routing.expert_ids.resize(4, 1);
+  routing.expert_ids << 0, 1, 0, 1;
+  const auto r = moe::health_report(routing);
+  REQUIRE(r.logits.has_value());
+  const double lse[] = {std::log(2.0), std::log(4.0), 1000 + std::log(2.0), -5 + std::log(2.0)};
+  double a = 0, b = 0;
+  for (double v : lse) {
+    a += v / 4;
+    b += v * v / 4;
+  }
+  CHECK(r.logits->mean_logsumexp == Approx(a));
+  CHECK(r.logits->mean_squared_logsumexp == Approx(b));
+  CHECK(r.logits->nonfinite == 0);
+  // With logits, the per-token entropy is that of softmax(z) (fairseq entropy_gating).
+  const double h34 = -(0.75 * std::log(0.75) + 0.25 * std::log(0.25));
+  CHECK(r.logits->mean_entropy == Approx((3 * std::log(2.0) + h34) / 4));
+  CHECK(r.mean_token_entropy == r.logits->mean_entropy);
+
+  SECTION("rows far below the block's maximum keep full precision") {
+    routing.logits << 100, 100, -100, -100, 0, std::log(3.0), -200, -200;
+    const auto rf = moe::health_report(routing);
+    CHECK(rf.logits->mean_logsumexp ==
+          Approx((100 + std::log(2.0) - 100 + std::log(2.0) + std::log(4.0) - 200 + std::log(2.0)) /
+                 4));
+    CHECK(rf.logits->mean_entropy == Approx((3 * std::log(2.0) + h34) / 4));
+    CHECK(rf.logits->nonfinite == 0);
+    // In float, e^-100 is below the normal range: the block falls back to per-row shifts.
+    RowMatrix<float> zf(2, 2);
+    zf << 40, 40, -60, -60;
+    const auto lf = moe::logit_stats(zf);
+    CHECK(lf.mean_logsumexp == Approx((40 + std::log(2.0) - 60 + std::log(2.0)) / 2).epsilon(1e-6));
+    CHECK(lf.mean_entropy == Approx(std::log(2.0)).epsilon(1e-6));
+  }
+  SECTION("non-finite logits are counted and left out of the means") {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    const double inf = std::numeric_limits<double>::infinity();
+    routing.logits << 0, 0, nan, 0, inf, -inf, std::log(3.0), 0;
+    const auto rn = moe::health_report(routing);
+    CHECK(rn.logits->nonfinite == 3);
+    CHECK(rn.logits->skipped_tokens == 2);
+    CHECK(rn.logits->mean_logsumexp == Approx((std::log(2.0) + std::log(4.0)) / 2));
+    // A lone -inf (which a masked router could produce) is non-finite too, not a zero weight.
+    routing.logits << 0, 0, -inf, 0, 0, 0, 0, 0;
+    const auto rm = moe::health_report(routing);
+    CHECK(rm.logits->nonfinite == 1);
+    CHECK(rm.logits->skipped_tokens == 1);
+    CHECK(rm.logits->mean_logsumexp == Approx(std::log(2.0)));
+  }
+}
+
+TEST_CASE("capacity metrics, hand-worked", "[health]") {
+  // E = 3, C = 2, k = 2: expert 0 takes tokens 0 and 1 and drops the first choice of tokens 2, 3.
+  moe::Routing<double> routing;
+  routing.expert_ids.resize(4, 2);
+  routing.expert_ids << 0, 1, 0, 1, 0, 2, 0, 2;
+  routing.scores = RowMatrix<double>::Constant(4, 3, 1.0 / 3);
+  Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> kept(4, 2);
+  kept << 1, 1, 1, 1, 0, 1, 0, 1;
+  const auto stats = moe::capacity_stats_from_mask(routing.expert_ids, kept, 3, 2);
+  CHECK(stats.kept == moe::IndexVector::Constant(3, 2));
+  CHECK(stats.dropped == (moe::IndexVector(3) << 2, 0, 0).finished());
+  CHECK(stats.token_kept == (moe::IndexVector(4) << 2, 2, 1, 1).finished());
+  const auto r = moe::health_report(routing, stats);
+  REQUIRE(r.capacity.has_value());
+  CHECK(r.capacity->drop_rate == 0.25);
+  CHECK(r.capacity->tokens_left_behind == 0.0);
+  CHECK(r.capacity->capacity_utilization == 1.0);
+  CHECK(r.capacity->overflowing_experts == 1);
+  CHECK(r.hard.load == Eigen::Vector3d(4, 2, 2));  // hard loads are counted before the drop
+
+  SECTION("a token with every choice dropped is left behind") {
+    moe::ExpertIdMatrix two(3, 2);
+    two << 0, 1, 0, 1, 0, 1;
+    Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m(3, 2);
+    m << 1, 1, 1, 1, 0, 0;
+    const auto c = moe::capacity_report(moe::capacity_stats_from_mask(two, m, 2, 2), 3, 2, 2);
+    CHECK(c.drop_rate == Approx(2.0 / 6));
+    CHECK(c.tokens_left_behind == Approx(1.0 / 3));
+    CHECK(c.tokens_without_expert == 1);
+    CHECK(c.capacity_utilization == 1.0);
+    CHECK(c.overflowing_experts == 2);
+  }
+}
+
+TEMPLATE_TEST_CASE("random inputs against the plain-loop reference", "[health][reference]", float,
+                   double) {
+  using S = TestType;
+  const double tol = std::is_same_v<S, float> ? 2e-5 : 1e-10;
+  struct Shape {
+    Index t, e, k;
+    double scale;
+    bool quantize;
+  };
+  const Shape shapes[] = {{1, 1, 1, 1, false},   {7, 3, 2, 1, false},   {300, 64, 8, 2, false},
+                          {257, 16, 4, 1, true}, {1000, 8, 8, 3, true}, {130, 5, 1, 0.1, false}};
+  std::uint64_t seed = 1;
+  for (const auto& s : shapes) {
+    CAPTURE(s.t, s.e, s.k, s.quantize);
+    const RowMatrix<S> z = random_logits<S>(s.t, s.e, seed++, s.scale, s.quantize);
+    const RowMatrix<S> p = softmax_rows(z);
+    const auto pr = moe::test::to_ref(p);
+    const auto topk = moe::test::ref_topk(pr, static_cast<std::size_t>(s.k));
+    moe::Routing<S> routing;
+    routing.scores = p;
+    routing.logits = z;
+    routing.expert_ids.resize(s.t, s.k);
+    for (Index t = 0; t < s.t; ++t)
+      for (Index j = 0; j < s.k; ++j) routing.expert_ids(t, j) = topk[t][j];
+
+    const auto from_probs = moe::health_report(p, s.k);
+    const auto r = moe::health_report(routing);
+    const auto soft = moe::test::ref_soft_load(pr, static_cast<std::size_t>(s.e));
+    const auto hard = moe::test::ref_hard_load(topk, static_cast<std::size_t>(s.e));
+    const double t = static_cast<double>(s.t), e = static_cast<double>(s.e);
+    for (const auto* rep : {&from_probs, &r}) {
+      check_load(rep->soft, soft, t / e, tol);
+      check_load(rep->hard, hard, t * s.k / e, 1e-12);
+      const auto tok = moe::test::ref_tokens(pr);
+      CHECK(rep->mean_token_entropy == Approx(tok.mean_entropy).epsilon(tol).margin(tol));
+      CHECK(rep->mean_top1 == Approx(tok.mean_top1).epsilon(tol));
+      CHECK(rep->normalized_entropy ==
+            Approx(moe::test::ref_normalized_entropy(soft)).epsilon(tol));
+    }
+    const auto lg = moe::test::ref_logits(moe::test::to_ref(z));
+    REQUIRE(r.logits.has_value());
+    CHECK(r.logits->mean_logsumexp == Approx(lg.mean_lse).epsilon(tol).margin(tol));
+    CHECK(r.logits->mean_squared_logsumexp == Approx(lg.mean_lse2).epsilon(tol).margin(tol));
+  }
+}
+
+TEST_CASE("tensors: rank 2 and rank 3 in both storage orders match the matrix path",
+          "[health][tensor]") {
+  const Index L = 3, T = 150, E = 6, k = 2;
+  std::vector<RowMatrix<float>> layers;
+  for (Index l = 0; l < L; ++l)
+    layers.push_back(softmax_rows(random_logits<float>(T, E, 40 + l, 1.5 * (l + 1), false)));
+
+  Eigen::Tensor<float, 3, Eigen::RowMajor> row_major(L, T, E);
+  Eigen::Tensor<float, 3, Eigen::ColMajor> col_major(L, T, E);
+  for (Index l = 0; l < L; ++l)
+    for (Index t = 0; t < T; ++t)
+      for (Index e = 0; e < E; ++e) row_major(l, t, e) = col_major(l, t, e) = layers[l](t, e);
+
+  const auto check_same = [](const moe::HealthReport& a, const moe::HealthReport& b) {
+    CHECK(a.soft.load.isApprox(b.soft.load, 1e-6));
+    CHECK(a.hard.load == b.hard.load);
+    CHECK(a.normalized_entropy == Approx(b.normalized_entropy).epsilon(1e-6));
+    CHECK(a.mean_token_entropy == Approx(b.mean_token_entropy).epsilon(1e-6));
+    CHECK(a.mean_top1 == Approx(b.mean_top1).epsilon(1e-6));
+  };
+  const auto from_rows = moe::health_reports(row_major, k);
+  const auto from_cols = moe::health_reports(col_major, k);
+  const Eigen::TensorMap<const Eigen::Tensor<float, 3, Eigen::RowMajor>> mapped(row_major.data(), L,
+                                                                                T, E);
+  const auto from_map = moe::health_reports(mapped, k);
+  REQUIRE(from_rows.size() == static_cast<std::size_t>(L));
+  REQUIRE(from_cols.size() == static_cast<std::size_t>(L));
+  for (Index l = 0; l < L; ++l) {
+    const auto expected = moe::health_report(layers[l], k);
+    check_same(from_rows[l], expected);
+    check_same(from_cols[l], expected);
+    check_same(from_map[l], expected);
+
+    Eigen::Tensor<float, 2, Eigen::ColMajor> t2(T, E);
+    for (Index t = 0; t < T; ++t)
+      for (Index e = 0; e < E; ++e) t2(t, e) = layers[l](t, e);
+    check_same(moe::health_report(t2, k), expected);
+    const Eigen::TensorMap<Eigen::Tensor<float, 2, Eigen::RowMajor>> m2(layers[l].data(), T, E);
+    check_same(moe::health_report(m2, k), expected);
+  }
+}
+
+TEST_CASE("edge cases: no tokens, one expert, k = E, huge logits, non-finite probabilities",
+          "[health]") {
+  SECTION("T = 0") {
+    const RowMatrix<double> p(0, 4);
+    const auto r = moe::health_report(p, 2);
+    CHECK(r.soft.load.isZero());
+    CHECK(r.hard.load.isZero());
+    CHECK(r.soft.variance == 0.0);
+    CHECK(std::isnan(r.hard.cv));
+    CHECK(std::isnan(r.hard.max_vio));
+    CHECK(std::isnan(r.mean_top1));
+    CHECK(std::isnan(r.normalized_entropy));
+    CHECK(r.hard.hot.empty());
+    CHECK(r.hard.cold.empty());
+  }
+  SECTION("E = 1, k = E") {
+    const RowMatrix<float> p = RowMatrix<float>::Ones(9, 1);
+    const auto r = moe::health_report(p, 1);
+    CHECK(r.normalized_entropy == 1.0);
+    CHECK(r.mean_token_entropy == 0.0);
+    CHECK(r.hard.load[0] == 9.0);
+    CHECK(r.hard.cv == 0.0);
+  }
+  SECTION("k = E counts every expert once per token") {
+    const RowMatrix<float> p = softmax_rows(random_logits<float>(33, 5, 9, 1, false));
+    CHECK(moe::health_report(p, 5).hard.load == Eigen::VectorXd::Constant(5, 33));
+  }
+  SECTION("huge logits stay finite") {
+    moe::Routing<float> routing;
+    routing.logits = RowMatrix<float>::Constant(3, 4, 3e4f);
+    routing.scores = RowMatrix<float>::Constant(3, 4, 0.25f);
+    routing.expert_ids = moe::ExpertIdMatrix::Zero(3, 1);
+    const auto r = moe::health_report(routing);
+    CHECK(r.logits->mean_logsumexp == Approx(3e4 + std::log(4.0)));
+  }
+  SECTION("rows with a non-finite probability are skipped and counted") {
+    RowMatrix<double> p = seed_probs();
+    p(2, 1) = std::numeric_limits<double>::quiet_NaN();
+    p(5, 3) = std::numeric_limits<double>::infinity();
+    const auto r = moe::health_report(p, 1);
+    CHECK(r.skipped_tokens == 2);
+    const auto ref = moe::test::ref_soft_load(moe::test::to_ref(p), 4);
+    CHECK(r.soft.load.isApprox(Eigen::Map<const Eigen::VectorXd>(ref.data(), 4)));
+    CHECK(r.mean_top1 == Approx(moe::test::ref_tokens(moe::test::to_ref(p)).mean_top1));
+    // -inf is skipped as non-finite, not rejected as negative.
+    p(6, 0) = -std::numeric_limits<double>::infinity();
+    CHECK(moe::health_report(p, 1).skipped_tokens == 3);
+  }
+}
+
+TEST_CASE("same bits at any thread count", "[health][determinism]") {
+  moe::Routing<float> routing;
+  routing.logits = random_logits<float>(3000, 64, 77, 3, false);
+  routing.scores = softmax_rows(routing.logits);
+  routing.expert_ids = moe::ExpertIdMatrix::Zero(3000, 1);
+  const auto report_at = [&](int threads) {
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#else
+    (void)threads;  // built without OpenMP: one thread, and the same call twice
+#endif
+    return moe::health_report(routing);
+  };
+  const auto a = report_at(1), b = report_at(2);
+  CHECK(a.soft.load == b.soft.load);  // exact, not approximate
+  CHECK(a.mean_top1 == b.mean_top1);
+  CHECK(a.normalized_entropy == b.normalized_entropy);
+  CHECK(a.mean_token_entropy == b.mean_token_entropy);
+  CHECK(a.logits->mean_logsumexp == b.logits->mean_logsumexp);
+}
+
+TEST_CASE("bad input raises moe::Error naming the argument", "[health][errors]") {
+  const auto p = seed_probs();
+  RowMatrix<double> negative = p;
+  negative(3, 2) = -0.25;
+  require_error_naming([&] { moe::health_report(negative, 1); }, "probabilities");
+  require_error_naming([&] { moe::health_report(p, 0); }, "top_k");
+  require_error_naming([&] { moe::health_report(p, 5); }, "top_k");
+  require_error_naming([&] { moe::health_report(RowMatrix<double>(3, 0), 1); }, "probabilities");
+  moe::ExpertIdMatrix bad_ids = moe::ExpertIdMatrix::Zero(8, 1);
+  bad_ids(4, 0) = 4;
+  require_error_naming([&] { moe::health_report(p, bad_ids); }, "expert_ids");
+  require_error_naming([&] { moe::health_report(p, moe::ExpertIdMatrix::Zero(7, 1)); },
+                       "expert_ids");
+  require_error_naming([&] { moe::health_report(p, moe::ExpertIdMatrix::Zero(8, 0)); },
+                       "expert_ids");
+
+  moe::HealthConfig c;
+  c.hot_factor = 0;
+  require_error_naming([&] { moe::health_report(p, 1, c); }, "HealthConfig::hot_factor");
+  c = {};
+  c.cold_factor = std::numeric_limits<double>::quiet_NaN();
+  require_error_naming([&] { moe::health_report(p, 1, c); }, "HealthConfig::cold_factor");
+  c = {};
+  c.cold_factor = 2.0;
+  require_error_naming([&] { moe::health_report(p, 1, c); }, "HealthConfig::cold_factor");
+  require_error_naming([&] { moe::load_stats(Eigen::VectorXd(0), 1.0); }, "load");
+  require_error_naming([&] { moe::load_stats(Eigen::VectorXd::Ones(2), -1.0); }, "average_load");
+
+  moe::Routing<double> routing;
+  routing.scores = p;
+  routing.expert_ids = moe::ExpertIdMatrix::Zero(8, 1);
+  routing.logits = RowMatrix<double>::Zero(8, 3);
+  require_error_naming([&] { moe::health_report(routing); }, "routing.logits");
+  routing.logits = RowMatrix<double>::Zero(8, 4);
+
+  const auto good =
+      moe::capacity_stats_from_mask(routing.expert_ids, moe::ExpertIdMatrix::Ones(8, 1), 4, 8);
+  CHECK_NOTHROW(moe::health_report(routing, good));
+  auto cap = good;
+  cap.kept.resize(3);
+  require_error_naming([&] { moe::health_report(routing, cap); }, "CapacityStats::kept");
+  cap = good;
+  cap.capacity = 7;  // expert 0 kept 8
+  require_error_naming([&] { moe::health_report(routing, cap); }, "CapacityStats::kept");
+  cap = good;
+  cap.dropped[1] = 1;
+  require_error_naming([&] { moe::health_report(routing, cap); }, "CapacityStats::kept + dropped");
+  cap = good;
+  cap.dropped[1] = -1;
+  require_error_naming([&] { moe::health_report(routing, cap); }, "CapacityStats::dropped");
+  cap = good;
+  cap.token_kept[0] = 2;
+  require_error_naming([&] { moe::health_report(routing, cap); }, "CapacityStats::token_kept");
+  cap = good;
+  cap.token_kept.resize(7);
+  require_error_naming([&] { moe::health_report(routing, cap); }, "CapacityStats::token_kept");
+  cap = good;
+  cap.capacity = -1;
+  require_error_naming([&] { moe::health_report(routing, cap); }, "CapacityStats::capacity");
+  require_error_naming(
+      [&] {
+        moe::capacity_stats_from_mask(routing.expert_ids, moe::ExpertIdMatrix::Ones(7, 1), 4, 8);
+      },
+      "kept_mask");
+  require_error_naming(
+      [&] {
+        moe::capacity_stats_from_mask(routing.expert_ids, moe::ExpertIdMatrix::Ones(8, 1), 4, -1);
+      },
+      "capacity");
+}
