@@ -1,41 +1,28 @@
 // Switch Transformer top-1 routing with capacity factor 1.25: route, dispatch into the padded
 // [E, C, d] buffer, run one function per expert, combine, and report the drop rate.
-#include <moe/core/random.hpp>
-#include <moe/dispatch/capacity_planner.hpp>
-#include <moe/dispatch/dispatch.hpp>
-#include <moe/routing/routing.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
+#include <moe/dispatch/capacity_planner.hpp>
+#include <moe/dispatch/dispatch.hpp>
+#include <moe/moe.hpp>
+
 int main() {
   using S = float;
   const moe::Index tokens = 512, hidden = 64, experts = 8;
 
-  // A router by hand: logits = x W^T, softmax over experts, top-1 (ties to the lower id).
-  const moe::CounterRng rng(42, 0);
-  moe::RowMatrix<S> x(tokens, hidden), w(experts, hidden);
+  // Switch router: softmax over E, top-1, the raw top-1 probability as the gate.
+  moe::Router<S> router(moe::presets::switch_transformer(experts, hidden));
+  router.init_weights(/*seed=*/42, /*stddev=*/0.3);
+  moe::RowMatrix<S> x(tokens, hidden);
+  const moe::CounterRng rng(/*seed=*/7, /*stream=*/0);
   for (moe::Index i = 0; i < x.size(); ++i) x.data()[i] = static_cast<S>(rng.normal(i));
-  for (moe::Index i = 0; i < w.size(); ++i)
-    w.data()[i] = static_cast<S>(0.3 * rng.normal(x.size() + i));
-  moe::Routing<S> routing;
-  routing.logits = x * w.transpose();
-  routing.scores = routing.logits;
-  routing.expert_ids.resize(tokens, 1);
-  routing.gates.resize(tokens, 1);
-  for (moe::Index t = 0; t < tokens; ++t) {
-    auto p = routing.scores.row(t);
-    p = (p.array() - p.maxCoeff()).exp();
-    p /= p.sum();
-    moe::Index best = 0;
-    p.maxCoeff(&best);
-    routing.expert_ids(t, 0) = static_cast<moe::ExpertId>(best);
-    routing.gates(t, 0) = p(best);  // Switch: the raw top-1 probability, not renormalized
-  }
+  moe::RouterContext<S> ctx;
+  const moe::Routing<S>& routing = router.forward(x, ctx, moe::Mode::train, /*seed=*/1);
 
-  // Capacity factor 1.25, C = ceil(T / E * 1.25) = 80; overflow dropped in token order.
+  // Capacity factor 1.25: C = ceil(T / E * 1.25) = 80; overflow dropped in token order.
   moe::CapacityConfig config;
   config.rounding = moe::CapacityRounding::megatron;
   config.train_factor = 1.25;
@@ -45,13 +32,10 @@ int main() {
   // Expert e: out = tanh(in) * (e + 1), run on its kept rows only.
   moe::RowMatrix<S> buffer = moe::dispatch(plan, x);
   moe::RowMatrix<S> expert_out = moe::RowMatrix<S>::Zero(buffer.rows(), hidden);
-  for (moe::Index e = 0; e < experts; ++e) {
-    auto rows = buffer.middleRows(e * plan.capacity, plan.kept[e]);
+  for (moe::Index e = 0; e < experts; ++e)
     expert_out.middleRows(e * plan.capacity, plan.kept[e]) =
-        rows.array().tanh() * static_cast<S>(e + 1);
-  }
-  moe::RowMatrix<S> y = moe::combine(plan, expert_out);
-  // The residual carries dropped tokens: output = x + y.
+        buffer.middleRows(e * plan.capacity, plan.kept[e]).array().tanh() * static_cast<S>(e + 1);
+  moe::RowMatrix<S> y = moe::combine(plan, expert_out);  // the layer output is x + y
 
   std::printf("capacity %lld per expert, kept %lld, dropped %lld, drop rate %.2f%%\n",
               static_cast<long long>(plan.capacity), static_cast<long long>(plan.total_kept),

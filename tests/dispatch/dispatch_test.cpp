@@ -4,6 +4,8 @@
 #include <moe/dispatch/detail/row_kernels.hpp>
 #include <moe/dispatch/dispatch.hpp>
 #include <moe/routing/expert_choice.hpp>
+#include <moe/routing/presets.hpp>
+#include <moe/routing/router.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -427,4 +429,38 @@ TEMPLATE_TEST_CASE("row kernels agree with plain loops, streaming or not, at any
           moe::detail::stream_fence();
           CHECK(std::all_of(dst, dst + n, [](S v) { return v == S(0); }));
         }
+}
+
+TEST_CASE("router -> capacity plan -> combine differentiates to the router weight",
+          "[dispatch][gradient][router]") {
+  const Index tokens = 12, hidden = 4, experts = 4;
+  moe::Router<double> router(moe::presets::mixtral(hidden, experts, 2));
+  router.init_weights(3, 0.7);
+  RowMatrix<double> x = moe::test::random_matrix(tokens, hidden, 31);
+  RowMatrix<double> upstream = moe::test::random_matrix(tokens, hidden, 32);
+  CapacityConfig config;
+  config.train_factor = 0.6;  // C = ceil(12 * 2 / 4 * 0.6) = 4: drops happen
+  config.policy = DropPolicy::position;
+  config.renormalize_survivors = true;
+  auto expert = [](const CapacityPlan<double>& plan, const RowMatrix<double>& in) {
+    RowMatrix<double> out = in.array().sin();
+    for (Index s = 0; s < out.rows(); ++s) out.row(s) *= static_cast<double>(s / plan.capacity + 1);
+    return out;
+  };
+  auto loss = [&] {
+    moe::RouterContext<double> ctx;
+    const auto& routing = router.forward(x, ctx, Mode::eval);
+    auto plan = moe::make_capacity_plan(routing, config, Mode::eval);
+    return moe::combine(plan, expert(plan, moe::dispatch(plan, x))).cwiseProduct(upstream).sum();
+  };
+  moe::RouterContext<double> ctx;
+  const auto& routing = router.forward(x, ctx, Mode::eval);
+  auto plan = moe::make_capacity_plan(routing, config, Mode::eval);
+  REQUIRE(plan.total_dropped > 0);
+  auto grads = moe::combine_backward(plan, expert(plan, moe::dispatch(plan, x)), upstream);
+  moe::RouterUpstream<double> up;
+  up.gates = moe::capacity_plan_backward(plan, grads.weight);
+  RowMatrix<double> analytic = router.backward(x, ctx, up).weight;
+  RowMatrix<double> numeric = moe::test::numerical_gradient(router.weight, loss);
+  CHECK(moe::test::relative_error(analytic, numeric) < 1e-6);
 }

@@ -2,7 +2,9 @@
 // renormalization, routing groups, agreement with the sort-based reference on random shapes,
 // invariants, edge cases and bad input.
 #include <moe/dispatch/capacity_planner.hpp>
+#include <moe/dispatch/capacity_stats.hpp>
 
+#include <cmath>
 #include <vector>
 
 #include "dispatch/test_util.hpp"
@@ -240,9 +242,9 @@ TEST_CASE("edge cases: T = 0, E = 1, k = E, C = 0 and 1, all tokens to one exper
     CHECK(plan.num_entries() == 0);
     CHECK(plan.capacity == 0);
     CHECK(plan.token_offsets.size() == 1);
-    CHECK(plan.drop_rate() == 0.0);
-    CHECK(plan.utilization() == 0.0);
-    CHECK(plan.fraction_tokens_without_expert() == 0.0);
+    CHECK(std::isnan(plan.drop_rate()));  // empty denominators give NaN, as in moe/health
+    CHECK(std::isnan(plan.utilization()));
+    CHECK(std::isnan(plan.fraction_tokens_without_expert()));
     config.group_size = 4;
     auto grouped = moe::make_capacity_plan<double>(ids, gates, 4, config, Mode::train);
     CHECK(grouped.num_groups == 0);
@@ -337,4 +339,18 @@ TEST_CASE("bad planner input throws moe::Error naming the argument", "[plan][err
   empty_scores.gates = h.gates;
   CHECK_THROWS_WITH(moe::make_capacity_plan(empty_scores, CapacityConfig{}, Mode::train),
                     MOE_CONTAINS("routing.scores"));
+}
+
+TEST_CASE("a plan's counts feed the health capacity report", "[plan][health]") {
+  HandCase h;
+  auto plan = moe::make_capacity_plan<double>(h.ids, h.gates, 3,
+                                              fixed_config(2, DropPolicy::position), Mode::train);
+  const moe::CapacityStats stats = moe::capacity_stats(plan);
+  CHECK(stats.token_kept == moe::IndexVector((moe::IndexVector(4) << 2, 2, 1, 0).finished()));
+  const moe::CapacityReport report = moe::capacity_report(stats, 4, 3, 2);
+  CHECK(report.drop_rate == Approx(plan.drop_rate()));
+  CHECK(report.tokens_without_expert == plan.tokens_without_expert);
+  CHECK(report.tokens_left_behind == Approx(plan.fraction_tokens_without_expert()));
+  CHECK(report.capacity_utilization == Approx(plan.utilization()));
+  CHECK(report.overflowing_experts == 2);
 }

@@ -3,6 +3,10 @@
 // make_expert_choice_plan (expert choice); consumed by dispatch / combine and their backward.
 #pragma once
 
+#include <limits>
+
+#include <limits>
+
 #include <Eigen/Core>
 
 #include "moe/core/types.hpp"
@@ -57,25 +61,22 @@ struct CapacityPlan {
   Index entry(Index token, Index choice) const { return token_offsets[token] + choice; }
   bool is_kept(Index entry_index) const { return entry_slot[entry_index] >= 0; }
 
-  /// Dropped entries over all entries (Megatron / fairseq overflow fraction); 0 with no entries.
-  double drop_rate() const noexcept {
-    const Index n = total_kept + total_dropped;
-    return n == 0 ? 0.0 : static_cast<double>(total_dropped) / static_cast<double>(n);
-  }
+  // Ratios over an empty denominator are NaN, as in moe/health.
+
+  /// Dropped entries over all entries (Megatron / fairseq overflow fraction).
+  double drop_rate() const noexcept { return ratio(total_dropped, total_kept + total_dropped); }
   /// Tokens none of whose entries was kept, over T (flaxformer fraction_tokens_left_behind).
   double fraction_tokens_without_expert() const noexcept {
-    return num_tokens == 0
-               ? 0.0
-               : static_cast<double>(tokens_without_expert) / static_cast<double>(num_tokens);
+    return ratio(tokens_without_expert, num_tokens);
   }
-  /// Kept entries over all buffer slots (flaxformer expert_usage); 0 with no slots.
-  double utilization() const noexcept {
-    const Index slots = num_slots();
-    return slots == 0 ? 0.0 : static_cast<double>(total_kept) / static_cast<double>(slots);
-  }
-  /// Kept entries of expert e over its capacity; 0 with zero capacity.
-  double utilization(Index expert) const {
-    return capacity == 0 ? 0.0 : static_cast<double>(kept[expert]) / static_cast<double>(capacity);
+  /// Kept entries over all buffer slots (flaxformer expert_usage).
+  double utilization() const noexcept { return ratio(total_kept, num_slots()); }
+  /// Kept entries of expert e over its capacity.
+  double utilization(Index expert) const { return ratio(kept[expert], capacity); }
+
+  static double ratio(Index num, Index den) noexcept {
+    return den == 0 ? std::numeric_limits<double>::quiet_NaN()
+                    : static_cast<double>(num) / static_cast<double>(den);
   }
 };
 
