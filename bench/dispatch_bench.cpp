@@ -206,7 +206,8 @@ void BM_expert_choice_plan(benchmark::State& state) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// The grid, minus shapes whose buffers exceed ~1.5 GB (a shared machine).
+// T in {64, 4096, 65536}, d in {1024, 4096}, E in {8, 64, 256}, k in {1, 2, 8}, minus shapes whose
+// buffers exceed ~1.5 GB.
 void data_grid(benchmark::internal::Benchmark* b) {
   for (Index tokens : {64, 4096, 65536})
     for (Index d : {1024, 4096})
