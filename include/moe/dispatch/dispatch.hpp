@@ -1,0 +1,202 @@
+// Dispatch and combine over a CapacityPlan, forward and backward: row copies between the token
+// matrix [T, d] and the padded expert buffer [E · C, d] (expert e's rows are e·C .. e·C + C - 1).
+// Every output row is written by exactly one loop iteration and every sum runs in a fixed order,
+// so results are the same bits at any thread count.
+#pragma once
+
+#include <cstring>
+
+#include "moe/core/detail/parallel.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/types.hpp"
+#include "moe/dispatch/capacity_plan.hpp"
+#include "moe/dispatch/detail/plan_finalize.hpp"
+#include "moe/dispatch/detail/row_kernels.hpp"
+
+namespace moe {
+
+namespace detail {
+
+template <class S>
+void check_plan_arrays(const CapacityPlan<S>& plan) {
+  require(plan.token_offsets.size() == plan.num_tokens + 1, "plan.token_offsets",
+          detail::concat("size T + 1 = ", plan.num_tokens + 1), plan.token_offsets.size());
+  require(plan.slot_token.size() == plan.num_slots() && plan.slot_entry.size() == plan.num_slots(),
+          "plan.slot_token", detail::concat("size E * capacity = ", plan.num_slots()),
+          plan.slot_token.size());
+  require(plan.entry_weight.size() == plan.num_entries(), "plan.entry_weight",
+          detail::concat("size ", plan.num_entries(), " (one per entry)"),
+          plan.entry_weight.size());
+}
+
+/// out_row = Σ over token t's kept entries, in choice order, of (w ·) rows[slot]; zero when none
+/// is kept. Entries go through sum_rows in batches of up to 8 rows, continuing the same sum.
+template <bool Weighted, class S, class Rows>
+void reduce_token(const CapacityPlan<S>& plan, Index t, const Rows& rows, S* out_row, Index n,
+                  bool stream) {
+  constexpr Index batch = 8;
+  const S* pointers[batch];
+  S weights[batch];
+  Index count = 0;
+  bool started = false;
+  const Index end = plan.token_offsets[t + 1];
+  Index kept_total = 0;
+  for (Index i = plan.token_offsets[t]; i < end; ++i) kept_total += plan.entry_slot[i] >= 0;
+  // Streaming is only safe when the row is written once (no later batch reads it back).
+  const bool single_pass = kept_total <= batch;
+  for (Index i = plan.token_offsets[t]; i < end; ++i) {
+    const Index s = plan.entry_slot[i];
+    if (s < 0) continue;
+    pointers[count] = rows.row(s).data();
+    weights[count] = plan.entry_weight[i];
+    if (++count == batch) {
+      sum_rows<Weighted>(out_row, n, pointers, weights, count, started, stream && single_pass);
+      started = true;
+      count = 0;
+    }
+  }
+  if (count > 0)
+    sum_rows<Weighted>(out_row, n, pointers, weights, count, started, stream && single_pass);
+  else if (!started)
+    zero_row(out_row, n, stream);
+}
+
+}  // namespace detail
+
+/// buffer[e·C + c] = x[token of slot (e, c)], zero for an empty slot (GShard "sec,sm->ecm").
+template <class S>
+void dispatch(const CapacityPlan<S>& plan, const ConstMatrixRef<detail::plan_scalar_t<S>>& x,
+              MatrixRef<detail::plan_scalar_t<S>> buffer) {
+  detail::check_plan_arrays(plan);
+  require_shape(x, "x", plan.num_tokens, -1);
+  require_shape(buffer, "buffer", plan.num_slots(), x.cols());
+  const Index d = x.cols();
+  if (d == 0) return;
+  const bool stream = detail::should_stream<S>(plan.num_slots(), d);
+  detail::parallel_for(0, plan.num_experts, [&](Index e) {
+    for (Index s = e * plan.capacity; s < (e + 1) * plan.capacity; ++s) {
+      const Index t = plan.slot_token[s];
+      if (t >= 0)
+        detail::copy_row(buffer.row(s).data(), x.row(t).data(), d, stream);
+      else
+        detail::zero_row(buffer.row(s).data(), d, stream);
+    }
+    if (stream) detail::stream_fence();
+  });
+}
+
+template <class S>
+RowMatrix<S> dispatch(const CapacityPlan<S>& plan,
+                      const ConstMatrixRef<detail::plan_scalar_t<S>>& x) {
+  RowMatrix<S> buffer(plan.num_slots(), x.cols());
+  dispatch(plan, x, buffer);
+  return buffer;
+}
+
+/// grad_x[t] = Σ over t's kept entries, in choice order, of grad_buffer[slot]; 0 if none kept.
+template <class S>
+void dispatch_backward(const CapacityPlan<S>& plan,
+                       const ConstMatrixRef<detail::plan_scalar_t<S>>& grad_buffer,
+                       MatrixRef<detail::plan_scalar_t<S>> grad_x) {
+  detail::check_plan_arrays(plan);
+  require_shape(grad_buffer, "grad_buffer", plan.num_slots(), -1);
+  require_shape(grad_x, "grad_x", plan.num_tokens, grad_buffer.cols());
+  const Index d = grad_buffer.cols();
+  if (d == 0) return;
+  const bool stream = detail::should_stream<S>(plan.num_tokens, d);
+  detail::parallel_for(0, plan.num_tokens, [&](Index t) {
+    detail::reduce_token<false>(plan, t, grad_buffer, grad_x.row(t).data(), d, stream);
+    if (stream) detail::stream_fence();
+  });
+}
+
+template <class S>
+RowMatrix<S> dispatch_backward(const CapacityPlan<S>& plan,
+                               const ConstMatrixRef<detail::plan_scalar_t<S>>& grad_buffer) {
+  RowMatrix<S> grad_x(plan.num_tokens, grad_buffer.cols());
+  dispatch_backward(plan, grad_buffer, grad_x);
+  return grad_x;
+}
+
+/// y[t] = Σ over t's kept entries, in choice order, of w · expert_out[slot]; a dropped entry adds
+/// nothing and a token with no kept entry gets 0 (its residual carries it).
+template <class S>
+void combine(const CapacityPlan<S>& plan,
+             const ConstMatrixRef<detail::plan_scalar_t<S>>& expert_out,
+             MatrixRef<detail::plan_scalar_t<S>> y) {
+  detail::check_plan_arrays(plan);
+  require_shape(expert_out, "expert_out", plan.num_slots(), -1);
+  require_shape(y, "y", plan.num_tokens, expert_out.cols());
+  const Index d = expert_out.cols();
+  if (d == 0) return;
+  const bool stream = detail::should_stream<S>(plan.num_tokens, d);
+  detail::parallel_for(0, plan.num_tokens, [&](Index t) {
+    detail::reduce_token<true>(plan, t, expert_out, y.row(t).data(), d, stream);
+    if (stream) detail::stream_fence();
+  });
+}
+
+template <class S>
+RowMatrix<S> combine(const CapacityPlan<S>& plan,
+                     const ConstMatrixRef<detail::plan_scalar_t<S>>& expert_out) {
+  RowMatrix<S> y(plan.num_tokens, expert_out.cols());
+  combine(plan, expert_out, y);
+  return y;
+}
+
+/// Backward of combine: grad_expert_out[slot] = w · grad_y[t] (0 for an empty slot);
+/// grad_weight[i] = <expert_out[slot], grad_y[t]> for a kept entry, 0 for a dropped one.
+template <class S>
+void combine_backward(const CapacityPlan<S>& plan,
+                      const ConstMatrixRef<detail::plan_scalar_t<S>>& expert_out,
+                      const ConstMatrixRef<detail::plan_scalar_t<S>>& grad_y,
+                      MatrixRef<detail::plan_scalar_t<S>> grad_expert_out,
+                      Eigen::Ref<Vector<detail::plan_scalar_t<S>>> grad_weight) {
+  detail::check_plan_arrays(plan);
+  require_shape(expert_out, "expert_out", plan.num_slots(), -1);
+  require_shape(grad_y, "grad_y", plan.num_tokens, expert_out.cols());
+  require_shape(grad_expert_out, "grad_expert_out", plan.num_slots(), expert_out.cols());
+  require(grad_weight.size() == plan.num_entries(), "grad_weight",
+          detail::concat("size ", plan.num_entries(), " (one per plan entry)"), grad_weight.size());
+  const Index d = expert_out.cols();
+  const bool stream = detail::should_stream<S>(plan.num_slots(), d);
+  detail::parallel_for(0, plan.num_experts, [&](Index e) {
+    for (Index s = e * plan.capacity; s < (e + 1) * plan.capacity; ++s) {
+      const Index i = plan.slot_entry[s];
+      if (i >= 0) {
+        const S* row = grad_y.row(plan.slot_token[s]).data();
+        detail::sum_rows<true>(grad_expert_out.row(s).data(), d, &row, &plan.entry_weight[i], 1,
+                               false, stream);
+      } else {
+        detail::zero_row(grad_expert_out.row(s).data(), d, stream);
+      }
+    }
+    if (stream) detail::stream_fence();
+  });
+  detail::parallel_for(0, plan.num_tokens, [&](Index t) {
+    for (Index i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i) {
+      const Index s = plan.entry_slot[i];
+      grad_weight[i] = s < 0 ? S(0) : expert_out.row(s).dot(grad_y.row(t));
+    }
+  });
+}
+
+/// What combine_backward returns: d loss / d expert_out [E · C, d] and d loss / d entry_weight [N].
+template <class S>
+struct CombineGradients {
+  RowMatrix<S> expert_out;
+  Vector<S> weight;
+};
+
+template <class S>
+CombineGradients<S> combine_backward(const CapacityPlan<S>& plan,
+                                     const ConstMatrixRef<detail::plan_scalar_t<S>>& expert_out,
+                                     const ConstMatrixRef<detail::plan_scalar_t<S>>& grad_y) {
+  CombineGradients<S> grads;
+  grads.expert_out.resize(plan.num_slots(), expert_out.cols());
+  grads.weight.resize(plan.num_entries());
+  combine_backward(plan, expert_out, grad_y, grads.expert_out, grads.weight);
+  return grads;
+}
+
+}  // namespace moe
