@@ -55,6 +55,7 @@ void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, 
   }
   ctx.capacity = capacity;
   ctx.topology = make_topology(offsets, rows, 1, c.ffn_hidden, c.block_cols);
+  ctx.topology.write_padding = false;  // empty slots are copied out as zeros below, never read
   detail::GroupedBuffers<S> buf = detail::capacity_buffers(weights, ctx);
   auto xs = buf.x();
   // Copied so backward does not depend on the caller keeping x alive; empty slots read as zero.

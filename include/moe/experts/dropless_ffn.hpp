@@ -58,6 +58,7 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
   require_shape(out, "out", plan.num_tokens, c.hidden);
 
   ctx.topology = make_topology(plan, c.ffn_hidden, c.block_cols);
+  ctx.topology.write_padding = false;  // the FFN reads data rows only
   ctx.num_tokens = plan.num_tokens;
   ctx.top_k = plan.top_k;
   ctx.padded_rows = plan.padded_rows();

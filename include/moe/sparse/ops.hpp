@@ -45,7 +45,7 @@ void for_dense_row_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, bool a
     const Index nw = std::min(kTileCols, n - n0);
     if (nw <= 0) return;
     if (tile.data_rows > 0) product(tile, n0, nw);
-    if (!accumulate && tile.rows > tile.data_rows)
+    if (topo.write_padding && !accumulate && tile.rows > tile.data_rows)
       c.block(tile.begin + tile.data_rows, n0, tile.rows - tile.data_rows, nw).setZero();
   });
 }
@@ -65,7 +65,7 @@ void for_sparse_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, TileProdu
       product(tile, c0, cw);
       epilogue(tile.expert, tile.begin, tile.data_rows, c0, cw);
     }
-    if (tile.rows > tile.data_rows)
+    if (topo.write_padding && tile.rows > tile.data_rows)
       c.block(tile.begin + tile.data_rows, c0, tile.rows - tile.data_rows, cw).setZero();
   });
 }

@@ -24,7 +24,7 @@ namespace moe {
 /// order.
 ///
 /// Rows past an expert's `group_rows` are padding: structural zeros the operations never read and
-/// always write as zero.
+/// write as zero (unless write_padding is off).
 struct BlockSparseTopology {
   Index num_experts = 0;
   Index ffn_hidden = 0;  ///< f: columns per expert
@@ -32,6 +32,9 @@ struct BlockSparseTopology {
   Index block_cols = 1;  ///< width of a block; the last block of an expert is narrower if B_c ∤ f
   IndexVector group_offsets;  ///< [E+1] first row of each expert's group (multiples of block_rows)
   IndexVector group_rows;     ///< [E] rows of each group holding data; the rest is padding
+  /// Whether products write zeros into the padding rows of their outputs. A caller that never
+  /// reads padding rows (the expert FFN) turns it off and saves the stores.
+  bool write_padding = true;
 
   // BCSR over blocks, row-major order (MegaBlocks `offsets`, `row_indices`, `column_indices`).
   IndexVector row_block_expert;  ///< [row blocks] expert owning each row block
