@@ -179,6 +179,8 @@ void dropless_args(benchmark::internal::Benchmark* b) {
   for (Index shape = 0; shape < 6; ++shape) b->Args({shape, 128, uniform});
   b->Args({0, 1, uniform});
   b->Args({3, 1, uniform});
+  b->Args({4, 1, uniform});
+  b->Args({5, 1, uniform});
   b->Args({0, 128, zipf});
   b->Unit(benchmark::kMillisecond);
 }
@@ -194,6 +196,11 @@ BENCHMARK(BM_dropless_forward)->Apply(dropless_args);
 BENCHMARK(BM_dense_limit_forward)->Apply(limit_args);
 BENCHMARK(BM_dropless_forward_backward)->Apply(dropless_args);
 BENCHMARK(BM_dense_limit_forward_backward)->Apply(limit_args);
-BENCHMARK(active_weights_memcpy)->Arg(3)->ArgName("shape")->Unit(benchmark::kMillisecond);
+BENCHMARK(active_weights_memcpy)
+    ->Arg(3)
+    ->Arg(4)
+    ->Arg(5)
+    ->ArgName("shape")
+    ->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

@@ -1,6 +1,7 @@
 // Expert FFNs over the dropless plan and over a capacity buffer: against the per-token loop
 // reference in double, central finite differences for every parameter, edge cases, bad input and
 // bit-identity across thread counts.
+#include <cmath>
 #include <random>
 
 #include "moe/experts/capacity_ffn.hpp"
@@ -213,10 +214,21 @@ TEST_CASE("steady state: the workspace stops growing", "[dropless][ffn]") {
   dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, y);
   dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, grads, gx, gg);
   const std::size_t grown = ctx.workspace.capacity_bytes();
+  const RowMatrixD y0 = y, gx0 = gx, gw1 = grads.w1;
+  const Index rows = plan.padded_rows();
   for (int step = 0; step < 3; ++step) {
+    // Poison every buffer, padding rows included: nothing may read a row it did not write.
+    for (std::size_t slot = 0; slot < detail::kFirstFreeSlot; ++slot) {
+      const bool token_width =
+          slot == detail::kX || slot == detail::kY || slot == detail::kDY || slot == detail::kDX;
+      ctx.workspace.matrix<double>(slot, rows, token_width ? 8 : 12).setConstant(std::nan(""));
+    }
     dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, y);
     dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, grads, gx, gg);
     REQUIRE(ctx.workspace.capacity_bytes() == grown);
+    REQUIRE(y == y0);
+    REQUIRE(gx == gx0);
+    REQUIRE(grads.w1 == gw1);
   }
 }
 

@@ -30,8 +30,10 @@ void zero_padding_rows(const DroplessPlan& plan, MatrixRef<S> buffer) {
 }  // namespace detail
 
 /// out[pair_row[p]] = x[p / k], padding rows 0 (MegaBlocks `padded_gather`; Megatron `permute`).
+/// zero_padding = false leaves padding rows unwritten, for a consumer that never reads them.
 template <class S>
-void dropless_permute(ConstMatrixRef<S> x, const DroplessPlan& plan, MatrixRef<S> out) {
+void dropless_permute(ConstMatrixRef<S> x, const DroplessPlan& plan, MatrixRef<S> out,
+                      bool zero_padding = true) {
   detail::require_plan_tokens(plan, x.rows(), "x");
   require_shape(out, "out", plan.padded_rows(), x.cols());
   const Index k = plan.top_k;
@@ -40,7 +42,7 @@ void dropless_permute(ConstMatrixRef<S> x, const DroplessPlan& plan, MatrixRef<S
     const Index p = plan.sorted_pairs[i];
     out.row(plan.pair_row[p]) = x.row(p / k);
   });
-  detail::zero_padding_rows<S>(plan, out);
+  if (zero_padding) detail::zero_padding_rows<S>(plan, out);
 }
 
 /// grad_x[t] = sum_j grad_out[pair_row[t*k + j]], j = 0..k-1 in order (adjoint of
@@ -72,12 +74,14 @@ void dropless_unpermute(ConstMatrixRef<S> y, ConstMatrixRef<S> gates, const Drop
   });
 }
 
-/// grad_y[pair_row[t*k+j]] = gates(t,j) * grad_out[t] (padding rows 0) and
-/// grad_gates(t, j) = <y[pair_row[t*k+j]], grad_out[t]> (MegaBlocks `padded_scatter_wgrad`).
+/// grad_y[pair_row[t*k+j]] = gates(t,j) * grad_out[t] (padding rows 0 unless zero_padding is
+/// false) and grad_gates(t, j) = <y[pair_row[t*k+j]], grad_out[t]> (MegaBlocks
+/// `padded_scatter_wgrad`).
 template <class S>
 void dropless_unpermute_backward(ConstMatrixRef<S> grad_out, ConstMatrixRef<S> y,
                                  ConstMatrixRef<S> gates, const DroplessPlan& plan,
-                                 MatrixRef<S> grad_y, MatrixRef<S> grad_gates) {
+                                 MatrixRef<S> grad_y, MatrixRef<S> grad_gates,
+                                 bool zero_padding = true) {
   require_shape(grad_out, "grad_out", plan.num_tokens, -1);
   require_shape(y, "y", plan.padded_rows(), grad_out.cols());
   require_shape(gates, "gates", plan.num_tokens, plan.top_k);
@@ -91,7 +95,7 @@ void dropless_unpermute_backward(ConstMatrixRef<S> grad_out, ConstMatrixRef<S> y
       grad_gates(t, j) = y.row(row).dot(grad_out.row(t));
     }
   });
-  detail::zero_padding_rows<S>(plan, grad_y);
+  if (zero_padding) detail::zero_padding_rows<S>(plan, grad_y);
 }
 
 }  // namespace moe

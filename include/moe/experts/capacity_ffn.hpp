@@ -58,11 +58,10 @@ void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, 
   ctx.topology.write_padding = false;  // empty slots are copied out as zeros below, never read
   detail::GroupedBuffers<S> buf = detail::capacity_buffers(weights, ctx);
   auto xs = buf.x();
-  // Copied so backward does not depend on the caller keeping x alive; empty slots read as zero.
+  // Copied so backward does not depend on the caller keeping x alive; empty slots are never read.
   detail::parallel_for(0, experts, [&](Index e) {
     const Index g0 = e * capacity;
     xs.middleRows(g0, rows[e]) = x.middleRows(g0, rows[e]);
-    xs.middleRows(g0 + rows[e], capacity - rows[e]).setZero();
   });
   detail::grouped_ffn_forward(weights, ctx.topology, buf);
   auto y = buf.y();
@@ -95,7 +94,6 @@ void capacity_ffn_backward(const ExpertWeights<S>& weights, ConstMatrixRef<S> gr
   detail::parallel_for(0, c.num_experts, [&](Index e) {
     const Index g0 = topo.group_offsets[e], n = topo.group_rows[e];
     dy.middleRows(g0, n) = grad_out.middleRows(g0, n);
-    dy.middleRows(g0 + n, ctx.capacity - n).setZero();
   });
   detail::grouped_ffn_backward(weights, topo, buf, grads);
   auto dx = buf.dx();

@@ -64,7 +64,7 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
   ctx.padded_rows = plan.padded_rows();
   ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k) = gates;
   detail::GroupedBuffers<S> buf = detail::dropless_buffers(weights, ctx);
-  dropless_permute<S>(x, plan, buf.x());
+  dropless_permute<S>(x, plan, buf.x(), /*zero_padding=*/false);
   detail::grouped_ffn_forward(weights, ctx.topology, buf);
   dropless_unpermute<S>(buf.y(), gates, plan, out);
 }
@@ -106,7 +106,8 @@ void dropless_ffn_backward(const ExpertWeights<S>& weights, ConstMatrixRef<S> gr
 
   detail::GroupedBuffers<S> buf = detail::dropless_buffers(weights, ctx);
   auto gates = ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k);
-  dropless_unpermute_backward<S>(grad_out, buf.y(), gates, plan, buf.dy(), grad_gates);
+  dropless_unpermute_backward<S>(grad_out, buf.y(), gates, plan, buf.dy(), grad_gates,
+                                 /*zero_padding=*/false);
   detail::grouped_ffn_backward(weights, ctx.topology, buf, grads);
   dropless_permute_backward<S>(buf.dx(), plan, grad_x);
 }

@@ -60,7 +60,7 @@ void group_column_sums(const BlockSparseTopology& topo, ConstMatrixRef<S> values
 }
 
 /// y = act(x W1[e] + b1[e]) W2[e] + b2[e] for every data row of the grouped buffer; buffers.x()
-/// holds the input (padding rows zero). MegaBlocks SparseMLP: sdd -> act -> dsd.
+/// holds the input (padding rows are never read). MegaBlocks SparseMLP: sdd -> act -> dsd.
 template <class S>
 void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& topo,
                          GroupedBuffers<S>& buf) {
@@ -87,8 +87,9 @@ void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& t
   add_group_bias<S>(topo, w.b2, y);
 }
 
-/// Backward of grouped_ffn_forward given buffers.dy() (padding rows zero): fills every gradient in
-/// `grads` and buffers.dx() (MegaBlocks MemoryOptimizedMLP: sdd / dsd^T / dds^T / dsd^T).
+/// Backward of grouped_ffn_forward given buffers.dy() (padding rows are never read): fills every
+/// gradient in `grads` and buffers.dx() (MegaBlocks MemoryOptimizedMLP: sdd / dsd^T / dds^T /
+/// dsd^T).
 template <class S>
 void grouped_ffn_backward(const ExpertWeights<S>& w, const BlockSparseTopology& topo,
                           GroupedBuffers<S>& buf, ExpertGradients<S>& grads) {
