@@ -5,12 +5,9 @@
 
 int main() {
   moe::RowMatrix<float> x(2, 2);
-  x << 1, 0,
-       0, 1;
+  x << 1, 0, 0, 1;
   moe::RowMatrix<float> w(3, 2);  // expert 0 likes feature 0, expert 2 likes feature 1
-  w << 2, 0,
-       0, 0,
-       0, 2;
+  w << 2, 0, 0, 0, 0, 2;
   moe::RouterConfig config;
   config.num_experts = 3;
   config.hidden = 2;

@@ -9,7 +9,8 @@
 namespace moe::test {
 
 /// Gradient of the scalar `loss()` with respect to every entry of `param`, by central differences
-/// (f(p + h) - f(p - h)) / 2h with h = step * max(1, |p|). `param` is perturbed in place and restored.
+/// (f(p + h) - f(p - h)) / 2h with h = step * max(1, |p|). `param` is perturbed in place and
+/// restored.
 template <class Matrix, class Loss>
 Matrix numerical_gradient(Matrix& param, Loss&& loss, double step = 1e-6) {
   Matrix grad(param.rows(), param.cols());

@@ -42,7 +42,12 @@ class CounterRng {
 };
 
 /// Named streams, so two features seeded alike never draw correlated numbers.
-enum class RandomStream : std::uint64_t { jitter = 1, gate_noise = 2, token_selection = 3, init = 4 };
+enum class RandomStream : std::uint64_t {
+  jitter = 1,
+  gate_noise = 2,
+  token_selection = 3,
+  init = 4
+};
 
 inline CounterRng make_rng(std::uint64_t seed, RandomStream stream) noexcept {
   return CounterRng(seed, static_cast<std::uint64_t>(stream));

@@ -35,7 +35,8 @@ using MatrixRef = Eigen::Ref<RowMatrix<S>>;
 template <class S>
 using ConstVectorRef = Eigen::Ref<const Vector<S>>;
 
-/// Training enables noise, jitter, and the statistics balancers accumulate; evaluation is deterministic.
+/// Training enables noise, jitter, and the statistics balancers accumulate; evaluation is
+/// deterministic.
 enum class Mode { train, eval };
 
 }  // namespace moe

@@ -20,7 +20,8 @@ class Workspace {
   template <class S>
   Eigen::Map<RowMatrix<S>, Eigen::Aligned64> matrix(std::size_t slot, Index rows, Index cols) {
     return Eigen::Map<RowMatrix<S>, Eigen::Aligned64>(
-        static_cast<S*>(bytes(slot, static_cast<std::size_t>(rows * cols) * sizeof(S))), rows, cols);
+        static_cast<S*>(bytes(slot, static_cast<std::size_t>(rows * cols) * sizeof(S))), rows,
+        cols);
   }
 
   template <class S>

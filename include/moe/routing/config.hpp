@@ -19,13 +19,16 @@ enum class SoftmaxOrder { softmax_then_topk, topk_then_softmax };
 /// bias-free variant and Megatron's num_groups == topk_group take the max.
 enum class GroupScore { sum_top2, max };
 
-/// What replaces the scores of experts in unselected groups: -inf (DeepSeek-V3, Megatron, torchtitan)
-/// or 0 (Hugging Face DeepSeek-V3, where a masked expert can still win if every kept score is < 0).
+/// What replaces the scores of experts in unselected groups: -inf (DeepSeek-V3, Megatron,
+/// torchtitan) or 0 (Hugging Face DeepSeek-V3, where a masked expert can still win if every kept
+/// score is < 0).
 enum class GroupMask { neg_inf, zero };
 
 /// Training-time noise; never applied in Mode::eval.
-///  - jitter: router input x *= U(1 - eps, 1 + eps), per element (Switch Transformer, HF, DeepSpeed).
-///  - noisy_topk: H = x W^T + N(0,1) * (softplus(x W_noise^T) + noise_epsilon) (Shazeer et al. 2017).
+///  - jitter: router input x *= U(1 - eps, 1 + eps), per element (Switch Transformer, HF,
+///  DeepSpeed).
+///  - noisy_topk: H = x W^T + N(0,1) * (softplus(x W_noise^T) + noise_epsilon) (Shazeer et al.
+///  2017).
 enum class Noise { none, jitter, noisy_topk };
 
 struct RouterConfig {
@@ -69,22 +72,22 @@ inline void validate(const RouterConfig& c) {
   require(std::isfinite(c.scaling_factor) && c.scaling_factor > 0.0, "RouterConfig::scaling_factor",
           "a finite value > 0", c.scaling_factor);
   require(c.score == ScoreFunction::softmax || c.softmax_order == SoftmaxOrder::softmax_then_topk,
-          "RouterConfig::softmax_order", "softmax_then_topk with a sigmoid score", "topk_then_softmax");
+          "RouterConfig::softmax_order", "softmax_then_topk with a sigmoid score",
+          "topk_then_softmax");
   require(c.num_groups >= 1, "RouterConfig::num_groups", ">= 1", c.num_groups);
   require(c.num_experts % c.num_groups == 0, "RouterConfig::num_groups",
           detail::concat("a divisor of num_experts (", c.num_experts, ")"), c.num_groups);
-  require(c.groups_selected >= 1 && c.groups_selected <= c.num_groups,
-          "RouterConfig::groups_selected",
-          detail::concat("1 <= groups_selected <= num_groups (", c.num_groups, ")"),
-          c.groups_selected);
+  require(
+      c.groups_selected >= 1 && c.groups_selected <= c.num_groups, "RouterConfig::groups_selected",
+      detail::concat("1 <= groups_selected <= num_groups (", c.num_groups, ")"), c.groups_selected);
   if (c.groups_enabled()) {
     const Index per_group = c.num_experts / c.num_groups;
+    require(c.group_score != GroupScore::sum_top2 || per_group >= 2, "RouterConfig::group_score",
+            "max when a group has a single expert", "sum_top2");
     require(c.groups_selected * per_group >= c.top_k, "RouterConfig::groups_selected",
             detail::concat("groups_selected * experts per group (", per_group, ") >= top_k (",
                            c.top_k, ")"),
             c.groups_selected);
-    require(c.group_score != GroupScore::sum_top2 || per_group >= 2, "RouterConfig::group_score",
-            "max when a group has a single expert", "sum_top2");
   }
   require(c.jitter_epsilon >= 0.0 && c.jitter_epsilon < 1.0, "RouterConfig::jitter_epsilon",
           "0 <= eps < 1", c.jitter_epsilon);

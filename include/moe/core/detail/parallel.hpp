@@ -11,12 +11,15 @@
 
 namespace moe::detail {
 
+/// Loops shorter than `min_parallel` run on the calling thread: waking a team costs more than
+/// a few hundred cheap iterations.
 template <class Body>
-void parallel_for(Index begin, Index end, Body&& body) {
+void parallel_for(Index begin, Index end, Body&& body, Index min_parallel = 512) {
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (end - begin >= min_parallel)
   for (Index i = begin; i < end; ++i) body(i);
 #else
+  (void)min_parallel;
   for (Index i = begin; i < end; ++i) body(i);
 #endif
 }

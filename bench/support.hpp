@@ -1,0 +1,50 @@
+// Shared benchmark helpers: random inputs, and timing a reference operation (the "limit") inside a
+// benchmark so the ratio to it is printed by the same run.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <moe/core/random.hpp>
+#include <moe/core/types.hpp>
+
+namespace moe::bench {
+
+template <class S>
+RowMatrix<S> random_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
+  const CounterRng rng(seed, 0);
+  RowMatrix<S> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i)
+    m.data()[i] = static_cast<S>(scale * rng.normal(static_cast<std::uint64_t>(i)));
+  return m;
+}
+
+/// Median wall time in seconds of `fn` over `repeats` runs after one warm-up.
+template <class Fn>
+double median_seconds(Fn&& fn, int repeats = 7) {
+  fn();
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    times.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::nth_element(times.begin(), times.begin() + repeats / 2, times.end());
+  return times[static_cast<std::size_t>(repeats / 2)];
+}
+
+/// Runs the benchmark loop over `fn`, timing it by hand as well, and returns seconds per iteration
+/// so a ratio to a limit measured in the same process can be reported as a counter.
+template <class Fn>
+double timed_loop(benchmark::State& state, Fn&& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  for (auto _ : state) fn();
+  const double total =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return total / static_cast<double>(std::max<benchmark::IterationCount>(1, state.iterations()));
+}
+
+}  // namespace moe::bench

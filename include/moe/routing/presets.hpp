@@ -1,0 +1,89 @@
+// Named router configurations that reproduce public systems' routers. Each says what it sets;
+// capacity, balancing and dispatch settings of those systems live with their own components.
+#pragma once
+
+#include "moe/routing/config.hpp"
+
+namespace moe::presets {
+
+namespace detail {
+inline RouterConfig base(Index num_experts, Index hidden, Index top_k) {
+  RouterConfig c;
+  c.num_experts = num_experts;
+  c.hidden = hidden;
+  c.top_k = top_k;
+  return c;
+}
+}  // namespace detail
+
+/// Switch Transformer as in Hugging Face `SwitchTransformersTop1Router`: softmax over E, top-1,
+/// the raw probability as the gate, input jitter U(1 - 0.01, 1 + 0.01) in training, no bias.
+inline RouterConfig switch_transformer(Index num_experts, Index hidden, double jitter = 1e-2) {
+  RouterConfig c = detail::base(num_experts, hidden, 1);
+  c.noise = jitter > 0 ? Noise::jitter : Noise::none;
+  c.jitter_epsilon = jitter;
+  return c;
+}
+
+/// Mixtral (HF `MixtralSparseMoeBlock`): softmax over E, top-2, weights renormalized to sum 1.
+inline RouterConfig mixtral(Index hidden, Index num_experts = 8, Index top_k = 2) {
+  RouterConfig c = detail::base(num_experts, hidden, top_k);
+  c.renormalize = true;
+  return c;
+}
+
+/// Qwen2-MoE / Qwen3-MoE: softmax over E, top-k, renormalized only with `norm_topk_prob`
+/// (false in Qwen2-MoE's config, true in Qwen3 checkpoints).
+inline RouterConfig qwen_moe(Index num_experts, Index hidden, Index top_k, bool norm_topk_prob) {
+  RouterConfig c = detail::base(num_experts, hidden, top_k);
+  c.renormalize = norm_topk_prob;
+  return c;
+}
+
+/// DeepSeek-V3 (official `Gate`): sigmoid scores, group-limited top-8 of 256 experts in 8 groups
+/// keeping 4 (group score = sum of the group's top-2 biased scores, other groups -inf), weights
+/// = unbiased scores renormalized with no epsilon, times routed_scaling_factor 2.5.
+/// Hugging Face's port differs in two places: set group_mask = GroupMask::zero and
+/// renormalize_epsilon = 1e-20 to match it.
+inline RouterConfig deepseek_v3(Index hidden, Index num_experts = 256, Index top_k = 8,
+                                Index num_groups = 8, Index groups_selected = 4) {
+  RouterConfig c = detail::base(num_experts, hidden, top_k);
+  c.score = ScoreFunction::sigmoid;
+  c.renormalize = true;
+  c.scaling_factor = 2.5;
+  c.num_groups = num_groups;
+  c.groups_selected = groups_selected;
+  c.group_score = GroupScore::sum_top2;
+  c.group_mask = GroupMask::neg_inf;
+  return c;
+}
+
+/// Megatron-Core TopKRouter with score_function = softmax. pre_softmax = false (its default):
+/// top-k of the logits, softmax over the k. pre_softmax = true: softmax over E, top-k, no renorm.
+inline RouterConfig megatron_topk(Index num_experts, Index hidden, Index top_k, bool pre_softmax) {
+  RouterConfig c = detail::base(num_experts, hidden, top_k);
+  c.softmax_order = pre_softmax ? SoftmaxOrder::softmax_then_topk : SoftmaxOrder::topk_then_softmax;
+  return c;
+}
+
+/// Megatron-Core TopKRouter with score_function = sigmoid: weights renormalized with +1e-20 when
+/// k > 1, times the optional topk_scaling_factor.
+inline RouterConfig megatron_sigmoid(Index num_experts, Index hidden, Index top_k,
+                                     double scaling_factor = 1.0) {
+  RouterConfig c = detail::base(num_experts, hidden, top_k);
+  c.score = ScoreFunction::sigmoid;
+  c.renormalize = top_k > 1;
+  c.renormalize_epsilon = 1e-20;
+  c.scaling_factor = scaling_factor;
+  return c;
+}
+
+/// DeepSpeed `top2gating`: softmax over E, the two best experts with their raw probabilities.
+/// DeepSpeed renormalizes the two weights only after capacity dropping, over the survivors; that
+/// step belongs to the capacity dispatcher (survivor renormalization), so the router leaves the
+/// probabilities raw. No noise by default (noisy_gate_policy None).
+inline RouterConfig deepspeed_top2(Index num_experts, Index hidden) {
+  return detail::base(num_experts, hidden, 2);
+}
+
+}  // namespace moe::presets

@@ -1,0 +1,309 @@
+// Router: logits = x W^T (+ b), optional training noise, score function, (group-limited) top-k
+// selection with a selection-only bias, gate weights; and the backward pass of all of it.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "moe/core/detail/parallel.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/random.hpp"
+#include "moe/core/types.hpp"
+#include "moe/routing/config.hpp"
+#include "moe/routing/group_limit.hpp"
+#include "moe/routing/routing.hpp"
+#include "moe/routing/scoring.hpp"
+#include "moe/routing/topk.hpp"
+
+namespace moe {
+
+/// Scores over all experts, the top-k experts and their gate weights, from the logits the router
+/// scores with. `selection_bias` ([E] or empty) shifts which experts win, never the gate weights
+/// (Wang et al. 2024; DeepSeek-V3's e_score_correction_bias).
+///   softmax_then_topk: w = s[top-k(s + b)], optionally w /= (sum w + eps)
+///   topk_then_softmax: w = softmax(z[top-k(z + b)]) (Megatron-Core's default)
+///   sigmoid:           w = s[top-k(s + b)], optionally renormalized;  then w *= scaling_factor
+template <class S>
+void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
+                    const ConstVectorRef<S>& selection_bias, Routing<S>& out,
+                    RowMatrix<S>& selection) {
+  const Index tokens = logits.rows(), experts = logits.cols(), k = config.top_k;
+  require(experts == config.num_experts, "logits", detail::concat(config.num_experts, " columns"),
+          experts);
+  require(selection_bias.size() == 0 || selection_bias.size() == experts, "selection_bias",
+          detail::concat("size 0 or ", experts), selection_bias.size());
+  if (config.score == ScoreFunction::softmax)
+    softmax_rows<S>(logits, out.scores);
+  else
+    sigmoid<S>(logits, out.scores);
+
+  const bool by_logits = config.score == ScoreFunction::softmax &&
+                         config.softmax_order == SoftmaxOrder::topk_then_softmax;
+  const bool rewrite = selection_bias.size() > 0 || config.groups_enabled();
+  if (rewrite) {
+    selection = by_logits ? RowMatrix<S>(logits) : out.scores;
+    if (selection_bias.size() > 0) selection.rowwise() += selection_bias.transpose();
+  }
+  const RowMatrix<S>& ranked = rewrite ? selection : out.scores;
+  out.expert_ids.resize(tokens, k);
+  out.gates.resize(tokens, k);
+
+  detail::parallel_for(0, tokens, [&](Index t) {
+    ExpertId* ids = out.expert_ids.row(t).data();
+    S* gates = out.gates.row(t).data();
+    const S* values = by_logits && !rewrite ? logits.row(t).data() : ranked.row(t).data();
+    if (config.groups_enabled()) {
+      thread_local std::vector<S> group_scores;
+      thread_local std::vector<ExpertId> group_ids;
+      group_scores.resize(static_cast<std::size_t>(2 * config.num_groups));
+      group_ids.resize(static_cast<std::size_t>(config.num_groups));
+      mask_unselected_groups(config, selection.row(t).data(), group_scores.data(),
+                             group_ids.data());
+    }
+    top_k(values, experts, k, ids, gates);  // gates holds the selection values until rewritten
+
+    if (by_logits) {
+      S max_logit = logits(t, ids[0]);
+      for (Index j = 1; j < k; ++j) max_logit = std::max(max_logit, logits(t, ids[j]));
+      S sum = 0;
+      for (Index j = 0; j < k; ++j) sum += gates[j] = std::exp(logits(t, ids[j]) - max_logit);
+      for (Index j = 0; j < k; ++j) gates[j] /= sum;
+    } else {
+      S sum = 0;
+      for (Index j = 0; j < k; ++j) sum += gates[j] = out.scores(t, ids[j]);
+      if (config.renormalize) {
+        const S denominator = sum + static_cast<S>(config.renormalize_epsilon);
+        for (Index j = 0; j < k; ++j) gates[j] /= denominator;
+      }
+    }
+    if (config.scaling_factor != 1.0)
+      for (Index j = 0; j < k; ++j) gates[j] *= static_cast<S>(config.scaling_factor);
+  });
+}
+
+/// Backward of select_experts: d loss / d logits from d loss / d gates ([T, k]) and, optionally,
+/// d loss / d scores ([T, E], e.g. from an aux loss; empty when absent). Selection is a constant.
+///   renormalized: ds_l = dw_l / D - (sum_i dw_i s_i) / D^2, D = sum s + eps
+///   topk_then_softmax: dz_j = p_j (dw_j - sum_i p_i dw_i) on the selected logits
+///   then dz = s (ds - <s, ds>) (softmax) or ds s (1 - s) (sigmoid)
+template <class S>
+RowMatrix<S> select_experts_backward(const RouterConfig& config, const ConstMatrixRef<S>& logits,
+                                     const Routing<S>& routing, const ConstMatrixRef<S>& grad_gates,
+                                     const ConstMatrixRef<S>& grad_scores) {
+  const Index tokens = logits.rows(), experts = logits.cols(), k = config.top_k;
+  require_shape(grad_gates, "grad_gates", tokens, k);
+  if (grad_scores.size() != 0) require_shape(grad_scores, "grad_scores", tokens, experts);
+  const bool by_logits = config.score == ScoreFunction::softmax &&
+                         config.softmax_order == SoftmaxOrder::topk_then_softmax;
+  const S scale = static_cast<S>(config.scaling_factor);
+
+  RowMatrix<S> d_scores =
+      grad_scores.size() != 0 ? RowMatrix<S>(grad_scores) : RowMatrix<S>::Zero(tokens, experts);
+  RowMatrix<S> d_logits = RowMatrix<S>::Zero(tokens, by_logits ? experts : 0);
+  detail::parallel_for(0, tokens, [&](Index t) {
+    const ExpertId* ids = routing.expert_ids.row(t).data();
+    if (by_logits) {
+      // p recomputed from the logits rather than read back from the scaled gates
+      S max_logit = logits(t, ids[0]);
+      for (Index j = 1; j < k; ++j) max_logit = std::max(max_logit, logits(t, ids[j]));
+      S sum = 0, inner = 0;
+      for (Index j = 0; j < k; ++j) sum += std::exp(logits(t, ids[j]) - max_logit);
+      for (Index j = 0; j < k; ++j)
+        inner += std::exp(logits(t, ids[j]) - max_logit) / sum * scale * grad_gates(t, j);
+      for (Index j = 0; j < k; ++j) {
+        const S p = std::exp(logits(t, ids[j]) - max_logit) / sum;
+        d_logits(t, ids[j]) += p * (scale * grad_gates(t, j) - inner);
+      }
+      return;
+    }
+    if (!config.renormalize) {
+      for (Index j = 0; j < k; ++j) d_scores(t, ids[j]) += scale * grad_gates(t, j);
+      return;
+    }
+    S sum = 0, inner = 0;
+    for (Index j = 0; j < k; ++j) {
+      sum += routing.scores(t, ids[j]);
+      inner += scale * grad_gates(t, j) * routing.scores(t, ids[j]);
+    }
+    const S denominator = sum + static_cast<S>(config.renormalize_epsilon);
+    for (Index j = 0; j < k; ++j)
+      d_scores(t, ids[j]) +=
+          scale * grad_gates(t, j) / denominator - inner / (denominator * denominator);
+  });
+
+  RowMatrix<S> through_scores = config.score == ScoreFunction::softmax
+                                    ? softmax_rows_backward<S>(routing.scores, d_scores)
+                                    : sigmoid_backward<S>(routing.scores, d_scores);
+  if (by_logits) through_scores += d_logits;
+  return through_scores;
+}
+
+/// What forward saved for backward. The caller owns it; reusing it across steps reuses its memory.
+template <class S>
+struct RouterContext {
+  Routing<S> routing;  ///< the result forward returned a reference to
+  Mode mode = Mode::eval;
+  RowMatrix<S> jitter;        ///< [T, d] multiplicative factors (training with Noise::jitter)
+  RowMatrix<S> noise;         ///< [T, E] N(0, 1) samples (training with Noise::noisy_topk)
+  RowMatrix<S> noise_logits;  ///< [T, E] x W_noise^T
+  RowMatrix<S> noise_stddev;  ///< [T, E] softplus(x W_noise^T) + noise_epsilon
+  RowMatrix<S> noisy_logits;  ///< [T, E] logits + noise * noise_stddev: what was scored
+  RowMatrix<S> selection;     ///< [T, E] scratch for biased / group-masked selection scores
+
+  bool jittered() const noexcept { return jitter.size() != 0; }
+  bool noisy() const noexcept { return noisy_logits.size() != 0; }
+};
+
+/// Gradients flowing into the router from above; an empty matrix means zero.
+template <class S>
+struct RouterUpstream {
+  RowMatrix<S> gates;   ///< [T, k] d loss / d Routing::gates (from combine)
+  RowMatrix<S> scores;  ///< [T, E] d loss / d Routing::scores (aux losses)
+  RowMatrix<S> logits;  ///< [T, E] d loss / d Routing::logits (z-loss)
+};
+
+template <class S>
+struct RouterGradients {
+  RowMatrix<S> x;             ///< [T, d]
+  RowMatrix<S> weight;        ///< [E, d]
+  Vector<S> bias;             ///< [E], zero unless config.linear_bias
+  RowMatrix<S> noise_weight;  ///< [E, d] with Noise::noisy_topk, else empty
+};
+
+/// The gating network of one MoE layer. Parameters are plain public members in nn.Linear layout.
+template <class S>
+class Router {
+ public:
+  RouterConfig config;
+  RowMatrix<S> weight;        ///< [E, d]
+  Vector<S> bias;             ///< [E], used when config.linear_bias
+  RowMatrix<S> noise_weight;  ///< [E, d] with Noise::noisy_topk (W_noise), else empty
+  Vector<S> selection_bias;   ///< [E] selection-only bias (aux-loss-free balancer state)
+
+  /// Zero parameters of the configured shapes.
+  explicit Router(const RouterConfig& router_config) : config(router_config) {
+    validate(config);
+    weight = RowMatrix<S>::Zero(config.num_experts, config.hidden);
+    bias = Vector<S>::Zero(config.num_experts);
+    if (config.noise == Noise::noisy_topk)
+      noise_weight = RowMatrix<S>::Zero(config.num_experts, config.hidden);
+    selection_bias = Vector<S>::Zero(config.num_experts);
+  }
+
+  /// weight ~ N(0, stddev^2) from `seed` (Switch Transformer initializes with stddev 0.1 /
+  /// sqrt(d)).
+  void init_weights(std::uint64_t seed, double stddev) {
+    const CounterRng rng = make_rng(seed, RandomStream::init);
+    for (Index i = 0; i < weight.size(); ++i)
+      weight.data()[i] = static_cast<S>(stddev * rng.normal(static_cast<std::uint64_t>(i)));
+  }
+
+  /// Routes the tokens `x` [T, d]. In Mode::train the configured noise is drawn from `seed`
+  /// (pass a different seed each step); Mode::eval is deterministic and ignores it.
+  /// Returns a reference into `ctx`, valid until ctx is reused.
+  const Routing<S>& forward(const ConstMatrixRef<S>& x, RouterContext<S>& ctx, Mode mode,
+                            std::uint64_t seed = 0) const {
+    check_parameters();
+    require_shape(x, "x", -1, config.hidden);
+    ctx.mode = mode;
+    const bool jitter =
+        mode == Mode::train && config.noise == Noise::jitter && config.jitter_epsilon > 0;
+    const bool noisy = mode == Mode::train && config.noise == Noise::noisy_topk;
+    Routing<S>& out = ctx.routing;
+
+    if (jitter) {
+      // x *= U(1 - eps, 1 + eps), one factor per element (HF Switch, DeepSpeed 'Jitter')
+      draw_jitter(x.rows(), seed, ctx.jitter);
+      out.logits.noalias() = x.cwiseProduct(ctx.jitter) * weight.transpose();
+    } else {
+      ctx.jitter.resize(0, 0);
+      out.logits.noalias() = x * weight.transpose();
+    }
+    if (config.linear_bias) out.logits.rowwise() += bias.transpose();
+    require_finite(out.logits, "logits");
+
+    if (noisy) {
+      // H = x W^T + N(0, 1) * (softplus(x W_noise^T) + eps) (Shazeer et al. 2017)
+      ctx.noise_logits.noalias() = x * noise_weight.transpose();
+      ctx.noise_stddev =
+          softplus<S>(ctx.noise_logits).array() + static_cast<S>(config.noise_epsilon);
+      const CounterRng rng = make_rng(seed, RandomStream::gate_noise);
+      ctx.noise.resize(x.rows(), config.num_experts);
+      for (Index i = 0; i < ctx.noise.size(); ++i)
+        ctx.noise.data()[i] = static_cast<S>(rng.normal(static_cast<std::uint64_t>(i)));
+      ctx.noisy_logits = out.logits + ctx.noise.cwiseProduct(ctx.noise_stddev);
+      require_finite(ctx.noisy_logits, "noisy_logits");
+    } else {
+      ctx.noisy_logits.resize(0, 0);
+    }
+    const RowMatrix<S>& scored = noisy ? ctx.noisy_logits : out.logits;
+    select_experts<S>(config, scored, selection_bias, out, ctx.selection);
+    return out;
+  }
+
+  /// Gradients of x and every parameter from the upstream gradients of gates, scores and logits.
+  /// `x` is the same input forward saw; `ctx` is what forward filled.
+  RouterGradients<S> backward(const ConstMatrixRef<S>& x, const RouterContext<S>& ctx,
+                              const RouterUpstream<S>& upstream) const {
+    const Routing<S>& routing = ctx.routing;
+    require_shape(x, "x", routing.num_tokens(), config.hidden);
+    const RowMatrix<S>& scored = ctx.noisy() ? ctx.noisy_logits : routing.logits;
+    const RowMatrix<S> no_gates = RowMatrix<S>::Zero(routing.num_tokens(), config.top_k);
+    RowMatrix<S> d_scored = select_experts_backward<S>(
+        config, scored, routing, upstream.gates.size() != 0 ? upstream.gates : no_gates,
+        upstream.scores);
+
+    RouterGradients<S> grads;
+    RowMatrix<S> d_noise_logits;
+    if (ctx.noisy()) {
+      // d stddev = dH * n;  d softplus(u)/du = sigmoid(u)
+      d_noise_logits =
+          (d_scored.array() * ctx.noise.array() * ctx.noise_logits.array().logistic()).matrix();
+    }
+    RowMatrix<S>& d_logits = d_scored;  // dH/d logits = 1
+    if (upstream.logits.size() != 0) {
+      require_shape(upstream.logits, "upstream.logits", routing.num_tokens(), config.num_experts);
+      d_logits += upstream.logits;
+    }
+
+    const RowMatrix<S> x_seen =
+        ctx.jittered() ? RowMatrix<S>(x.cwiseProduct(ctx.jitter)) : RowMatrix<S>(x);
+    grads.weight.noalias() = d_logits.transpose() * x_seen;
+    grads.bias = config.linear_bias ? Vector<S>(d_logits.colwise().sum().transpose())
+                                    : Vector<S>::Zero(config.num_experts);
+    grads.x.noalias() = d_logits * weight;
+    if (ctx.noisy()) {
+      grads.noise_weight.noalias() = d_noise_logits.transpose() * x_seen;
+      grads.x.noalias() += d_noise_logits * noise_weight;
+    } else if (config.noise == Noise::noisy_topk) {
+      grads.noise_weight = RowMatrix<S>::Zero(config.num_experts, config.hidden);
+    }
+    if (ctx.jittered()) grads.x.array() *= ctx.jitter.array();
+    return grads;
+  }
+
+ private:
+  void check_parameters() const {
+    require_shape(weight, "Router::weight", config.num_experts, config.hidden);
+    if (config.linear_bias)
+      require(bias.size() == config.num_experts, "Router::bias",
+              detail::concat("size ", config.num_experts), bias.size());
+    if (config.noise == Noise::noisy_topk)
+      require_shape(noise_weight, "Router::noise_weight", config.num_experts, config.hidden);
+    require(selection_bias.size() == 0 || selection_bias.size() == config.num_experts,
+            "Router::selection_bias", detail::concat("size 0 or ", config.num_experts),
+            selection_bias.size());
+  }
+
+  void draw_jitter(Index tokens, std::uint64_t seed, RowMatrix<S>& jitter) const {
+    const CounterRng rng = make_rng(seed, RandomStream::jitter);
+    const double eps = config.jitter_epsilon;
+    jitter.resize(tokens, config.hidden);
+    for (Index i = 0; i < jitter.size(); ++i)
+      jitter.data()[i] =
+          static_cast<S>(1.0 - eps + 2.0 * eps * rng.uniform(static_cast<std::uint64_t>(i)));
+  }
+};
+
+}  // namespace moe

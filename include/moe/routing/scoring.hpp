@@ -1,0 +1,51 @@
+// Score functions over a [T, E] logit matrix and their backward passes.
+#pragma once
+
+#include <Eigen/Core>
+
+#include "moe/core/detail/parallel.hpp"
+#include "moe/core/types.hpp"
+
+namespace moe {
+
+/// s_te = exp(z_te - max_e z_t) / sum_e exp(z_te - max_e z_t): the stable row softmax.
+/// Row by row, so it allocates nothing once `scores` has its size.
+template <class S>
+void softmax_rows(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
+  scores.resize(logits.rows(), logits.cols());
+  detail::parallel_for(0, logits.rows(), [&](Index t) {
+    auto row = scores.row(t).array();
+    row = logits.row(t).array() - logits.row(t).maxCoeff();
+    row = row.exp();
+    row /= row.sum();
+  });
+}
+
+/// s = 1 / (1 + exp(-z)) (DeepSeek-V3, Megatron-Core `sigmoid`).
+template <class S>
+void sigmoid(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
+  scores = logits.array().logistic().matrix();
+}
+
+/// dz_tj = s_tj (ds_tj - sum_i s_ti ds_ti): the softmax Jacobian applied row by row.
+template <class S>
+RowMatrix<S> softmax_rows_backward(const ConstMatrixRef<S>& scores,
+                                   const ConstMatrixRef<S>& grad_scores) {
+  const Vector<S> inner = scores.cwiseProduct(grad_scores).rowwise().sum();
+  return (scores.array() * (grad_scores.colwise() - inner).array()).matrix();
+}
+
+/// dz = ds s (1 - s).
+template <class S>
+RowMatrix<S> sigmoid_backward(const ConstMatrixRef<S>& scores,
+                              const ConstMatrixRef<S>& grad_scores) {
+  return (grad_scores.array() * scores.array() * (S(1) - scores.array())).matrix();
+}
+
+/// softplus(z) = log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)), finite for any finite z.
+template <class S>
+RowMatrix<S> softplus(const ConstMatrixRef<S>& z) {
+  return (z.array().max(S(0)) + (-z.array().abs()).exp().log1p()).matrix();
+}
+
+}  // namespace moe

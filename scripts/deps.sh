@@ -1,0 +1,16 @@
+# Sourced by the scripts: installs the Debian packages a build needs, skipping those present.
+ensure_packages() {
+  local missing=()
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# What every build of this project needs: compilers, CMake, Ninja, Eigen, Catch2, Google Benchmark.
+BUILD_PACKAGES=(g++ clang cmake ninja-build libeigen3-dev catch2 libbenchmark-dev libomp-dev)

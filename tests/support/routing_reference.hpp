@@ -1,0 +1,114 @@
+// Plain-loop reference router: every step written out with scalar loops in the order the papers
+// and systems describe it, sharing no code with include/moe/routing beyond the config and the RNG.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include <moe/core/random.hpp>
+#include <moe/routing/config.hpp>
+
+namespace moe::test {
+
+struct ReferenceRouting {
+  std::vector<std::vector<int>> ids;        // [T][k]
+  std::vector<std::vector<double>> gates;   // [T][k]
+  std::vector<std::vector<double>> scores;  // [T][E]
+  std::vector<std::vector<double>> logits;  // [T][E]
+};
+
+// Indices of the k largest values, descending, equal values in ascending index order.
+inline std::vector<int> reference_top_k(const std::vector<double>& v, long k) {
+  std::vector<int> order(v.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return v[a] > v[b]; });
+  order.resize(static_cast<std::size_t>(k));
+  return order;
+}
+
+template <class X, class W, class B, class WN, class SB>
+ReferenceRouting reference_route(const RouterConfig& c, const X& x, const W& w, const B& bias,
+                                 const WN& noise_w, const SB& selection_bias, bool train,
+                                 std::uint64_t seed) {
+  const long T = static_cast<long>(x.rows()), d = c.hidden, E = c.num_experts, k = c.top_k;
+  ReferenceRouting r;
+  const CounterRng jitter_rng = make_rng(seed, RandomStream::jitter);
+  const CounterRng noise_rng = make_rng(seed, RandomStream::gate_noise);
+  for (long t = 0; t < T; ++t) {
+    std::vector<double> xt(static_cast<std::size_t>(d));
+    for (long j = 0; j < d; ++j) {
+      double factor = 1.0;
+      if (train && c.noise == Noise::jitter && c.jitter_epsilon > 0)
+        factor = 1.0 - c.jitter_epsilon +
+                 2.0 * c.jitter_epsilon * jitter_rng.uniform(static_cast<std::uint64_t>(t * d + j));
+      if constexpr (std::is_same_v<typename X::Scalar, float>) factor = static_cast<float>(factor);
+      xt[j] = static_cast<double>(x(t, j)) * factor;
+    }
+    std::vector<double> z(E), h(E);
+    for (long e = 0; e < E; ++e) {
+      double acc = c.linear_bias ? static_cast<double>(bias(e)) : 0.0;
+      for (long j = 0; j < d; ++j) acc += xt[j] * static_cast<double>(w(e, j));
+      z[e] = acc;
+      h[e] = acc;
+      if (train && c.noise == Noise::noisy_topk) {
+        double u = 0;
+        for (long j = 0; j < d; ++j) u += xt[j] * static_cast<double>(noise_w(e, j));
+        const double stddev = std::log1p(std::exp(u)) + c.noise_epsilon;
+        h[e] = acc + noise_rng.normal(static_cast<std::uint64_t>(t * E + e)) * stddev;
+      }
+    }
+    std::vector<double> s(E);
+    if (c.score == ScoreFunction::softmax) {
+      const double m = *std::max_element(h.begin(), h.end());
+      double sum = 0;
+      for (long e = 0; e < E; ++e) sum += std::exp(h[e] - m);
+      for (long e = 0; e < E; ++e) s[e] = std::exp(h[e] - m) / sum;
+    } else {
+      for (long e = 0; e < E; ++e) s[e] = 1.0 / (1.0 + std::exp(-h[e]));
+    }
+    const bool by_logits =
+        c.score == ScoreFunction::softmax && c.softmax_order == SoftmaxOrder::topk_then_softmax;
+    std::vector<double> sel = by_logits ? h : s;
+    if (selection_bias.size() > 0)
+      for (long e = 0; e < E; ++e) sel[e] += static_cast<double>(selection_bias(e));
+    if (c.num_groups > 1) {
+      const long per = E / c.num_groups;
+      std::vector<double> group_score(c.num_groups);
+      for (long g = 0; g < c.num_groups; ++g) {
+        std::vector<double> members(sel.begin() + g * per, sel.begin() + (g + 1) * per);
+        std::sort(members.begin(), members.end(), std::greater<double>());
+        group_score[g] = c.group_score == GroupScore::max ? members[0] : members[0] + members[1];
+      }
+      const auto kept = reference_top_k(group_score, c.groups_selected);
+      for (long g = 0; g < c.num_groups; ++g)
+        if (std::find(kept.begin(), kept.end(), g) == kept.end())
+          for (long e = g * per; e < (g + 1) * per; ++e)
+            sel[e] =
+                c.group_mask == GroupMask::neg_inf ? -std::numeric_limits<double>::infinity() : 0.0;
+    }
+    const auto ids = reference_top_k(sel, k);
+    std::vector<double> gates(k);
+    if (by_logits) {
+      double m = -std::numeric_limits<double>::infinity(), sum = 0;
+      for (int e : ids) m = std::max(m, h[e]);
+      for (int e : ids) sum += std::exp(h[e] - m);
+      for (long j = 0; j < k; ++j) gates[j] = std::exp(h[ids[j]] - m) / sum;
+    } else {
+      double sum = 0;
+      for (long j = 0; j < k; ++j) sum += gates[j] = s[ids[j]];
+      if (c.renormalize)
+        for (long j = 0; j < k; ++j) gates[j] /= sum + c.renormalize_epsilon;
+    }
+    for (double& g : gates) g *= c.scaling_factor;
+    r.ids.push_back(ids);
+    r.gates.push_back(gates);
+    r.scores.push_back(s);
+    r.logits.push_back(z);
+  }
+  return r;
+}
+
+}  // namespace moe::test
