@@ -88,11 +88,14 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
   const Index chunk_len = (pairs + chunks - 1) / std::max<Index>(chunks, 1);
   // histogram[c * E + e]: pairs of chunk c on expert e; becomes chunk c's first slot for e.
   std::vector<Index> histogram(static_cast<std::size_t>(chunks * num_experts), 0);
-  detail::parallel_for(0, chunks, [&](Index c) {
-    Index* h = histogram.data() + c * num_experts;
-    const Index end = std::min(pairs, (c + 1) * chunk_len);
-    for (Index p = c * chunk_len; p < end; ++p) ++h[id_of(p)];
-  });
+  detail::parallel_for(
+      0, chunks,
+      [&](Index c) {
+        Index* h = histogram.data() + c * num_experts;
+        const Index end = std::min(pairs, (c + 1) * chunk_len);
+        for (Index p = c * chunk_len; p < end; ++p) ++h[id_of(p)];
+      },
+      /*min_parallel=*/1);  // each chunk is already kSortChunk pairs
 
   plan.offsets[0] = 0;
   plan.padded_offsets[0] = 0;
@@ -110,16 +113,19 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
         plan.padded_offsets[e] + round_up(plan.tokens_per_expert[e], block_size);
   }
 
-  detail::parallel_for(0, chunks, [&](Index c) {
-    Index* slot = histogram.data() + c * num_experts;
-    const Index end = std::min(pairs, (c + 1) * chunk_len);
-    for (Index p = c * chunk_len; p < end; ++p) {
-      const ExpertId e = id_of(p);
-      const Index position = slot[e]++;
-      plan.sorted_pairs[position] = p;
-      plan.pair_row[p] = plan.padded_offsets[e] + (position - plan.offsets[e]);
-    }
-  });
+  detail::parallel_for(
+      0, chunks,
+      [&](Index c) {
+        Index* slot = histogram.data() + c * num_experts;
+        const Index end = std::min(pairs, (c + 1) * chunk_len);
+        for (Index p = c * chunk_len; p < end; ++p) {
+          const ExpertId e = id_of(p);
+          const Index position = slot[e]++;
+          plan.sorted_pairs[position] = p;
+          plan.pair_row[p] = plan.padded_offsets[e] + (position - plan.offsets[e]);
+        }
+      },
+      /*min_parallel=*/1);
 }
 
 /// Convenience form of make_dropless_plan that returns a fresh plan.
