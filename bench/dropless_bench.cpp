@@ -1,11 +1,6 @@
 // Dropless expert FFN (SwiGLU, float) forward and forward+backward beside its limit in the same
 // binary: the same FLOPs as dense GEMMs over [T*k, d], the best any grouped computation can do.
 // Ratios to read: dropless / limit at each shape, and E = 256 / E = 8 at fixed active FLOPs.
-// GCC 12 reports a false maybe-uninitialized inside Eigen's AVX-512 transposes under -march=native.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
