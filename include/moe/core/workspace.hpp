@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include <Eigen/Core>
@@ -39,7 +40,7 @@ class Workspace {
 
  private:
   struct AlignedFree {
-    void operator()(void* p) const noexcept { Eigen::internal::aligned_free(p); }
+    void operator()(void* p) const noexcept { Eigen::internal::handmade_aligned_free(p); }
   };
   struct Buffer {
     std::unique_ptr<void, AlignedFree> data;
@@ -52,7 +53,10 @@ class Workspace {
     if (b.size < size || !b.data) {
       // Geometric growth keeps the number of reallocations logarithmic in the largest step.
       const std::size_t grown = std::max<std::size_t>({size, b.size + b.size / 2, 64});
-      b.data.reset(Eigen::internal::aligned_malloc(grown));
+      // 64 bytes whatever the instruction set Eigen was compiled for: the views promise Aligned64.
+      void* data = Eigen::internal::handmade_aligned_malloc(grown, 64);
+      if (data == nullptr) throw std::bad_alloc();
+      b.data.reset(data);
       b.size = grown;
     }
     return b.data.get();

@@ -1,0 +1,305 @@
+// Dropless expert FFN (SwiGLU, float) forward and forward+backward beside its limit in the same
+// binary: the same FLOPs as dense GEMMs over [T*k, d], the best any grouped computation can do.
+// Ratios to read: dropless / limit at each shape, and E = 256 / E = 8 at fixed active FLOPs.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <vector>
+
+#include "moe/core/random.hpp"
+#include "moe/dispatch/dropless_plan.hpp"
+#include "moe/experts/dropless_ffn.hpp"
+
+namespace {
+
+using moe::Index;
+using Matrix = moe::RowMatrix<float>;
+
+struct Shape {
+  Index tokens, d, f, experts, k;
+};
+
+// The shapes (T, d, f, E, k), then the fixed-active-FLOPs pair E = 8 vs E = 256.
+const Shape kShapes[] = {{2048, 512, 1024, 8, 2}, {4096, 1024, 2816, 8, 2},
+                         {4096, 512, 256, 64, 6}, {16, 2048, 1408, 64, 6},
+                         {4096, 512, 256, 8, 2},  {4096, 512, 256, 256, 2}};
+
+/// Cheap deterministic fill: GEMM speed does not depend on the values, and the largest shapes hold
+/// billions of parameters.
+void fill(float* data, Index size, std::uint32_t salt) {
+  for (Index i = 0; i < size; ++i) {
+    const std::uint32_t h = (static_cast<std::uint32_t>(i) + salt) * 2654435761u;
+    data[i] = static_cast<float>(static_cast<int>(h >> 20) - 2048) * (1.0f / 65536.0f);
+  }
+}
+void fill(Matrix& m, std::uint32_t salt) { fill(m.data(), m.size(), salt); }
+
+enum Routing { uniform = 0, zipf = 1 };
+
+/// k distinct experts per token: uniform, or Zipf(1) over experts (expert 0 hottest).
+moe::ExpertIdMatrix route(const Shape& s, Routing routing) {
+  const moe::CounterRng rng(42, 7);
+  std::vector<double> cdf(static_cast<std::size_t>(s.experts));
+  double total = 0;
+  for (Index e = 0; e < s.experts; ++e) cdf[e] = total += routing == zipf ? 1.0 / (e + 1) : 1.0;
+  moe::ExpertIdMatrix ids(s.tokens, s.k);
+  std::uint64_t draw = 0;
+  for (Index t = 0; t < s.tokens; ++t)
+    for (Index j = 0; j < s.k; ++j) {
+      for (;;) {
+        const double u = rng.uniform(draw++) * total;
+        const auto e =
+            static_cast<moe::ExpertId>(std::lower_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
+        bool taken = false;
+        for (Index i = 0; i < j; ++i) taken |= ids(t, i) == e;
+        if (!taken) {
+          ids(t, j) = std::min<moe::ExpertId>(e, static_cast<moe::ExpertId>(s.experts - 1));
+          break;
+        }
+      }
+    }
+  return ids;
+}
+
+/// Active FLOPs of a SwiGLU expert FFN over T*k rows: three [T*k, d] x [d, f]-sized GEMMs.
+double forward_flops(const Shape& s) { return 2.0 * 3.0 * s.tokens * s.k * s.d * s.f; }
+
+void set_counters(benchmark::State& state, const Shape& s, double flops) {
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(s.tokens),
+                                                  benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// One dropless expert FFN step (plan, forward, optionally backward) with its buffers.
+struct DroplessRun {
+  DroplessRun(const Shape& shape, Index block_size, Routing routing, bool with_backward)
+      : s(shape),
+        block(block_size),
+        backward(with_backward),
+        config(make_config(shape)),
+        w(config),
+        x(s.tokens, s.d),
+        gates(s.tokens, s.k),
+        grad_out(s.tokens, s.d),
+        ids(route(s, routing)),
+        y(s.tokens, s.d),
+        grad_x(s.tokens, s.d),
+        grad_gates(s.tokens, s.k),
+        grads(backward ? config
+                       : moe::ExpertFFNConfig{1, 1, 1, moe::Activation::swiglu, false, 1}) {
+    fill(w.w1, 1);
+    fill(w.w3, 2);
+    fill(w.w2, 3);
+    fill(x, 4);
+    fill(gates, 5);
+    fill(grad_out, 6);
+  }
+  static moe::ExpertFFNConfig make_config(const Shape& s) {
+    moe::ExpertFFNConfig c;
+    c.num_experts = s.experts;
+    c.hidden = s.d;
+    c.ffn_hidden = s.f;
+    c.activation = moe::Activation::swiglu;
+    return c;
+  }
+  void step() {
+    moe::make_dropless_plan(ids, s.experts, block, plan);
+    moe::dropless_ffn_forward<float>(w, x, gates, plan, ctx, y);
+    if (backward)
+      moe::dropless_ffn_backward<float>(w, grad_out, plan, ctx, grads, grad_x, grad_gates);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::DoNotOptimize(grad_x.data());
+  }
+
+  Shape s;
+  Index block;
+  bool backward;
+  moe::ExpertFFNConfig config;
+  moe::ExpertWeights<float> w;
+  Matrix x, gates, grad_out;
+  moe::ExpertIdMatrix ids;
+  moe::DroplessPlan plan;
+  moe::DroplessFFNContext<float> ctx;
+  Matrix y, grad_x, grad_gates;
+  moe::ExpertGradients<float> grads;
+};
+
+/// The same FLOPs as dense GEMMs over [T*k, d]: forward h1 = X W1, h3 = X W3, y = A W2; backward
+/// dA = dY W2^T, dW2 = A^T dY, dW1 = X^T dH1, dW3 = X^T dH3, dX = dH1 W1^T + dH3 W3^T.
+struct DenseRun {
+  DenseRun(const Shape& s, bool with_backward)
+      : backward(with_backward),
+        rows(s.tokens * s.k),
+        x(rows, s.d),
+        w1(s.d, s.f),
+        w3(s.d, s.f),
+        w2(s.f, s.d),
+        h1(rows, s.f),
+        h3(rows, s.f),
+        y(rows, s.d),
+        dy(rows, s.d),
+        dh1(rows, s.f),
+        dh3(rows, s.f),
+        dw1(s.d, s.f),
+        dw3(s.d, s.f),
+        dw2(s.f, s.d),
+        dx(rows, s.d) {
+    fill(x, 1);
+    fill(w1, 2);
+    fill(w3, 3);
+    fill(w2, 4);
+    fill(dy, 5);
+    fill(dh3, 6);
+  }
+  void step() {
+    h1.noalias() = x * w1;
+    h3.noalias() = x * w3;
+    y.noalias() = h1 * w2;
+    benchmark::DoNotOptimize(y.data());
+    if (backward) {
+      dh1.noalias() = dy * w2.transpose();
+      dw2.noalias() = h1.transpose() * dy;
+      dw1.noalias() = x.transpose() * dh1;
+      dw3.noalias() = x.transpose() * dh3;
+      dx.noalias() = dh1 * w1.transpose();
+      dx.noalias() += dh3 * w3.transpose();
+      benchmark::DoNotOptimize(dx.data());
+      benchmark::DoNotOptimize(dw1.data());
+    }
+  }
+  bool backward;
+  Index rows;
+  Matrix x, w1, w3, w2, h1, h3, y, dy, dh1, dh3, dw1, dw3, dw2, dx;
+};
+
+void dropless(benchmark::State& state, bool backward) {
+  const Shape s = kShapes[state.range(0)];
+  DroplessRun run(s, state.range(1), static_cast<Routing>(state.range(2)), backward);
+  for (auto _ : state) run.step();
+  state.counters["padded_rows/Tk"] =
+      static_cast<double>(run.plan.padded_rows()) / static_cast<double>(s.tokens * s.k);
+  set_counters(state, s, forward_flops(s) * (backward ? 3.0 : 1.0));
+}
+
+void dense_limit(benchmark::State& state, bool backward) {
+  const Shape s = kShapes[state.range(0)];
+  DenseRun run(s, backward);
+  for (auto _ : state) run.step();
+  set_counters(state, s, forward_flops(s) * (backward ? 3.0 : 1.0));
+}
+
+double thread_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+/// dropless / limit measured in alternation, each pair back to back in thread CPU time, so load
+/// from other processes hits both sides alike. Reports the median of the pair ratios. The
+/// "compare" shape (range 3) replaces the limit with the dropless FFN at another shape: E = 256
+/// against E = 8 at the same active FLOPs.
+void paired_ratio(benchmark::State& state, bool backward) {
+  const Shape s = kShapes[state.range(0)];
+  const Index block = state.range(1);
+  const Index against = state.range(2);
+  DroplessRun run(s, block, uniform, backward);
+  std::unique_ptr<DroplessRun> other;
+  std::unique_ptr<DenseRun> limit;
+  if (against >= 0)
+    other = std::make_unique<DroplessRun>(kShapes[against], block, uniform, backward);
+  else
+    limit = std::make_unique<DenseRun>(s, backward);
+  auto baseline = [&] { other ? other->step() : limit->step(); };
+  run.step();  // warm up both: workspaces grow, pages fault in
+  baseline();
+  const double seconds = forward_flops(s) * (backward ? 3.0 : 1.0) / 60e9;
+  const int pairs = std::max(5, static_cast<int>(1.5 / seconds));
+  std::vector<double> ratios;
+  for (auto _ : state) {
+    for (int i = 0; i < pairs; ++i) {
+      const double t0 = thread_seconds();
+      run.step();
+      const double t1 = thread_seconds();
+      baseline();
+      const double t2 = thread_seconds();
+      ratios.push_back((t1 - t0) / (t2 - t1));
+    }
+  }
+  std::sort(ratios.begin(), ratios.end());
+  state.counters["ratio"] = ratios[ratios.size() / 2];
+  state.counters["ratio_min"] = ratios.front();
+  state.counters["pairs"] = static_cast<double>(ratios.size());
+}
+
+/// Memory limit for tiny batches: reading the weights of every expert the batch touches.
+void active_weights_memcpy(benchmark::State& state) {
+  const Shape s = kShapes[state.range(0)];
+  const moe::ExpertIdMatrix ids = route(s, uniform);
+  std::vector<bool> active(static_cast<std::size_t>(s.experts), false);
+  for (Index i = 0; i < ids.size(); ++i) active[static_cast<std::size_t>(ids.data()[i])] = true;
+  const Index used = std::count(active.begin(), active.end(), true);
+  const std::size_t bytes = static_cast<std::size_t>(used * 3 * s.d * s.f) * sizeof(float);
+  std::vector<float> from(bytes / sizeof(float)), to(bytes / sizeof(float));
+  fill(from.data(), static_cast<Index>(from.size()), 7);
+  for (auto _ : state) {
+    std::memcpy(to.data(), from.data(), bytes);
+    benchmark::DoNotOptimize(to.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["active_experts"] = static_cast<double>(used);
+}
+
+void BM_dropless_forward(benchmark::State& state) { dropless(state, false); }
+void BM_dropless_forward_backward(benchmark::State& state) { dropless(state, true); }
+void BM_dense_limit_forward(benchmark::State& state) { dense_limit(state, false); }
+void BM_dense_limit_forward_backward(benchmark::State& state) { dense_limit(state, true); }
+void BM_ratio_forward(benchmark::State& state) { paired_ratio(state, false); }
+void BM_ratio_forward_backward(benchmark::State& state) { paired_ratio(state, true); }
+
+void dropless_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"shape", "block", "zipf"});
+  for (Index shape = 0; shape < 6; ++shape) b->Args({shape, 128, uniform});
+  b->Args({0, 1, uniform});
+  b->Args({3, 1, uniform});
+  b->Args({4, 1, uniform});
+  b->Args({5, 1, uniform});
+  b->Args({0, 128, zipf});
+  b->Unit(benchmark::kMillisecond);
+}
+void limit_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"shape"});
+  for (Index shape = 0; shape < 5; ++shape) b->Args({shape});  // shape 5 has shape 4's active FLOPs
+  b->Unit(benchmark::kMillisecond);
+}
+
+void ratio_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"shape", "block", "against"});
+  for (Index shape = 0; shape < 5; ++shape) b->Args({shape, 128, -1});
+  b->Args({0, 1, -1});
+  b->Args({5, 128, 4});  // E = 256 over E = 8, same active FLOPs
+  b->Args({5, 1, 4});
+  b->Iterations(1)->Unit(benchmark::kMillisecond);
+}
+
+}  // namespace
+
+BENCHMARK(BM_ratio_forward)->Apply(ratio_args);
+BENCHMARK(BM_ratio_forward_backward)->Apply(ratio_args);
+BENCHMARK(BM_dropless_forward)->Apply(dropless_args);
+BENCHMARK(BM_dense_limit_forward)->Apply(limit_args);
+BENCHMARK(BM_dropless_forward_backward)->Apply(dropless_args);
+BENCHMARK(BM_dense_limit_forward_backward)->Apply(limit_args);
+BENCHMARK(active_weights_memcpy)
+    ->Arg(3)
+    ->Arg(4)
+    ->Arg(5)
+    ->ArgName("shape")
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK_MAIN();

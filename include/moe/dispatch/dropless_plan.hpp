@@ -1,0 +1,139 @@
+// DroplessPlan: every (token, choice) pair sorted by expert, each expert's group padded to a block
+// size, so experts run as block-aligned row ranges of one buffer and no token is ever dropped.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "moe/core/detail/parallel.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/types.hpp"
+
+namespace moe {
+
+/// Where each of the T*k (token, choice) pairs goes in the padded, expert-sorted row buffer.
+///
+/// Pair p = t * k + j is token t's j-th choice. Sorted order is (expert, p) ascending: a stable
+/// sort, so within an expert tokens keep their order (lower token index first). Expert e owns the
+/// padded rows [padded_offsets[e], padded_offsets[e + 1]); its first tokens_per_expert[e] rows hold
+/// pairs, the rest are zero padding.
+struct DroplessPlan {
+  Index num_tokens = 0;
+  Index top_k = 0;
+  Index num_experts = 0;
+  Index block_size = 1;
+
+  IndexVector tokens_per_expert;  ///< [E] pairs routed to each expert (MegaBlocks `histogram`)
+  IndexVector offsets;            ///< [E+1] unpadded group starts: exclusive cumsum of the counts
+  IndexVector padded_offsets;     ///< [E+1] padded group starts: cumsum of round_up(count, B)
+  IndexVector sorted_pairs;       ///< [T*k] pair at sorted position i (MegaBlocks `indices`)
+  IndexVector pair_row;           ///< [T*k] padded row of pair p: the inverse map unpermute reads
+
+  Index num_pairs() const noexcept { return num_tokens * top_k; }
+  /// Rows of the padded buffer, padded_offsets[E] (MegaBlocks `padded_bins[-1]`).
+  Index padded_rows() const noexcept {
+    return padded_offsets.size() ? padded_offsets[num_experts] : 0;
+  }
+  /// Real (non-padding) rows of expert e's group.
+  Index group_rows(Index e) const noexcept { return tokens_per_expert[e]; }
+};
+
+/// round_up(n, b) = ceil(n / b) * b, MegaBlocks' padding of each expert's count to the block size.
+inline Index round_up(Index n, Index block) noexcept { return (n + block - 1) / block * block; }
+
+namespace detail {
+
+/// Pairs per histogram chunk: enough work per thread that the O(chunks * E) prefix stays small.
+inline constexpr Index kSortChunk = 16384;
+
+}  // namespace detail
+
+/// Stable counting sort of expert_ids [T, k] by expert in O(T*k + E); groups padded to block_size
+/// (MegaBlocks dMoE: sort, histogram, round_up, inclusive cumsum; block_size = 1 is grouped GEMM).
+/// Refills `plan`, reusing its storage. Per-chunk histograms, an ordered prefix and an ordered
+/// scatter: the result is unique, so it is the same at any thread count.
+inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_ids,
+                               Index num_experts, Index block_size, DroplessPlan& plan) {
+  require(num_experts >= 1, "num_experts", ">= 1", num_experts);
+  require(block_size >= 1, "block_size", ">= 1", block_size);
+  const Index tokens = expert_ids.rows();
+  const Index k = expert_ids.cols();
+  require(k >= 1 || tokens == 0, "expert_ids", "at least one column (top_k >= 1)", k);
+  const Index pairs = tokens * k;
+  const ExpertId* ids = expert_ids.data();
+  const Index stride = expert_ids.outerStride();
+  auto id_of = [&](Index p) { return ids[(p / k) * stride + p % k]; };
+  for (Index p = 0; p < pairs; ++p) {
+    const ExpertId e = id_of(p);
+    if (e < 0 || e >= num_experts)
+      detail::fail("expert_ids", detail::concat("ids in [0, ", num_experts, ")"),
+                   detail::concat(e, " at row ", p / k, ", column ", p % k));
+  }
+
+  plan.num_tokens = tokens;
+  plan.top_k = k;
+  plan.num_experts = num_experts;
+  plan.block_size = block_size;
+  plan.tokens_per_expert.resize(num_experts);
+  plan.offsets.resize(num_experts + 1);
+  plan.padded_offsets.resize(num_experts + 1);
+  plan.sorted_pairs.resize(pairs);
+  plan.pair_row.resize(pairs);
+
+  const Index chunks =
+      std::max<Index>(1, std::min<Index>(detail::max_threads(),
+                                         (pairs + detail::kSortChunk - 1) / detail::kSortChunk));
+  const Index chunk_len = (pairs + chunks - 1) / std::max<Index>(chunks, 1);
+  // histogram[c * E + e]: pairs of chunk c on expert e; becomes chunk c's first slot for e.
+  std::vector<Index> histogram(static_cast<std::size_t>(chunks * num_experts), 0);
+  detail::parallel_for(
+      0, chunks,
+      [&](Index c) {
+        Index* h = histogram.data() + c * num_experts;
+        const Index end = std::min(pairs, (c + 1) * chunk_len);
+        for (Index p = c * chunk_len; p < end; ++p) ++h[id_of(p)];
+      },
+      /*min_parallel=*/1);  // each chunk is already kSortChunk pairs
+
+  plan.offsets[0] = 0;
+  plan.padded_offsets[0] = 0;
+  for (Index e = 0; e < num_experts; ++e) {
+    Index next = plan.offsets[e];
+    for (Index c = 0; c < chunks; ++c) {
+      Index& h = histogram[static_cast<std::size_t>(c * num_experts + e)];
+      const Index count = h;
+      h = next;
+      next += count;
+    }
+    plan.tokens_per_expert[e] = next - plan.offsets[e];
+    plan.offsets[e + 1] = next;
+    plan.padded_offsets[e + 1] =
+        plan.padded_offsets[e] + round_up(plan.tokens_per_expert[e], block_size);
+  }
+
+  detail::parallel_for(
+      0, chunks,
+      [&](Index c) {
+        Index* slot = histogram.data() + c * num_experts;
+        const Index end = std::min(pairs, (c + 1) * chunk_len);
+        for (Index p = c * chunk_len; p < end; ++p) {
+          const ExpertId e = id_of(p);
+          const Index position = slot[e]++;
+          plan.sorted_pairs[position] = p;
+          plan.pair_row[p] = plan.padded_offsets[e] + (position - plan.offsets[e]);
+        }
+      },
+      /*min_parallel=*/1);
+}
+
+/// Convenience form of make_dropless_plan that returns a fresh plan.
+inline DroplessPlan make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_ids,
+                                       Index num_experts, Index block_size = 128) {
+  DroplessPlan plan;
+  make_dropless_plan(expert_ids, num_experts, block_size, plan);
+  return plan;
+}
+
+}  // namespace moe

@@ -1,0 +1,115 @@
+// The dropless expert FFN (MegaBlocks dMoE): permute into the padded expert-sorted buffer, run
+// every expert's FFN through block-sparse products, unpermute with the gate weights. Forward and
+// backward.
+#pragma once
+
+#include "moe/core/error.hpp"
+#include "moe/core/types.hpp"
+#include "moe/core/workspace.hpp"
+#include "moe/dispatch/dropless_permute.hpp"
+#include "moe/dispatch/dropless_plan.hpp"
+#include "moe/experts/detail/grouped_ffn.hpp"
+#include "moe/experts/expert_weights.hpp"
+#include "moe/sparse/topology.hpp"
+
+namespace moe {
+
+/// What dropless_ffn_forward saves for backward, plus its scratch. Owned by the caller and reused
+/// across steps: once its workspace has grown to the largest step, a step does not allocate its
+/// activation buffers again.
+template <class S>
+struct DroplessFFNContext {
+  BlockSparseTopology topology;
+  Workspace workspace;
+  Index num_tokens = -1;  ///< -1 until a forward ran
+  Index top_k = 0;
+  Index padded_rows = 0;
+
+  /// The expert outputs before combine, [padded rows, d] in plan order (padding rows unspecified).
+  Eigen::Map<RowMatrix<S>, Eigen::Aligned64> expert_outputs(Index d) {
+    return workspace.template matrix<S>(detail::kY, padded_rows, d);
+  }
+};
+
+namespace detail {
+
+inline constexpr std::size_t kGatesSlot = kFirstFreeSlot;
+
+template <class S>
+GroupedBuffers<S> dropless_buffers(const ExpertWeights<S>& w, DroplessFFNContext<S>& ctx) {
+  return GroupedBuffers<S>{ctx.workspace, ctx.padded_rows, w.config.hidden, w.config.ffn_hidden,
+                           is_gated(w.config.activation)};
+}
+
+}  // namespace detail
+
+/// out[t] = sum_j gates(t, j) * FFN_{e(t,j)}(x[t]), FFN_e(x) = act(x W1[e] + b1[e]) W2[e] + b2[e]
+/// (MegaBlocks dMoE: padded_gather -> sdd -> act -> dsd -> padded_scatter). x [T, d]; gates [T, k].
+template <class S>
+void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
+                          ConstMatrixRef<S> gates, const DroplessPlan& plan,
+                          DroplessFFNContext<S>& ctx, MatrixRef<S> out) {
+  detail::require_weights(weights, "weights");
+  const ExpertFFNConfig& c = weights.config;
+  require(plan.num_experts == c.num_experts, "plan.num_experts",
+          detail::concat(c.num_experts, " (weights.config.num_experts)"), plan.num_experts);
+  require_shape(x, "x", plan.num_tokens, c.hidden);
+  require_shape(gates, "gates", plan.num_tokens, plan.top_k);
+  require_shape(out, "out", plan.num_tokens, c.hidden);
+
+  ctx.topology = make_topology(plan, c.ffn_hidden, c.block_cols);
+  ctx.topology.write_padding = false;  // the FFN reads data rows only
+  ctx.num_tokens = plan.num_tokens;
+  ctx.top_k = plan.top_k;
+  ctx.padded_rows = plan.padded_rows();
+  ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k) = gates;
+  detail::GroupedBuffers<S> buf = detail::dropless_buffers(weights, ctx);
+  dropless_permute<S>(x, plan, buf.x(), /*zero_padding=*/false);
+  detail::grouped_ffn_forward(weights, ctx.topology, buf);
+  dropless_unpermute<S>(buf.y(), gates, plan, out);
+}
+
+/// Returns the combined output [T, d]; see the overload writing into `out`.
+template <class S>
+RowMatrix<S> dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
+                                  ConstMatrixRef<S> gates, const DroplessPlan& plan,
+                                  DroplessFFNContext<S>& ctx) {
+  RowMatrix<S> out(x.rows(), weights.config.hidden);
+  dropless_ffn_forward<S>(weights, x, gates, plan, ctx, out);
+  return out;
+}
+
+/// Backward of dropless_ffn_forward: grad_x [T, d], grad_gates(t, j) = <FFN_e(x_t), grad_out[t]>,
+/// and every parameter gradient into `grads` (overwritten, shaped like `weights`).
+template <class S>
+void dropless_ffn_backward(const ExpertWeights<S>& weights, ConstMatrixRef<S> grad_out,
+                           const DroplessPlan& plan, DroplessFFNContext<S>& ctx,
+                           ExpertGradients<S>& grads, MatrixRef<S> grad_x,
+                           MatrixRef<S> grad_gates) {
+  detail::require_weights(weights, "weights");
+  require(ctx.num_tokens >= 0, "ctx", "a context filled by dropless_ffn_forward",
+          "an empty context");
+  require(ctx.num_tokens == plan.num_tokens && ctx.top_k == plan.top_k &&
+              ctx.padded_rows == plan.padded_rows(),
+          "plan", "the plan of the forward that filled ctx", "a plan of another shape");
+  require(grads.config.num_experts == weights.config.num_experts &&
+              grads.config.hidden == weights.config.hidden &&
+              grads.config.ffn_hidden == weights.config.ffn_hidden &&
+              grads.config.activation == weights.config.activation &&
+              grads.config.bias == weights.config.bias,
+          "grads", "ExpertGradients built from the weights' config", "another config");
+  detail::require_weights(grads, "grads");
+  const Index d = weights.config.hidden;
+  require_shape(grad_out, "grad_out", plan.num_tokens, d);
+  require_shape(grad_x, "grad_x", plan.num_tokens, d);
+  require_shape(grad_gates, "grad_gates", plan.num_tokens, plan.top_k);
+
+  detail::GroupedBuffers<S> buf = detail::dropless_buffers(weights, ctx);
+  auto gates = ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k);
+  dropless_unpermute_backward<S>(grad_out, buf.y(), gates, plan, buf.dy(), grad_gates,
+                                 /*zero_padding=*/false);
+  detail::grouped_ffn_backward(weights, ctx.topology, buf, grads);
+  dropless_permute_backward<S>(buf.dx(), plan, grad_x);
+}
+
+}  // namespace moe

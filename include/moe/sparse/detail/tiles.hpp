@@ -1,0 +1,78 @@
+// Work tiles of the block-sparse products: fixed runs of whole blocks chosen from the shapes alone,
+// never from the thread count, so every output element is computed by the same GEMM call (same
+// blocking, same summation order) at any number of threads.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "moe/core/types.hpp"
+#include "moe/sparse/topology.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace moe::detail {
+
+/// Target tile extent: large enough that packing stays a small fraction of a tile's GEMM, small
+/// enough that a hot expert splits into many tiles.
+inline constexpr Index kTileRows = 512;
+inline constexpr Index kTileCols = 512;
+
+/// Rows [begin, begin + rows) of one expert's group, whole row blocks; the first data_rows hold
+/// data.
+struct RowTile {
+  Index expert;
+  Index begin;
+  Index data_rows;
+  Index rows;
+};
+
+/// Each expert's data blocks split into equal runs of at most kTileRows rows (524 rows become
+/// 384 + 140 rather than 512 + 12: a sliver of rows makes an inefficient GEMM), then its
+/// padding-only blocks.
+inline std::vector<RowTile> row_tiles(const BlockSparseTopology& topo) {
+  const Index block = topo.block_rows;
+  const Index max_blocks = std::max<Index>(1, kTileRows / block);
+  std::vector<RowTile> tiles;
+  for (Index e = 0; e < topo.num_experts; ++e) {
+    const Index group = topo.group_offsets[e];
+    const Index data = topo.group_rows[e];
+    const Index total_blocks = (topo.group_offsets[e + 1] - group) / block;
+    const Index data_blocks = (data + block - 1) / block;
+    const Index runs = (data_blocks + max_blocks - 1) / max_blocks;
+    const Index per_run = runs ? (data_blocks + runs - 1) / runs : 0;
+    for (Index first = 0; first < data_blocks; first += per_run) {
+      const Index rows = (std::min(data_blocks, first + per_run) - first) * block;
+      tiles.push_back({e, group + first * block, std::min(rows, data - first * block), rows});
+    }
+    for (Index first = data_blocks; first < total_blocks; first += max_blocks) {
+      const Index rows = (std::min(total_blocks, first + max_blocks) - first) * block;
+      tiles.push_back({e, group + first * block, 0, rows});
+    }
+  }
+  return tiles;
+}
+
+/// Width of a tile over an expert's f columns: whole column blocks.
+inline Index sparse_tile_cols(const BlockSparseTopology& topo) {
+  return topo.block_cols * std::max<Index>(1, kTileCols / topo.block_cols);
+}
+
+inline Index tile_count(Index extent, Index width) { return (extent + width - 1) / width; }
+
+/// Runs body(i) for i in [0, n), each index on one thread. Tiles differ in cost (a hot expert's
+/// against a padding-only one), so they are handed out dynamically; the result does not depend on
+/// which thread ran a tile.
+template <class Body>
+void parallel_tiles(Index n, Body&& body) {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 1)
+  for (Index i = 0; i < n; ++i) body(i);
+#else
+  for (Index i = 0; i < n; ++i) body(i);
+#endif
+}
+
+}  // namespace moe::detail

@@ -1,0 +1,234 @@
+// The block-sparse products of the dropless expert FFN (MegaBlocks/stk `sdd`, `dsd`, `dds` and the
+// transposed forms backward needs). Sparse operands are Block-ELL values `[P, f]` over a
+// BlockSparseTopology; the dense per-expert operands are stored expert-major: `[E*K, f]` is the
+// dense `[K, E*f]` matrix whose expert e block is rows [e*K, (e+1)*K), i.e. the W1 `[E, d, f]`
+// layout.
+//
+// Each product runs as independent tile GEMMs (Eigen matrix products over contiguous row blocks),
+// split by blocks, not by experts, so a hot expert's rows spread over all threads.
+#pragma once
+
+#include <vector>
+
+#include "moe/core/error.hpp"
+#include "moe/core/types.hpp"
+#include "moe/sparse/detail/tiles.hpp"
+#include "moe/sparse/topology.hpp"
+
+namespace moe {
+
+/// Called after a tile of a sparse result is computed: (expert, first row, data rows, first
+/// column inside the expert's f, columns). Lets a caller fuse bias and activation while the
+/// tile is in cache.
+struct NoEpilogue {
+  void operator()(Index, Index, Index, Index, Index) const noexcept {}
+};
+
+namespace detail {
+
+template <class Matrix>
+void require_sparse_values(const Matrix& values, const BlockSparseTopology& topo,
+                           const char* argument) {
+  require_shape(values, argument, topo.rows(), topo.ffn_hidden);
+}
+
+/// Row tiles x dense column tiles of a [P, N] result, padding rows set to zero unless accumulating.
+template <class S, class TileProduct>
+void for_dense_row_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, bool accumulate,
+                         TileProduct&& product) {
+  const std::vector<RowTile> tiles = row_tiles(topo);
+  const Index n = c.cols();
+  const Index col_tiles = std::max<Index>(1, tile_count(n, kTileCols));
+  parallel_tiles(static_cast<Index>(tiles.size()) * col_tiles, [&](Index w) {
+    const RowTile& tile = tiles[static_cast<std::size_t>(w / col_tiles)];
+    const Index n0 = (w % col_tiles) * kTileCols;
+    const Index nw = std::min(kTileCols, n - n0);
+    if (nw <= 0) return;
+    if (tile.data_rows > 0) product(tile, n0, nw);
+    if (topo.write_padding && !accumulate && tile.rows > tile.data_rows)
+      c.block(tile.begin + tile.data_rows, n0, tile.rows - tile.data_rows, nw).setZero();
+  });
+}
+
+/// Row tiles x column-block tiles of a sparse [P, f] result; the epilogue runs on data rows.
+template <class S, class TileProduct, class Epilogue>
+void for_sparse_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, TileProduct&& product,
+                      Epilogue&& epilogue) {
+  const std::vector<RowTile> tiles = row_tiles(topo);
+  const Index width = sparse_tile_cols(topo);
+  const Index col_tiles = tile_count(topo.ffn_hidden, width);
+  parallel_tiles(static_cast<Index>(tiles.size()) * col_tiles, [&](Index w) {
+    const RowTile& tile = tiles[static_cast<std::size_t>(w / col_tiles)];
+    const Index c0 = (w % col_tiles) * width;
+    const Index cw = std::min(width, topo.ffn_hidden - c0);
+    if (tile.data_rows > 0) {
+      product(tile, c0, cw);
+      epilogue(tile.expert, tile.begin, tile.data_rows, c0, cw);
+    }
+    if (topo.write_padding && tile.rows > tile.data_rows)
+      c.block(tile.begin + tile.data_rows, c0, tile.rows - tile.data_rows, cw).setZero();
+  });
+}
+
+/// Per-expert [m, n] output tiles of a reduction over each expert's data rows.
+template <class Product>
+void for_expert_tiles(const BlockSparseTopology& topo, Index m, Index m_tile, Index n, Index n_tile,
+                      Product&& product) {
+  const Index m_tiles = std::max<Index>(1, tile_count(m, m_tile));
+  const Index n_tiles = std::max<Index>(1, tile_count(n, n_tile));
+  const Index per_expert = m_tiles * n_tiles;
+  parallel_tiles(topo.num_experts * per_expert, [&](Index w) {
+    const Index e = w / per_expert;
+    const Index m0 = (w % per_expert) / n_tiles * m_tile;
+    const Index n0 = (w % n_tiles) * n_tile;
+    const Index mw = std::min(m_tile, m - m0);
+    const Index nw = std::min(n_tile, n - n0);
+    if (mw > 0 && nw > 0) product(e, topo.group_offsets[e], topo.group_rows[e], m0, mw, n0, nw);
+  });
+}
+
+}  // namespace detail
+
+/// sdd: C = A * B at the topology's blocks (MegaBlocks `stk.ops.sdd(x, w1.t(), topo)`).
+/// a [P, K] dense; b [E*K, f] expert-major; c_values [P, f] Block-ELL.
+template <class S, class Epilogue = NoEpilogue>
+void sdd(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology& topo,
+         MatrixRef<S> c_values, Epilogue&& epilogue = Epilogue{}) {
+  const Index k = a.cols();
+  require_shape(a, "a", topo.rows(), -1);
+  require_shape(b, "b", topo.num_experts * k, topo.ffn_hidden);
+  detail::require_sparse_values(c_values, topo, "c_values");
+  detail::for_sparse_tiles<S>(
+      topo, c_values,
+      [&](const detail::RowTile& t, Index c0, Index cw) {
+        c_values.block(t.begin, c0, t.data_rows, cw).noalias() =
+            a.middleRows(t.begin, t.data_rows) * b.block(t.expert * k, c0, k, cw);
+      },
+      epilogue);
+}
+
+/// sdd with B transposed: C = A * B^T at the blocks (backward: dA = dY * W2^T).
+/// a [P, K]; b [E*f, K] expert-major (the W2 `[E, f, d]` layout); c_values [P, f].
+template <class S, class Epilogue = NoEpilogue>
+void sdd_nt(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology& topo,
+            MatrixRef<S> c_values, Epilogue&& epilogue = Epilogue{}) {
+  const Index k = a.cols();
+  const Index f = topo.ffn_hidden;
+  require_shape(a, "a", topo.rows(), -1);
+  require_shape(b, "b", topo.num_experts * f, k);
+  detail::require_sparse_values(c_values, topo, "c_values");
+  detail::for_sparse_tiles<S>(
+      topo, c_values,
+      [&](const detail::RowTile& t, Index c0, Index cw) {
+        c_values.block(t.begin, c0, t.data_rows, cw).noalias() =
+            a.middleRows(t.begin, t.data_rows) * b.block(t.expert * f + c0, 0, cw, k).transpose();
+      },
+      epilogue);
+}
+
+/// dsd: C = A * B, sparse times dense (MegaBlocks `stk.ops.dsd(act, w2)`).
+/// a_values [P, f]; b [E*f, N] expert-major; c [P, N], padding rows 0 (or untouched if accumulate).
+template <class S>
+void dsd(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTopology& topo,
+         MatrixRef<S> c, bool accumulate = false) {
+  const Index f = topo.ffn_hidden;
+  detail::require_sparse_values(a_values, topo, "a_values");
+  require_shape(b, "b", topo.num_experts * f, -1);
+  require_shape(c, "c", topo.rows(), b.cols());
+  detail::for_dense_row_tiles<S>(
+      topo, c, accumulate, [&](const detail::RowTile& t, Index n0, Index nw) {
+        auto out = c.block(t.begin, n0, t.data_rows, nw);
+        auto product = a_values.middleRows(t.begin, t.data_rows) * b.block(t.expert * f, n0, f, nw);
+        if (accumulate)
+          out.noalias() += product;
+        else
+          out.noalias() = product;
+      });
+}
+
+/// dsd with B transposed: C = A * B^T (backward: dX = dH * W1^T).
+/// a_values [P, f]; b [E*N, f] expert-major (the W1 `[E, d, f]` layout); c [P, N].
+template <class S>
+void dsd_nt(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTopology& topo,
+            MatrixRef<S> c, bool accumulate = false) {
+  const Index f = topo.ffn_hidden;
+  const Index n = c.cols();
+  detail::require_sparse_values(a_values, topo, "a_values");
+  require_shape(c, "c", topo.rows(), -1);
+  require_shape(b, "b", topo.num_experts * n, f);
+  detail::for_dense_row_tiles<S>(topo, c, accumulate,
+                                 [&](const detail::RowTile& t, Index n0, Index nw) {
+                                   auto out = c.block(t.begin, n0, t.data_rows, nw);
+                                   auto product = a_values.middleRows(t.begin, t.data_rows) *
+                                                  b.block(t.expert * n + n0, 0, nw, f).transpose();
+                                   if (accumulate)
+                                     out.noalias() += product;
+                                   else
+                                     out.noalias() = product;
+                                 });
+}
+
+/// dsd with A transposed: C = A^T * B, a dense [E*f, N] expert-major result (backward:
+/// dW2 = act^T * dY). a_values [P, f]; b [P, N]. An expert without rows gets zeros.
+template <class S>
+void dsd_tn(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTopology& topo,
+            MatrixRef<S> c) {
+  const Index f = topo.ffn_hidden;
+  const Index n = b.cols();
+  detail::require_sparse_values(a_values, topo, "a_values");
+  require_shape(b, "b", topo.rows(), -1);
+  require_shape(c, "c", topo.num_experts * f, n);
+  detail::for_expert_tiles(
+      topo, f, detail::sparse_tile_cols(topo), n, detail::kTileCols,
+      [&](Index e, Index g0, Index rows, Index m0, Index mw, Index n0, Index nw) {
+        auto out = c.block(e * f + m0, n0, mw, nw);
+        if (rows == 0)
+          out.setZero();
+        else
+          out.noalias() = a_values.block(g0, m0, rows, mw).transpose() * b.block(g0, n0, rows, nw);
+      });
+}
+
+/// dds: C = A * B, dense times sparse, a dense [M, E*f] result stored expert-major as [E*M, f]
+/// (MegaBlocks `stk.ops.dds`). a [M, P]; b_values [P, f]. An expert without rows gets zeros.
+template <class S>
+void dds(ConstMatrixRef<S> a, ConstMatrixRef<S> b_values, const BlockSparseTopology& topo,
+         MatrixRef<S> c) {
+  const Index f = topo.ffn_hidden;
+  const Index m = a.rows();
+  require_shape(a, "a", -1, topo.rows());
+  detail::require_sparse_values(b_values, topo, "b_values");
+  require_shape(c, "c", topo.num_experts * m, f);
+  detail::for_expert_tiles(
+      topo, m, detail::kTileCols, f, detail::sparse_tile_cols(topo),
+      [&](Index e, Index g0, Index rows, Index m0, Index mw, Index n0, Index nw) {
+        auto out = c.block(e * m + m0, n0, mw, nw);
+        if (rows == 0)
+          out.setZero();
+        else
+          out.noalias() = a.block(m0, g0, mw, rows) * b_values.block(g0, n0, rows, nw);
+      });
+}
+
+/// dds with A transposed: C = A^T * B, dense times sparse, a dense [E*K, f] expert-major result
+/// (backward: dW1 = X^T * dH). a [P, K]; b_values [P, f]. An expert without rows gets zeros.
+template <class S>
+void dds_tn(ConstMatrixRef<S> a, ConstMatrixRef<S> b_values, const BlockSparseTopology& topo,
+            MatrixRef<S> c) {
+  const Index f = topo.ffn_hidden;
+  const Index k = a.cols();
+  require_shape(a, "a", topo.rows(), -1);
+  detail::require_sparse_values(b_values, topo, "b_values");
+  require_shape(c, "c", topo.num_experts * k, f);
+  detail::for_expert_tiles(
+      topo, k, detail::kTileCols, f, detail::sparse_tile_cols(topo),
+      [&](Index e, Index g0, Index rows, Index m0, Index mw, Index n0, Index nw) {
+        auto out = c.block(e * k + m0, n0, mw, nw);
+        if (rows == 0)
+          out.setZero();
+        else
+          out.noalias() = a.block(g0, m0, rows, mw).transpose() * b_values.block(g0, n0, rows, nw);
+      });
+}
+
+}  // namespace moe

@@ -1,0 +1,388 @@
+// Expert FFNs over the dropless plan and over a capacity buffer: against the per-token loop
+// reference in double, central finite differences for every parameter, edge cases, bad input and
+// bit-identity across thread counts.
+#include <cmath>
+#include <random>
+
+#include "moe/experts/capacity_ffn.hpp"
+#include "moe/experts/dropless_ffn.hpp"
+#include "support/catch.hpp"
+#include "support/dropless_reference.hpp"
+#include "support/finite_difference.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+using namespace moe;
+using moe::test::RowMatrixD;
+
+namespace {
+
+constexpr Activation kActivations[] = {Activation::relu, Activation::gelu, Activation::gelu_tanh,
+                                       Activation::silu, Activation::swiglu};
+
+RowMatrixD random_matrix(Index rows, Index cols, unsigned seed, double scale = 1.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> normal(0.0, scale);
+  RowMatrixD m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = normal(gen);
+  return m;
+}
+
+ExpertIdMatrix random_ids(Index tokens, Index k, Index experts, unsigned seed, double hot = 0.0) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> u;
+  ExpertIdMatrix ids(tokens, k);
+  for (Index t = 0; t < tokens; ++t) {
+    std::vector<ExpertId> all(static_cast<std::size_t>(experts));
+    for (Index e = 0; e < experts; ++e) all[e] = static_cast<ExpertId>(e);
+    std::shuffle(all.begin(), all.end(), gen);
+    if (u(gen) < hot) std::swap(all[0], *std::find(all.begin(), all.end(), 0));  // expert 0 first
+    for (Index j = 0; j < k; ++j) ids(t, j) = all[j];
+  }
+  return ids;
+}
+
+ExpertFFNConfig make_config(Index experts, Index d, Index f, Activation act, bool bias,
+                            Index block_cols) {
+  ExpertFFNConfig c;
+  c.num_experts = experts;
+  c.hidden = d;
+  c.ffn_hidden = f;
+  c.activation = act;
+  c.bias = bias;
+  c.block_cols = block_cols;
+  return c;
+}
+
+struct Problem {
+  ExpertWeights<double> weights;
+  RowMatrixD x, gates, grad_out;
+  ExpertIdMatrix ids;
+};
+
+Problem make_problem(const ExpertFFNConfig& c, Index tokens, Index k, unsigned seed,
+                     double hot = 0.0) {
+  Problem p{ExpertWeights<double>(c), random_matrix(tokens, c.hidden, seed),
+            random_matrix(tokens, k, seed + 1), random_matrix(tokens, c.hidden, seed + 2),
+            random_ids(tokens, k, c.num_experts, seed + 3, hot)};
+  p.weights.init_weights(seed + 4, 0.5);
+  return p;
+}
+
+struct Result {
+  RowMatrixD y, grad_x, grad_gates;
+  ExpertGradients<double> grads;
+};
+
+Result run_dropless(const Problem& p, Index block) {
+  const DroplessPlan plan = make_dropless_plan(p.ids, p.weights.config.num_experts, block);
+  DroplessFFNContext<double> ctx;
+  Result r{RowMatrixD(p.x.rows(), p.x.cols()), RowMatrixD(p.x.rows(), p.x.cols()),
+           RowMatrixD(p.gates.rows(), p.gates.cols()), ExpertGradients<double>(p.weights.config)};
+  dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, r.y);
+  dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, r.grads, r.grad_x, r.grad_gates);
+  return r;
+}
+
+void require_close(const RowMatrixD& a, const RowMatrixD& b, double tolerance) {
+  REQUIRE(a.rows() == b.rows());
+  REQUIRE(a.cols() == b.cols());
+  if (a.size() == 0) return;
+  INFO("relative error " << test::relative_error(a, b));
+  REQUIRE(test::relative_error(a, b) <= tolerance);
+}
+
+void require_matches_reference(const Problem& p, const Result& r, double tolerance = 1e-12) {
+  require_close(r.y, test::reference_dropless_forward(p.weights, p.x, p.ids, p.gates), tolerance);
+  const test::ReferenceGradients g =
+      test::reference_dropless_backward(p.weights, p.x, p.ids, p.gates, p.grad_out);
+  require_close(r.grad_x, g.x, tolerance);
+  require_close(r.grad_gates, g.gates, tolerance);
+  require_close(r.grads.w1, g.weights.w1, tolerance);
+  require_close(r.grads.w3, g.weights.w3, tolerance);
+  require_close(r.grads.w2, g.weights.w2, tolerance);
+  require_close(r.grads.b1, g.weights.b1, tolerance);
+  require_close(r.grads.b3, g.weights.b3, tolerance);
+  require_close(r.grads.b2, g.weights.b2, tolerance);
+}
+
+}  // namespace
+
+TEST_CASE("dropless FFN matches the per-token reference for every activation", "[dropless][ffn]") {
+  for (Activation act : kActivations)
+    for (bool bias : {false, true})
+      for (Index block : {1, 4, 128}) {
+        INFO(to_string(act) << " bias " << bias << " block " << block);
+        const Problem p = make_problem(make_config(5, 6, 10, act, bias, 4), 29, 2, 100);
+        require_matches_reference(p, run_dropless(p, block));
+      }
+}
+
+TEST_CASE("dropless FFN spans many tiles with a hot expert", "[dropless][ffn]") {
+  for (Index block : {1, 128}) {
+    INFO("block " << block);
+    const Problem p =
+        make_problem(make_config(3, 8, 300, Activation::swiglu, true, 128), 700, 2, 7, 0.8);
+    require_matches_reference(p, run_dropless(p, block));
+  }
+}
+
+TEST_CASE("dropless FFN gradients match central finite differences", "[dropless][ffn][gradient]") {
+  for (Activation act : kActivations) {
+    INFO(to_string(act));
+    Problem p = make_problem(make_config(3, 3, 4, act, true, 2), 5, 2, 200);
+    const DroplessPlan plan = make_dropless_plan(p.ids, 3, 2);
+    const Result r = run_dropless(p, 2);
+    auto loss = [&] {
+      DroplessFFNContext<double> ctx;
+      const RowMatrixD y = dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx);
+      return y.cwiseProduct(p.grad_out).sum();
+    };
+    const double tol = 1e-6;
+    REQUIRE(test::relative_error(r.grads.w1, test::numerical_gradient(p.weights.w1, loss)) <= tol);
+    REQUIRE(test::relative_error(r.grads.w2, test::numerical_gradient(p.weights.w2, loss)) <= tol);
+    REQUIRE(test::relative_error(r.grads.b1, test::numerical_gradient(p.weights.b1, loss)) <= tol);
+    REQUIRE(test::relative_error(r.grads.b2, test::numerical_gradient(p.weights.b2, loss)) <= tol);
+    if (is_gated(act)) {
+      REQUIRE(test::relative_error(r.grads.w3, test::numerical_gradient(p.weights.w3, loss)) <=
+              tol);
+      REQUIRE(test::relative_error(r.grads.b3, test::numerical_gradient(p.weights.b3, loss)) <=
+              tol);
+    }
+    REQUIRE(test::relative_error(r.grad_x, test::numerical_gradient(p.x, loss)) <= tol);
+    REQUIRE(test::relative_error(r.grad_gates, test::numerical_gradient(p.gates, loss)) <= tol);
+  }
+}
+
+TEST_CASE("dropless FFN edge cases", "[dropless][ffn]") {
+  SECTION("one expert") {
+    const Problem p = make_problem(make_config(1, 4, 6, Activation::gelu, true, 4), 9, 1, 300);
+    require_matches_reference(p, run_dropless(p, 4));
+  }
+  SECTION("an expert with no tokens, and all tokens on one expert") {
+    Problem p = make_problem(make_config(4, 4, 6, Activation::swiglu, true, 4), 11, 2, 301);
+    for (Index t = 0; t < 11; ++t) {
+      p.ids(t, 0) = 1;
+      p.ids(t, 1) = t % 2 ? 2 : 3;  // expert 0 gets nothing
+    }
+    require_matches_reference(p, run_dropless(p, 4));
+    const Result r = run_dropless(p, 4);
+    REQUIRE(r.grads.w1.topRows(4).isZero(0));
+    REQUIRE(r.grads.b2.row(0).isZero(0));
+    Problem single = make_problem(make_config(4, 4, 6, Activation::relu, false, 4), 11, 1, 302);
+    single.ids.setConstant(3);
+    require_matches_reference(single, run_dropless(single, 8));
+  }
+  SECTION("block larger than any group") {
+    const Problem p = make_problem(make_config(3, 4, 5, Activation::silu, true, 3), 7, 2, 303);
+    require_matches_reference(p, run_dropless(p, 1000));
+  }
+  SECTION("no tokens") {
+    const Problem p = make_problem(make_config(3, 4, 5, Activation::silu, true, 3), 0, 2, 304);
+    const Result r = run_dropless(p, 16);
+    REQUIRE(r.y.rows() == 0);
+    REQUIRE(r.grads.w1.isZero(0));
+    REQUIRE(r.grads.b1.isZero(0));
+  }
+}
+
+TEST_CASE("dropless FFN in float follows the double reference", "[dropless][ffn]") {
+  const Problem p = make_problem(make_config(4, 16, 24, Activation::swiglu, true, 8), 40, 2, 400);
+  ExpertWeights<float> wf(p.weights.config);
+  wf.w1 = p.weights.w1.cast<float>();
+  wf.w3 = p.weights.w3.cast<float>();
+  wf.w2 = p.weights.w2.cast<float>();
+  wf.b1 = p.weights.b1.cast<float>();
+  wf.b3 = p.weights.b3.cast<float>();
+  wf.b2 = p.weights.b2.cast<float>();
+  const DroplessPlan plan = make_dropless_plan(p.ids, 4, 8);
+  DroplessFFNContext<float> ctx;
+  const RowMatrix<float> xf = p.x.cast<float>(), gf = p.gates.cast<float>();
+  const RowMatrix<float> y = dropless_ffn_forward<float>(wf, xf, gf, plan, ctx);
+  REQUIRE(test::relative_error(y.cast<double>(), test::reference_dropless_forward(
+                                                     p.weights, p.x, p.ids, p.gates)) <= 1e-5);
+}
+
+TEST_CASE("steady state: the workspace stops growing", "[dropless][ffn]") {
+  const Problem p = make_problem(make_config(4, 8, 12, Activation::swiglu, true, 4), 50, 2, 500);
+  const DroplessPlan plan = make_dropless_plan(p.ids, 4, 8);
+  DroplessFFNContext<double> ctx;
+  ExpertGradients<double> grads(p.weights.config);
+  RowMatrixD y(50, 8), gx(50, 8), gg(50, 2);
+  dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, y);
+  dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, grads, gx, gg);
+  const std::size_t grown = ctx.workspace.capacity_bytes();
+  const RowMatrixD y0 = y, gx0 = gx, gw1 = grads.w1;
+  const Index rows = plan.padded_rows();
+  for (int step = 0; step < 3; ++step) {
+    // Poison every buffer, padding rows included: nothing may read a row it did not write.
+    for (std::size_t slot = 0; slot < detail::kFirstFreeSlot; ++slot) {
+      const bool token_width =
+          slot == detail::kX || slot == detail::kY || slot == detail::kDY || slot == detail::kDX;
+      ctx.workspace.matrix<double>(slot, rows, token_width ? 8 : 12).setConstant(std::nan(""));
+    }
+    dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, y);
+    dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, grads, gx, gg);
+    REQUIRE(ctx.workspace.capacity_bytes() == grown);
+    REQUIRE(y == y0);
+    REQUIRE(gx == gx0);
+    REQUIRE(grads.w1 == gw1);
+  }
+}
+
+TEST_CASE("capacity FFN matches the per-slot reference", "[dropless][ffn][capacity]") {
+  for (Activation act : kActivations)
+    for (bool bias : {false, true}) {
+      INFO(to_string(act) << " bias " << bias);
+      const ExpertFFNConfig c = make_config(3, 5, 9, act, bias, 4);
+      const Index capacity = 7;
+      ExpertWeights<double> w(c);
+      w.init_weights(600, 0.5);
+      const RowMatrixD x = random_matrix(3 * capacity, 5, 601);
+      const RowMatrixD grad_out = random_matrix(3 * capacity, 5, 602);
+      for (bool partial : {false, true}) {
+        IndexVector filled(partial ? 3 : 0);
+        if (partial) filled << 7, 0, 3;
+        CapacityFFNContext<double> ctx;
+        RowMatrixD y(3 * capacity, 5), gx(3 * capacity, 5);
+        ExpertGradients<double> grads(c), ref(c);
+        capacity_ffn_forward<double>(w, x, capacity, filled, ctx, y);
+        capacity_ffn_backward<double>(w, grad_out, ctx, grads, gx);
+        RowMatrixD y_ref = RowMatrixD::Zero(3 * capacity, 5),
+                   gx_ref = RowMatrixD::Zero(3 * capacity, 5);
+        for (Index e = 0; e < 3; ++e) {
+          const Index used = partial ? filled[e] : capacity;
+          for (Index s = 0; s < used; ++s) {
+            const Index row = e * capacity + s;
+            const test::ReferenceExpertRow r = test::reference_expert_row(w, e, x.row(row).data());
+            for (Index i = 0; i < 5; ++i) y_ref(row, i) = r.o[i];
+            test::reference_row_backward(w, e, x.row(row).data(), grad_out.row(row).data(), 1.0,
+                                         ref, gx_ref.row(row).data(), nullptr);
+          }
+        }
+        require_close(y, y_ref, 1e-12);
+        require_close(gx, gx_ref, 1e-12);
+        require_close(grads.w1, ref.w1, 1e-12);
+        require_close(grads.w3, ref.w3, 1e-12);
+        require_close(grads.w2, ref.w2, 1e-12);
+        require_close(grads.b1, ref.b1, 1e-12);
+        require_close(grads.b3, ref.b3, 1e-12);
+        require_close(grads.b2, ref.b2, 1e-12);
+      }
+    }
+}
+
+TEST_CASE("expert FFNs reject bad input", "[dropless][ffn][errors]") {
+  const Problem p = make_problem(make_config(3, 4, 5, Activation::swiglu, true, 4), 6, 2, 700);
+  const DroplessPlan plan = make_dropless_plan(p.ids, 3, 4);
+  DroplessFFNContext<double> ctx;
+  RowMatrixD y(6, 4), gx(6, 4), gg(6, 2);
+  ExpertGradients<double> grads(p.weights.config);
+
+  REQUIRE_THROWS_WITH(
+      dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, grads, gx, gg),
+      Catch::Contains("ctx"));
+  RowMatrixD x_bad(6, 5);
+  REQUIRE_THROWS_WITH(dropless_ffn_forward<double>(p.weights, x_bad, p.gates, plan, ctx, y),
+                      Catch::Contains("x"));
+  RowMatrixD gates_bad(6, 3);
+  REQUIRE_THROWS_WITH(dropless_ffn_forward<double>(p.weights, p.x, gates_bad, plan, ctx, y),
+                      Catch::Contains("gates"));
+  const DroplessPlan other = make_dropless_plan(p.ids, 4, 4);
+  REQUIRE_THROWS_WITH(dropless_ffn_forward<double>(p.weights, p.x, p.gates, other, ctx, y),
+                      Catch::Contains("plan.num_experts"));
+  ExpertWeights<double> broken = p.weights;
+  broken.w2.resize(3, 3);
+  REQUIRE_THROWS_WITH(dropless_ffn_forward<double>(broken, p.x, p.gates, plan, ctx, y),
+                      Catch::Contains("weights.w2"));
+  ExpertFFNConfig bad_config = p.weights.config;
+  bad_config.ffn_hidden = 0;
+  REQUIRE_THROWS_WITH(ExpertWeights<double>(bad_config),
+                      Catch::Contains("ExpertFFNConfig::ffn_hidden"));
+  bad_config = p.weights.config;
+  bad_config.block_cols = 0;
+  REQUIRE_THROWS_WITH(ExpertWeights<double>(bad_config), Catch::Contains("block_cols"));
+
+  dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, y);
+  ExpertGradients<double> wrong(make_config(3, 4, 5, Activation::gelu, true, 4));
+  REQUIRE_THROWS_WITH(
+      dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, wrong, gx, gg),
+      Catch::Contains("grads"));
+  RowMatrixD grad_bad(5, 4);
+  REQUIRE_THROWS_WITH(dropless_ffn_backward<double>(p.weights, grad_bad, plan, ctx, grads, gx, gg),
+                      Catch::Contains("grad_out"));
+  const DroplessPlan coarser = make_dropless_plan(p.ids, 3, 8);
+  REQUIRE_THROWS_WITH(
+      dropless_ffn_backward<double>(p.weights, p.grad_out, coarser, ctx, grads, gx, gg),
+      Catch::Contains("plan"));
+
+  CapacityFFNContext<double> cctx;
+  RowMatrixD xc(3 * 2, 4), yc(3 * 2, 4);
+  IndexVector filled(3);
+  filled << 1, 3, 0;
+  REQUIRE_THROWS_WITH(capacity_ffn_forward<double>(p.weights, xc, 2, filled, cctx, yc),
+                      Catch::Contains("filled"));
+  REQUIRE_THROWS_WITH(capacity_ffn_forward<double>(p.weights, xc, 3, IndexVector(), cctx, yc),
+                      Catch::Contains("x"));
+  REQUIRE_THROWS_WITH(capacity_ffn_forward<double>(p.weights, xc, -1, IndexVector(), cctx, yc),
+                      Catch::Contains("capacity"));
+  REQUIRE_THROWS_WITH(capacity_ffn_backward<double>(p.weights, yc, cctx, grads, xc),
+                      Catch::Contains("ctx"));
+}
+
+#if defined(_OPENMP)
+TEST_CASE("same bits at 1 and 2 threads", "[dropless][ffn][threads]") {
+  const Problem p =
+      make_problem(make_config(6, 24, 300, Activation::swiglu, true, 64), 900, 2, 800, 0.6);
+  ExpertWeights<float> wf(p.weights.config);
+  wf.w1 = p.weights.w1.cast<float>();
+  wf.w3 = p.weights.w3.cast<float>();
+  wf.w2 = p.weights.w2.cast<float>();
+  wf.b1 = p.weights.b1.cast<float>();
+  wf.b3 = p.weights.b3.cast<float>();
+  wf.b2 = p.weights.b2.cast<float>();
+  const RowMatrix<float> x = p.x.cast<float>(), gates = p.gates.cast<float>(),
+                         g = p.grad_out.cast<float>();
+  struct Out {
+    RowMatrix<float> y, gx, gg;
+    ExpertGradients<float> grads;
+    IndexVector sorted;
+  };
+  auto run = [&](int threads, Index block) {
+    omp_set_num_threads(threads);
+    const DroplessPlan plan = make_dropless_plan(p.ids, 6, block);
+    DroplessFFNContext<float> ctx;
+    Out o{RowMatrix<float>(900, 24), RowMatrix<float>(900, 24), RowMatrix<float>(900, 2),
+          ExpertGradients<float>(wf.config), plan.sorted_pairs};
+    dropless_ffn_forward<float>(wf, x, gates, plan, ctx, o.y);
+    dropless_ffn_backward<float>(wf, g, plan, ctx, o.grads, o.gx, o.gg);
+    return o;
+  };
+  const int saved = omp_get_max_threads();
+  // A plan large enough for several histogram chunks, against the single-threaded sort.
+  const ExpertIdMatrix many = random_ids(40000, 2, 7, 801, 0.3);
+  omp_set_num_threads(1);
+  const DroplessPlan plan_one = make_dropless_plan(many, 7, 16);
+  omp_set_num_threads(2);
+  const DroplessPlan plan_two = make_dropless_plan(many, 7, 16);
+  REQUIRE(plan_one.sorted_pairs == plan_two.sorted_pairs);
+  REQUIRE(plan_one.pair_row == plan_two.pair_row);
+  REQUIRE(plan_one.padded_offsets == plan_two.padded_offsets);
+  for (Index block : {1, 128}) {
+    const Out one = run(1, block), two = run(2, block);
+    REQUIRE(one.sorted == two.sorted);
+    REQUIRE(one.y == two.y);
+    REQUIRE(one.gx == two.gx);
+    REQUIRE(one.gg == two.gg);
+    REQUIRE(one.grads.w1 == two.grads.w1);
+    REQUIRE(one.grads.w3 == two.grads.w3);
+    REQUIRE(one.grads.w2 == two.grads.w2);
+    REQUIRE(one.grads.b1 == two.grads.b1);
+    REQUIRE(one.grads.b3 == two.grads.b3);
+    REQUIRE(one.grads.b2 == two.grads.b2);
+  }
+  omp_set_num_threads(saved);
+}
+#endif
