@@ -25,7 +25,7 @@ struct Shape {
   Index tokens, d, f, experts, k;
 };
 
-// The shapes (T, d, f, E, k), then the fixed-active-FLOPs pair E = 8 vs E = 256.
+// The target shapes (T, d, f, E, k), then the fixed-active-FLOPs pair E = 8 vs E = 256.
 const Shape kShapes[] = {{2048, 512, 1024, 8, 2}, {4096, 1024, 2816, 8, 2},
                          {4096, 512, 256, 64, 6}, {16, 2048, 1408, 64, 6},
                          {4096, 512, 256, 8, 2},  {4096, 512, 256, 256, 2}};
