@@ -2,6 +2,7 @@
 // is in cache.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 
 #include <Eigen/Core>
@@ -40,6 +41,8 @@ inline constexpr double kSqrt2OverPi = 0.79788456080286535588;
 inline constexpr double kGeluTanhCubic = 0.044715;
 inline constexpr double kInvSqrt2 = 0.70710678118654752440;
 inline constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+/// Columns per stack chunk when an intermediate is reused.
+inline constexpr Index kActivationChunk = 256;
 
 template <class S>
 S gelu_exact(S h) {
@@ -107,17 +110,24 @@ void activation_backward(Activation activation, const Eigen::MatrixBase<H1>& h1,
                     S(0.5) * h * (S(1) - t.square()) * c * (S(1) + S(3) * q * h.square());
       break;
     }
-    case Activation::silu: {
-      const auto s = S(1) / (S(1) + (-h).exp());
-      d1.array() *= s * (S(1) + h * (S(1) - s));
+    case Activation::silu:
+    case Activation::swiglu:
+      // The sigmoid is evaluated once per element into a stack chunk, not once per use.
+      for (Index r = 0; r < h1.rows(); ++r)
+        for (Index c0 = 0; c0 < h1.cols(); c0 += detail::kActivationChunk) {
+          const Index w = std::min(detail::kActivationChunk, h1.cols() - c0);
+          const auto x = h1.row(r).segment(c0, w).array();
+          const Eigen::Array<S, 1, Eigen::Dynamic, Eigen::RowMajor, 1, detail::kActivationChunk> s =
+              S(1) / (S(1) + (-x).exp());
+          auto da = d1.row(r).segment(c0, w).array();
+          if (activation == Activation::silu) {
+            da *= s * (S(1) + x * (S(1) - s));
+          } else {
+            d3.row(r).segment(c0, w).array() = da * x * s;
+            da *= h3.row(r).segment(c0, w).array() * s * (S(1) + x * (S(1) - s));
+          }
+        }
       break;
-    }
-    case Activation::swiglu: {
-      const auto s = S(1) / (S(1) + (-h).exp());
-      d3.array() = d1.array() * h * s;
-      d1.array() *= h3.array() * s * (S(1) + h * (S(1) - s));
-      break;
-    }
   }
 }
 
