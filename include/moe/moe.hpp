@@ -5,8 +5,30 @@
 #include "moe/core/random.hpp"
 #include "moe/core/types.hpp"
 #include "moe/core/workspace.hpp"
+
 #include "moe/routing/config.hpp"
+#include "moe/routing/expert_choice.hpp"
 #include "moe/routing/presets.hpp"
 #include "moe/routing/router.hpp"
 #include "moe/routing/routing.hpp"
 #include "moe/routing/topk.hpp"
+
+#include "moe/dispatch/capacity_planner.hpp"
+#include "moe/dispatch/capacity_stats.hpp"
+#include "moe/dispatch/dispatch.hpp"
+#include "moe/dispatch/dropless_permute.hpp"
+#include "moe/dispatch/dropless_plan.hpp"
+
+#include "moe/experts/capacity_ffn.hpp"
+#include "moe/experts/dropless_ffn.hpp"
+#include "moe/sparse/ops.hpp"
+
+#include "moe/balance/bias_balancer.hpp"
+#include "moe/balance/global_load_balancing_loss.hpp"
+#include "moe/balance/load_balancing_loss.hpp"
+#include "moe/balance/noisy_topk_losses.hpp"
+#include "moe/balance/z_loss.hpp"
+
+#include "moe/health/health.hpp"
+
+#include "moe/layer/moe_layer.hpp"

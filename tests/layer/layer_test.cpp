@@ -1,0 +1,198 @@
+// MoELayer against a plain per-token reference (router loops, expert loops, capacity slots), and
+// its gradients against central finite differences, in double.
+#include <cmath>
+#include <string>
+
+#include <moe/layer/moe_layer.hpp>
+
+#include "support/catch.hpp"
+#include "support/dispatch_reference.hpp"
+#include "support/dropless_reference.hpp"
+#include "support/finite_difference.hpp"
+#include "support/routing_reference.hpp"
+
+namespace {
+
+using moe::Index;
+using Matrix = moe::RowMatrix<double>;
+
+Matrix random_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
+  const moe::CounterRng rng(seed, 31);
+  Matrix m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i)
+    m.data()[i] = scale * (2 * rng.uniform(static_cast<std::uint64_t>(i)) - 1);
+  return m;
+}
+
+moe::MoELayerConfig small_config(moe::DispatchKind dispatch, moe::Activation activation,
+                                 bool shared) {
+  moe::MoELayerConfig c;
+  c.router.num_experts = 4;
+  c.router.hidden = 5;
+  c.router.top_k = 2;
+  c.router.renormalize = true;
+  c.ffn_hidden = 3;
+  c.activation = activation;
+  c.expert_bias = true;
+  c.dispatch = dispatch;
+  c.block_size = 4;
+  c.capacity.train_factor = 0.75;  // C = ceil(12 * 2 / 4 * 0.75) = 5 of 6 average: some drop
+  c.capacity.eval_factor = 0.75;
+  c.capacity.policy = moe::DropPolicy::choice_major;
+  c.aux_loss = moe::aux_presets::megatron(2, 0.1);
+  c.z_loss_coefficient = 0.01;
+  if (shared) c.shared = {4, true};
+  return c;
+}
+
+moe::MoELayer<double> random_layer(const moe::MoELayerConfig& c) {
+  moe::MoELayer<double> layer(c);
+  layer.init_weights(3);
+  layer.router.weight = random_matrix(c.router.num_experts, c.router.hidden, 4);  // spread routing
+  layer.experts.b1 = random_matrix(layer.experts.b1.rows(), layer.experts.b1.cols(), 5, 0.3);
+  layer.experts.b2 = random_matrix(layer.experts.b2.rows(), layer.experts.b2.cols(), 6, 0.3);
+  if (c.shared.gated) layer.shared_gate_weight = random_matrix(c.router.hidden, 1, 7);
+  return layer;
+}
+
+// y_t = sum over kept choices of g_tj FFN_e(x_t) + sigmoid(x_t . w) FFN_shared(x_t), by loops.
+Matrix reference_forward(const moe::MoELayer<double>& layer, const Matrix& x, moe::Mode mode) {
+  const auto& c = layer.config;
+  const auto routing = moe::test::reference_route(
+      c.router, x, layer.router.weight, layer.router.bias, layer.router.noise_weight,
+      layer.router.selection_bias, mode == moe::Mode::train, 0);
+  const Index T = x.rows(), k = c.router.top_k, E = c.router.num_experts;
+  moe::ExpertIdMatrix ids(T, k);
+  Matrix gates(T, k);
+  for (Index t = 0; t < T; ++t)
+    for (Index j = 0; j < k; ++j) ids(t, j) = routing.ids[t][j], gates(t, j) = routing.gates[t][j];
+  Eigen::Matrix<Index, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> slot =
+      Eigen::Matrix<Index, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>::Zero(T, k);
+  if (c.dispatch == moe::DispatchKind::capacity) {
+    const double cf = mode == moe::Mode::train ? c.capacity.train_factor : c.capacity.eval_factor;
+    const auto capacity =
+        static_cast<Index>(std::ceil(static_cast<double>(T * k) / E * cf));  // Megatron
+    slot = moe::test::reference_slots(ids, gates, E, 0, capacity, c.capacity.policy, 0).slot;
+  }
+  Matrix y = Matrix::Zero(T, x.cols());
+  for (Index t = 0; t < T; ++t) {
+    for (Index j = 0; j < k; ++j) {
+      if (slot(t, j) < 0) continue;
+      const auto row = moe::test::reference_expert_row(layer.experts, ids(t, j), x.row(t).data());
+      for (Index i = 0; i < x.cols(); ++i) y(t, i) += gates(t, j) * row.o[i];
+    }
+    if (c.shared.ffn_hidden > 0) {
+      double u = 0;
+      for (Index i = 0; i < x.cols(); ++i) u += x(t, i) * layer.shared_gate_weight[i];
+      const double g = c.shared.gated ? 1 / (1 + std::exp(-u)) : 1.0;
+      const auto row = moe::test::reference_expert_row(layer.shared, 0, x.row(t).data());
+      for (Index i = 0; i < x.cols(); ++i) y(t, i) += g * row.o[i];
+    }
+  }
+  return y;
+}
+
+const char* name(moe::DispatchKind d) {
+  return d == moe::DispatchKind::dropless ? "dropless" : "capacity";
+}
+
+}  // namespace
+
+TEST_CASE("MoELayer forward matches the per-token reference", "[layer]") {
+  for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity})
+    for (auto activation : {moe::Activation::swiglu, moe::Activation::gelu, moe::Activation::relu})
+      for (bool shared : {false, true})
+        for (auto mode : {moe::Mode::train, moe::Mode::eval}) {
+          INFO(name(dispatch) << " activation=" << moe::to_string(activation)
+                              << " shared=" << shared);
+          auto layer = random_layer(small_config(dispatch, activation, shared));
+          const Matrix x = random_matrix(12, 5, 8);
+          moe::MoELayerContext<double> ctx;
+          const auto out = layer.forward(x, ctx, mode);
+          const Matrix expected = reference_forward(layer, x, mode);
+          CHECK(moe::test::relative_error(out.y, expected) <= 1e-12);
+          if (mode == moe::Mode::eval) {
+            CHECK(out.aux_loss == 0);
+            CHECK(out.z_loss == 0);
+          } else {
+            CHECK(out.aux_loss > 0);
+            CHECK(out.z_loss > 0);
+          }
+          if (dispatch == moe::DispatchKind::capacity) {
+            CHECK(out.health.capacity.has_value());
+            CHECK(ctx.capacity_plan.total_dropped > 0);  // the case exercises drops
+          }
+        }
+}
+
+TEST_CASE("MoELayer gradients match central finite differences", "[layer][backward]") {
+  for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity})
+    for (auto activation : {moe::Activation::swiglu, moe::Activation::gelu_tanh}) {
+      INFO(name(dispatch) << " activation=" << moe::to_string(activation));
+      auto layer = random_layer(small_config(dispatch, activation, true));
+      Matrix x = random_matrix(12, 5, 9);
+      const Matrix grad_y = random_matrix(12, 5, 10);
+      auto loss = [&] {
+        moe::MoELayerContext<double> ctx;
+        const auto out = layer.forward(x, ctx, moe::Mode::train);
+        return out.y.cwiseProduct(grad_y).sum() + out.aux_loss + out.z_loss;
+      };
+      moe::MoELayerContext<double> ctx;
+      layer.forward(x, ctx, moe::Mode::train);
+      const auto g = layer.backward(x, ctx, grad_y);
+      using moe::test::numerical_gradient;
+      using moe::test::relative_error;
+      CHECK(relative_error(g.x, numerical_gradient(x, loss)) <= 1e-6);
+      CHECK(relative_error(g.router.weight, numerical_gradient(layer.router.weight, loss)) <= 1e-6);
+      CHECK(relative_error(g.experts.w1, numerical_gradient(layer.experts.w1, loss)) <= 1e-6);
+      CHECK(relative_error(g.experts.w2, numerical_gradient(layer.experts.w2, loss)) <= 1e-6);
+      CHECK(relative_error(g.experts.b1, numerical_gradient(layer.experts.b1, loss)) <= 1e-6);
+      CHECK(relative_error(g.experts.b2, numerical_gradient(layer.experts.b2, loss)) <= 1e-6);
+      if (activation == moe::Activation::swiglu)
+        CHECK(relative_error(g.experts.w3, numerical_gradient(layer.experts.w3, loss)) <= 1e-6);
+      CHECK(relative_error(g.shared.w1, numerical_gradient(layer.shared.w1, loss)) <= 1e-6);
+      CHECK(relative_error(g.shared.w2, numerical_gradient(layer.shared.w2, loss)) <= 1e-6);
+      moe::Vector<double>& gate_w = layer.shared_gate_weight;
+      CHECK(relative_error(g.shared_gate, numerical_gradient(gate_w, loss)) <= 1e-6);
+    }
+}
+
+TEST_CASE("MoELayer bias balancer steers selection once per step", "[layer][balance]") {
+  auto c = small_config(moe::DispatchKind::dropless, moe::Activation::relu, false);
+  c.router.score = moe::ScoreFunction::sigmoid;
+  c.bias_balancer = moe::BiasBalancerOptions{};
+  auto layer = random_layer(c);
+  const Matrix x = random_matrix(40, 5, 11);
+  moe::MoELayerContext<double> ctx;
+  const auto before = layer.forward(x, ctx, moe::Mode::train);
+  CHECK(layer.router.selection_bias.isZero());
+  layer.step_balancer();
+  // the loads of that step, by hand: u * sign(mean - load)
+  moe::Vector<double> load = moe::Vector<double>::Zero(4);
+  for (Index t = 0; t < 40; ++t)
+    for (Index j = 0; j < 2; ++j) load[ctx.router.routing.expert_ids(t, j)] += 1;
+  for (Index e = 0; e < 4; ++e) {
+    const double mean = 20, expected = load[e] < mean ? 1e-3 : load[e] > mean ? -1e-3 : 0;
+    CHECK(layer.router.selection_bias[e] == Approx(expected));
+  }
+  CHECK(before.health.hard.max_vio > 0);
+
+  moe::MoELayer<double> plain(
+      small_config(moe::DispatchKind::dropless, moe::Activation::relu, false));
+  CHECK_THROWS_AS(plain.step_balancer(), moe::Error);
+}
+
+TEST_CASE("MoELayer rejects bad configuration and input", "[layer][errors]") {
+  auto c = small_config(moe::DispatchKind::dropless, moe::Activation::relu, false);
+  c.ffn_hidden = 0;
+  CHECK_THROWS_AS(moe::MoELayer<double>(c), moe::Error);
+  c = small_config(moe::DispatchKind::dropless, moe::Activation::relu, false);
+  c.block_size = 0;
+  CHECK_THROWS_AS(moe::MoELayer<double>(c), moe::Error);
+  auto layer =
+      random_layer(small_config(moe::DispatchKind::dropless, moe::Activation::relu, false));
+  moe::MoELayerContext<double> ctx;
+  CHECK_THROWS_AS(layer.forward(Matrix::Zero(3, 4), ctx, moe::Mode::eval), moe::Error);
+  layer.forward(Matrix::Zero(3, 5), ctx, moe::Mode::eval);
+  CHECK_THROWS_AS(layer.backward(Matrix::Zero(3, 5), ctx, Matrix::Zero(2, 5)), moe::Error);
+}
