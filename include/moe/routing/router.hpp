@@ -33,33 +33,35 @@ void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
           experts);
   require(selection_bias.size() == 0 || selection_bias.size() == experts, "selection_bias",
           detail::concat("size 0 or ", experts), selection_bias.size());
-  if (config.score == ScoreFunction::softmax)
-    softmax_rows<S>(logits, out.scores);
-  else
-    sigmoid<S>(logits, out.scores);
-
   const bool by_logits = config.score == ScoreFunction::softmax &&
                          config.softmax_order == SoftmaxOrder::topk_then_softmax;
   const bool rewrite = selection_bias.size() > 0 || config.groups_enabled();
-  if (rewrite) {
-    selection = by_logits ? RowMatrix<S>(logits) : out.scores;
-    if (selection_bias.size() > 0) selection.rowwise() += selection_bias.transpose();
-  }
-  const RowMatrix<S>& ranked = rewrite ? selection : out.scores;
+  out.scores.resize(tokens, experts);
+  if (rewrite) selection.resize(tokens, experts);
   out.expert_ids.resize(tokens, k);
   out.gates.resize(tokens, k);
 
+  // One pass per token: its scores, selection and gates while the row is in L1.
   detail::parallel_for(0, tokens, [&](Index t) {
+    if (config.score == ScoreFunction::softmax)
+      softmax_row(logits.row(t), out.scores.row(t));
+    else
+      out.scores.row(t) = logits.row(t).array().logistic().matrix();
     ExpertId* ids = out.expert_ids.row(t).data();
     S* gates = out.gates.row(t).data();
-    const S* values = by_logits && !rewrite ? logits.row(t).data() : ranked.row(t).data();
-    if (config.groups_enabled()) {
-      thread_local std::vector<S> group_scores;
-      thread_local std::vector<ExpertId> group_ids;
-      group_scores.resize(static_cast<std::size_t>(2 * config.num_groups));
-      group_ids.resize(static_cast<std::size_t>(config.num_groups));
-      mask_unselected_groups(config, selection.row(t).data(), group_scores.data(),
-                             group_ids.data());
+    const S* values = by_logits ? logits.row(t).data() : out.scores.row(t).data();
+    if (rewrite) {
+      auto ranked = selection.row(t);
+      ranked = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(values, experts);
+      if (selection_bias.size() > 0) ranked += selection_bias.transpose();
+      if (config.groups_enabled()) {
+        thread_local std::vector<S> group_scores;
+        thread_local std::vector<ExpertId> group_ids;
+        group_scores.resize(static_cast<std::size_t>(2 * config.num_groups));
+        group_ids.resize(static_cast<std::size_t>(config.num_groups));
+        mask_unselected_groups(config, ranked.data(), group_scores.data(), group_ids.data());
+      }
+      values = ranked.data();
     }
     top_k(values, experts, k, ids, gates);  // gates holds the selection values until rewritten
 

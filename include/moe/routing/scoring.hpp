@@ -8,17 +8,21 @@
 
 namespace moe {
 
+/// One token's softmax, s_e = exp(z_e - max z) / sum_e exp(z_e - max z), into `scores`.
+template <class In, class Out>
+void softmax_row(const In& logits, Out&& scores) {
+  scores = logits.array() - logits.maxCoeff();
+  scores = scores.array().exp();
+  scores /= scores.sum();
+}
+
 /// s_te = exp(z_te - max_e z_t) / sum_e exp(z_te - max_e z_t): the stable row softmax.
 /// Row by row, so it allocates nothing once `scores` has its size.
 template <class S>
 void softmax_rows(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
   scores.resize(logits.rows(), logits.cols());
-  detail::parallel_for(0, logits.rows(), [&](Index t) {
-    auto row = scores.row(t).array();
-    row = logits.row(t).array() - logits.row(t).maxCoeff();
-    row = row.exp();
-    row /= row.sum();
-  });
+  detail::parallel_for(0, logits.rows(),
+                       [&](Index t) { softmax_row(logits.row(t), scores.row(t)); });
 }
 
 /// s = 1 / (1 + exp(-z)) (DeepSeek-V3, Megatron-Core `sigmoid`).
