@@ -16,7 +16,7 @@ namespace moe::detail {
 template <class Body>
 void parallel_for(Index begin, Index end, Body&& body, Index min_parallel = 512) {
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (end - begin >= min_parallel)
+#pragma omp parallel for schedule(static) if (end - begin >= min_parallel && end - begin > 1)
   for (Index i = begin; i < end; ++i) body(i);
 #else
   (void)min_parallel;

@@ -68,7 +68,7 @@ inline Index tile_count(Index extent, Index width) { return (extent + width - 1)
 template <class Body>
 void parallel_tiles(Index n, Body&& body) {
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
   for (Index i = 0; i < n; ++i) body(i);
 #else
   for (Index i = 0; i < n; ++i) body(i);
