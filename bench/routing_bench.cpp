@@ -2,6 +2,10 @@
 // Counters: tokens/s; gemm_ratio = time / (logits GEMM time), measured in this process.
 #include <moe/routing/router.hpp>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include "support.hpp"
 
 namespace {
@@ -91,6 +95,34 @@ void BM_router_backward(benchmark::State& state) {
   report(state, T, s, p.gemm_seconds);
 }
 
+// Scoring + top-k + gates over the logits GEMM, paired in one thread's CPU time (OpenMP off for
+// the measurement): the target is select_over_gemm <= 0.15 at T=16384, d=1024, E=64, k=8.
+void BM_select_over_gemm(benchmark::State& state) {
+  const Index T = state.range(0), d = state.range(1), E = state.range(2), k = state.range(3);
+  Problem p(T, d, E, k);
+  moe::RowMatrix<float> logits(T, E);
+  moe::Routing<float> routing;
+  moe::RowMatrix<float> scratch;
+  const moe::Vector<float> no_bias;
+#if defined(_OPENMP)
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+#endif
+  state.counters["select_over_gemm"] = moe::bench::paired_median_ratio(
+      state,
+      [&] {
+        moe::select_experts<float>(p.router.config, logits, no_bias, routing, scratch);
+        benchmark::DoNotOptimize(routing.gates.data());
+      },
+      [&] {
+        logits.noalias() = p.x * p.router.weight.transpose();
+        benchmark::DoNotOptimize(logits.data());
+      });
+#if defined(_OPENMP)
+  omp_set_num_threads(threads);
+#endif
+}
+
 const std::vector<int64_t> tokens = {16, 1024, 16384}, hidden = {1024, 4096},
                            experts = {8, 64, 256}, top_k = {1, 2, 8};
 
@@ -102,6 +134,10 @@ BENCHMARK(BM_logits_gemm)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_select_experts)
     ->ArgsProduct({tokens, {1024}, experts, top_k})
+    ->ArgNames({"T", "d", "E", "k"})
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_select_over_gemm)
+    ->ArgsProduct({{1024, 16384}, {1024}, {8, 64, 256}, top_k})
     ->ArgNames({"T", "d", "E", "k"})
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_router_forward)

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -45,6 +46,32 @@ double timed_loop(benchmark::State& state, Fn&& fn) {
   const double total =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return total / static_cast<double>(std::max<benchmark::IterationCount>(1, state.iterations()));
+}
+
+/// CPU time of the calling thread: what load from other processes on a shared machine does not
+/// inflate (wall time does).
+inline double thread_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+/// Runs `op` and `limit` back to back each iteration, in thread CPU time, and returns the median
+/// of time(op) / time(limit): both sides of every pair see the same machine state.
+template <class Op, class Limit>
+double paired_median_ratio(benchmark::State& state, Op&& op, Limit&& limit) {
+  std::vector<double> ratios;
+  for (auto _ : state) {
+    const double t0 = thread_seconds();
+    limit();
+    const double t1 = thread_seconds();
+    op();
+    const double t2 = thread_seconds();
+    ratios.push_back((t2 - t1) / (t1 - t0));
+  }
+  std::nth_element(ratios.begin(), ratios.begin() + static_cast<std::ptrdiff_t>(ratios.size() / 2),
+                   ratios.end());
+  return ratios.empty() ? 0.0 : ratios[ratios.size() / 2];
 }
 
 }  // namespace moe::bench

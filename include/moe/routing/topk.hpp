@@ -27,10 +27,26 @@ void insert_sorted(S value, ExpertId id, int& filled, S* best, ExpertId* best_id
   best_id[pos] = id;
 }
 
+// The same placement into a full list without branches on the data: entries `value` beats shift
+// down one place (a sorted list makes "beats entry j" monotone in j) and `value` lands where it
+// first beats; a value that beats nothing changes nothing.
+template <int K, class S>
+void insert_full_branch_free(S value, ExpertId id, S* best, ExpertId* best_id) {
+  for (int j = K - 1; j > 0; --j) {
+    const bool beats_here = value > best[j];
+    const bool beats_above = value > best[j - 1];
+    best[j] = beats_here ? (beats_above ? best[j - 1] : value) : best[j];
+    best_id[j] = beats_here ? (beats_above ? best_id[j - 1] : id) : best_id[j];
+  }
+  const bool beats_first = value > best[0];
+  best[0] = beats_first ? value : best[0];
+  best_id[0] = beats_first ? id : best_id[0];
+}
+
 // Top-K in two passes. Split the values into K disjoint strided groups {e : e mod K = g}: each
 // group's max is at least the smallest of those maxima, so at least K values reach it and
 // tau = min_g max_g is a lower bound of the K-th largest. A branch-free pass keeps the ids of the
-// values >= tau (few, for any spread of scores), in index order, and insertion sorts only those.
+// values >= tau (few, for any spread of scores), in index order, and only those are placed.
 // The group maxima are a vertical max over rows of K values, which vectorizes.
 template <int K, class S>
 void top_k_filtered(const S* values, Index num_experts, ExpertId* ids, S* selected) {
@@ -39,11 +55,16 @@ void top_k_filtered(const S* values, Index num_experts, ExpertId* ids, S* select
   int filled = 0;
   const Index full_rows = num_experts / K;
   if (full_rows >= 2) {
-    using Row = Eigen::Array<S, 1, K>;
-    Row group_max = Eigen::Map<const Row>(values);
-    for (Index r = 1; r < full_rows; ++r)
-      group_max = group_max.max(Eigen::Map<const Row>(values + r * K));
-    const S tau = group_max.minCoeff();
+    S tau;
+    if constexpr (K == 1) {
+      tau = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(values, num_experts).maxCoeff();
+    } else {
+      S group_max[K];
+      std::copy(values, values + K, group_max);
+      for (Index r = 1; r < full_rows; ++r)
+        for (int g = 0; g < K; ++g) group_max[g] = std::max(group_max[g], values[r * K + g]);
+      tau = *std::min_element(group_max, group_max + K);
+    }
     thread_local std::vector<ExpertId> candidates;
     candidates.resize(static_cast<std::size_t>(num_experts));
     Index count = 0;
@@ -51,9 +72,14 @@ void top_k_filtered(const S* values, Index num_experts, ExpertId* ids, S* select
       candidates[static_cast<std::size_t>(count)] = static_cast<ExpertId>(e);
       count += values[e] >= tau;
     }
-    for (Index c = 0; c < count; ++c) {
+    const Index head = std::min<Index>(K, count);
+    for (Index c = 0; c < head; ++c) {
       const ExpertId e = candidates[static_cast<std::size_t>(c)];
       insert_sorted<K>(values[e], e, filled, best, best_id);
+    }
+    for (Index c = head; c < count; ++c) {
+      const ExpertId e = candidates[static_cast<std::size_t>(c)];
+      insert_full_branch_free<K>(values[e], e, best, best_id);
     }
   } else {
     for (Index e = 0; e < num_experts; ++e)
