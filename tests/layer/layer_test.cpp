@@ -9,20 +9,15 @@
 #include "support/dispatch_reference.hpp"
 #include "support/dropless_reference.hpp"
 #include "support/finite_difference.hpp"
+#include "support/random_matrix.hpp"
 #include "support/routing_reference.hpp"
 
 namespace {
 
+using moe::test::random_matrix;
+
 using moe::Index;
 using Matrix = moe::RowMatrix<double>;
-
-Matrix random_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
-  const moe::CounterRng rng(seed, 31);
-  Matrix m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i)
-    m.data()[i] = scale * (2 * rng.uniform(static_cast<std::uint64_t>(i)) - 1);
-  return m;
-}
 
 moe::MoELayerConfig small_config(moe::DispatchKind dispatch, moe::Activation activation,
                                  bool shared) {

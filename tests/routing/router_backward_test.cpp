@@ -5,19 +5,14 @@
 
 #include "support/catch.hpp"
 #include "support/finite_difference.hpp"
+#include "support/random_matrix.hpp"
 
 namespace {
 
+using moe::test::random_matrix;
+
 using moe::Index;
 using Matrix = moe::RowMatrix<double>;
-
-Matrix random_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
-  const moe::CounterRng rng(seed, 77);
-  Matrix m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i)
-    m.data()[i] = scale * (2.0 * rng.uniform(static_cast<std::uint64_t>(i)) - 1.0);
-  return m;
-}
 
 struct Upstream {
   Matrix gates, scores, logits;

@@ -7,21 +7,15 @@
 #include <moe/routing/router.hpp>
 
 #include "support/catch.hpp"
+#include "support/random_matrix.hpp"
 #include "support/routing_reference.hpp"
 
 namespace {
 
+using moe::test::random_matrix;
+
 using moe::Index;
 using moe::RouterConfig;
-
-template <class S>
-moe::RowMatrix<S> random_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
-  const moe::CounterRng rng(seed, 99);
-  moe::RowMatrix<S> m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i)
-    m.data()[i] = static_cast<S>(scale * (2.0 * rng.uniform(static_cast<std::uint64_t>(i)) - 1.0));
-  return m;
-}
 
 // Every router option, one combination per entry, each with a readable name.
 std::vector<std::pair<std::string, RouterConfig>> option_grid(Index experts, Index hidden) {
