@@ -66,9 +66,15 @@ class Params:
         self.w3 = (torch.randn(E, d, f, generator=g) / d ** 0.5).requires_grad_()
         self.w2 = (torch.randn(E, f, d, generator=g) / f ** 0.5).requires_grad_()
         self.gy = torch.randn(T, d, generator=g)
+        # Per-expert leaves, as Hugging Face's nn.ModuleList of experts holds them: slicing the
+        # stacked [E, d, f] leaf in a loop would make autograd zero-fill a full [E, d, f] gradient
+        # per expert, a cost no real model pays. The stacked tensors serve the batched bmm variant.
+        self.experts = [tuple(w[e].detach().clone().requires_grad_() for w in (self.w1, self.w3,
+                                                                              self.w2))
+                        for e in range(E)]
 
     def zero_grad(self):
-        for t in (self.x, self.wg, self.w1, self.w2, self.w3):
+        for t in (self.x, self.wg, self.w1, self.w2, self.w3, *sum(self.experts, ())):
             t.grad = None
 
 
@@ -81,7 +87,8 @@ def route(p, k):
 
 
 def ffn(p, e, h):
-    return (F.silu(h @ p.w1[e]) * (h @ p.w3[e])) @ p.w2[e]
+    w1, w3, w2 = p.experts[e]
+    return (F.silu(h @ w1) * (h @ w3)) @ w2
 
 
 def layer_loop(p, k):

@@ -4,7 +4,8 @@
 # Builds bench_layer (Release preset), runs it, runs bench/compare_torch.py twice (as installed,
 # then with the CPU settings PyTorch's performance guide recommends: OMP_WAIT_POLICY=passive and
 # tcmalloc preloaded), and prints one table taking the faster PyTorch variant and setting per row.
-# Outputs stay in build/release/compare/. Not part of the test suite.
+# Outputs stay in build/release/compare/; TABLE_ONLY=1 reprints the table from them without running.
+# Arguments go to bench_layer (e.g. --benchmark_min_time=0.1). Not part of the test suite.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,6 +13,9 @@ threads=${THREADS:-2}
 out="$root/build/release/compare"
 python=/usr/bin/python3
 cd "$root"
+have_torch=1
+"$python" -c 'import torch' 2>/dev/null || have_torch=0
+if [[ "${TABLE_ONLY:-0}" != 1 ]]; then
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)  threads: $threads"
 
 cmake --preset release >/dev/null
@@ -20,10 +24,8 @@ mkdir -p "$out"
 OMP_NUM_THREADS=$threads build/release/bench/bench_layer --benchmark_format=json \
   "$@" >"$out/layer.json"
 
-have_torch=1
-if ! "$python" -c 'import torch' 2>/dev/null; then
+if [[ $have_torch == 0 ]]; then
   echo "torch is not installed for $python (apt-get install python3-torch): skipping PyTorch" >&2
-  have_torch=0
   : >"$out/torch_default.jsonl"
   : >"$out/torch_tuned.jsonl"
 else
@@ -39,6 +41,7 @@ else
     "$python" bench/compare_torch.py --threads "$threads" >"$out/torch_tuned.jsonl"
 fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
 
 "$python" - "$out" "$have_torch" <<'PY'
 import json, sys
@@ -57,7 +60,11 @@ for b in json.load(open(f"{out}/layer.json"))["benchmarks"]:
 
 torch = {}
 for setting in ("default", "tuned"):
-    for line in open(f"{out}/torch_{setting}.jsonl"):
+    try:
+        lines = open(f"{out}/torch_{setting}.jsonl").readlines()
+    except FileNotFoundError:
+        continue
+    for line in lines:
         r = json.loads(line)
         shape, variant, op = r["name"].split("/")
         key = (shape, op)
