@@ -64,11 +64,13 @@ inline Index tile_count(Index extent, Index width) { return (extent + width - 1)
 
 /// Runs body(i) for i in [0, n), each index on one thread. Tiles differ in cost (a hot expert's
 /// against a padding-only one), so they are handed out dynamically; the result does not depend on
-/// which thread ran a tile.
+/// which thread ran a tile. The team is started even for one tile: inside it Eigen's products run
+/// single-threaded, while outside Eigen would thread the product itself with thread-count-dependent
+/// blocking, and the bits would change with the thread count.
 template <class Body>
 void parallel_tiles(Index n, Body&& body) {
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+#pragma omp parallel for schedule(dynamic, 1)
   for (Index i = 0; i < n; ++i) body(i);
 #else
   for (Index i = 0; i < n; ++i) body(i);
