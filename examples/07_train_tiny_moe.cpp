@@ -26,7 +26,7 @@ using S = float;
 using Mat = moe::RowMatrix<S>;
 using moe::Index;
 
-constexpr Index kHidden = 32, kExperts = 8, kTopK = 2, kFfn = 64, kClusters = 16, kTokens = 1024;
+constexpr Index kHidden = 32, kExperts = 8, kTopK = 2, kFfn = 64, kClusters = 16, kTokens = 512;
 constexpr int kSteps = 150;
 constexpr S kLearningRate = 0.5f;
 
@@ -100,8 +100,8 @@ Result train(const Run& run, const Data& data, bool terminal) {
   const auto start = std::chrono::steady_clock::now();
   moe::MoELayer<S> layer(layer_config(run));
   layer.init_weights(42);
-  layer.router.weight.row(0) += S(3.0) * data.common;  // the skewed start: 0 and 1 are hot
-  layer.router.weight.row(1) += S(2.7) * data.common;
+  layer.router.weight.row(0) += S(3.5) * data.common;  // the skewed start: 0 and 1 are hot
+  layer.router.weight.row(1) += S(3.2) * data.common;
 
   moe::MonitorConfig monitor_config;
   monitor_config.window = kSteps;  // keep every step for the heatmap
