@@ -122,3 +122,36 @@ TEST_CASE("top-1 with softmax after top-k gives the router no gradient from the 
   CHECK(grads.weight.isZero());
   CHECK(grads.x.isZero());
 }
+
+#if defined(_OPENMP)
+#include <omp.h>
+
+TEST_CASE("router forward and backward give the same bits at 1 and 2 threads",
+          "[router][determinism]") {
+  moe::RouterConfig c;
+  c.num_experts = 16;
+  c.hidden = 300;  // over one 256 block in every product
+  c.top_k = 2;
+  c.noise = moe::Noise::noisy_topk;
+  moe::Router<float> router(c);
+  router.init_weights(1, 0.05);
+  router.noise_weight = moe::test::random_matrix<float>(16, 300, 2, 0.05);
+  const auto x = moe::test::random_matrix<float>(1100, 300, 3);
+  const moe::RouterUpstream<float> up{moe::test::random_matrix<float>(1100, 2, 4), {}, {}};
+  auto run = [&](int threads) {
+    omp_set_num_threads(threads);
+    moe::RouterContext<float> ctx;
+    const moe::Routing<float> r = router.forward(x, ctx, moe::Mode::train, 9);
+    return std::make_pair(r, router.backward(x, ctx, up));
+  };
+  const int saved = omp_get_max_threads();
+  const auto one = run(1);
+  const auto two = run(2);
+  omp_set_num_threads(saved);
+  CHECK(one.first.logits == two.first.logits);
+  CHECK(one.first.gates == two.first.gates);
+  CHECK(one.second.x == two.second.x);
+  CHECK(one.second.weight == two.second.weight);
+  CHECK(one.second.noise_weight == two.second.noise_weight);
+}
+#endif

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "moe/core/detail/parallel.hpp"
+#include "moe/core/detail/product.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/random.hpp"
 #include "moe/core/types.hpp"
@@ -217,17 +218,21 @@ class Router {
     if (jitter) {
       // x *= U(1 - eps, 1 + eps), one factor per element (HF Switch, DeepSpeed 'Jitter')
       draw_jitter(x.rows(), seed, ctx.jitter);
-      out.logits.noalias() = x.cwiseProduct(ctx.jitter) * weight.transpose();
+      out.logits.resize(x.rows(), config.num_experts);
+      detail::fixed_block_product(out.logits, RowMatrix<S>(x.cwiseProduct(ctx.jitter)),
+                                  weight.transpose());
     } else {
       ctx.jitter.resize(0, 0);
-      out.logits.noalias() = x * weight.transpose();
+      out.logits.resize(x.rows(), config.num_experts);
+      detail::fixed_block_product(out.logits, x, weight.transpose());
     }
     if (config.linear_bias) out.logits.rowwise() += bias.transpose();
     require_finite(out.logits, "logits");
 
     if (noisy) {
       // H = x W^T + N(0, 1) * (softplus(x W_noise^T) + eps) (Shazeer et al. 2017)
-      ctx.noise_logits.noalias() = x * noise_weight.transpose();
+      ctx.noise_logits.resize(x.rows(), config.num_experts);
+      detail::fixed_block_product(ctx.noise_logits, x, noise_weight.transpose());
       ctx.noise_stddev =
           softplus<S>(ctx.noise_logits).array() + static_cast<S>(config.noise_epsilon);
       const CounterRng rng = make_rng(seed, RandomStream::gate_noise);
@@ -271,13 +276,18 @@ class Router {
 
     const RowMatrix<S> x_seen =
         ctx.jittered() ? RowMatrix<S>(x.cwiseProduct(ctx.jitter)) : RowMatrix<S>(x);
-    grads.weight.noalias() = d_logits.transpose() * x_seen;
+    grads.weight.resize(config.num_experts, config.hidden);
+    detail::fixed_block_product(grads.weight, d_logits.transpose(), x_seen);
     grads.bias = config.linear_bias ? Vector<S>(d_logits.colwise().sum().transpose())
                                     : Vector<S>::Zero(config.num_experts);
-    grads.x.noalias() = d_logits * weight;
+    grads.x.resize(routing.num_tokens(), config.hidden);
+    detail::fixed_block_product(grads.x, d_logits, weight);
     if (ctx.noisy()) {
-      grads.noise_weight.noalias() = d_noise_logits.transpose() * x_seen;
-      grads.x.noalias() += d_noise_logits * noise_weight;
+      grads.noise_weight.resize(config.num_experts, config.hidden);
+      detail::fixed_block_product(grads.noise_weight, d_noise_logits.transpose(), x_seen);
+      RowMatrix<S> through_noise(routing.num_tokens(), config.hidden);
+      detail::fixed_block_product(through_noise, d_noise_logits, noise_weight);
+      grads.x += through_noise;
     } else if (config.noise == Noise::noisy_topk) {
       grads.noise_weight = RowMatrix<S>::Zero(config.num_experts, config.hidden);
     }
