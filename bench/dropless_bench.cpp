@@ -16,7 +16,12 @@
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/dropless_ffn.hpp"
 
+#include "swiglu_limit.hpp"
+
 namespace {
+
+using moe::bench::fill;
+using moe::bench::SwigluGemmLimit;
 
 using moe::Index;
 using Matrix = moe::RowMatrix<float>;
@@ -32,13 +37,6 @@ const Shape kShapes[] = {{2048, 512, 1024, 8, 2}, {4096, 1024, 2816, 8, 2},
 
 /// Cheap deterministic fill: GEMM speed does not depend on the values, and the largest shapes hold
 /// billions of parameters.
-void fill(float* data, Index size, std::uint32_t salt) {
-  for (Index i = 0; i < size; ++i) {
-    const std::uint32_t h = (static_cast<std::uint32_t>(i) + salt) * 2654435761u;
-    data[i] = static_cast<float>(static_cast<int>(h >> 20) - 2048) * (1.0f / 65536.0f);
-  }
-}
-void fill(Matrix& m, std::uint32_t salt) { fill(m.data(), m.size(), salt); }
 
 enum Routing { uniform = 0, zipf = 1 };
 
@@ -131,54 +129,6 @@ struct DroplessRun {
   moe::ExpertGradients<float> grads;
 };
 
-/// The same FLOPs as dense GEMMs over [T*k, d]: forward h1 = X W1, h3 = X W3, y = A W2; backward
-/// dA = dY W2^T, dW2 = A^T dY, dW1 = X^T dH1, dW3 = X^T dH3, dX = dH1 W1^T + dH3 W3^T.
-struct DenseRun {
-  DenseRun(const Shape& s, bool with_backward)
-      : backward(with_backward),
-        rows(s.tokens * s.k),
-        x(rows, s.d),
-        w1(s.d, s.f),
-        w3(s.d, s.f),
-        w2(s.f, s.d),
-        h1(rows, s.f),
-        h3(rows, s.f),
-        y(rows, s.d),
-        dy(rows, s.d),
-        dh1(rows, s.f),
-        dh3(rows, s.f),
-        dw1(s.d, s.f),
-        dw3(s.d, s.f),
-        dw2(s.f, s.d),
-        dx(rows, s.d) {
-    fill(x, 1);
-    fill(w1, 2);
-    fill(w3, 3);
-    fill(w2, 4);
-    fill(dy, 5);
-    fill(dh3, 6);
-  }
-  void step() {
-    h1.noalias() = x * w1;
-    h3.noalias() = x * w3;
-    y.noalias() = h1 * w2;
-    benchmark::DoNotOptimize(y.data());
-    if (backward) {
-      dh1.noalias() = dy * w2.transpose();
-      dw2.noalias() = h1.transpose() * dy;
-      dw1.noalias() = x.transpose() * dh1;
-      dw3.noalias() = x.transpose() * dh3;
-      dx.noalias() = dh1 * w1.transpose();
-      dx.noalias() += dh3 * w3.transpose();
-      benchmark::DoNotOptimize(dx.data());
-      benchmark::DoNotOptimize(dw1.data());
-    }
-  }
-  bool backward;
-  Index rows;
-  Matrix x, w1, w3, w2, h1, h3, y, dy, dh1, dh3, dw1, dw3, dw2, dx;
-};
-
 void dropless(benchmark::State& state, bool backward) {
   const Shape s = kShapes[state.range(0)];
   DroplessRun run(s, state.range(1), static_cast<Routing>(state.range(2)), backward);
@@ -190,7 +140,7 @@ void dropless(benchmark::State& state, bool backward) {
 
 void dense_limit(benchmark::State& state, bool backward) {
   const Shape s = kShapes[state.range(0)];
-  DenseRun run(s, backward);
+  SwigluGemmLimit run(s.tokens * s.k, s.d, s.f, backward);
   for (auto _ : state) run.step();
   set_counters(state, s, forward_flops(s) * (backward ? 3.0 : 1.0));
 }
@@ -216,11 +166,11 @@ void paired_ratio(benchmark::State& state, bool backward) {
   const Index against = state.range(2);
   DroplessRun run(s, block, uniform, backward);
   std::unique_ptr<DroplessRun> other;
-  std::unique_ptr<DenseRun> limit;
+  std::unique_ptr<SwigluGemmLimit> limit;
   if (against >= 0)
     other = std::make_unique<DroplessRun>(kShapes[against], block, uniform, backward);
   else
-    limit = std::make_unique<DenseRun>(s, backward);
+    limit = std::make_unique<SwigluGemmLimit>(s.tokens * s.k, s.d, s.f, backward);
   auto baseline = [&] { other ? other->step() : limit->step(); };
   run.step();  // warm up both: workspaces grow, pages fault in
   baseline();

@@ -27,7 +27,12 @@
 #include <moe/layer/moe_layer.hpp>
 #include <moe/routing/router.hpp>
 
+#include "swiglu_limit.hpp"
+
 namespace {
+
+using moe::bench::fill;
+using moe::bench::SwigluGemmLimit;
 
 using moe::Index;
 using Matrix = moe::RowMatrix<float>;
@@ -49,13 +54,6 @@ enum Distribution : Index { balanced = 0, uniform = 1, zipf = 2, all_to_one = 3 
 const char* const kDistributionNames[] = {"balanced", "uniform", "zipf", "all_to_one"};
 
 /// Cheap deterministic fill: speed does not depend on the values, and decode holds 2 GB of weights.
-void fill(float* data, Index size, std::uint32_t salt) {
-  for (Index i = 0; i < size; ++i) {
-    const std::uint32_t h = (static_cast<std::uint32_t>(i) + salt) * 2654435761u;
-    data[i] = static_cast<float>(static_cast<int>(h >> 20) - 2048) * (1.0f / 65536.0f);
-  }
-}
-void fill(Matrix& m, std::uint32_t salt) { fill(m.data(), m.size(), salt); }
 
 /// k distinct experts per token. balanced: token t takes experts t*k .. t*k+k-1 (mod E), every
 /// expert gets T*k/E pairs; uniform: uniformly random; zipf: Zipf(1) over experts (expert 0
@@ -158,54 +156,6 @@ struct LayerRun {
 /// Active FLOPs of SwiGLU experts over T*k rows: three [T*k, d] x [d, f]-sized GEMMs.
 double forward_flops(const Shape& s) { return 2.0 * 3.0 * s.tokens * s.k * s.d * s.f; }
 
-/// The same FLOPs as dense GEMMs over [T*k, d]: forward h1 = X W1, h3 = X W3, y = A W2; backward
-/// dA = dY W2^T, dW2 = A^T dY, dW1 = X^T dH1, dW3 = X^T dH3, dX = dH1 W1^T + dH3 W3^T.
-struct GemmLimit {
-  GemmLimit(const Shape& s, bool with_backward)
-      : backward(with_backward),
-        rows(s.tokens * s.k),
-        x(rows, s.d),
-        w1(s.d, s.f),
-        w3(s.d, s.f),
-        w2(s.f, s.d),
-        h1(rows, s.f),
-        h3(rows, s.f),
-        y(rows, s.d),
-        dy(rows, s.d),
-        dh1(rows, s.f),
-        dh3(rows, s.f),
-        dw1(s.d, s.f),
-        dw3(s.d, s.f),
-        dw2(s.f, s.d),
-        dx(rows, s.d) {
-    fill(x, 1);
-    fill(w1, 2);
-    fill(w3, 3);
-    fill(w2, 4);
-    fill(dy, 5);
-    fill(dh3, 6);
-  }
-  void step() {
-    h1.noalias() = x * w1;
-    h3.noalias() = x * w3;
-    y.noalias() = h1 * w2;
-    benchmark::DoNotOptimize(y.data());
-    if (backward) {
-      dh1.noalias() = dy * w2.transpose();
-      dw2.noalias() = h1.transpose() * dy;
-      dw1.noalias() = x.transpose() * dh1;
-      dw3.noalias() = x.transpose() * dh3;
-      dx.noalias() = dh1 * w1.transpose();
-      dx.noalias() += dh3 * w3.transpose();
-      benchmark::DoNotOptimize(dx.data());
-      benchmark::DoNotOptimize(dw1.data());
-    }
-  }
-  bool backward;
-  Index rows;
-  Matrix x, w1, w3, w2, h1, h3, y, dy, dh1, dh3, dw1, dw3, dw2, dx;
-};
-
 /// The memory limit of a decode step: the active experts' W1, W3, W2 bytes read once (a memcpy in
 /// 256 KiB chunks into a cache-resident buffer per thread) for forward; forward+backward reads
 /// them again and writes as many gradient bytes (a memcpy into a buffer of that size).
@@ -274,12 +224,12 @@ void layer_vs_limit(benchmark::State& state, bool backward) {
   const Shape& s = kShapes[state.range(0)];
   const auto distribution = static_cast<Distribution>(state.range(1));
   LayerRun run(s, distribution, backward);
-  std::unique_ptr<GemmLimit> gemm;
+  std::unique_ptr<SwigluGemmLimit> gemm;
   std::unique_ptr<MemoryLimit> memory;
   if (&s == &kShapes[kDecode])
     memory = std::make_unique<MemoryLimit>(run.layer.experts, run.ids, backward);
   else
-    gemm = std::make_unique<GemmLimit>(s, backward);
+    gemm = std::make_unique<SwigluGemmLimit>(s.tokens * s.k, s.d, s.f, backward);
   auto limit = [&] { gemm ? gemm->step() : memory->step(); };
 
   double t0 = seconds_now();
