@@ -12,12 +12,14 @@
 namespace moe {
 namespace detail {
 
-// Insertion into a descending list of K entries. A new value goes after every entry it does not
-// strictly beat, so among equal values the one seen first (the lower expert id) stays ahead.
-template <int K, class S>
-void insert_sorted(S value, ExpertId id, int& filled, S* best, ExpertId* best_id) {
-  if (filled == K && !(value > best[K - 1])) return;
-  int pos = filled < K ? filled++ : K - 1;
+// Insertion into a descending list of at most `capacity` entries. A new value goes after every
+// entry it does not strictly beat, so among equal values the one seen first (the lower expert id)
+// stays ahead.
+template <class S>
+void insert_sorted(S value, ExpertId id, Index capacity, Index& filled, S* best,
+                   ExpertId* best_id) {
+  if (filled == capacity && !(value > best[capacity - 1])) return;
+  Index pos = filled < capacity ? filled++ : capacity - 1;
   while (pos > 0 && value > best[pos - 1]) {
     best[pos] = best[pos - 1];
     best_id[pos] = best_id[pos - 1];
@@ -52,7 +54,7 @@ template <int K, class S>
 void top_k_filtered(const S* values, Index num_experts, ExpertId* ids, S* selected) {
   S best[K] = {};
   ExpertId best_id[K] = {};
-  int filled = 0;
+  Index filled = 0;
   const Index full_rows = num_experts / K;
   if (full_rows >= 2) {
     S tau;
@@ -75,7 +77,7 @@ void top_k_filtered(const S* values, Index num_experts, ExpertId* ids, S* select
     const Index head = std::min<Index>(K, count);
     for (Index c = 0; c < head; ++c) {
       const ExpertId e = candidates[static_cast<std::size_t>(c)];
-      insert_sorted<K>(values[e], e, filled, best, best_id);
+      insert_sorted(values[e], e, K, filled, best, best_id);
     }
     for (Index c = head; c < count; ++c) {
       const ExpertId e = candidates[static_cast<std::size_t>(c)];
@@ -83,7 +85,7 @@ void top_k_filtered(const S* values, Index num_experts, ExpertId* ids, S* select
     }
   } else {
     for (Index e = 0; e < num_experts; ++e)
-      insert_sorted<K>(values[e], static_cast<ExpertId>(e), filled, best, best_id);
+      insert_sorted(values[e], static_cast<ExpertId>(e), K, filled, best, best_id);
   }
   std::copy(best, best + K, selected);
   std::copy(best_id, best_id + K, ids);
@@ -93,18 +95,8 @@ void top_k_filtered(const S* values, Index num_experts, ExpertId* ids, S* select
 template <class S>
 void top_k_insertion_any(const S* values, Index num_experts, Index k, ExpertId* ids, S* selected) {
   Index filled = 0;
-  for (Index e = 0; e < num_experts; ++e) {
-    const S v = values[e];
-    if (filled == k && !(v > selected[k - 1])) continue;
-    Index pos = filled < k ? filled++ : k - 1;
-    while (pos > 0 && v > selected[pos - 1]) {
-      selected[pos] = selected[pos - 1];
-      ids[pos] = ids[pos - 1];
-      --pos;
-    }
-    selected[pos] = v;
-    ids[pos] = static_cast<ExpertId>(e);
-  }
+  for (Index e = 0; e < num_experts; ++e)
+    insert_sorted(values[e], static_cast<ExpertId>(e), k, filled, selected, ids);
 }
 
 // Large k: partial sort of expert ids, O(E log k), with per-thread scratch that grows only once.
