@@ -7,8 +7,6 @@
 #include <optional>
 
 #include "moe/balance/bias_balancer.hpp"
-#include "moe/balance/load_balancing_loss.hpp"
-#include "moe/balance/z_loss.hpp"
 #include "moe/dispatch/capacity_planner.hpp"
 #include "moe/dispatch/capacity_stats.hpp"
 #include "moe/dispatch/dispatch.hpp"
@@ -16,63 +14,12 @@
 #include "moe/experts/capacity_ffn.hpp"
 #include "moe/experts/dropless_ffn.hpp"
 #include "moe/health/report.hpp"
+#include "moe/layer/config.hpp"
+#include "moe/layer/detail/routing_losses.hpp"
+#include "moe/layer/detail/shared_expert.hpp"
 #include "moe/routing/router.hpp"
 
 namespace moe {
-
-/// How tokens reach the experts: MegaBlocks' dropless block-sparse path, or a capacity-factor
-/// buffer [E, C, d] whose overflow is dropped (the caller's residual carries dropped tokens).
-enum class DispatchKind { dropless, capacity };
-
-/// Always-on experts every token passes through, added to the routed output (DeepSeek-V3), and
-/// optionally scaled by sigmoid(x . w_gate) (Qwen2-MoE shared_expert_gate). ffn_hidden 0: none.
-struct SharedExpertConfig {
-  Index ffn_hidden = 0;
-  bool gated = false;
-};
-
-struct MoELayerConfig {
-  RouterConfig router;
-  Index ffn_hidden = 0;  ///< f of every routed expert
-  Activation activation = Activation::swiglu;
-  bool expert_bias = false;
-  DispatchKind dispatch = DispatchKind::dropless;
-  Index block_size = 128;  ///< dropless: each expert's rows padded to a multiple of this
-  CapacityConfig capacity;
-  std::optional<AuxLossConfig> aux_loss;             ///< its coefficient is inside
-  double z_loss_coefficient = 0.0;                   ///< ST-MoE router z-loss; 0 = off
-  std::optional<BiasBalancerOptions> bias_balancer;  ///< aux-loss-free balancing; nullopt = off
-  SharedExpertConfig shared;
-
-  ExpertFFNConfig experts() const {
-    ExpertFFNConfig c;
-    c.num_experts = router.num_experts;
-    c.hidden = router.hidden;
-    c.ffn_hidden = ffn_hidden;
-    c.activation = activation;
-    c.bias = expert_bias;
-    return c;
-  }
-  ExpertFFNConfig shared_experts() const {
-    ExpertFFNConfig c = experts();
-    c.num_experts = 1;
-    c.ffn_hidden = shared.ffn_hidden;
-    return c;
-  }
-};
-
-/// Checks a MoELayerConfig; every message names the field.
-inline void validate(const MoELayerConfig& c) {
-  validate(c.router);
-  validate(c.experts());
-  require(c.block_size >= 1, "MoELayerConfig::block_size", ">= 1", c.block_size);
-  require(c.z_loss_coefficient >= 0.0, "MoELayerConfig::z_loss_coefficient", ">= 0",
-          c.z_loss_coefficient);
-  require(c.shared.ffn_hidden >= 0, "MoELayerConfig::shared.ffn_hidden", ">= 0 (0 = none)",
-          c.shared.ffn_hidden);
-  if (c.dispatch == DispatchKind::capacity) validate(c.capacity);
-  if (c.aux_loss) validate(*c.aux_loss);
-}
 
 /// What forward saved for backward, and the buffers a step reuses. Owned by the caller.
 template <class S>
@@ -84,10 +31,8 @@ struct MoELayerContext {
   CapacityPlan<S> capacity_plan;
   CapacityFFNContext<S> capacity_ffn;
   RowMatrix<S> expert_in, expert_out;  ///< capacity buffers [E*C, d]
-  DroplessPlan shared_plan;            ///< every token to the one shared expert
-  DroplessFFNContext<S> shared;
-  RowMatrix<S> shared_gate;  ///< [T, 1] sigmoid(x w_gate), or ones
-  LossGradient<S> aux, z;    ///< values and their gradients (empty when off)
+  detail::SharedExpertContext<S> shared;
+  LossGradient<S> aux, z;  ///< values and their gradients (empty when off)
 };
 
 template <class S>
@@ -169,22 +114,16 @@ class MoELayer {
       out.health = health_report(routing, capacity_stats(plan));
     }
 
-    if (config.shared.ffn_hidden > 0) add_shared_forward(x, ctx, out.y);
+    if (config.shared.ffn_hidden > 0)
+      detail::shared_expert_forward<S>(shared, shared_gate_weight, config.shared.gated,
+                                       config.block_size, x, ctx.shared, out.y);
 
     ctx.aux = LossGradient<S>();
     ctx.z = LossGradient<S>();
     if (mode == Mode::train) {
-      if (config.aux_loss) {
-        // Megatron and HF recompute the top-k inside the loss; the others count the routing used
-        const bool given = config.aux_loss->selection == AuxSelection::given;
-        ctx.aux = load_balancing_loss(routing.scores, given ? routing.expert_ids : ExpertIdMatrix(),
-                                      *config.aux_loss);
-        out.aux_loss = ctx.aux.value;
-      }
-      if (config.z_loss_coefficient > 0) {
-        ctx.z = router_z_loss(routing.logits, config.z_loss_coefficient);
-        out.z_loss = ctx.z.value;
-      }
+      detail::routing_losses(config, routing, ctx.aux, ctx.z);
+      out.aux_loss = ctx.aux.value;
+      out.z_loss = ctx.z.value;
       if (balancer) {
         // loads after capacity drops (Megatron counts the final routing map)
         if (config.dispatch == DispatchKind::capacity)
@@ -222,7 +161,10 @@ class MoELayer {
       upstream.gates = capacity_plan_backward<S>(plan, combined.weight);
     }
 
-    if (config.shared.ffn_hidden > 0) add_shared_backward(x, ctx, grad_y, grads);
+    if (config.shared.ffn_hidden > 0)
+      detail::shared_expert_backward<S>(shared, shared_gate_weight, config.shared.gated, x,
+                                        ctx.shared, grad_y, grads.shared, grads.shared_gate,
+                                        grads.x);
 
     upstream.scores = ctx.aux.grad;
     upstream.logits = ctx.z.grad;
@@ -238,34 +180,6 @@ class MoELayer {
             "a layer configured with bias_balancer", "none");
     balancer->step();
     balancer->apply_to(router);
-  }
-
- private:
-  void add_shared_forward(const ConstMatrixRef<S>& x, MoELayerContext<S>& ctx, RowMatrix<S>& y) {
-    const Index tokens = x.rows();
-    make_dropless_plan(ExpertIdMatrix::Zero(tokens, 1), 1, config.block_size, ctx.shared_plan);
-    if (config.shared.gated)
-      ctx.shared_gate = (x * shared_gate_weight).array().logistic().matrix();
-    else
-      ctx.shared_gate = RowMatrix<S>::Ones(tokens, 1);
-    y += dropless_ffn_forward<S>(shared, x, ctx.shared_gate, ctx.shared_plan, ctx.shared);
-  }
-
-  void add_shared_backward(const ConstMatrixRef<S>& x, MoELayerContext<S>& ctx,
-                           const ConstMatrixRef<S>& grad_y, MoEGradients<S>& grads) {
-    const Index tokens = x.rows();
-    grads.shared = ExpertGradients<S>(config.shared_experts());
-    RowMatrix<S> grad_x(tokens, config.router.hidden), grad_gate(tokens, 1);
-    dropless_ffn_backward<S>(shared, grad_y, ctx.shared_plan, ctx.shared, grads.shared, grad_x,
-                             grad_gate);
-    grads.x += grad_x;
-    if (config.shared.gated) {
-      // g = sigmoid(x w): dg/du = g (1 - g)
-      const Vector<S> du = grad_gate.col(0).cwiseProduct(
-          ctx.shared_gate.col(0).cwiseProduct((S(1) - ctx.shared_gate.col(0).array()).matrix()));
-      grads.shared_gate = x.transpose() * du;
-      grads.x.noalias() += du * shared_gate_weight.transpose();
-    }
   }
 };
 

@@ -1,0 +1,69 @@
+// MoELayerConfig: every option of a MoE layer (router, dispatch, experts, balancing, shared
+// experts), shared by MoELayer and the expert-parallel layer.
+#pragma once
+
+#include <optional>
+
+#include "moe/balance/bias_balancer.hpp"
+#include "moe/balance/load_balancing_loss.hpp"
+#include "moe/dispatch/capacity.hpp"
+#include "moe/experts/expert_weights.hpp"
+#include "moe/routing/config.hpp"
+
+namespace moe {
+
+/// How tokens reach the experts: MegaBlocks' dropless block-sparse path, or a capacity-factor
+/// buffer [E, C, d] whose overflow is dropped (the caller's residual carries dropped tokens).
+enum class DispatchKind { dropless, capacity };
+
+/// Always-on experts every token passes through, added to the routed output (DeepSeek-V3), and
+/// optionally scaled by sigmoid(x . w_gate) (Qwen2-MoE shared_expert_gate). ffn_hidden 0: none.
+struct SharedExpertConfig {
+  Index ffn_hidden = 0;
+  bool gated = false;
+};
+
+struct MoELayerConfig {
+  RouterConfig router;
+  Index ffn_hidden = 0;  ///< f of every routed expert
+  Activation activation = Activation::swiglu;
+  bool expert_bias = false;
+  DispatchKind dispatch = DispatchKind::dropless;
+  Index block_size = 128;  ///< dropless: each expert's rows padded to a multiple of this
+  CapacityConfig capacity;
+  std::optional<AuxLossConfig> aux_loss;             ///< its coefficient is inside
+  double z_loss_coefficient = 0.0;                   ///< ST-MoE router z-loss; 0 = off
+  std::optional<BiasBalancerOptions> bias_balancer;  ///< aux-loss-free balancing; nullopt = off
+  SharedExpertConfig shared;
+
+  ExpertFFNConfig experts() const {
+    ExpertFFNConfig c;
+    c.num_experts = router.num_experts;
+    c.hidden = router.hidden;
+    c.ffn_hidden = ffn_hidden;
+    c.activation = activation;
+    c.bias = expert_bias;
+    return c;
+  }
+  ExpertFFNConfig shared_experts() const {
+    ExpertFFNConfig c = experts();
+    c.num_experts = 1;
+    c.ffn_hidden = shared.ffn_hidden;
+    return c;
+  }
+};
+
+/// Checks a MoELayerConfig; every message names the field.
+inline void validate(const MoELayerConfig& c) {
+  validate(c.router);
+  validate(c.experts());
+  require(c.block_size >= 1, "MoELayerConfig::block_size", ">= 1", c.block_size);
+  require(c.z_loss_coefficient >= 0.0, "MoELayerConfig::z_loss_coefficient", ">= 0",
+          c.z_loss_coefficient);
+  require(c.shared.ffn_hidden >= 0, "MoELayerConfig::shared.ffn_hidden", ">= 0 (0 = none)",
+          c.shared.ffn_hidden);
+  if (c.dispatch == DispatchKind::capacity) validate(c.capacity);
+  if (c.aux_loss) validate(*c.aux_loss);
+}
+
+}  // namespace moe

@@ -1,0 +1,53 @@
+// The always-on shared expert of a MoE layer, forward and backward: one FFN every token passes
+// through, optionally scaled by a per-token sigmoid gate. Used by MoELayer and the expert-parallel
+// layer, where it is replicated on every rank.
+#pragma once
+
+#include "moe/core/types.hpp"
+#include "moe/dispatch/dropless_plan.hpp"
+#include "moe/experts/dropless_ffn.hpp"
+
+namespace moe::detail {
+
+template <class S>
+struct SharedExpertContext {
+  DroplessPlan plan;          ///< every token to the one shared expert
+  DroplessFFNContext<S> ffn;  ///< the FFN's saved activations
+  RowMatrix<S> gate;          ///< [T, 1] sigmoid(x w_gate), or ones
+};
+
+/// y_t += g_t FFN_shared(x_t), g_t = sigmoid(x_t . w_gate) when gated, else 1 (DeepSeek-V3 shared
+/// experts; Qwen2-MoE shared_expert_gate).
+template <class S>
+void shared_expert_forward(const ExpertWeights<S>& weights, const Vector<S>& gate_weight,
+                           bool gated, Index block_size, ConstMatrixRef<S> x,
+                           SharedExpertContext<S>& ctx, MatrixRef<S> y) {
+  const Index tokens = x.rows();
+  make_dropless_plan(ExpertIdMatrix::Zero(tokens, 1), 1, block_size, ctx.plan);
+  if (gated)
+    ctx.gate = (x * gate_weight).array().logistic().matrix();
+  else
+    ctx.gate = RowMatrix<S>::Ones(tokens, 1);
+  y += dropless_ffn_forward<S>(weights, x, ctx.gate, ctx.plan, ctx.ffn);
+}
+
+/// Backward of shared_expert_forward: grad_x += dx, grads and grad_gate_weight (when gated)
+/// overwritten. The gate's derivative is g (1 - g).
+template <class S>
+void shared_expert_backward(const ExpertWeights<S>& weights, const Vector<S>& gate_weight,
+                            bool gated, ConstMatrixRef<S> x, SharedExpertContext<S>& ctx,
+                            ConstMatrixRef<S> grad_y, ExpertGradients<S>& grads,
+                            Vector<S>& grad_gate_weight, MatrixRef<S> grad_x) {
+  const Index tokens = x.rows();
+  grads = ExpertGradients<S>(weights.config);
+  RowMatrix<S> dx(tokens, x.cols()), grad_gate(tokens, 1);
+  dropless_ffn_backward<S>(weights, grad_y, ctx.plan, ctx.ffn, grads, dx, grad_gate);
+  grad_x += dx;
+  if (!gated) return;
+  const auto g = ctx.gate.col(0).array();
+  const Vector<S> du = (grad_gate.col(0).array() * g * (S(1) - g)).matrix();
+  grad_gate_weight = x.transpose() * du;
+  grad_x.noalias() += du * gate_weight.transpose();
+}
+
+}  // namespace moe::detail
