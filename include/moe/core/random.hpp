@@ -46,7 +46,8 @@ enum class RandomStream : std::uint64_t {
   jitter = 1,
   gate_noise = 2,
   token_selection = 3,
-  init = 4
+  init = 4,
+  rank_seed = 5  ///< per-rank seeds of expert parallelism
 };
 
 inline CounterRng make_rng(std::uint64_t seed, RandomStream stream) noexcept {

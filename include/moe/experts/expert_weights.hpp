@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "moe/core/error.hpp"
 #include "moe/core/random.hpp"
@@ -52,11 +53,36 @@ struct ExpertWeights {
 
   /// Every parameter N(0, stddev) from a counter RNG: the same values at any thread count.
   void init_weights(std::uint64_t seed, double stddev) {
+    std::vector<Index> all(static_cast<std::size_t>(config.num_experts));
+    for (Index e = 0; e < config.num_experts; ++e) all[static_cast<std::size_t>(e)] = e;
+    init_weights(seed, stddev, all, config.num_experts);
+  }
+
+  /// This object's expert i gets the values init_weights(seed, stddev) gives expert
+  /// global_ids[i] of a model of `total_experts` experts, so an expert-parallel shard starts
+  /// exactly as the same experts of the whole model. Positions in the counter stream are those of
+  /// the whole model: parameters in the order w1, w3, w2, b1, b3, b2, each expert one block.
+  void init_weights(std::uint64_t seed, double stddev, const std::vector<Index>& global_ids,
+                    Index total_experts) {
+    const Index local = config.num_experts;
+    require(static_cast<Index>(global_ids.size()) == local, "global_ids",
+            detail::concat(local, " ids (config.num_experts)"), global_ids.size());
+    for (Index g : global_ids)
+      require(g >= 0 && g < total_experts, "global_ids",
+              detail::concat("ids in [0, ", total_experts, ")"), g);
     const CounterRng rng = make_rng(seed, RandomStream::init);
-    std::uint64_t position = 0;
-    for (RowMatrix<S>* p : {&w1, &w3, &w2, &b1, &b3, &b2})
-      for (Index i = 0; i < p->size(); ++i)
-        p->data()[i] = static_cast<S>(stddev * rng.normal(position++));
+    std::uint64_t first = 0;  // position of the parameter's first value in the whole model
+    for (RowMatrix<S>* p : {&w1, &w3, &w2, &b1, &b3, &b2}) {
+      const Index block = p->size() / local;
+      for (Index i = 0; i < local; ++i) {
+        const std::uint64_t start =
+            first + static_cast<std::uint64_t>(global_ids[static_cast<std::size_t>(i)] * block);
+        S* values = p->data() + i * block;
+        for (Index v = 0; v < block; ++v)
+          values[v] = static_cast<S>(stddev * rng.normal(start + static_cast<std::uint64_t>(v)));
+      }
+      first += static_cast<std::uint64_t>(block * total_experts);
+    }
   }
 
   ExpertFFNConfig config;

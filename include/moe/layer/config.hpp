@@ -2,6 +2,7 @@
 // experts), shared by MoELayer and the expert-parallel layer.
 #pragma once
 
+#include <cmath>
 #include <optional>
 
 #include "moe/balance/bias_balancer.hpp"
@@ -45,6 +46,8 @@ struct MoELayerConfig {
     c.bias = expert_bias;
     return c;
   }
+  /// Expert weights start N(0, 1/d): unit-variance activations for unit-variance tokens.
+  double expert_init_stddev() const { return 1.0 / std::sqrt(static_cast<double>(router.hidden)); }
   ExpertFFNConfig shared_experts() const {
     ExpertFFNConfig c = experts();
     c.num_experts = 1;
@@ -52,6 +55,9 @@ struct MoELayerConfig {
     return c;
   }
 };
+
+/// Router weights start N(0, 0.02^2), Megatron-Core's init_method_std.
+inline constexpr double kRouterInitStddev = 0.02;
 
 /// Checks a MoELayerConfig; every message names the field.
 inline void validate(const MoELayerConfig& c) {

@@ -73,18 +73,12 @@ class MoELayer {
     if (config.bias_balancer) balancer.emplace(config.router.num_experts, *config.bias_balancer);
   }
 
-  /// Router N(0, 0.02^2) (Megatron init_method_std), experts N(0, 1/d) for W1/W3 and N(0, 1/f)
-  /// for W2 scale, all from `seed`.
+  /// Router N(0, 0.02^2) (Megatron init_method_std), every expert matrix N(0, 1/d), all from
+  /// `seed`.
   void init_weights(std::uint64_t seed) {
-    router.init_weights(seed, 0.02);
-    experts.init_weights(seed + 1, 1.0 / std::sqrt(static_cast<double>(config.router.hidden)));
-    if (config.shared.ffn_hidden > 0)
-      shared.init_weights(seed + 2, 1.0 / std::sqrt(static_cast<double>(config.router.hidden)));
-    if (config.shared.gated) {
-      const CounterRng rng = make_rng(seed + 3, RandomStream::init);
-      for (Index i = 0; i < shared_gate_weight.size(); ++i)
-        shared_gate_weight[i] = static_cast<S>(0.02 * rng.normal(static_cast<std::uint64_t>(i)));
-    }
+    router.init_weights(seed, kRouterInitStddev);
+    experts.init_weights(seed + 1, config.expert_init_stddev());
+    detail::init_shared_expert(config, seed, shared, shared_gate_weight);
   }
 
   /// y = sum_j w_tj FFN_{e_tj}(x_t) over kept choices (+ gate_t * FFN_shared(x_t)). In Mode::train

@@ -3,9 +3,13 @@
 // layer, where it is replicated on every rank.
 #pragma once
 
+#include <cstdint>
+
+#include "moe/core/random.hpp"
 #include "moe/core/types.hpp"
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/dropless_ffn.hpp"
+#include "moe/layer/config.hpp"
 
 namespace moe::detail {
 
@@ -15,6 +19,18 @@ struct SharedExpertContext {
   DroplessFFNContext<S> ffn;  ///< the FFN's saved activations
   RowMatrix<S> gate;          ///< [T, 1] sigmoid(x w_gate), or ones
 };
+
+/// The shared expert's weights N(0, 1/d) from seed + 2 and its gate N(0, 0.02^2) from seed + 3
+/// (MoELayer::init_weights; the routed experts take seed + 1).
+template <class S>
+void init_shared_expert(const MoELayerConfig& config, std::uint64_t seed, ExpertWeights<S>& weights,
+                        Vector<S>& gate_weight) {
+  if (config.shared.ffn_hidden > 0) weights.init_weights(seed + 2, config.expert_init_stddev());
+  if (!config.shared.gated) return;
+  const CounterRng rng = make_rng(seed + 3, RandomStream::init);
+  for (Index i = 0; i < gate_weight.size(); ++i)
+    gate_weight[i] = static_cast<S>(kRouterInitStddev * rng.normal(static_cast<std::uint64_t>(i)));
+}
 
 /// y_t += g_t FFN_shared(x_t), g_t = sigmoid(x_t . w_gate) when gated, else 1 (DeepSeek-V3 shared
 /// experts; Qwen2-MoE shared_expert_gate).
