@@ -12,5 +12,7 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# What every build of this project needs: compilers, CMake, Ninja, Eigen, Catch2, Google Benchmark.
-BUILD_PACKAGES=(g++ clang cmake ninja-build libeigen3-dev catch2 libbenchmark-dev libomp-dev)
+# What every build of this project needs: compilers, CMake, Ninja, Eigen, Catch2, Google Benchmark,
+# OpenMP, and Open MPI for the expert-parallel tests (mpirun runs them with 2 and 4 processes).
+BUILD_PACKAGES=(g++ clang cmake ninja-build libeigen3-dev catch2 libbenchmark-dev libomp-dev
+  libopenmpi-dev openmpi-bin)
