@@ -313,3 +313,21 @@ TEST_CASE("expert-parallel layer rejects a placement of another shape", "[parall
                       c, comm, moe::ExpertPlacement::contiguous(4, comm.size())),
                   moe::Error);
 }
+
+TEST_CASE("expert-parallel layer: bad input on one rank raises moe::Error on every rank",
+          "[parallel]") {
+  const moe::Communicator comm;
+  moe::MoELayerConfig c = base_config();
+  moe::ExpertParallelMoELayer<double> ep(c, comm);
+  ep.init_weights(1);
+  moe::ExpertParallelContext<double> ctx;
+  // The last rank passes one column too many; the others are fine and must not wait for it.
+  const Index width = c.router.hidden + (comm.rank() == comm.size() - 1 ? 1 : 0);
+  const Matrix x = random_matrix(4, width, 3);
+  CHECK_THROWS_AS(ep.forward(x, ctx, moe::Mode::train, 0), moe::Error);
+
+  const Matrix good = random_matrix(4, c.router.hidden, 3);
+  ep.forward(good, ctx, moe::Mode::train, 0);
+  const Matrix grad_y = random_matrix(comm.rank() == 0 ? 3 : 4, c.router.hidden, 4);
+  CHECK_THROWS_AS(ep.backward(good, ctx, grad_y), moe::Error);
+}

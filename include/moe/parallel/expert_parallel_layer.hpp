@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <optional>
 #include <vector>
 
@@ -136,7 +137,9 @@ class ExpertParallelMoELayer {
     // Router noise differs per rank: each rank draws its own tokens' noise from (seed, rank).
     const std::uint64_t rank_seed =
         make_rng(seed, RandomStream::rank_seed).bits(static_cast<std::uint64_t>(comm.rank()));
-    const Routing<S>& routing = router.forward(x, ctx.router, mode, rank_seed);
+    const Routing<S>* routed = nullptr;
+    agree([&] { routed = &router.forward(x, ctx.router, mode, rank_seed); });
+    const Routing<S>& routing = *routed;
     gather_routing(routing, ctx);
 
     if (config.dispatch == DispatchKind::dropless) {
@@ -200,8 +203,12 @@ class ExpertParallelMoELayer {
                            const ConstMatrixRef<S>& grad_y) {
     const Routing<S>& routing = ctx.router.routing;
     const Index tokens = routing.num_tokens(), d = config.router.hidden, k = config.router.top_k;
-    require_shape(grad_y, "grad_y", tokens, d);
-    require_shape(x, "x", tokens, d);
+    agree([&] {
+      require(ctx.exchange.send.num_tokens == tokens, "ctx", "a context filled by forward",
+              "a context of another step");
+      require_shape(grad_y, "grad_y", tokens, d);
+      require_shape(x, "x", tokens, d);
+    });
     const ExchangePlan& ex = ctx.exchange;
     MoEGradients<S> grads;
     if (num_local_experts() > 0) grads.experts = ExpertGradients<S>(local_expert_config());
@@ -244,6 +251,25 @@ class ExpertParallelMoELayer {
   }
 
  private:
+  /// Runs this rank's local checks and work, then agrees with every rank on whether all of them
+  /// succeeded before the first collective: a rank that fails rethrows its own moe::Error and the
+  /// others throw one naming how many ranks failed, instead of waiting for them forever.
+  template <class Local>
+  void agree(Local&& local) const {
+    std::exception_ptr failure;
+    try {
+      local();
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    Index failed = failure ? 1 : 0;
+    comm.allreduce_sum(&failed, 1);
+    if (failure) std::rethrow_exception(failure);
+    if (failed > 0)
+      detail::fail("ExpertParallelMoELayer", "valid input on every rank",
+                   detail::concat(failed, " other rank(s) failed their checks"));
+  }
+
   ExpertFFNConfig local_expert_config() const {
     ExpertFFNConfig c = config.experts();
     c.num_experts = num_local_experts();
