@@ -45,6 +45,8 @@ void insert_full_branch_free(S value, ExpertId id, S* best, ExpertId* best_id) {
   best_id[0] = beats_first ? id : best_id[0];
 }
 
+inline constexpr Index kStackCandidates = 512;
+
 // Top-K in two passes. Split the values into K disjoint strided groups {e : e mod K = g}: each
 // group's max is at least the smallest of those maxima, so at least K values reach it and
 // tau = min_g max_g is a lower bound of the K-th largest. A branch-free pass keeps the ids of the
@@ -67,22 +69,25 @@ void top_k_filtered(const S* values, Index num_experts, ExpertId* ids, S* select
         for (int g = 0; g < K; ++g) group_max[g] = std::max(group_max[g], values[r * K + g]);
       tau = *std::min_element(group_max, group_max + K);
     }
-    thread_local std::vector<ExpertId> candidates;
-    candidates.resize(static_cast<std::size_t>(num_experts));
+    // Candidate ids on the stack for the usual expert counts (a thread_local costs a TLS lookup
+    // per token), on the heap beyond.
+    ExpertId on_stack[kStackCandidates];
+    thread_local std::vector<ExpertId> on_heap;
+    ExpertId* candidates = on_stack;
+    if (num_experts > kStackCandidates) {
+      on_heap.resize(static_cast<std::size_t>(num_experts));
+      candidates = on_heap.data();
+    }
     Index count = 0;
     for (Index e = 0; e < num_experts; ++e) {
-      candidates[static_cast<std::size_t>(count)] = static_cast<ExpertId>(e);
+      candidates[count] = static_cast<ExpertId>(e);
       count += values[e] >= tau;
     }
     const Index head = std::min<Index>(K, count);
-    for (Index c = 0; c < head; ++c) {
-      const ExpertId e = candidates[static_cast<std::size_t>(c)];
-      insert_sorted(values[e], e, K, filled, best, best_id);
-    }
-    for (Index c = head; c < count; ++c) {
-      const ExpertId e = candidates[static_cast<std::size_t>(c)];
-      insert_full_branch_free<K>(values[e], e, best, best_id);
-    }
+    for (Index c = 0; c < head; ++c)
+      insert_sorted(values[candidates[c]], candidates[c], K, filled, best, best_id);
+    for (Index c = head; c < count; ++c)
+      insert_full_branch_free<K>(values[candidates[c]], candidates[c], best, best_id);
   } else {
     for (Index e = 0; e < num_experts; ++e)
       insert_sorted(values[e], static_cast<ExpertId>(e), K, filled, best, best_id);
