@@ -17,8 +17,8 @@ namespace moe::detail {
 
 /// Target tile extent: large enough that packing stays a small fraction of a tile's GEMM, small
 /// enough that a hot expert splits into many tiles.
-inline constexpr Index kTileRows = 512;
-inline constexpr Index kTileCols = 512;
+inline constexpr Index kTileRows = 1024;
+inline constexpr Index kTileCols = 1024;
 
 /// Rows [begin, begin + rows) of one expert's group, whole row blocks; the first data_rows hold
 /// data.
