@@ -16,6 +16,7 @@
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/dropless_ffn.hpp"
 
+#include "support.hpp"
 #include "swiglu_limit.hpp"
 
 namespace {
@@ -145,17 +146,6 @@ void dense_limit(benchmark::State& state, bool backward) {
   set_counters(state, s, forward_flops(s) * (backward ? 3.0 : 1.0));
 }
 
-/// Thread CPU time on one thread (robust to other processes taking the core); wall time when the
-/// work runs on several threads, whose CPU time the calling thread's clock does not see.
-double seconds_now() {
-  if (moe::detail::max_threads() > 1)
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  timespec t{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
 /// dropless / limit measured in alternation, each pair back to back (thread CPU time on one
 /// thread), so load from other processes hits both sides alike. Reports the median of the pair
 /// ratios. The "compare" shape (range 3) replaces the limit with the dropless FFN at another shape:
@@ -179,11 +169,11 @@ void paired_ratio(benchmark::State& state, bool backward) {
   std::vector<double> ratios;
   for (auto _ : state) {
     for (int i = 0; i < pairs; ++i) {
-      const double t0 = seconds_now();
+      const double t0 = moe::bench::pair_clock_seconds();
       run.step();
-      const double t1 = seconds_now();
+      const double t1 = moe::bench::pair_clock_seconds();
       baseline();
-      const double t2 = seconds_now();
+      const double t2 = moe::bench::pair_clock_seconds();
       ratios.push_back((t1 - t0) / (t2 - t1));
     }
   }

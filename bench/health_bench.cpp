@@ -146,12 +146,6 @@ void BM_HealthReportTopkFromProbabilities(benchmark::State& state) {
 }
 BENCHMARK(BM_HealthReportTopkFromProbabilities)->Unit(benchmark::kMillisecond);
 
-double thread_cpu_seconds() {
-  timespec t{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-}
-
 // Forward and report back to back on fresh outputs, timed separately in every iteration, so
 // report/forward is a ratio of sums over the same stretch of (noisy, shared) machine time; the
 // _cpu variant uses this thread's CPU time, which time slices given to other processes leave out.
@@ -163,13 +157,13 @@ void BM_ReportAfterRouterForward(benchmark::State& state) {
   using Clock = std::chrono::steady_clock;
   for (auto _ : state) {
     const auto t0 = Clock::now();
-    const double c0 = thread_cpu_seconds();
+    const double c0 = moe::bench::thread_seconds();
     const auto& r = router.forward(tokens(), ctx, moe::Mode::eval);
     const auto t1 = Clock::now();
-    const double c1 = thread_cpu_seconds();
+    const double c1 = moe::bench::thread_seconds();
     benchmark::DoNotOptimize(moe::health_report(r).normalized_entropy);
     const auto t2 = Clock::now();
-    const double c2 = thread_cpu_seconds();
+    const double c2 = moe::bench::thread_seconds();
     forward += std::chrono::duration<double>(t1 - t0).count();
     report += std::chrono::duration<double>(t2 - t1).count();
     forward_cpu += c1 - c0;

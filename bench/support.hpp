@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <benchmark/benchmark.h>
+#include <moe/core/detail/parallel.hpp>
 #include <moe/core/random.hpp>
 #include <moe/core/types.hpp>
 
@@ -54,6 +55,16 @@ inline double thread_seconds() {
   timespec t{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
   return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+/// The clock of a timed pair: this thread's CPU time when the work runs on this thread alone
+/// (robust to other processes taking the core), wall time when it runs on several threads, whose
+/// CPU time this thread's clock does not see.
+inline double pair_clock_seconds() {
+  if (detail::max_threads() > 1)
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  return thread_seconds();
 }
 
 /// Runs `op` and `limit` back to back each iteration, in thread CPU time, and returns the median
