@@ -194,13 +194,14 @@ class MoELayer {
   /// Member by member: a member over caller buffers receives the values, an owned one the storage.
   MoELayer& operator=(MoELayer&& other) {
     if (this == &other) return *this;
-    if (gate_storage_.maps_caller) require_same_shapes(other);
-    if (gate_storage_.maps_caller)
+    if (gate_storage_.maps_caller) {
+      require_same_shapes(other);
       detail::copy_parameters<S>(gate_visitor(nullptr), other.gate_visitor(nullptr),
                                  "MoELayer::shared_gate_weight");
-    else
+    } else {
       detail::steal_parameters<S>(gate_storage_, gate_visitor(nullptr), other.gate_storage_,
                                   other.gate_visitor(nullptr));
+    }
     router = std::move(other.router);
     experts = std::move(other.experts);
     shared = std::move(other.shared);
