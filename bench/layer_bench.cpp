@@ -135,12 +135,18 @@ struct LayerRun {
     encode_routing(ids, s.experts, x);
     fill(grad_y, 5);
   }
-  void step() {
+  /// The training loop's way: gradients into `grads`, kept across steps. `fresh`: a new
+  /// MoEGradients each step (the value-returning backward), which allocates and zero-fills every
+  /// expert's gradient first.
+  void step(bool fresh = false) {
     const moe::MoEOutput<float> out = layer.forward(x, ctx, moe::Mode::train);
     benchmark::DoNotOptimize(out.y.data());
-    if (backward) {
-      const moe::MoEGradients<float> grads = layer.backward(x, ctx, grad_y);
-      benchmark::DoNotOptimize(grads.x.data());
+    if (!backward) return;
+    if (fresh) {
+      const moe::MoEGradients<float> new_grads = layer.backward(x, ctx, grad_y);
+      benchmark::DoNotOptimize(new_grads.experts.w1.data());
+    } else {
+      layer.backward(x, ctx, grad_y, grads);
       benchmark::DoNotOptimize(grads.experts.w1.data());
     }
   }
@@ -151,6 +157,7 @@ struct LayerRun {
   moe::ExpertIdMatrix ids;
   Matrix x, grad_y;
   moe::MoELayerContext<float> ctx;
+  moe::MoEGradients<float> grads;
 };
 
 /// Active FLOPs of SwiGLU experts over T*k rows: three [T*k, d] x [d, f]-sized GEMMs.
@@ -218,8 +225,38 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-/// The layer and its limit in alternation, each pair back to back in wall time (the work runs on
-/// every thread). Pairs: enough for about 2 s, at least 3 and at most 25.
+/// Times of `a` and `b` run in alternation, each pair back to back in wall time (the work runs on
+/// every thread), after one warm-up of each. Pairs: enough for about 2 s, at least 3, at most 25.
+struct Paired {
+  std::vector<double> ratios, a_s, b_s;  ///< a / b per pair, and each side's seconds
+};
+template <class A, class B>
+Paired run_paired(benchmark::State& state, A&& a, B&& b) {
+  double t0 = seconds_now();
+  a();  // warm up both: workspaces grow, pages fault in
+  b();
+  const double warm = seconds_now() - t0;
+  const int pairs = std::clamp(static_cast<int>(2.0 / warm), 3, 25);
+  Paired p;
+  for (auto _ : state) {
+    for (int i = 0; i < pairs; ++i) {
+      t0 = seconds_now();
+      a();
+      const double t1 = seconds_now();
+      b();
+      const double t2 = seconds_now();
+      p.a_s.push_back(t1 - t0);
+      p.b_s.push_back(t2 - t1);
+      p.ratios.push_back((t1 - t0) / (t2 - t1));
+    }
+  }
+  state.counters["ratio"] = median(p.ratios);
+  state.counters["ratio_min"] = *std::min_element(p.ratios.begin(), p.ratios.end());
+  state.counters["pairs"] = static_cast<double>(p.ratios.size());
+  return p;
+}
+
+/// The layer and its limit in alternation.
 void layer_vs_limit(benchmark::State& state, bool backward) {
   const Shape& s = kShapes[state.range(0)];
   const auto distribution = static_cast<Distribution>(state.range(1));
@@ -230,32 +267,11 @@ void layer_vs_limit(benchmark::State& state, bool backward) {
     memory = std::make_unique<MemoryLimit>(run.layer.experts, run.ids, backward);
   else
     gemm = std::make_unique<SwigluGemmLimit>(s.tokens * s.k, s.d, s.f, backward);
-  auto limit = [&] { gemm ? gemm->step() : memory->step(); };
-
-  double t0 = seconds_now();
-  run.step();  // warm up both: workspaces grow, pages fault in
-  limit();
-  const double warm = seconds_now() - t0;
-  const int pairs = std::clamp(static_cast<int>(2.0 / warm), 3, 25);
-  std::vector<double> ratios, layer_s, limit_s;
-  for (auto _ : state) {
-    for (int i = 0; i < pairs; ++i) {
-      t0 = seconds_now();
-      run.step();
-      const double t1 = seconds_now();
-      limit();
-      const double t2 = seconds_now();
-      layer_s.push_back(t1 - t0);
-      limit_s.push_back(t2 - t1);
-      ratios.push_back((t1 - t0) / (t2 - t1));
-    }
-  }
-  const double layer_median = median(layer_s);
-  state.counters["ratio"] = median(ratios);
-  state.counters["ratio_min"] = *std::min_element(ratios.begin(), ratios.end());
+  const Paired p = run_paired(
+      state, [&] { run.step(); }, [&] { gemm ? gemm->step() : memory->step(); });
+  const double layer_median = median(p.a_s);
   state.counters["layer_ms"] = 1e3 * layer_median;
-  state.counters["limit_ms"] = 1e3 * median(limit_s);
-  state.counters["pairs"] = static_cast<double>(ratios.size());
+  state.counters["limit_ms"] = 1e3 * median(p.b_s);
   state.counters["tokens/s"] = static_cast<double>(s.tokens) / layer_median;
   if (gemm) {
     state.counters["GFLOP/s"] = 1e-9 * forward_flops(s) * (backward ? 3.0 : 1.0) / layer_median;
@@ -268,6 +284,20 @@ void layer_vs_limit(benchmark::State& state, bool backward) {
 
 void BM_layer_forward(benchmark::State& state) { layer_vs_limit(state, false); }
 void BM_layer_forward_backward(benchmark::State& state) { layer_vs_limit(state, true); }
+
+/// Forward+backward with a fresh MoEGradients each step (what the value-returning backward costs:
+/// every expert's gradient allocated and zero-filled) against gradients kept across steps, in
+/// alternation; ratio = fresh / kept.
+void BM_layer_gradients_fresh_vs_kept(benchmark::State& state) {
+  const Shape& s = kShapes[state.range(0)];
+  LayerRun run(s, static_cast<Distribution>(state.range(1)), true);
+  const Paired p = run_paired(
+      state, [&] { run.step(/*fresh=*/true); }, [&] { run.step(); });
+  state.counters["fresh_ms"] = 1e3 * median(p.a_s);
+  state.counters["kept_ms"] = 1e3 * median(p.b_s);
+  state.SetLabel(std::string(s.name) + "/" +
+                 kDistributionNames[static_cast<Distribution>(state.range(1))]);
+}
 
 void layer_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"shape", "dist"});
@@ -383,6 +413,13 @@ void piece_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_layer_forward)->Apply(layer_args);
 BENCHMARK(BM_layer_forward_backward)->Apply(layer_args);
+BENCHMARK(BM_layer_gradients_fresh_vs_kept)
+    ->ArgNames({"shape", "dist"})
+    ->Args({kDecode, uniform})
+    ->Args({kFine, uniform})
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_piece_score_topk)->Apply(piece_args);
 BENCHMARK(BM_piece_plan)->Apply(piece_args);
 BENCHMARK(BM_piece_permute)->Apply(piece_args);

@@ -19,7 +19,7 @@ inline void fill(float* data, Index size, std::uint32_t salt) {
     data[i] = static_cast<float>(static_cast<int>(h >> 20) - 2048) * (1.0f / 65536.0f);
   }
 }
-inline void fill(Matrix& m, std::uint32_t salt) { fill(m.data(), m.size(), salt); }
+inline void fill(Eigen::Ref<Matrix> m, std::uint32_t salt) { fill(m.data(), m.size(), salt); }
 
 /// The same FLOPs as dense GEMMs over [T*k, d]: forward h1 = X W1, h3 = X W3, y = A W2; backward
 /// dA = dY W2^T, dW2 = A^T dY, dW1 = X^T dH1, dW3 = X^T dH3, dX = dH1 W1^T + dH3 W3^T.

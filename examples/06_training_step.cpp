@@ -43,12 +43,13 @@ int main() {
   moe::MoELayer<float> layer(config);
   layer.init_weights(/*seed=*/7);
   moe::MoELayerContext<float> ctx;
+  moe::MoEGradients<float> grads;  // allocated by the first backward, overwritten after
   for (int step = 0; step < steps; ++step) {
     auto out = layer.forward(x, ctx, moe::Mode::train, /*seed=*/step);  // y, aux/z loss, health
     const Mat error = x + out.y - target;                               // residual block, MSE
     loss = error.squaredNorm() / error.size() + out.aux_loss + out.z_loss;
-    auto grads = layer.backward(x, ctx, (2.0f / error.size()) * error);  // + aux and z gradients
-    layer.router.weight -= lr * grads.router.weight;                     // plain SGD
+    layer.backward(x, ctx, (2.0f / error.size()) * error, grads);  // + aux and z gradients
+    layer.router.weight -= lr * grads.router.weight;               // plain SGD
     layer.experts.w1 -= lr * grads.experts.w1;
     layer.experts.w3 -= lr * grads.experts.w3;
     layer.experts.w2 -= lr * grads.experts.w2;

@@ -94,7 +94,7 @@ moe::MoELayerConfig layer_config(const Run& run) {
   return c;
 }
 
-void sgd(Mat& param, const Mat& grad) { param -= kLearningRate * grad; }
+void sgd(Eigen::Ref<Mat> param, const Mat& grad) { param -= kLearningRate * grad; }
 
 Result train(const Run& run, const Data& data, bool terminal) {
   const auto start = std::chrono::steady_clock::now();

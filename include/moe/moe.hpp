@@ -2,6 +2,7 @@
 #pragma once
 
 #include "moe/core/error.hpp"
+#include "moe/core/parameters.hpp"
 #include "moe/core/random.hpp"
 #include "moe/core/types.hpp"
 #include "moe/core/workspace.hpp"

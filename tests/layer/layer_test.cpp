@@ -147,7 +147,7 @@ TEST_CASE("MoELayer gradients match central finite differences", "[layer][backwa
         CHECK(relative_error(g.experts.w3, numerical_gradient(layer.experts.w3, loss)) <= 1e-6);
       CHECK(relative_error(g.shared.w1, numerical_gradient(layer.shared.w1, loss)) <= 1e-6);
       CHECK(relative_error(g.shared.w2, numerical_gradient(layer.shared.w2, loss)) <= 1e-6);
-      moe::Vector<double>& gate_w = layer.shared_gate_weight;
+      auto& gate_w = layer.shared_gate_weight;
       CHECK(relative_error(g.shared_gate, numerical_gradient(gate_w, loss)) <= 1e-6);
     }
 }

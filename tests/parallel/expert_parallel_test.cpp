@@ -77,19 +77,17 @@ moe::MoELayer<double> whole_layer(const moe::MoELayerConfig& c) {
 }
 
 /// Sum over ranks, in place.
-void sum_over_ranks(const moe::Communicator& comm, Matrix& m) {
+template <class M>
+void sum_over_ranks(const moe::Communicator& comm, M&& m) {
   comm.allreduce_sum(m.data(), m.size());
-}
-void sum_over_ranks(const moe::Communicator& comm, moe::Vector<double>& v) {
-  comm.allreduce_sum(v.data(), v.size());
 }
 
 void sum_over_ranks(const moe::Communicator& comm, moe::ExpertGradients<double>& g) {
-  for (Matrix* m : {&g.w1, &g.w3, &g.w2, &g.b1, &g.b3, &g.b2}) sum_over_ranks(comm, *m);
+  for (auto* m : {&g.w1, &g.w3, &g.w2, &g.b1, &g.b3, &g.b2}) sum_over_ranks(comm, *m);
 }
 
 /// Expert `global` of a whole-layer parameter [E * rows, cols] (or [E, cols]).
-Matrix expert_block(const Matrix& whole, Index experts, Index global) {
+Matrix expert_block(const moe::MatrixMap<double>& whole, Index experts, Index global) {
   const Index rows = whole.rows() / experts;
   return whole.middleRows(global * rows, rows);
 }
@@ -100,13 +98,13 @@ double worst_expert_error(const moe::ExpertWeights<double>& local,
                           const std::vector<Index>& owned) {
   double worst = 0;
   const Index E = whole.config.num_experts;
-  const Matrix moe::ExpertWeights<double>::*members[] = {
+  const moe::MatrixMap<double> moe::ExpertWeights<double>::*members[] = {
       &moe::ExpertWeights<double>::w1, &moe::ExpertWeights<double>::w3,
       &moe::ExpertWeights<double>::w2, &moe::ExpertWeights<double>::b1,
       &moe::ExpertWeights<double>::b3, &moe::ExpertWeights<double>::b2};
   for (auto member : members) {
-    const Matrix& l = local.*member;
-    const Matrix& w = whole.*member;
+    const auto& l = local.*member;
+    const auto& w = whole.*member;
     const Index rows = l.rows() / static_cast<Index>(owned.size());
     for (std::size_t i = 0; i < owned.size(); ++i)
       worst = std::max(worst, relative_error(l.middleRows(static_cast<Index>(i) * rows, rows),

@@ -183,13 +183,18 @@ TEST_CASE("bad input raises moe::Error naming the argument", "[router][errors]")
   moe::RouterContext<double> ctx;
   check_throws_naming([&] { router.forward(Matrix::Zero(3, 5), ctx, moe::Mode::eval); }, "x");
   moe::Router<double> bad_weight = router;
-  bad_weight.weight.resize(8, 3);
-  check_throws_naming([&] { bad_weight.forward(Matrix::Zero(3, 4), ctx, moe::Mode::eval); },
+  bad_weight.config.hidden =
+      3;  // parameter shapes are fixed: a config edited afterwards mismatches
+  check_throws_naming([&] { bad_weight.forward(Matrix::Zero(3, 3), ctx, moe::Mode::eval); },
                       "Router::weight");
-  moe::Router<double> bad_bias = router;
-  bad_bias.selection_bias.resize(3);
-  check_throws_naming([&] { bad_bias.forward(Matrix::Zero(3, 4), ctx, moe::Mode::eval); },
-                      "selection_bias");
+  const moe::Vector<double> short_bias = moe::Vector<double>::Zero(3);
+  moe::Routing<double> routing;
+  Matrix selection;
+  check_throws_naming(
+      [&] {
+        moe::select_experts<double>(good, Matrix::Zero(3, 8), short_bias, routing, selection);
+      },
+      "selection_bias");
   Matrix x = Matrix::Zero(3, 4);
   x(1, 2) = std::numeric_limits<double>::quiet_NaN();
   check_throws_naming([&] { router.forward(x, ctx, moe::Mode::eval); }, "logits");

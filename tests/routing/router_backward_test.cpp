@@ -53,7 +53,7 @@ void check_gradients(const moe::RouterConfig& c, bool with_scores, moe::Mode mod
   CHECK(moe::test::relative_error(grads.weight, moe::test::numerical_gradient(router.weight, f)) <=
         1e-6);
   if (c.linear_bias) {
-    moe::Vector<double>& b = router.bias;
+    auto& b = router.bias;
     CHECK(moe::test::relative_error(grads.bias, moe::test::numerical_gradient(b, f)) <= 1e-6);
   } else {
     CHECK(grads.bias.isZero());

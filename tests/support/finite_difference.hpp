@@ -12,8 +12,8 @@ namespace moe::test {
 /// (f(p + h) - f(p - h)) / 2h with h = step * max(1, |p|). `param` is perturbed in place and
 /// restored.
 template <class Matrix, class Loss>
-Matrix numerical_gradient(Matrix& param, Loss&& loss, double step = 1e-6) {
-  Matrix grad(param.rows(), param.cols());
+typename Matrix::PlainObject numerical_gradient(Matrix& param, Loss&& loss, double step = 1e-6) {
+  typename Matrix::PlainObject grad(param.rows(), param.cols());
   for (Eigen::Index i = 0; i < param.size(); ++i) {
     auto& p = param.data()[i];
     const auto saved = p;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "moe/core/error.hpp"
+#include "moe/core/parameters.hpp"
 #include "moe/core/random.hpp"
 #include "moe/core/types.hpp"
 #include "moe/experts/activation.hpp"
@@ -31,25 +32,72 @@ inline void validate(const ExpertFFNConfig& c) {
   require(c.block_cols >= 1, "ExpertFFNConfig::block_cols", ">= 1", c.block_cols);
 }
 
+/// The caller's buffers an ExpertWeights is mapped over, row-major, with E experts, token width d
+/// and hidden width f. A buffer whose size is 0 for the config may stay empty.
+template <class S>
+struct ExpertBuffers {
+  ParameterBuffer<S> w1;  ///< E*d*f elements: [E*d, f]
+  ParameterBuffer<S> w3;  ///< E*d*f elements for gated activations, else 0
+  ParameterBuffer<S> w2;  ///< E*f*d elements: [E*f, d]
+  ParameterBuffer<S> b1;  ///< E*f elements with config.bias, else 0
+  ParameterBuffer<S> b3;  ///< E*f elements with config.bias and a gated activation, else 0
+  ParameterBuffer<S> b2;  ///< E*d elements with config.bias, else 0
+};
+
 /// W1 [E, d, f] as [E*d, f], W3 [E, d, f] (gated only), W2 [E, f, d] as [E*f, d]; biases when
 /// config.bias. Expert e computes y = act(x W1[e] + b1[e]) W2[e] + b2[e] (x a row vector).
-/// The same struct holds the gradients (ExpertGradients).
+/// The members are Eigen::Map views of fixed shape over one allocation the object owns, or over the
+/// caller's buffers (mapped()). A copy always owns its values; assigning to an object that maps
+/// caller buffers writes the values into those buffers. The same struct holds the gradients
+/// (ExpertGradients).
 template <class S>
 struct ExpertWeights {
   ExpertWeights() = default;
 
-  /// Zero-initialized parameters with the config's shapes.
+  /// Zero-initialized parameters with the config's shapes, owned (one allocation).
   explicit ExpertWeights(const ExpertFFNConfig& c) : config(c) {
     validate(c);
-    const Index e = c.num_experts, d = c.hidden, f = c.ffn_hidden;
-    const bool gated = is_gated(c.activation);
-    w1 = RowMatrix<S>::Zero(e * d, f);
-    w3 = RowMatrix<S>::Zero(gated ? e * d : 0, gated ? f : 0);
-    w2 = RowMatrix<S>::Zero(e * f, d);
-    b1 = RowMatrix<S>::Zero(c.bias ? e : 0, c.bias ? f : 0);
-    b3 = RowMatrix<S>::Zero(c.bias && gated ? e : 0, c.bias && gated ? f : 0);
-    b2 = RowMatrix<S>::Zero(c.bias ? e : 0, c.bias ? d : 0);
+    storage_.bind(visitor(nullptr));
   }
+
+  /// Parameters that are views over the caller's buffers, without copying: writing into a buffer
+  /// changes the experts, and w1.data() == buffers.w1.data. Each buffer must hold exactly the size
+  /// listed in ExpertBuffers (moe::Error naming it otherwise, or when a needed one is null).
+  /// `name` is what errors call `buffers` (e.g. "buffers.shared" inside a layer's buffers).
+  static ExpertWeights mapped(const ExpertFFNConfig& c, const ExpertBuffers<S>& buffers,
+                              const std::string& name = "buffers") {
+    validate(c);
+    ExpertWeights w;
+    w.config = c;
+    w.storage_.bind(w.visitor(&buffers, &name));
+    return w;
+  }
+
+  ExpertWeights(const ExpertWeights& other) : config(other.config) {
+    storage_.bind(visitor(nullptr));
+    detail::copy_parameters<S>(visitor(nullptr), other.visitor(nullptr), "ExpertWeights");
+  }
+  ExpertWeights(ExpertWeights&& other) noexcept : config(other.config) {
+    detail::steal_parameters<S>(storage_, visitor(nullptr), other.storage_, other.visitor(nullptr));
+  }
+  ExpertWeights& operator=(const ExpertWeights& other) {
+    if (this == &other) return *this;
+    if (storage_.maps_caller) {
+      detail::copy_parameters<S>(visitor(nullptr), other.visitor(nullptr), "ExpertWeights");
+      config = other.config;
+      return *this;
+    }
+    return *this = ExpertWeights(other);
+  }
+  /// Takes over `other`'s storage, unless this maps caller buffers: then it copies the values in.
+  ExpertWeights& operator=(ExpertWeights&& other) {
+    if (this == &other) return *this;
+    if (storage_.maps_caller) return *this = static_cast<const ExpertWeights&>(other);
+    config = other.config;
+    detail::steal_parameters<S>(storage_, visitor(nullptr), other.storage_, other.visitor(nullptr));
+    return *this;
+  }
+  ~ExpertWeights() = default;
 
   /// Every parameter N(0, stddev) from a counter RNG: the same values at any thread count.
   void init_weights(std::uint64_t seed, double stddev) {
@@ -72,7 +120,7 @@ struct ExpertWeights {
               detail::concat("ids in [0, ", total_experts, ")"), g);
     const CounterRng rng = make_rng(seed, RandomStream::init);
     std::uint64_t first = 0;  // position of the parameter's first value in the whole model
-    for (RowMatrix<S>* p : {&w1, &w3, &w2, &b1, &b3, &b2}) {
+    for (MatrixMap<S>* p : {&w1, &w3, &w2, &b1, &b3, &b2}) {
       const Index block = p->size() / local;
       for (Index i = 0; i < local; ++i) {
         const std::uint64_t start =
@@ -85,13 +133,41 @@ struct ExpertWeights {
     }
   }
 
+  /// Whether some parameter views a caller's buffer (mapped() or assigned into one).
+  bool maps_caller_buffers() const noexcept { return storage_.maps_caller; }
+
   ExpertFFNConfig config;
-  RowMatrix<S> w1;  ///< [E*d, f]
-  RowMatrix<S> w3;  ///< [E*d, f] for gated activations, else empty
-  RowMatrix<S> w2;  ///< [E*f, d]
-  RowMatrix<S> b1;  ///< [E, f] when config.bias
-  RowMatrix<S> b3;  ///< [E, f] when config.bias and gated
-  RowMatrix<S> b2;  ///< [E, d] when config.bias
+  MatrixMap<S> w1{nullptr, 0, 0};  ///< [E*d, f]
+  MatrixMap<S> w3{nullptr, 0, 0};  ///< [E*d, f] for gated activations, else empty
+  MatrixMap<S> w2{nullptr, 0, 0};  ///< [E*f, d]
+  MatrixMap<S> b1{nullptr, 0, 0};  ///< [E, f] when config.bias
+  MatrixMap<S> b3{nullptr, 0, 0};  ///< [E, f] when config.bias and gated
+  MatrixMap<S> b2{nullptr, 0, 0};  ///< [E, d] when config.bias
+
+ private:
+  /// Calls f(map, rows, cols, caller buffer or nullptr, name) for each parameter in storage order.
+  auto visitor(const ExpertBuffers<S>* buffers, const std::string* name = nullptr) const {
+    auto* self = const_cast<ExpertWeights*>(this);  // const objects only read through the maps
+    return [self, buffers, name](auto&& f) {
+      const ExpertFFNConfig& c = self->config;
+      const Index e = c.num_experts, d = c.hidden, h = c.ffn_hidden;
+      const bool gated = is_gated(c.activation), bias = c.bias;
+      auto in = [&](const ParameterBuffer<S> ExpertBuffers<S>::*member) {
+        return buffers ? &(buffers->*member) : nullptr;
+      };
+      auto label = [&](const char* field) { return name ? *name + field : std::string(); };
+      f(self->w1, e * d, h, in(&ExpertBuffers<S>::w1), label(".w1").c_str());
+      f(self->w3, gated ? e * d : 0, gated ? h : 0, in(&ExpertBuffers<S>::w3),
+        label(".w3").c_str());
+      f(self->w2, e * h, d, in(&ExpertBuffers<S>::w2), label(".w2").c_str());
+      f(self->b1, bias ? e : 0, bias ? h : 0, in(&ExpertBuffers<S>::b1), label(".b1").c_str());
+      f(self->b3, bias && gated ? e : 0, bias && gated ? h : 0, in(&ExpertBuffers<S>::b3),
+        label(".b3").c_str());
+      f(self->b2, bias ? e : 0, bias ? d : 0, in(&ExpertBuffers<S>::b2), label(".b2").c_str());
+    };
+  }
+
+  detail::ParameterStorage<S> storage_;
 };
 
 /// Gradients of the loss with respect to each ExpertWeights member, same shapes.
@@ -99,6 +175,18 @@ template <class S>
 using ExpertGradients = ExpertWeights<S>;
 
 namespace detail {
+
+/// Makes `g` gradients of config `c`: zero-filled when (re)allocated, its memory kept when it has
+/// those shapes already (backward overwrites what it keeps); empty when not `wanted`.
+template <class S>
+void shape_gradients(ExpertGradients<S>& g, const ExpertFFNConfig& c, bool wanted = true) {
+  const bool same = g.config.num_experts == c.num_experts && g.config.hidden == c.hidden &&
+                    g.config.ffn_hidden == c.ffn_hidden && g.config.activation == c.activation &&
+                    g.config.bias == c.bias &&
+                    g.w1.size() == c.num_experts * c.hidden * c.ffn_hidden;
+  if (wanted && !same) g = ExpertGradients<S>(c);
+  if (!wanted && g.w1.size() != 0) g = ExpertGradients<S>();
+}
 
 /// Checks that `w` matches its own config (shapes may have been edited by hand).
 template <class S>

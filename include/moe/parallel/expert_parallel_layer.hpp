@@ -104,7 +104,7 @@ class ExpertParallelMoELayer {
     if (num_local_experts() > 0)
       experts.init_weights(seed + 1, config.expert_init_stddev(), local_experts(),
                            config.router.num_experts);
-    detail::init_shared_expert(config, seed, shared, shared_gate_weight);
+    detail::init_shared_expert<S>(config, seed, shared, shared_gate_weight);
   }
 
   /// Copies the parameters this rank holds from a single-process layer of the same config: the
@@ -278,8 +278,8 @@ class ExpertParallelMoELayer {
 
   static void copy_expert(const ExpertWeights<S>& from, Index from_expert, ExpertWeights<S>& to,
                           Index to_expert) {
-    const RowMatrix<S>* source[] = {&from.w1, &from.w3, &from.w2, &from.b1, &from.b3, &from.b2};
-    RowMatrix<S>* target[] = {&to.w1, &to.w3, &to.w2, &to.b1, &to.b3, &to.b2};
+    const MatrixMap<S>* source[] = {&from.w1, &from.w3, &from.w2, &from.b1, &from.b3, &from.b2};
+    MatrixMap<S>* target[] = {&to.w1, &to.w3, &to.w2, &to.b1, &to.b3, &to.b2};
     for (int p = 0; p < 6; ++p) {
       const Index block = target[p]->size() / std::max<Index>(to.config.num_experts, 1);
       std::copy_n(source[p]->data() + from_expert * block, block,

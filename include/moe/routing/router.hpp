@@ -4,11 +4,13 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "moe/core/detail/parallel.hpp"
 #include "moe/core/detail/product.hpp"
 #include "moe/core/error.hpp"
+#include "moe/core/parameters.hpp"
 #include "moe/core/random.hpp"
 #include "moe/core/types.hpp"
 #include "moe/routing/config.hpp"
@@ -174,25 +176,77 @@ struct RouterGradients {
   RowMatrix<S> noise_weight;  ///< [E, d] with Noise::noisy_topk, else empty
 };
 
-/// The gating network of one MoE layer. Parameters are plain public members in nn.Linear layout.
+/// The caller's buffers a Router is mapped over, with E experts and token width d.
+template <class S>
+struct RouterBuffers {
+  ParameterBuffer<S> weight;  ///< E*d elements: [E, d] row-major (nn.Linear layout)
+  /// E elements. May stay empty (null, 0) without config.linear_bias: the router then owns a zero
+  /// bias, as it does for every config.
+  ParameterBuffer<S> bias;
+  ParameterBuffer<S> noise_weight;  ///< E*d elements with Noise::noisy_topk, else 0
+  /// E elements. May stay empty (null, 0): the router then owns it (zero until a balancer writes).
+  ParameterBuffer<S> selection_bias;
+};
+
+/// The gating network of one MoE layer. Parameters are public members in nn.Linear layout:
+/// Eigen::Map views of fixed shape over one allocation the router owns, or over the caller's
+/// buffers (mapped()). A copy always owns its values; assigning to a router that maps caller
+/// buffers writes the values into those buffers.
 template <class S>
 class Router {
  public:
   RouterConfig config;
-  RowMatrix<S> weight;        ///< [E, d]
-  Vector<S> bias;             ///< [E], used when config.linear_bias
-  RowMatrix<S> noise_weight;  ///< [E, d] with Noise::noisy_topk (W_noise), else empty
-  Vector<S> selection_bias;   ///< [E] selection-only bias (aux-loss-free balancer state)
+  MatrixMap<S> weight{nullptr, 0, 0};  ///< [E, d]
+  VectorMap<S> bias{nullptr, 0};       ///< [E], used when config.linear_bias
+  MatrixMap<S> noise_weight{nullptr, 0,
+                            0};             ///< [E, d] with Noise::noisy_topk (W_noise), else empty
+  VectorMap<S> selection_bias{nullptr, 0};  ///< [E] selection-only bias (aux-loss-free balancer)
 
-  /// Zero parameters of the configured shapes.
+  /// Zero parameters of the configured shapes, owned (one allocation).
   explicit Router(const RouterConfig& router_config) : config(router_config) {
     validate(config);
-    weight = RowMatrix<S>::Zero(config.num_experts, config.hidden);
-    bias = Vector<S>::Zero(config.num_experts);
-    if (config.noise == Noise::noisy_topk)
-      noise_weight = RowMatrix<S>::Zero(config.num_experts, config.hidden);
-    selection_bias = Vector<S>::Zero(config.num_experts);
+    storage_.bind(visitor(nullptr));
   }
+
+  /// A router whose parameters are views over the caller's buffers, without copying: writing into
+  /// a buffer changes the routing, and weight.data() == buffers.weight.data. Each buffer must hold
+  /// exactly the size listed in RouterBuffers (moe::Error naming it otherwise, or when a needed
+  /// one is null).
+  /// `name` is what errors call `buffers` (e.g. "buffers.router" inside a layer's buffers).
+  static Router mapped(const RouterConfig& router_config, const RouterBuffers<S>& buffers,
+                       const std::string& name = "buffers") {
+    Router router(router_config, Unbound{});
+    router.storage_.bind(router.visitor(&buffers, &name));
+    return router;
+  }
+
+  Router(const Router& other) : Router(other.config) {
+    detail::copy_parameters<S>(visitor(nullptr), other.visitor(nullptr), "Router");
+  }
+  Router(Router&& other) noexcept : config(other.config) {
+    detail::steal_parameters<S>(storage_, visitor(nullptr), other.storage_, other.visitor(nullptr));
+  }
+  Router& operator=(const Router& other) {
+    if (this == &other) return *this;
+    if (storage_.maps_caller) {
+      detail::copy_parameters<S>(visitor(nullptr), other.visitor(nullptr), "Router");
+      config = other.config;
+      return *this;
+    }
+    return *this = Router(other);
+  }
+  /// Takes over `other`'s storage, unless this maps caller buffers: then it copies the values in.
+  Router& operator=(Router&& other) {
+    if (this == &other) return *this;
+    if (storage_.maps_caller) return *this = static_cast<const Router&>(other);
+    config = other.config;
+    detail::steal_parameters<S>(storage_, visitor(nullptr), other.storage_, other.visitor(nullptr));
+    return *this;
+  }
+  ~Router() = default;
+
+  /// Whether some parameter views a caller's buffer (mapped() or assigned into one).
+  bool maps_caller_buffers() const noexcept { return storage_.maps_caller; }
 
   /// weight ~ N(0, stddev^2) from `seed` (Switch Transformer initializes with stddev 0.1 /
   /// sqrt(d)).
@@ -253,6 +307,15 @@ class Router {
   /// `x` is the same input forward saw; `ctx` is what forward filled.
   RouterGradients<S> backward(const ConstMatrixRef<S>& x, const RouterContext<S>& ctx,
                               const RouterUpstream<S>& upstream) const {
+    RouterGradients<S> grads;
+    backward(x, ctx, upstream, grads);
+    return grads;
+  }
+
+  /// The same into `grads`, whose matrices keep their memory when the shapes repeat: pass one
+  /// RouterGradients every step.
+  void backward(const ConstMatrixRef<S>& x, const RouterContext<S>& ctx,
+                const RouterUpstream<S>& upstream, RouterGradients<S>& grads) const {
     const Routing<S>& routing = ctx.routing;
     require_shape(x, "x", routing.num_tokens(), config.hidden);
     const RowMatrix<S>& scored = ctx.noisy() ? ctx.noisy_logits : routing.logits;
@@ -261,7 +324,6 @@ class Router {
         config, scored, routing, upstream.gates.size() != 0 ? upstream.gates : no_gates,
         upstream.scores);
 
-    RouterGradients<S> grads;
     RowMatrix<S> d_noise_logits;
     if (ctx.noisy()) {
       // d stddev = dH * n;  d softplus(u)/du = sigmoid(u)
@@ -278,8 +340,11 @@ class Router {
         ctx.jittered() ? RowMatrix<S>(x.cwiseProduct(ctx.jitter)) : RowMatrix<S>(x);
     grads.weight.resize(config.num_experts, config.hidden);
     detail::fixed_block_product(grads.weight, d_logits.transpose(), x_seen);
-    grads.bias = config.linear_bias ? Vector<S>(d_logits.colwise().sum().transpose())
-                                    : Vector<S>::Zero(config.num_experts);
+    grads.bias.resize(config.num_experts);
+    if (config.linear_bias)
+      grads.bias = d_logits.colwise().sum().transpose();
+    else
+      grads.bias.setZero();
     grads.x.resize(routing.num_tokens(), config.hidden);
     detail::fixed_block_product(grads.x, d_logits, weight);
     if (ctx.noisy()) {
@@ -289,13 +354,43 @@ class Router {
       detail::fixed_block_product(through_noise, d_noise_logits, noise_weight);
       grads.x += through_noise;
     } else if (config.noise == Noise::noisy_topk) {
-      grads.noise_weight = RowMatrix<S>::Zero(config.num_experts, config.hidden);
+      grads.noise_weight.resize(config.num_experts, config.hidden);
+      grads.noise_weight.setZero();
+    } else {
+      grads.noise_weight.resize(0, 0);
     }
     if (ctx.jittered()) grads.x.array() *= ctx.jitter.array();
-    return grads;
   }
 
  private:
+  struct Unbound {};
+  Router(const RouterConfig& router_config, Unbound) : config(router_config) { validate(config); }
+
+  /// Calls f(map, rows, cols, caller buffer or nullptr, name) for each parameter in storage order.
+  auto visitor(const RouterBuffers<S>* buffers, const std::string* name = nullptr) const {
+    auto* self = const_cast<Router*>(this);  // const routers only read through the maps
+    return [self, buffers, name](auto&& f) {
+      const RouterConfig& c = self->config;
+      const Index e = c.num_experts, d = c.hidden;
+      const bool noisy = c.noise == Noise::noisy_topk;
+      // bias (without linear_bias) and selection_bias left empty are owned
+      auto optional = [](const ParameterBuffer<S>& b) {
+        return b.data == nullptr && b.size == 0 ? nullptr : &b;
+      };
+      auto label = [&](const char* field) { return name ? *name + field : std::string(); };
+      f(self->weight, e, d, buffers ? &buffers->weight : nullptr, label(".weight").c_str());
+      f(self->bias, e, 1,
+        !buffers        ? nullptr
+        : c.linear_bias ? &buffers->bias
+                        : optional(buffers->bias),
+        label(".bias").c_str());
+      f(self->noise_weight, noisy ? e : 0, noisy ? d : 0,
+        buffers ? &buffers->noise_weight : nullptr, label(".noise_weight").c_str());
+      f(self->selection_bias, e, 1, buffers ? optional(buffers->selection_bias) : nullptr,
+        label(".selection_bias").c_str());
+    };
+  }
+
   void check_parameters() const {
     require_shape(weight, "Router::weight", config.num_experts, config.hidden);
     if (config.linear_bias)
@@ -316,6 +411,8 @@ class Router {
       jitter.data()[i] =
           static_cast<S>(1.0 - eps + 2.0 * eps * rng.uniform(static_cast<std::uint64_t>(i)));
   }
+
+  detail::ParameterStorage<S> storage_;
 };
 
 }  // namespace moe

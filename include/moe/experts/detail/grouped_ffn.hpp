@@ -38,8 +38,7 @@ struct GroupedBuffers {
 
 /// rows[g0, g0 + n) += bias.row(e) for each expert's data rows.
 template <class S>
-void add_group_bias(const BlockSparseTopology& topo, const RowMatrix<S>& bias,
-                    MatrixRef<S> values) {
+void add_group_bias(const BlockSparseTopology& topo, ConstMatrixRef<S> bias, MatrixRef<S> values) {
   if (bias.size() == 0) return;
   parallel_for(0, topo.num_experts, [&](Index e) {
     const Index n = topo.group_rows[e];
@@ -50,7 +49,7 @@ void add_group_bias(const BlockSparseTopology& topo, const RowMatrix<S>& bias,
 /// grad_bias.row(e) = sum of each expert's data rows, in row order.
 template <class S>
 void group_column_sums(const BlockSparseTopology& topo, ConstMatrixRef<S> values,
-                       RowMatrix<S>& grad_bias) {
+                       MatrixRef<S> grad_bias) {
   if (grad_bias.size() == 0) return;
   parallel_for(0, topo.num_experts, [&](Index e) {
     grad_bias.row(e).setZero();
