@@ -27,6 +27,7 @@
 #include <moe/layer/moe_layer.hpp>
 #include <moe/routing/router.hpp>
 
+#include "support.hpp"
 #include "swiglu_limit.hpp"
 
 namespace {
@@ -111,10 +112,6 @@ moe::MoELayerConfig layer_config(const Shape& s) {
     c.capacity.eval_factor = s.capacity_factor;
   }
   return c;
-}
-
-double seconds_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 /// One training-mode layer step (forward, optionally backward) on forced routing.
@@ -232,19 +229,19 @@ struct Paired {
 };
 template <class A, class B>
 Paired run_paired(benchmark::State& state, A&& a, B&& b) {
-  double t0 = seconds_now();
+  double t0 = moe::bench::pair_clock_seconds();
   a();  // warm up both: workspaces grow, pages fault in
   b();
-  const double warm = seconds_now() - t0;
+  const double warm = moe::bench::pair_clock_seconds() - t0;
   const int pairs = std::clamp(static_cast<int>(2.0 / warm), 3, 25);
   Paired p;
   for (auto _ : state) {
     for (int i = 0; i < pairs; ++i) {
-      t0 = seconds_now();
+      t0 = moe::bench::pair_clock_seconds();
       a();
-      const double t1 = seconds_now();
+      const double t1 = moe::bench::pair_clock_seconds();
       b();
-      const double t2 = seconds_now();
+      const double t2 = moe::bench::pair_clock_seconds();
       p.a_s.push_back(t1 - t0);
       p.b_s.push_back(t2 - t1);
       p.ratios.push_back((t1 - t0) / (t2 - t1));

@@ -48,8 +48,10 @@ struct ExpertParallelContext {
   ChoiceMask sent;                 ///< [T, k] entries sent to an expert (empty: all)
   ExchangePlan exchange;
   RowMatrix<S> outgoing, incoming, computed, returned;  ///< exchange buffers, reused
-  RowMatrix<S> unit_gates;                              ///< [received, 1] ones
-  DroplessFFNContext<S> experts;                        ///< the local experts' activations
+  RowMatrix<S> unit_gates, unit_gate_grad;              ///< [received, 1] ones, and scratch
+  RouterUpstream<S> upstream;                           ///< backward's scratch, kept
+  RowMatrix<S> grad_weights;
+  DroplessFFNContext<S> experts;  ///< the local experts' activations
   detail::SharedExpertContext<S> shared;
   LossGradient<S> aux, z;  ///< whole-batch values; gradient rows of this rank's tokens
 };
@@ -201,6 +203,15 @@ class ExpertParallelMoELayer {
   /// tokens. Summed over ranks, the router gradients are the single-process ones. Collective.
   MoEGradients<S> backward(const ConstMatrixRef<S>& x, ExpertParallelContext<S>& ctx,
                            const ConstMatrixRef<S>& grad_y) {
+    MoEGradients<S> grads;
+    backward(x, ctx, grad_y, grads);
+    return grads;
+  }
+
+  /// As above into caller-kept gradients, shaped on first use and overwritten after: a training
+  /// loop that keeps one MoEGradients allocates no gradient memory per step. Collective.
+  void backward(const ConstMatrixRef<S>& x, ExpertParallelContext<S>& ctx,
+                const ConstMatrixRef<S>& grad_y, MoEGradients<S>& grads) {
     const Routing<S>& routing = ctx.router.routing;
     const Index tokens = routing.num_tokens(), d = config.router.hidden, k = config.router.top_k;
     agree([&] {
@@ -210,11 +221,11 @@ class ExpertParallelMoELayer {
       require_shape(x, "x", tokens, d);
     });
     const ExchangePlan& ex = ctx.exchange;
-    MoEGradients<S> grads;
-    if (num_local_experts() > 0) grads.experts = ExpertGradients<S>(local_expert_config());
+    if (num_local_experts() > 0) detail::shape_gradients(grads.experts, local_expert_config());
     grads.x.resize(tokens, d);
-    RouterUpstream<S> upstream;
-    RowMatrix<S> grad_weights(tokens, k);
+    RouterUpstream<S>& upstream = ctx.upstream;
+    RowMatrix<S>& grad_weights = ctx.grad_weights;
+    grad_weights.resize(tokens, k);
 
     // Back through the combine, to the experts' owners, through the experts, and home again;
     // the buffers of forward are free now and take the gradient rows.
@@ -222,9 +233,14 @@ class ExpertParallelMoELayer {
                                    grad_weights);
     send_rows<S>(comm, ex, ctx.outgoing, ctx.incoming);
     if (ex.rows_received > 0) {
-      RowMatrix<S> unused_gate_grad(ex.rows_received, 1);
+      ctx.unit_gate_grad.resize(ex.rows_received, 1);  // the unit gates' gradient: unused
       dropless_ffn_backward<S>(experts, ctx.incoming, ex.experts, ctx.experts, grads.experts,
-                               ctx.computed, unused_gate_grad);
+                               ctx.computed, ctx.unit_gate_grad);
+    } else {
+      // no rows reached this rank's experts: their gradients are zero, not last step's
+      for (auto* g : {&grads.experts.w1, &grads.experts.w3, &grads.experts.w2, &grads.experts.b1,
+                      &grads.experts.b3, &grads.experts.b2})
+        g->setZero();
     }
     return_rows<S>(comm, ex, ctx.computed, ctx.returned);
     dropless_permute_backward<S>(ctx.returned, ex.send, grads.x);
@@ -236,9 +252,8 @@ class ExpertParallelMoELayer {
                                         grads.x);
     upstream.scores = ctx.aux.grad;
     upstream.logits = ctx.z.grad;
-    grads.router = router.backward(x, ctx.router, upstream);
+    router.backward(x, ctx.router, upstream, grads.router);
     grads.x += grads.router.x;
-    return grads;
   }
 
   /// Once per optimizer step, as MoELayer::step_balancer: the loads were counted over every
