@@ -81,7 +81,9 @@ int run() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  // Only the main thread calls MPI, outside OpenMP regions: FUNNELED is the level that allows that.
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   const int status = run();
   MPI_Finalize();
   return status;
