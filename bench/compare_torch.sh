@@ -31,10 +31,10 @@ if [[ $have_torch == 0 ]]; then
 else
   OMP_NUM_THREADS=$threads "$python" bench/compare_torch.py --threads "$threads" \
     >"$out/torch_default.jsonl"
-  tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 / {print $NF; exit}')
+  tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 / && !found {print $NF; found = 1}')
   if [[ -z "$tcmalloc" ]] && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
     apt-get install -y libtcmalloc-minimal4 >/dev/null 2>&1 || true
-    tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 / {print $NF; exit}')
+    tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 / && !found {print $NF; found = 1}')
   fi
   [[ -n "$tcmalloc" ]] || echo "libtcmalloc_minimal.so.4 not found: tuned run without it" >&2
   OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=passive LD_PRELOAD="${tcmalloc}" \
@@ -50,7 +50,7 @@ out, have_torch = sys.argv[1], sys.argv[2] == "1"
 ours = {}
 for b in json.load(open(f"{out}/layer.json"))["benchmarks"]:
     label, name = b.get("label", ""), b["name"]
-    if name.startswith("BM_layer_"):
+    if name.startswith(("BM_layer_forward/", "BM_layer_forward_backward/")):
         op = "forward_backward" if "forward_backward" in name else "forward"
         ours[(label, op)] = (b["layer_ms"] / 1e3, b["ratio"])
     elif name.startswith("BM_piece_") and "memcpy" not in name:
