@@ -60,6 +60,39 @@ struct MoEGradients {
   Vector<S> shared_gate;  ///< [d] when the shared expert is gated
 };
 
+namespace detail {
+
+/// The end of a layer's backward over parameters every rank holds whole: the shared expert, then
+/// the router from its three upstream gradients (gates from the routed experts, scores from the
+/// aux loss, logits from the z-loss). Both add their input gradient to grads.x.
+template <class S>
+void replicated_backward(const MoELayerConfig& config, const Router<S>& router,
+                         const ExpertWeights<S>& shared, ConstVectorRef<S> shared_gate_weight,
+                         ConstMatrixRef<S> x, const RouterContext<S>& router_ctx,
+                         SharedExpertContext<S>& shared_ctx, const LossGradient<S>& aux,
+                         const LossGradient<S>& z, ConstMatrixRef<S> grad_y,
+                         RouterUpstream<S>& upstream, MoEGradients<S>& grads) {
+  if (config.shared.ffn_hidden > 0)
+    shared_expert_backward<S>(shared, shared_gate_weight, config.shared.gated, x, shared_ctx,
+                              grad_y, grads.shared, grads.shared_gate, grads.x);
+  upstream.scores = aux.grad;
+  upstream.logits = z.grad;
+  router.backward(x, router_ctx, upstream, grads.router);
+  grads.x += grads.router.x;
+}
+
+/// Once per optimizer step: the bias balancer updates from the loads of the step's micro-batches
+/// and hands its bias to the router's selection (Wang et al. 2024; DeepSeek-V3).
+template <class S>
+void step_bias_balancer(std::optional<BiasBalancer<S>>& balancer, Router<S>& router,
+                        const char* caller) {
+  require(balancer.has_value(), caller, "a layer configured with bias_balancer", "none");
+  balancer->step();
+  balancer->apply_to(router);
+}
+
+}  // namespace detail
+
 /// The caller's buffers a MoELayer is mapped over (see RouterBuffers and ExpertBuffers for each
 /// size; E experts, token width d, expert width f, shared width f_s = shared.ffn_hidden).
 template <class S>
@@ -248,25 +281,13 @@ class MoELayer {
       upstream.gates = capacity_plan_backward<S>(plan, ctx.combine.weight);
     }
 
-    if (config.shared.ffn_hidden > 0)
-      detail::shared_expert_backward<S>(shared, shared_gate_weight, config.shared.gated, x,
-                                        ctx.shared, grad_y, grads.shared, grads.shared_gate,
-                                        grads.x);
-
-    upstream.scores = ctx.aux.grad;
-    upstream.logits = ctx.z.grad;
-    router.backward(x, ctx.router, upstream, grads.router);
-    grads.x += grads.router.x;
+    detail::replicated_backward<S>(config, router, shared, shared_gate_weight, x, ctx.router,
+                                   ctx.shared, ctx.aux, ctx.z, grad_y, upstream, grads);
   }
 
   /// Once per optimizer step: the bias balancer updates from the loads of the step's micro-batches
   /// and hands its bias to the router's selection (Wang et al. 2024; DeepSeek-V3).
-  void step_balancer() {
-    require(balancer.has_value(), "MoELayer::step_balancer",
-            "a layer configured with bias_balancer", "none");
-    balancer->step();
-    balancer->apply_to(router);
-  }
+  void step_balancer() { detail::step_bias_balancer(balancer, router, "MoELayer::step_balancer"); }
 
  private:
   /// Before values are written into caller buffers: every parameter of `other` has this layer's

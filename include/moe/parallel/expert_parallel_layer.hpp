@@ -246,23 +246,14 @@ class ExpertParallelMoELayer {
     dropless_permute_backward<S>(ctx.returned, ex.send, grads.x);
     upstream.gates = gate_gradient(ctx, grad_weights);
 
-    if (config.shared.ffn_hidden > 0)
-      detail::shared_expert_backward<S>(shared, shared_gate_weight, config.shared.gated, x,
-                                        ctx.shared, grad_y, grads.shared, grads.shared_gate,
-                                        grads.x);
-    upstream.scores = ctx.aux.grad;
-    upstream.logits = ctx.z.grad;
-    router.backward(x, ctx.router, upstream, grads.router);
-    grads.x += grads.router.x;
+    detail::replicated_backward<S>(config, router, shared, shared_gate_weight, x, ctx.router,
+                                   ctx.shared, ctx.aux, ctx.z, grad_y, upstream, grads);
   }
 
   /// Once per optimizer step, as MoELayer::step_balancer: the loads were counted over every
   /// rank's tokens, so every rank computes the same bias.
   void step_balancer() {
-    require(balancer.has_value(), "ExpertParallelMoELayer::step_balancer",
-            "a layer configured with bias_balancer", "none");
-    balancer->step();
-    balancer->apply_to(router);
+    detail::step_bias_balancer(balancer, router, "ExpertParallelMoELayer::step_balancer");
   }
 
  private:
