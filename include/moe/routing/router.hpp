@@ -44,47 +44,63 @@ void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
   out.expert_ids.resize(tokens, k);
   out.gates.resize(tokens, k);
 
-  // One pass per token: its scores, selection and gates while the row is in L1.
-  detail::parallel_for(0, tokens, [&](Index t) {
-    if (config.score == ScoreFunction::softmax)
-      softmax_row(logits.row(t), out.scores.row(t));
-    else
-      out.scores.row(t) = logits.row(t).array().logistic().matrix();
-    ExpertId* ids = out.expert_ids.row(t).data();
-    S* gates = out.gates.row(t).data();
-    const S* values = by_logits ? logits.row(t).data() : out.scores.row(t).data();
-    if (rewrite) {
-      auto ranked = selection.row(t);
-      ranked = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(values, experts);
-      if (selection_bias.size() > 0) ranked += selection_bias.transpose();
-      if (config.groups_enabled()) {
-        thread_local std::vector<S> group_scores;
-        thread_local std::vector<ExpertId> group_ids;
-        group_scores.resize(static_cast<std::size_t>(2 * config.num_groups));
-        group_ids.resize(static_cast<std::size_t>(config.num_groups));
-        mask_unselected_groups(config, ranked.data(), group_scores.data(), group_ids.data());
-      }
-      values = ranked.data();
-    }
-    top_k(values, experts, k, ids, gates);  // gates holds the selection values until rewritten
-
-    if (by_logits) {
-      S max_logit = logits(t, ids[0]);
-      for (Index j = 1; j < k; ++j) max_logit = std::max(max_logit, logits(t, ids[j]));
-      S sum = 0;
-      for (Index j = 0; j < k; ++j) sum += gates[j] = std::exp(logits(t, ids[j]) - max_logit);
-      for (Index j = 0; j < k; ++j) gates[j] /= sum;
-    } else {
-      S sum = 0;
-      for (Index j = 0; j < k; ++j) sum += gates[j] = out.scores(t, ids[j]);
-      if (config.renormalize) {
-        const S denominator = sum + static_cast<S>(config.renormalize_epsilon);
-        for (Index j = 0; j < k; ++j) gates[j] /= denominator;
-      }
-    }
-    if (config.scaling_factor != 1.0)
-      for (Index j = 0; j < k; ++j) gates[j] *= static_cast<S>(config.scaling_factor);
-  });
+  // Tokens in blocks of a packet's worth of rows, while the rows are in L1: the block's scores
+  // (lane-parallel softmax), each token's selection values, top-k over the block (lane-parallel),
+  // each token's gates.
+  const S* ranked_rows = rewrite ? selection.data() : by_logits ? logits.data() : out.scores.data();
+  const Index ranked_stride = rewrite ? experts : by_logits ? logits.outerStride() : experts;
+  constexpr Index block = detail::kLanes<S>;
+  const Index blocks = (tokens + block - 1) / block;
+  detail::parallel_for(
+      0, blocks,
+      [&](Index b) {
+        const Index first = b * block, rows = std::min(block, tokens - first);
+        if (config.score == ScoreFunction::softmax)
+          softmax_rows_block(logits.row(first).data(), logits.outerStride(), rows, experts,
+                             out.scores.row(first).data(), experts);
+        else
+          out.scores.middleRows(first, rows) =
+              logits.middleRows(first, rows).array().logistic().matrix();
+        for (Index t = first; rewrite && t < first + rows; ++t) {
+          auto ranked = selection.row(t);
+          if (by_logits)
+            ranked = logits.row(t);
+          else
+            ranked = out.scores.row(t);
+          if (selection_bias.size() > 0) ranked += selection_bias.transpose();
+          if (config.groups_enabled()) {
+            thread_local std::vector<S> group_scores;
+            thread_local std::vector<ExpertId> group_ids;
+            group_scores.resize(static_cast<std::size_t>(2 * config.num_groups));
+            group_ids.resize(static_cast<std::size_t>(config.num_groups));
+            mask_unselected_groups(config, ranked.data(), group_scores.data(), group_ids.data());
+          }
+        }
+        // gates holds the selection values until rewritten below
+        top_k_rows_block(ranked_rows + first * ranked_stride, ranked_stride, rows, experts, k,
+                         out.expert_ids.row(first).data(), k, out.gates.row(first).data(), k);
+        for (Index t = first; t < first + rows; ++t) {
+          const ExpertId* ids = out.expert_ids.row(t).data();
+          S* gates = out.gates.row(t).data();
+          if (by_logits) {
+            S max_logit = logits(t, ids[0]);
+            for (Index j = 1; j < k; ++j) max_logit = std::max(max_logit, logits(t, ids[j]));
+            S sum = 0;
+            for (Index j = 0; j < k; ++j) sum += gates[j] = std::exp(logits(t, ids[j]) - max_logit);
+            for (Index j = 0; j < k; ++j) gates[j] /= sum;
+          } else {
+            S sum = 0;
+            for (Index j = 0; j < k; ++j) sum += gates[j] = out.scores(t, ids[j]);
+            if (config.renormalize) {
+              const S denominator = sum + static_cast<S>(config.renormalize_epsilon);
+              for (Index j = 0; j < k; ++j) gates[j] /= denominator;
+            }
+          }
+          if (config.scaling_factor != 1.0)
+            for (Index j = 0; j < k; ++j) gates[j] *= static_cast<S>(config.scaling_factor);
+        }
+      },
+      /*min_parallel=*/512 / block);
 }
 
 /// Backward of select_experts: d loss / d logits from d loss / d gates ([T, k]) and, optionally,

@@ -1,6 +1,7 @@
 // Score functions over a [T, E] logit matrix and their backward passes.
 #pragma once
 
+#include <algorithm>
 #include <limits>
 #include <type_traits>
 
@@ -8,6 +9,7 @@
 
 #include "moe/core/detail/parallel.hpp"
 #include "moe/core/types.hpp"
+#include "moe/routing/detail/lanes.hpp"
 
 namespace moe {
 
@@ -44,13 +46,68 @@ void softmax_row(const In& logits, Out&& scores) {
   scores = (z.head(n) / sum).matrix();
 }
 
-/// s_te = exp(z_te - max_e z_t) / sum_e exp(z_te - max_e z_t): the stable row softmax.
-/// Row by row, so it allocates nothing once `scores` has its size.
+namespace detail {
+
+/// The softmax of a transposed block (detail/lanes.hpp), a token per lane: every step is one
+/// packet operation over kLanes<S> tokens, with the same packet exp as softmax_row.
+template <class S>
+void softmax_columns(const S* logits, Index experts, S* scores) {
+  namespace ei = Eigen::internal;
+  using Packet = LanePacket<S>;
+  constexpr Index lanes = kLanes<S>;
+  Packet max = ei::pload<Packet>(logits);
+  for (Index e = 1; e < experts; ++e) max = ei::pmax(max, ei::pload<Packet>(logits + e * lanes));
+  Packet sum = ei::pset1<Packet>(S(0));
+  for (Index e = 0; e < experts; ++e) {
+    const Packet z = ei::pexp(ei::psub(ei::pload<Packet>(logits + e * lanes), max));
+    ei::pstore(scores + e * lanes, z);
+    sum = ei::padd(sum, z);
+  }
+  for (Index e = 0; e < experts; ++e)
+    ei::pstore(scores + e * lanes, ei::pdiv(ei::pload<Packet>(scores + e * lanes), sum));
+}
+
+}  // namespace detail
+
+/// The softmax of `rows` consecutive rows (`logit_stride` / `score_stride` apart). Rows shorter
+/// than two packets spend most of a row-wise softmax in reductions over a padded packet, so a
+/// whole block of detail::kLanes<S> such rows runs lane-parallel (transposed on the stack); longer
+/// rows, where the transposing gathers and scatters would cost more than they save, go row by row.
+template <class S>
+void softmax_rows_block(const S* logits, Index logit_stride, Index rows, Index experts, S* scores,
+                        Index score_stride) {
+  constexpr Index lanes = detail::kLanes<S>;
+  if (rows == lanes && experts < 2 * lanes) {
+    alignas(64) S logit_columns[2 * lanes * lanes];
+    alignas(64) S score_columns[2 * lanes * lanes];
+    detail::gather_columns(logits, logit_stride, experts, logit_columns);
+    detail::softmax_columns(logit_columns, experts, score_columns);
+    detail::scatter_columns(score_columns, experts, scores, score_stride);
+    return;
+  }
+  using Row = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>;
+  using RowOut = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>;
+  for (Index r = 0; r < rows; ++r)
+    softmax_row(Row(logits + r * logit_stride, experts),
+                RowOut(scores + r * score_stride, experts));
+}
+
+/// s_te = exp(z_te - max_e z_t) / sum_e exp(z_te - max_e z_t): the stable row softmax, in blocks
+/// of rows (softmax_rows_block). Allocates nothing once `scores` has its size.
 template <class S>
 void softmax_rows(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
   scores.resize(logits.rows(), logits.cols());
-  detail::parallel_for(0, logits.rows(),
-                       [&](Index t) { softmax_row(logits.row(t), scores.row(t)); });
+  constexpr Index block = detail::kLanes<S>;
+  const Index tokens = logits.rows();
+  detail::parallel_for(
+      0, (tokens + block - 1) / block,
+      [&](Index b) {
+        const Index first = b * block;
+        softmax_rows_block(logits.row(first).data(), logits.outerStride(),
+                           std::min(block, tokens - first), logits.cols(), scores.row(first).data(),
+                           scores.cols());
+      },
+      /*min_parallel=*/512 / block);
 }
 
 /// s = 1 / (1 + exp(-z)) (DeepSeek-V3, Megatron-Core `sigmoid`).

@@ -8,6 +8,7 @@
 
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
+#include "moe/routing/detail/lanes.hpp"
 
 namespace moe {
 namespace detail {
@@ -120,6 +121,54 @@ void top_k_sort(const S* values, Index num_experts, Index k, ExpertId* ids, S* s
   }
 }
 
+// Top-K of a block of kLanes<S> rows at once, a row per lane, for K <= 8: column(e) is expert e's
+// packet (one value per row), placed into K sorted packets of values and ids by the branch-free
+// insertion above, lane-wise. Slots start as NaN, which every value beats, so the first K experts
+// fill the list in order whatever their values (-inf included); afterwards a value enters only if
+// it strictly beats a slot, which keeps ties on the lower id. Once the list is full, an expert
+// that beats no lane's K-th value is skipped.
+template <int K, class S, class Column>
+void top_k_lanes(Column&& column, Index num_experts, ExpertId* ids, Index ids_stride, S* selected,
+                 Index selected_stride) {
+  namespace ei = Eigen::internal;
+  using Packet = LanePacket<S>;
+  Packet best[K], best_id[K];
+  for (int j = 0; j < K; ++j) {
+    best[j] = ei::pset1<Packet>(std::numeric_limits<S>::quiet_NaN());
+    best_id[j] = ei::pset1<Packet>(S(0));
+  }
+  const auto beats = [](const Packet& value, const Packet& slot) {
+    return ei::pcmp_lt_or_nan(slot, value);  // value > slot, or the slot is empty
+  };
+  for (Index e = 0; e < num_experts; ++e) {
+    const Packet value = column(e);
+    Packet beats_below = beats(value, best[K - 1]);
+    if (e >= K && !ei::predux_any(beats_below)) continue;
+    const Packet id = ei::pset1<Packet>(static_cast<S>(e));
+    for (int j = K - 1; j > 0; --j) {
+      const Packet beats_above = beats(value, best[j - 1]);
+      best[j] = ei::pselect(beats_below, ei::pselect(beats_above, best[j - 1], value), best[j]);
+      best_id[j] =
+          ei::pselect(beats_below, ei::pselect(beats_above, best_id[j - 1], id), best_id[j]);
+      beats_below = beats_above;
+    }
+    best[0] = ei::pselect(beats_below, value, best[0]);
+    best_id[0] = ei::pselect(beats_below, id, best_id[0]);
+  }
+  constexpr Index lanes = kLanes<S>;
+  alignas(64) S lane_values[K][lanes];
+  alignas(64) S lane_ids[K][lanes];
+  for (int j = 0; j < K; ++j) {
+    ei::pstore(lane_values[j], best[j]);
+    ei::pstore(lane_ids[j], best_id[j]);
+  }
+  for (Index lane = 0; lane < lanes; ++lane)
+    for (int j = 0; j < K; ++j) {
+      selected[lane * selected_stride + j] = lane_values[j][lane];
+      ids[lane * ids_stride + j] = static_cast<ExpertId>(lane_ids[j][lane]);
+    }
+}
+
 }  // namespace detail
 
 /// The k largest of `values[0..E)` in descending order, ties to the lower index
@@ -144,6 +193,41 @@ void top_k(const S* values, Index num_experts, Index k, ExpertId* ids, S* select
   }
 }
 
+/// top_k of `rows` rows starting at `values` (consecutive rows `row_stride` apart) into rows of
+/// `ids` and `selected`. A whole block of detail::kLanes<S> rows with k <= 8 runs lane-parallel,
+/// anything else row by row; the result is the same either way.
+template <class S>
+void top_k_rows_block(const S* values, Index row_stride, Index rows, Index num_experts, Index k,
+                      ExpertId* ids, Index ids_stride, S* selected, Index selected_stride) {
+  // Ids travel as S inside the packets: exact up to 2^digits.
+  const bool ids_exact = num_experts <= (Index{1} << std::numeric_limits<S>::digits);
+  if (rows == detail::kLanes<S> && k <= 8 && ids_exact) {
+    const auto column = [&](Index e) {
+      return Eigen::internal::pgather<S, detail::LanePacket<S>>(values + e, row_stride);
+    };
+    switch (k) {
+#define MOE_TOP_K_LANES_CASE(K)                                                      \
+  case K:                                                                            \
+    return detail::top_k_lanes<K, S>(column, num_experts, ids, ids_stride, selected, \
+                                     selected_stride);
+      MOE_TOP_K_LANES_CASE(1)
+      MOE_TOP_K_LANES_CASE(2)
+      MOE_TOP_K_LANES_CASE(3)
+      MOE_TOP_K_LANES_CASE(4)
+      MOE_TOP_K_LANES_CASE(5)
+      MOE_TOP_K_LANES_CASE(6)
+      MOE_TOP_K_LANES_CASE(7)
+      MOE_TOP_K_LANES_CASE(8)
+#undef MOE_TOP_K_LANES_CASE
+      default:
+        break;
+    }
+  }
+  for (Index r = 0; r < rows; ++r)
+    top_k(values + r * row_stride, num_experts, k, ids + r * ids_stride,
+          selected + r * selected_stride);
+}
+
 /// Row-wise top-k of a `[T, E]` matrix into `ids` and `selected`, both `[T, k]`.
 template <class S>
 void top_k_rows(const ConstMatrixRef<S>& values, Index k, ExpertIdMatrix& ids,
@@ -152,8 +236,11 @@ void top_k_rows(const ConstMatrixRef<S>& values, Index k, ExpertIdMatrix& ids,
           k);
   ids.resize(values.rows(), k);
   selected.resize(values.rows(), k);
-  for (Index t = 0; t < values.rows(); ++t)
-    top_k(values.row(t).data(), values.cols(), k, ids.row(t).data(), selected.row(t).data());
+  constexpr Index block = detail::kLanes<S>;
+  for (Index t = 0; t < values.rows(); t += block)
+    top_k_rows_block(values.row(t).data(), values.outerStride(), std::min(block, values.rows() - t),
+                     values.cols(), k, ids.row(t).data(), ids.outerStride(), selected.row(t).data(),
+                     selected.outerStride());
 }
 
 }  // namespace moe
