@@ -268,6 +268,20 @@ TEST_CASE("sdd, dsd, dds and transposes equal dense products over the explicit m
             1e-13);
     REQUIRE(test::relative_error(c, sparse_of(a * w1_dense)) <= 1e-13);  // padding written as zero
 
+    // sdd_pair: both products tile by tile, the epilogue called once per data tile of both.
+    const RowMatrixD w3 = random_matrix(experts * d, f, 27);
+    RowMatrixD c3(rows, f);
+    c.setConstant(42.0);
+    c3.setConstant(42.0);
+    Index epilogue_rows = 0;
+    sdd_pair<double>(a, w1, w3, topo, c, c3,
+                     [&](Index, Index, Index n, Index, Index cw) { epilogue_rows += n * cw; });
+    REQUIRE(test::relative_error(c, sparse_of(a * w1_dense)) <= 1e-13);
+    REQUIRE(test::relative_error(c3, sparse_of(a * expert_major_to_dense(w3, experts))) <= 1e-13);
+    Index data_rows = 0;
+    for (Index e = 0; e < experts; ++e) data_rows += topo.group_rows[e];
+    REQUIRE(epilogue_rows == data_rows * f);
+
     c.setConstant(42.0);
     sdd_nt<double>(dy, w2, topo, c);
     REQUIRE(test::relative_error(c, sparse_of(dy * w2_dense.transpose())) <= 1e-13);

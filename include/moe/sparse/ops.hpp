@@ -50,10 +50,10 @@ void for_dense_row_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, bool a
   });
 }
 
-/// Row tiles x column-block tiles of a sparse [P, f] result; the epilogue runs on data rows.
-template <class S, class TileProduct, class Epilogue>
-void for_sparse_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, TileProduct&& product,
-                      Epilogue&& epilogue) {
+/// Row tiles x column-block tiles of sparse [P, f] results; the epilogue runs on data rows.
+template <class TileProduct, class Epilogue, class... Results>
+void for_sparse_tiles(const BlockSparseTopology& topo, TileProduct&& product, Epilogue&& epilogue,
+                      Results&... results) {
   const std::vector<RowTile> tiles = row_tiles(topo);
   const Index width = sparse_tile_cols(topo);
   const Index col_tiles = tile_count(topo.ffn_hidden, width);
@@ -66,7 +66,8 @@ void for_sparse_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, TileProdu
       epilogue(tile.expert, tile.begin, tile.data_rows, c0, cw);
     }
     if (topo.write_padding && tile.rows > tile.data_rows)
-      c.block(tile.begin + tile.data_rows, c0, tile.rows - tile.data_rows, cw).setZero();
+      (results.block(tile.begin + tile.data_rows, c0, tile.rows - tile.data_rows, cw).setZero(),
+       ...);
   });
 }
 
@@ -98,13 +99,37 @@ void sdd(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology& to
   require_shape(a, "a", topo.rows(), -1);
   require_shape(b, "b", topo.num_experts * k, topo.ffn_hidden);
   detail::require_sparse_values(c_values, topo, "c_values");
-  detail::for_sparse_tiles<S>(
-      topo, c_values,
+  detail::for_sparse_tiles(
+      topo,
       [&](const detail::RowTile& t, Index c0, Index cw) {
         c_values.block(t.begin, c0, t.data_rows, cw).noalias() =
             a.middleRows(t.begin, t.data_rows) * b.block(t.expert * k, c0, k, cw);
       },
-      epilogue);
+      epilogue, c_values);
+}
+
+/// Two sdd products over the same A, tile by tile: C1 = A * B1 and C2 = A * B2 at the blocks (the
+/// gate and up projections of a gated FFN), so the epilogue sees both tiles while in cache.
+template <class S, class Epilogue>
+void sdd_pair(ConstMatrixRef<S> a, ConstMatrixRef<S> b1, ConstMatrixRef<S> b2,
+              const BlockSparseTopology& topo, MatrixRef<S> c1_values, MatrixRef<S> c2_values,
+              Epilogue&& epilogue) {
+  const Index k = a.cols();
+  require_shape(a, "a", topo.rows(), -1);
+  require_shape(b1, "b1", topo.num_experts * k, topo.ffn_hidden);
+  require_shape(b2, "b2", topo.num_experts * k, topo.ffn_hidden);
+  detail::require_sparse_values(c1_values, topo, "c1_values");
+  detail::require_sparse_values(c2_values, topo, "c2_values");
+  detail::for_sparse_tiles(
+      topo,
+      [&](const detail::RowTile& t, Index c0, Index cw) {
+        const auto rows = a.middleRows(t.begin, t.data_rows);
+        c1_values.block(t.begin, c0, t.data_rows, cw).noalias() =
+            rows * b1.block(t.expert * k, c0, k, cw);
+        c2_values.block(t.begin, c0, t.data_rows, cw).noalias() =
+            rows * b2.block(t.expert * k, c0, k, cw);
+      },
+      epilogue, c1_values, c2_values);
 }
 
 /// sdd with B transposed: C = A * B^T at the blocks (backward: dA = dY * W2^T).
@@ -117,13 +142,13 @@ void sdd_nt(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology&
   require_shape(a, "a", topo.rows(), -1);
   require_shape(b, "b", topo.num_experts * f, k);
   detail::require_sparse_values(c_values, topo, "c_values");
-  detail::for_sparse_tiles<S>(
-      topo, c_values,
+  detail::for_sparse_tiles(
+      topo,
       [&](const detail::RowTile& t, Index c0, Index cw) {
         c_values.block(t.begin, c0, t.data_rows, cw).noalias() =
             a.middleRows(t.begin, t.data_rows) * b.block(t.expert * f + c0, 0, cw, k).transpose();
       },
-      epilogue);
+      epilogue, c_values);
 }
 
 /// dsd: C = A * B, sparse times dense (MegaBlocks `stk.ops.dsd(act, w2)`).

@@ -69,18 +69,19 @@ void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& t
   auto h3 = buf.h3();
   auto a = buf.a();
   auto y = buf.y();
-  if (buf.gated)
-    sdd<S>(x, w.w3, topo, h3, [&](Index e, Index r0, Index n, Index c0, Index cw) {
-      if (w.b3.size()) h3.block(r0, c0, n, cw).rowwise() += w.b3.row(e).segment(c0, cw);
-    });
-  sdd<S>(x, w.w1, topo, h1, [&](Index e, Index r0, Index n, Index c0, Index cw) {
+  // h1 = x W1 + b1 (and h3 = x W3 + b3), activated per tile while the tiles are in cache.
+  const auto activate = [&](Index e, Index r0, Index n, Index c0, Index cw) {
     auto tile = h1.block(r0, c0, n, cw);
     if (w.b1.size()) tile.rowwise() += w.b1.row(e).segment(c0, cw);
-    if (buf.gated)
-      activation_forward(c.activation, tile, h3.block(r0, c0, n, cw), a.block(r0, c0, n, cw));
-    else
-      activation_forward(c.activation, tile, tile, a.block(r0, c0, n, cw));
-  });
+    if (!buf.gated) return activation_forward(c.activation, tile, tile, a.block(r0, c0, n, cw));
+    auto up = h3.block(r0, c0, n, cw);
+    if (w.b3.size()) up.rowwise() += w.b3.row(e).segment(c0, cw);
+    activation_forward(c.activation, tile, up, a.block(r0, c0, n, cw));
+  };
+  if (buf.gated)
+    sdd_pair<S>(x, w.w1, w.w3, topo, h1, h3, activate);
+  else
+    sdd<S>(x, w.w1, topo, h1, activate);
   // Padding rows of a (and of dh3 below) are never read: the products touch data rows only.
   dsd<S>(a, w.w2, topo, y);
   add_group_bias<S>(topo, w.b2, y);
