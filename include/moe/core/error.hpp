@@ -5,6 +5,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "moe/core/types.hpp"
@@ -19,17 +21,38 @@ class Error : public std::invalid_argument {
 
 namespace detail {
 
+/// Parts streamed one after another, formatted only when read: an argument check on a hot path
+/// builds no string unless it fails.
 template <class... Parts>
-std::string concat(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  return out.str();
+class Concat {
+ public:
+  explicit Concat(Parts... parts) : parts_(std::move(parts)...) {}
+
+  std::string str() const {
+    std::ostringstream out;
+    out << *this;
+    return out.str();
+  }
+  operator std::string() const { return str(); }
+
+  friend std::ostream& operator<<(std::ostream& out, const Concat& message) {
+    std::apply([&out](const auto&... part) { (out << ... << part); }, message.parts_);
+    return out;
+  }
+
+ private:
+  std::tuple<Parts...> parts_;
+};
+
+template <class... Parts>
+Concat<std::decay_t<const Parts&>...> concat(const Parts&... parts) {
+  return Concat<std::decay_t<const Parts&>...>(parts...);
 }
 
 /// Throws `moe::Error("<argument>: expected <expected>, got <given>")`.
 template <class Expected, class Given>
 [[noreturn]] void fail(const char* argument, const Expected& expected, const Given& given) {
-  throw Error(concat(argument, ": expected ", expected, ", got ", given));
+  throw Error(concat(argument, ": expected ", expected, ", got ", given).str());
 }
 
 }  // namespace detail

@@ -18,35 +18,51 @@ namespace detail {
 /// Rows up to this many experts are padded on the stack for a vectorized exp.
 inline constexpr Index kPaddedSoftmaxMax = 512;
 
-}  // namespace detail
-
-/// One token's softmax, s_e = exp(z_e - max z) / sum_e exp(z_e - max z), into `scores`.
-template <class In, class Out>
-void softmax_row(const In& logits, Out&& scores) {
-  using S = typename std::decay_t<Out>::Scalar;
-  constexpr Index packet = Eigen::internal::packet_traits<S>::size;
-  const Index n = logits.size();
-  const Index padded = (n + packet - 1) / packet * packet;
-  const S max = logits.maxCoeff();
-  if (n % packet == 0 || padded > detail::kPaddedSoftmaxMax) {
-    scores = logits.array() - max;
-    scores = scores.array().exp();
-    scores /= scores.sum();
-    return;
+/// The softmax of a row of whole packets: one pass for the max, one for the exps and their sum,
+/// one to normalize.
+template <class S>
+void softmax_packets(const S* logits, Index n, S* scores) {
+  namespace ei = Eigen::internal;
+  using Packet = LanePacket<S>;
+  constexpr Index packet = kLanes<S>;
+  Packet max = ei::ploadu<Packet>(logits);
+  for (Index i = packet; i < n; i += packet) max = ei::pmax(max, ei::ploadu<Packet>(logits + i));
+  const Packet row_max = ei::pset1<Packet>(ei::predux_max(max));
+  Packet sum = ei::pset1<Packet>(S(0));
+  for (Index i = 0; i < n; i += packet) {
+    const Packet z = ei::pexp(ei::psub(ei::ploadu<Packet>(logits + i), row_max));
+    ei::pstoreu(scores + i, z);
+    sum = ei::padd(sum, z);
   }
-  // Eigen evaluates a dynamic-size exp in whole packets and calls libm for the rest, one value at
-  // a time: with 16-float AVX-512 packets a row of 8 experts is all remainder. Pad the row to
-  // whole packets; the padding's exp is computed and never read.
-  alignas(64) S buffer[detail::kPaddedSoftmaxMax];
-  Eigen::Map<Eigen::Array<S, 1, Eigen::Dynamic>, Eigen::Aligned64> z(buffer, padded);
-  z.head(n) = logits.array() - max;
-  z.tail(padded - n).setConstant(std::numeric_limits<S>::lowest());
-  z = z.exp();
-  const S sum = z.head(n).sum();
-  scores = (z.head(n) / sum).matrix();
+  const Packet total = ei::pset1<Packet>(ei::predux(sum));
+  for (Index i = 0; i < n; i += packet)
+    ei::pstoreu(scores + i, ei::pdiv(ei::ploadu<Packet>(scores + i), total));
 }
 
-namespace detail {
+/// One token's softmax, s_e = exp(z_e - max z) / sum_e exp(z_e - max z), over n contiguous values.
+template <class S>
+void softmax_row(const S* logits, Index n, S* scores) {
+  constexpr Index packet = kLanes<S>;
+  const Index padded = (n + packet - 1) / packet * packet;
+  if (n % packet == 0) return softmax_packets(logits, n, scores);
+  if (padded > kPaddedSoftmaxMax) {
+    // Long rows with a remainder: Eigen's expressions (the remainder's exp goes through libm).
+    const Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>> z(logits, n);
+    Eigen::Map<Eigen::Array<S, 1, Eigen::Dynamic>> s(scores, n);
+    s = (z - z.maxCoeff()).exp();
+    s /= s.sum();
+    return;
+  }
+  // A short row is padded to whole packets with the lowest value, whose exp underflows to 0 and
+  // leaves the max and the sum alone (with 16-float AVX-512 packets, a row of 8 experts would
+  // otherwise be all remainder, one libm call per value).
+  alignas(64) S buffer[kPaddedSoftmaxMax];
+  const auto lowest = Eigen::internal::pset1<LanePacket<S>>(std::numeric_limits<S>::lowest());
+  for (Index i = 0; i < padded; i += packet) Eigen::internal::pstore(buffer + i, lowest);
+  std::copy(logits, logits + n, buffer);
+  softmax_packets(buffer, padded, buffer);
+  std::copy(buffer, buffer + n, scores);
+}
 
 /// The softmax of a transposed block (detail/lanes.hpp), a token per lane: every step is one
 /// packet operation over kLanes<S> tokens, with the same packet exp as softmax_row.
@@ -85,11 +101,8 @@ void softmax_rows_block(const S* logits, Index logit_stride, Index rows, Index e
     detail::scatter_columns(score_columns, experts, scores, score_stride);
     return;
   }
-  using Row = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>;
-  using RowOut = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>;
   for (Index r = 0; r < rows; ++r)
-    softmax_row(Row(logits + r * logit_stride, experts),
-                RowOut(scores + r * score_stride, experts));
+    detail::softmax_row(logits + r * logit_stride, experts, scores + r * score_stride);
 }
 
 /// s_te = exp(z_te - max_e z_t) / sum_e exp(z_te - max_e z_t): the stable row softmax, in blocks
