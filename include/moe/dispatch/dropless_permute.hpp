@@ -38,10 +38,13 @@ void dropless_permute(ConstMatrixRef<S> x, const DroplessPlan& plan, MatrixRef<S
   require_shape(out, "out", plan.padded_rows(), x.cols());
   const Index k = plan.top_k;
   // Walk sorted positions so the writes stream through the buffer in order.
-  detail::parallel_for(0, plan.num_pairs(), [&](Index i) {
-    const Index p = plan.sorted_pairs[i];
-    out.row(plan.pair_row[p]) = x.row(p / k);
-  });
+  detail::parallel_for(
+      0, plan.num_pairs(),
+      [&](Index i) {
+        const Index p = plan.sorted_pairs[i];
+        out.row(plan.pair_row[p]) = x.row(p / k);
+      },
+      detail::min_parallel_rows(x.cols()));
   if (zero_padding) detail::zero_padding_rows<S>(plan, out);
 }
 
@@ -53,10 +56,13 @@ void dropless_permute_backward(ConstMatrixRef<S> grad_out, const DroplessPlan& p
   require_shape(grad_out, "grad_out", plan.padded_rows(), -1);
   require_shape(grad_x, "grad_x", plan.num_tokens, grad_out.cols());
   const Index k = plan.top_k;
-  detail::parallel_for(0, plan.num_tokens, [&](Index t) {
-    grad_x.row(t) = grad_out.row(plan.pair_row[t * k]);
-    for (Index j = 1; j < k; ++j) grad_x.row(t) += grad_out.row(plan.pair_row[t * k + j]);
-  });
+  detail::parallel_for(
+      0, plan.num_tokens,
+      [&](Index t) {
+        grad_x.row(t) = grad_out.row(plan.pair_row[t * k]);
+        for (Index j = 1; j < k; ++j) grad_x.row(t) += grad_out.row(plan.pair_row[t * k + j]);
+      },
+      detail::min_parallel_rows(k * grad_x.cols()));
 }
 
 /// out[t] = sum_j gates(t, j) * y[pair_row[t*k + j]], j in order (MegaBlocks `padded_scatter`,
@@ -68,10 +74,13 @@ void dropless_unpermute(ConstMatrixRef<S> y, ConstMatrixRef<S> gates, const Drop
   require_shape(gates, "gates", plan.num_tokens, plan.top_k);
   require_shape(out, "out", plan.num_tokens, y.cols());
   const Index k = plan.top_k;
-  detail::parallel_for(0, plan.num_tokens, [&](Index t) {
-    out.row(t) = gates(t, 0) * y.row(plan.pair_row[t * k]);
-    for (Index j = 1; j < k; ++j) out.row(t) += gates(t, j) * y.row(plan.pair_row[t * k + j]);
-  });
+  detail::parallel_for(
+      0, plan.num_tokens,
+      [&](Index t) {
+        out.row(t) = gates(t, 0) * y.row(plan.pair_row[t * k]);
+        for (Index j = 1; j < k; ++j) out.row(t) += gates(t, j) * y.row(plan.pair_row[t * k + j]);
+      },
+      detail::min_parallel_rows(k * out.cols()));
 }
 
 /// grad_y[pair_row[t*k+j]] = gates(t,j) * grad_out[t] (padding rows 0 unless zero_padding is
@@ -88,13 +97,16 @@ void dropless_unpermute_backward(ConstMatrixRef<S> grad_out, ConstMatrixRef<S> y
   require_shape(grad_y, "grad_y", plan.padded_rows(), grad_out.cols());
   require_shape(grad_gates, "grad_gates", plan.num_tokens, plan.top_k);
   const Index k = plan.top_k;
-  detail::parallel_for(0, plan.num_tokens, [&](Index t) {
-    for (Index j = 0; j < k; ++j) {
-      const Index row = plan.pair_row[t * k + j];
-      grad_y.row(row) = gates(t, j) * grad_out.row(t);
-      grad_gates(t, j) = y.row(row).dot(grad_out.row(t));
-    }
-  });
+  detail::parallel_for(
+      0, plan.num_tokens,
+      [&](Index t) {
+        for (Index j = 0; j < k; ++j) {
+          const Index row = plan.pair_row[t * k + j];
+          grad_y.row(row) = gates(t, j) * grad_out.row(t);
+          grad_gates(t, j) = y.row(row).dot(grad_out.row(t));
+        }
+      },
+      detail::min_parallel_rows(2 * k * grad_out.cols()));
   if (zero_padding) detail::zero_padding_rows<S>(plan, grad_y);
 }
 

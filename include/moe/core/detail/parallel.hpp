@@ -3,6 +3,8 @@
 // results are bitwise identical at any thread count.
 #pragma once
 
+#include <algorithm>
+
 #include "moe/core/types.hpp"
 
 #if defined(_OPENMP)
@@ -22,6 +24,15 @@ void parallel_for(Index begin, Index end, Body&& body, Index min_parallel = 512)
   (void)min_parallel;
   for (Index i = begin; i < end; ++i) body(i);
 #endif
+}
+
+/// Values of row work (a copy, a weighted sum) below which a loop runs on the calling thread.
+inline constexpr Index kParallelMinValues = Index{1} << 15;
+
+/// min_parallel for a loop whose iterations each touch `width` values: a few wide rows (a decode
+/// step's 8 KB token rows) are worth a team, many narrow ones only past kParallelMinValues.
+inline Index min_parallel_rows(Index width) {
+  return std::max<Index>(2, kParallelMinValues / std::max<Index>(width, 1));
 }
 
 /// Number of threads parallel_for may use.
