@@ -65,7 +65,13 @@ TEST_CASE("dropless plan matches a stable sort, with padding to the block size",
     for (Index block : {1, 4, 128}) {
       const Index tokens = 37, k = std::min<Index>(2, experts);
       const ExpertIdMatrix ids = random_ids(tokens, k, experts, 7 + static_cast<unsigned>(experts));
+      // The ids as given, and as the left columns of a wider matrix (outer stride != k).
+      ExpertIdMatrix wide = ExpertIdMatrix::Constant(tokens, k + 3, -1);
+      wide.leftCols(k) = ids;
+      const DroplessPlan strided = make_dropless_plan(wide.leftCols(k), experts, block);
       const DroplessPlan plan = make_dropless_plan(ids, experts, block);
+      REQUIRE(strided.sorted_pairs == plan.sorted_pairs);
+      REQUIRE(strided.pair_row == plan.pair_row);
       const std::vector<Index> order = test::reference_sorted_pairs(ids);
       REQUIRE(plan.num_pairs() == tokens * k);
       Index padded = 0, total = 0;

@@ -64,7 +64,9 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
   const Index pairs = tokens * k;
   const ExpertId* ids = expert_ids.data();
   const Index stride = expert_ids.outerStride();
-  auto id_of = [&](Index p) { return ids[(p / k) * stride + p % k]; };
+  // Pair p is (token p / k, choice p % k); a dense id matrix (the usual case) needs no division.
+  const bool dense = stride == k || tokens <= 1;
+  auto id_of = [&](Index p) { return dense ? ids[p] : ids[(p / k) * stride + p % k]; };
   for (Index p = 0; p < pairs; ++p) {
     const ExpertId e = id_of(p);
     if (e < 0 || e >= num_experts)
