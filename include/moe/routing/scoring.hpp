@@ -18,25 +18,28 @@ namespace detail {
 /// Rows up to this many experts are padded on the stack for a vectorized exp.
 inline constexpr Index kPaddedSoftmaxMax = 512;
 
-/// The softmax of a row of whole packets: one pass for the max, one for the exps and their sum,
-/// one to normalize.
-template <class S>
-void softmax_packets(const S* logits, Index n, S* scores) {
+/// Softmax over `count` consecutive packets in three passes (max; exp and sum; normalize). With
+/// `across_lanes` the packets are one row and max and sum reduce over every lane (a row of whole
+/// packets); without, each lane is its own row (a transposed block, detail/lanes.hpp: one packet
+/// per expert, a token per lane).
+template <bool across_lanes, class S>
+void softmax_packets(const S* logits, Index count, S* scores) {
   namespace ei = Eigen::internal;
   using Packet = LanePacket<S>;
-  constexpr Index packet = kLanes<S>;
+  constexpr Index lanes = kLanes<S>;
+  const Index n = count * lanes;
   Packet max = ei::ploadu<Packet>(logits);
-  for (Index i = packet; i < n; i += packet) max = ei::pmax(max, ei::ploadu<Packet>(logits + i));
-  const Packet row_max = ei::pset1<Packet>(ei::predux_max(max));
+  for (Index i = lanes; i < n; i += lanes) max = ei::pmax(max, ei::ploadu<Packet>(logits + i));
+  if constexpr (across_lanes) max = ei::pset1<Packet>(ei::predux_max(max));
   Packet sum = ei::pset1<Packet>(S(0));
-  for (Index i = 0; i < n; i += packet) {
-    const Packet z = ei::pexp(ei::psub(ei::ploadu<Packet>(logits + i), row_max));
+  for (Index i = 0; i < n; i += lanes) {
+    const Packet z = ei::pexp(ei::psub(ei::ploadu<Packet>(logits + i), max));
     ei::pstoreu(scores + i, z);
     sum = ei::padd(sum, z);
   }
-  const Packet total = ei::pset1<Packet>(ei::predux(sum));
-  for (Index i = 0; i < n; i += packet)
-    ei::pstoreu(scores + i, ei::pdiv(ei::ploadu<Packet>(scores + i), total));
+  if constexpr (across_lanes) sum = ei::pset1<Packet>(ei::predux(sum));
+  for (Index i = 0; i < n; i += lanes)
+    ei::pstoreu(scores + i, ei::pdiv(ei::ploadu<Packet>(scores + i), sum));
 }
 
 /// One token's softmax, s_e = exp(z_e - max z) / sum_e exp(z_e - max z), over n contiguous values.
@@ -44,7 +47,7 @@ template <class S>
 void softmax_row(const S* logits, Index n, S* scores) {
   constexpr Index packet = kLanes<S>;
   const Index padded = (n + packet - 1) / packet * packet;
-  if (n % packet == 0) return softmax_packets(logits, n, scores);
+  if (n % packet == 0) return softmax_packets<true>(logits, n / packet, scores);
   if (padded > kPaddedSoftmaxMax) {
     // Long rows with a remainder: Eigen's expressions (the remainder's exp goes through libm).
     const Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>> z(logits, n);
@@ -60,27 +63,8 @@ void softmax_row(const S* logits, Index n, S* scores) {
   const auto lowest = Eigen::internal::pset1<LanePacket<S>>(std::numeric_limits<S>::lowest());
   for (Index i = 0; i < padded; i += packet) Eigen::internal::pstore(buffer + i, lowest);
   std::copy(logits, logits + n, buffer);
-  softmax_packets(buffer, padded, buffer);
+  softmax_packets<true>(buffer, padded / packet, buffer);
   std::copy(buffer, buffer + n, scores);
-}
-
-/// The softmax of a transposed block (detail/lanes.hpp), a token per lane: every step is one
-/// packet operation over kLanes<S> tokens, with the same packet exp as softmax_row.
-template <class S>
-void softmax_columns(const S* logits, Index experts, S* scores) {
-  namespace ei = Eigen::internal;
-  using Packet = LanePacket<S>;
-  constexpr Index lanes = kLanes<S>;
-  Packet max = ei::pload<Packet>(logits);
-  for (Index e = 1; e < experts; ++e) max = ei::pmax(max, ei::pload<Packet>(logits + e * lanes));
-  Packet sum = ei::pset1<Packet>(S(0));
-  for (Index e = 0; e < experts; ++e) {
-    const Packet z = ei::pexp(ei::psub(ei::pload<Packet>(logits + e * lanes), max));
-    ei::pstore(scores + e * lanes, z);
-    sum = ei::padd(sum, z);
-  }
-  for (Index e = 0; e < experts; ++e)
-    ei::pstore(scores + e * lanes, ei::pdiv(ei::pload<Packet>(scores + e * lanes), sum));
 }
 
 }  // namespace detail
@@ -97,7 +81,7 @@ void softmax_rows_block(const S* logits, Index logit_stride, Index rows, Index e
     alignas(64) S logit_columns[2 * lanes * lanes];
     alignas(64) S score_columns[2 * lanes * lanes];
     detail::gather_columns(logits, logit_stride, experts, logit_columns);
-    detail::softmax_columns(logit_columns, experts, score_columns);
+    detail::softmax_packets</*across_lanes=*/false>(logit_columns, experts, score_columns);
     detail::scatter_columns(score_columns, experts, scores, score_stride);
     return;
   }
