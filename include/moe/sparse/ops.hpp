@@ -4,12 +4,13 @@
 // dense `[K, E*f]` matrix whose expert e block is rows [e*K, (e+1)*K), i.e. the W1 `[E, d, f]`
 // layout.
 //
-// Each product runs as independent tile GEMMs (Eigen matrix products over contiguous row blocks),
-// split by blocks, not by experts, so a hot expert's rows spread over all threads.
+// Each product runs as independent tile GEMMs (Eigen's GEMM over contiguous row blocks,
+// detail::gemm), split by blocks, not by experts, so a hot expert's rows spread over all threads.
 #pragma once
 
 #include <vector>
 
+#include "moe/core/detail/product.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/sparse/detail/tiles.hpp"
@@ -102,8 +103,8 @@ void sdd(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology& to
   detail::for_sparse_tiles(
       topo,
       [&](const detail::RowTile& t, Index c0, Index cw) {
-        c_values.block(t.begin, c0, t.data_rows, cw).noalias() =
-            a.middleRows(t.begin, t.data_rows) * b.block(t.expert * k, c0, k, cw);
+        detail::gemm(c_values.block(t.begin, c0, t.data_rows, cw),
+                     a.middleRows(t.begin, t.data_rows), b.block(t.expert * k, c0, k, cw));
       },
       epilogue, c_values);
 }
@@ -124,10 +125,10 @@ void sdd_pair(ConstMatrixRef<S> a, ConstMatrixRef<S> b1, ConstMatrixRef<S> b2,
       topo,
       [&](const detail::RowTile& t, Index c0, Index cw) {
         const auto rows = a.middleRows(t.begin, t.data_rows);
-        c1_values.block(t.begin, c0, t.data_rows, cw).noalias() =
-            rows * b1.block(t.expert * k, c0, k, cw);
-        c2_values.block(t.begin, c0, t.data_rows, cw).noalias() =
-            rows * b2.block(t.expert * k, c0, k, cw);
+        detail::gemm(c1_values.block(t.begin, c0, t.data_rows, cw), rows,
+                     b1.block(t.expert * k, c0, k, cw));
+        detail::gemm(c2_values.block(t.begin, c0, t.data_rows, cw), rows,
+                     b2.block(t.expert * k, c0, k, cw));
       },
       epilogue, c1_values, c2_values);
 }
@@ -145,8 +146,9 @@ void sdd_nt(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology&
   detail::for_sparse_tiles(
       topo,
       [&](const detail::RowTile& t, Index c0, Index cw) {
-        c_values.block(t.begin, c0, t.data_rows, cw).noalias() =
-            a.middleRows(t.begin, t.data_rows) * b.block(t.expert * f + c0, 0, cw, k).transpose();
+        detail::gemm(c_values.block(t.begin, c0, t.data_rows, cw),
+                     a.middleRows(t.begin, t.data_rows),
+                     b.block(t.expert * f + c0, 0, cw, k).transpose());
       },
       epilogue, c_values);
 }
@@ -160,15 +162,12 @@ void dsd(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTopol
   detail::require_sparse_values(a_values, topo, "a_values");
   require_shape(b, "b", topo.num_experts * f, -1);
   require_shape(c, "c", topo.rows(), b.cols());
-  detail::for_dense_row_tiles<S>(
-      topo, c, accumulate, [&](const detail::RowTile& t, Index n0, Index nw) {
-        auto out = c.block(t.begin, n0, t.data_rows, nw);
-        auto product = a_values.middleRows(t.begin, t.data_rows) * b.block(t.expert * f, n0, f, nw);
-        if (accumulate)
-          out.noalias() += product;
-        else
-          out.noalias() = product;
-      });
+  detail::for_dense_row_tiles<S>(topo, c, accumulate,
+                                 [&](const detail::RowTile& t, Index n0, Index nw) {
+                                   detail::gemm(c.block(t.begin, n0, t.data_rows, nw),
+                                                a_values.middleRows(t.begin, t.data_rows),
+                                                b.block(t.expert * f, n0, f, nw), accumulate);
+                                 });
 }
 
 /// dsd with B transposed: C = A * B^T (backward: dX = dH * W1^T).
@@ -181,16 +180,12 @@ void dsd_nt(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTo
   detail::require_sparse_values(a_values, topo, "a_values");
   require_shape(c, "c", topo.rows(), -1);
   require_shape(b, "b", topo.num_experts * n, f);
-  detail::for_dense_row_tiles<S>(topo, c, accumulate,
-                                 [&](const detail::RowTile& t, Index n0, Index nw) {
-                                   auto out = c.block(t.begin, n0, t.data_rows, nw);
-                                   auto product = a_values.middleRows(t.begin, t.data_rows) *
-                                                  b.block(t.expert * n + n0, 0, nw, f).transpose();
-                                   if (accumulate)
-                                     out.noalias() += product;
-                                   else
-                                     out.noalias() = product;
-                                 });
+  detail::for_dense_row_tiles<S>(
+      topo, c, accumulate, [&](const detail::RowTile& t, Index n0, Index nw) {
+        detail::gemm(c.block(t.begin, n0, t.data_rows, nw),
+                     a_values.middleRows(t.begin, t.data_rows),
+                     b.block(t.expert * n + n0, 0, nw, f).transpose(), accumulate);
+      });
 }
 
 /// dsd with A transposed: C = A^T * B, a dense [E*f, N] expert-major result (backward:
@@ -210,7 +205,8 @@ void dsd_tn(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTo
         if (rows == 0)
           out.setZero();
         else
-          out.noalias() = a_values.block(g0, m0, rows, mw).transpose() * b.block(g0, n0, rows, nw);
+          detail::gemm(out, a_values.block(g0, m0, rows, mw).transpose(),
+                       b.block(g0, n0, rows, nw));
       });
 }
 
@@ -231,7 +227,7 @@ void dds(ConstMatrixRef<S> a, ConstMatrixRef<S> b_values, const BlockSparseTopol
         if (rows == 0)
           out.setZero();
         else
-          out.noalias() = a.block(m0, g0, mw, rows) * b_values.block(g0, n0, rows, nw);
+          detail::gemm(out, a.block(m0, g0, mw, rows), b_values.block(g0, n0, rows, nw));
       });
 }
 
@@ -252,7 +248,8 @@ void dds_tn(ConstMatrixRef<S> a, ConstMatrixRef<S> b_values, const BlockSparseTo
         if (rows == 0)
           out.setZero();
         else
-          out.noalias() = a.block(g0, m0, rows, mw).transpose() * b_values.block(g0, n0, rows, nw);
+          detail::gemm(out, a.block(g0, m0, rows, mw).transpose(),
+                       b_values.block(g0, n0, rows, nw));
       });
 }
 

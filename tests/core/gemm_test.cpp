@@ -1,0 +1,137 @@
+// detail::gemm (Eigen's blocked GEMM with per-thread packing buffers) against a plain triple loop:
+// every storage order of the operands, strided blocks, accumulation, the shapes that fall back to
+// Eigen's own product, and the same bits as `dst.noalias() = lhs * rhs`.
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "moe/core/detail/product.hpp"
+#include "support/catch.hpp"
+
+using namespace moe;
+
+namespace {
+
+template <class S>
+RowMatrix<S> random_matrix(Index rows, Index cols, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> uniform(-1.0, 1.0);
+  RowMatrix<S> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<S>(uniform(gen));
+  return m;
+}
+
+/// c(i, j) (+)= sum_p a(i, p) b(p, j), accumulated in long double; bound(i, j) = sum_p |a(i, p)
+/// b(p, j)|, the scale of the rounding error a float or double GEMM may make.
+template <class C, class A, class B>
+void reference_product(C& c, RowMatrix<double>& bound, const A& a, const B& b, bool accumulate) {
+  for (Index i = 0; i < c.rows(); ++i)
+    for (Index j = 0; j < c.cols(); ++j) {
+      long double sum = accumulate ? static_cast<long double>(c(i, j)) : 0.0L;
+      double magnitude = std::abs(static_cast<double>(c(i, j)));
+      for (Index p = 0; p < a.cols(); ++p) {
+        sum += static_cast<long double>(a(i, p)) * static_cast<long double>(b(p, j));
+        magnitude += std::abs(static_cast<double>(a(i, p)) * static_cast<double>(b(p, j)));
+      }
+      c(i, j) = static_cast<typename C::Scalar>(sum);
+      bound(i, j) = magnitude;
+    }
+}
+
+/// detail::gemm into a block of a larger matrix (its outer stride is not its width): the block
+/// matches the reference within k * epsilon of its scale, everything around it is untouched.
+template <class S, class A, class B>
+void check_product(const A& a, const B& b, bool accumulate) {
+  RowMatrix<S> big = random_matrix<S>(a.rows() + 3, b.cols() + 5, 9);
+  RowMatrix<S> expected = big;
+  RowMatrix<double> bound = RowMatrix<double>::Zero(big.rows(), big.cols());
+  auto dst = big.block(1, 2, a.rows(), b.cols());
+  auto expected_block = expected.block(1, 2, a.rows(), b.cols());
+  auto bound_block = bound.block(1, 2, a.rows(), b.cols());
+  detail::gemm(dst, a, b, accumulate);
+  RowMatrix<double> block_bound(a.rows(), b.cols());
+  reference_product(expected_block, block_bound, a, b, accumulate);
+  bound_block = block_bound;
+  const double epsilon = static_cast<double>(std::numeric_limits<S>::epsilon());
+  for (Index i = 0; i < big.rows(); ++i)
+    for (Index j = 0; j < big.cols(); ++j)
+      REQUIRE(std::abs(static_cast<double>(big(i, j)) - static_cast<double>(expected(i, j))) <=
+              static_cast<double>(a.cols() + 1) * epsilon * bound(i, j));
+}
+
+template <class S>
+void check_all_orders(Index m, Index n, Index k) {
+  const RowMatrix<S> a = random_matrix<S>(m + 2, k + 3, 1);   // A = a.block(1, 2, m, k)
+  const RowMatrix<S> at = random_matrix<S>(k + 2, m + 3, 2);  // A = at.block(..)^T
+  const RowMatrix<S> b = random_matrix<S>(k + 1, n + 4, 3);
+  const RowMatrix<S> bt = random_matrix<S>(n + 1, k + 4, 4);
+  const auto a_block = a.block(1, 2, m, k);
+  const auto a_transposed = at.block(1, 2, k, m).transpose();
+  const auto b_block = b.block(1, 1, k, n);
+  const auto b_transposed = bt.block(1, 1, n, k).transpose();
+  for (bool accumulate : {false, true}) {
+    check_product<S>(a_block, b_block, accumulate);
+    check_product<S>(a_block, b_transposed, accumulate);
+    check_product<S>(a_transposed, b_block, accumulate);
+    check_product<S>(a_transposed, b_transposed, accumulate);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][gemm]") {
+  // Outside an OpenMP team with more than one thread, gemm hands the product to Eigen's threaded
+  // GEMM; one thread takes its own path.
+  Eigen::setNbThreads(1);
+  SECTION("blocked shapes, double") {
+    check_all_orders<double>(37, 29, 41);
+    check_all_orders<double>(130, 70, 300);  // several Eigen panels along m and k
+  }
+  SECTION("blocked shapes, float") { check_all_orders<float>(64, 48, 96); }
+  SECTION("shapes that go through Eigen's own product") {
+    check_all_orders<double>(1, 17, 9);  // a row: GEMV
+    check_all_orders<double>(17, 1, 9);  // a column: GEMV
+    check_all_orders<double>(3, 4, 5);   // tiny: coefficient-based
+  }
+  SECTION("depth 0 gives zeros, or leaves an accumulated result as it was") {
+    const RowMatrix<double> a(6, 0), b(0, 7);
+    RowMatrix<double> c = RowMatrix<double>::Constant(6, 7, 3.0);
+    detail::gemm(c, a, b, /*accumulate=*/true);
+    REQUIRE((c.array() == 3.0).all());
+    detail::gemm(c, a, b);
+    REQUIRE((c.array() == 0.0).all());
+  }
+}
+
+TEST_CASE("gemm gives the bits of Eigen's product, run after run", "[core][gemm]") {
+  Eigen::setNbThreads(1);
+  const RowMatrix<float> a = random_matrix<float>(300, 200, 5);
+  const RowMatrix<float> b = random_matrix<float>(200, 150, 6);
+  RowMatrix<float> eigen(300, 150), ours(300, 150), large(600, 400);
+  eigen.noalias() = a * b;
+  detail::gemm(ours, a, b);
+  REQUIRE(ours == eigen);
+  // A larger product in between grows the thread's packing buffer; the bits do not change.
+  const RowMatrix<float> big_a = random_matrix<float>(600, 500, 7);
+  const RowMatrix<float> big_b = random_matrix<float>(500, 400, 8);
+  detail::gemm(large, big_a, big_b);
+  detail::gemm(ours, a, b);
+  REQUIRE(ours == eigen);
+}
+
+TEST_CASE("gemm inside a team: each thread packs into its own buffers", "[core][gemm]") {
+  const RowMatrix<double> a = random_matrix<double>(96, 80, 10);
+  const RowMatrix<double> b = random_matrix<double>(80, 72, 11);
+  RowMatrix<double> expected(96, 72);
+  RowMatrix<double> bound(96, 72);
+  reference_product(expected, bound, a, b, false);
+  constexpr int kProducts = 8;
+  std::vector<RowMatrix<double>> results(kProducts, RowMatrix<double>(96, 72));
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static, 1) num_threads(2)
+#endif
+  for (int i = 0; i < kProducts; ++i) detail::gemm(results[static_cast<std::size_t>(i)], a, b);
+  for (const auto& result : results)
+    REQUIRE(((result - expected).array().abs() <= 81 * 1e-16 * bound.array()).all());
+}
