@@ -76,12 +76,16 @@ void set_counters(benchmark::State& state, const Shape& s, double flops) {
       benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// What a step runs: a forward with nothing to follow (token rows read in place), a training
+/// forward (keeps its grouped input for backward), or forward and backward.
+enum Pass { inference_forward, training_forward, forward_backward };
+
 /// One dropless expert FFN step (plan, forward, optionally backward) with its buffers.
 struct DroplessRun {
-  DroplessRun(const Shape& shape, Index block_size, Routing routing, bool with_backward)
+  DroplessRun(const Shape& shape, Index block_size, Routing routing, Pass pass)
       : s(shape),
         block(block_size),
-        backward(with_backward),
+        backward(pass == forward_backward),
         config(make_config(shape)),
         w(config),
         x(s.tokens, s.d),
@@ -99,6 +103,7 @@ struct DroplessRun {
     fill(x, 4);
     fill(gates, 5);
     fill(grad_out, 6);
+    ctx.save_for_backward = pass != inference_forward;
   }
   static moe::ExpertFFNConfig make_config(const Shape& s) {
     moe::ExpertFFNConfig c;
@@ -130,9 +135,10 @@ struct DroplessRun {
   moe::ExpertGradients<float> grads;
 };
 
-void dropless(benchmark::State& state, bool backward) {
+void dropless(benchmark::State& state, Pass pass) {
+  const bool backward = pass == forward_backward;
   const Shape s = kShapes[state.range(0)];
-  DroplessRun run(s, state.range(1), static_cast<Routing>(state.range(2)), backward);
+  DroplessRun run(s, state.range(1), static_cast<Routing>(state.range(2)), pass);
   for (auto _ : state) run.step();
   state.counters["padded_rows/Tk"] =
       static_cast<double>(run.plan.padded_rows()) / static_cast<double>(s.tokens * s.k);
@@ -150,15 +156,16 @@ void dense_limit(benchmark::State& state, bool backward) {
 /// thread), so load from other processes hits both sides alike. Reports the median of the pair
 /// ratios. The "compare" shape (range 3) replaces the limit with the dropless FFN at another shape:
 /// E = 256 against E = 8 at the same active FLOPs.
-void paired_ratio(benchmark::State& state, bool backward) {
+void paired_ratio(benchmark::State& state, Pass pass) {
+  const bool backward = pass == forward_backward;
   const Shape s = kShapes[state.range(0)];
   const Index block = state.range(1);
   const Index against = state.range(2);
-  DroplessRun run(s, block, uniform, backward);
+  DroplessRun run(s, block, uniform, pass);
   std::unique_ptr<DroplessRun> other;
   std::unique_ptr<SwigluGemmLimit> limit;
   if (against >= 0)
-    other = std::make_unique<DroplessRun>(kShapes[against], block, uniform, backward);
+    other = std::make_unique<DroplessRun>(kShapes[against], block, uniform, pass);
   else
     limit = std::make_unique<SwigluGemmLimit>(s.tokens * s.k, s.d, s.f, backward);
   auto baseline = [&] { other ? other->step() : limit->step(); };
@@ -202,12 +209,13 @@ void active_weights_memcpy(benchmark::State& state) {
   state.counters["active_experts"] = static_cast<double>(used);
 }
 
-void BM_dropless_forward(benchmark::State& state) { dropless(state, false); }
-void BM_dropless_forward_backward(benchmark::State& state) { dropless(state, true); }
+void BM_dropless_forward(benchmark::State& state) { dropless(state, inference_forward); }
+void BM_dropless_forward_backward(benchmark::State& state) { dropless(state, forward_backward); }
 void BM_dense_limit_forward(benchmark::State& state) { dense_limit(state, false); }
 void BM_dense_limit_forward_backward(benchmark::State& state) { dense_limit(state, true); }
-void BM_ratio_forward(benchmark::State& state) { paired_ratio(state, false); }
-void BM_ratio_forward_backward(benchmark::State& state) { paired_ratio(state, true); }
+void BM_ratio_forward(benchmark::State& state) { paired_ratio(state, inference_forward); }
+void BM_ratio_training_forward(benchmark::State& state) { paired_ratio(state, training_forward); }
+void BM_ratio_forward_backward(benchmark::State& state) { paired_ratio(state, forward_backward); }
 
 void dropless_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"shape", "block", "zipf"});
@@ -234,9 +242,17 @@ void ratio_args(benchmark::internal::Benchmark* b) {
   b->Iterations(1)->Unit(benchmark::kMillisecond);
 }
 
+/// The target shapes only: a training forward differs from the inference one by the grouped copy.
+void training_ratio_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"shape", "block", "against"});
+  for (Index shape = 0; shape < 3; ++shape) b->Args({shape, 128, -1});
+  b->Iterations(1)->Unit(benchmark::kMillisecond);
+}
+
 }  // namespace
 
 BENCHMARK(BM_ratio_forward)->Apply(ratio_args);
+BENCHMARK(BM_ratio_training_forward)->Apply(training_ratio_args);
 BENCHMARK(BM_ratio_forward_backward)->Apply(ratio_args);
 BENCHMARK(BM_dropless_forward)->Apply(dropless_args);
 BENCHMARK(BM_dense_limit_forward)->Apply(limit_args);

@@ -135,3 +135,37 @@ TEST_CASE("gemm inside a team: each thread packs into its own buffers", "[core][
   for (const auto& result : results)
     REQUIRE(((result - expected).array().abs() <= 81 * 1e-16 * bound.array()).all());
 }
+
+TEST_CASE("gemm over gathered rows equals gemm over their gathered copy, bit for bit",
+          "[core][gemm]") {
+  Eigen::setNbThreads(1);
+  const RowMatrix<float> source = random_matrix<float>(50, 70, 12);  // 50 rows, 64 used + 6
+  const RowMatrix<float> b = random_matrix<float>(64, 90, 13);
+  const RowMatrix<float> bt = random_matrix<float>(90, 64, 14);
+  std::mt19937 gen(15);
+  std::uniform_int_distribution<Index> pick(0, source.rows() - 1);
+  for (Index m : {1, 2, 5, 40, 333}) {
+    std::vector<Index> rows(static_cast<std::size_t>(m));
+    for (Index& r : rows) r = pick(gen);  // repeats allowed, as a token chosen k times
+    RowMatrix<float> copy(m, 64);
+    for (Index r = 0; r < m; ++r)
+      copy.row(r) = source.row(rows[static_cast<std::size_t>(r)]).head(64);
+    const detail::GatheredRows<float> gathered(source.data(), source.cols(), rows.data(), m, 64);
+    for (bool accumulate : {false, true}) {
+      RowMatrix<float> expected = random_matrix<float>(m, 90, 16), ours = expected;
+      detail::gemm(expected, copy, b, accumulate);
+      detail::gemm(ours, gathered, b, accumulate);
+      REQUIRE(ours == expected);
+      detail::gemm(expected, copy, bt.transpose(), accumulate);
+      detail::gemm(ours, gathered, bt.transpose(), accumulate);
+      REQUIRE(ours == expected);
+      // And it is the product: against the triple loop.
+      RowMatrix<float> reference = RowMatrix<float>::Zero(m, 90);
+      RowMatrix<double> bound(m, 90);
+      reference_product(reference, bound, copy, bt.transpose(), false);
+      detail::gemm(ours, gathered, bt.transpose());
+      REQUIRE(
+          ((ours - reference).cast<double>().array().abs() <= 65 * 1.2e-7 * bound.array()).all());
+    }
+  }
+}

@@ -76,13 +76,21 @@ struct Result {
   ExpertGradients<double> grads;
 };
 
-Result run_dropless(const Problem& p, Index block) {
+/// Forward and backward; with `save` off the forward reads token rows in place and backward is
+/// given x to group them then.
+Result run_dropless(const Problem& p, Index block, bool save = true) {
   const DroplessPlan plan = make_dropless_plan(p.ids, p.weights.config.num_experts, block);
   DroplessFFNContext<double> ctx;
+  ctx.save_for_backward = save;
   Result r{RowMatrixD(p.x.rows(), p.x.cols()), RowMatrixD(p.x.rows(), p.x.cols()),
            RowMatrixD(p.gates.rows(), p.gates.cols()), ExpertGradients<double>(p.weights.config)};
   dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, r.y);
-  dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, r.grads, r.grad_x, r.grad_gates);
+  if (save)
+    dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, r.grads, r.grad_x,
+                                  r.grad_gates);
+  else
+    dropless_ffn_backward<double>(p.weights, p.x, p.grad_out, plan, ctx, r.grads, r.grad_x,
+                                  r.grad_gates);
   return r;
 }
 
@@ -113,19 +121,53 @@ void require_matches_reference(const Problem& p, const Result& r, double toleran
 TEST_CASE("dropless FFN matches the per-token reference for every activation", "[dropless][ffn]") {
   for (Activation act : kActivations)
     for (bool bias : {false, true})
-      for (Index block : {1, 4, 128}) {
-        INFO(to_string(act) << " bias " << bias << " block " << block);
-        const Problem p = make_problem(make_config(5, 6, 10, act, bias, 4), 29, 2, 100);
-        require_matches_reference(p, run_dropless(p, block));
-      }
+      for (Index block : {1, 4, 128})
+        for (bool save : {true, false}) {
+          INFO(to_string(act) << " bias " << bias << " block " << block << " save " << save);
+          const Problem p = make_problem(make_config(5, 6, 10, act, bias, 4), 29, 2, 100);
+          require_matches_reference(p, run_dropless(p, block, save));
+        }
 }
 
 TEST_CASE("dropless FFN spans many tiles with a hot expert", "[dropless][ffn]") {
-  for (Index block : {1, 128}) {
-    INFO("block " << block);
-    const Problem p =
-        make_problem(make_config(3, 8, 300, Activation::swiglu, true, 128), 700, 2, 7, 0.8);
-    require_matches_reference(p, run_dropless(p, block));
+  for (Index block : {1, 128})
+    for (bool save : {true, false}) {
+      INFO("block " << block << " save " << save);
+      const Problem p =
+          make_problem(make_config(3, 8, 300, Activation::swiglu, true, 128), 700, 2, 7, 0.8);
+      require_matches_reference(p, run_dropless(p, block, save));
+    }
+}
+
+TEST_CASE("a forward that saves nothing reads token rows in place, to the same bits",
+          "[dropless][ffn]") {
+  // d = 40 and 300 rows per expert: the tile products take the blocked GEMM path, which reads the
+  // gathered rows while packing them.
+  for (Activation act : {Activation::swiglu, Activation::gelu}) {
+    INFO(to_string(act));
+    const Problem p = make_problem(make_config(3, 40, 96, act, true, 32), 450, 2, 11, 0.5);
+    const Result saved = run_dropless(p, 16, true), in_place = run_dropless(p, 16, false);
+    REQUIRE(in_place.y == saved.y);
+    REQUIRE(in_place.grad_x == saved.grad_x);
+    REQUIRE(in_place.grad_gates == saved.grad_gates);
+    REQUIRE(in_place.grads.w1 == saved.grads.w1);
+    REQUIRE(in_place.grads.w2 == saved.grads.w2);
+    require_matches_reference(p, in_place);
+  }
+  SECTION("backward without x refuses such a context") {
+    const Problem p = make_problem(make_config(3, 4, 6, Activation::swiglu, false, 2), 9, 2, 12);
+    const DroplessPlan plan = make_dropless_plan(p.ids, 3, 4);
+    DroplessFFNContext<double> ctx;
+    ctx.save_for_backward = false;
+    RowMatrixD y(9, 4), gx(9, 4), gg(9, 2);
+    ExpertGradients<double> grads(p.weights.config);
+    dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, y);
+    REQUIRE_THROWS_WITH(
+        dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, grads, gx, gg),
+        Catch::Contains("save_for_backward"));
+    REQUIRE_THROWS_WITH(dropless_ffn_backward<double>(p.weights, RowMatrixD(8, 4), p.grad_out, plan,
+                                                      ctx, grads, gx, gg),
+                        Catch::Contains("x"));
   }
 }
 
@@ -359,6 +401,12 @@ TEST_CASE("same bits at 1 and 2 threads", "[dropless][ffn][threads]") {
           ExpertGradients<float>(wf.config), plan.sorted_pairs};
     dropless_ffn_forward<float>(wf, x, gates, plan, ctx, o.y);
     dropless_ffn_backward<float>(wf, g, plan, ctx, o.grads, o.gx, o.gg);
+    // The forward that reads token rows in place gives the same bits as well.
+    DroplessFFNContext<float> in_place;
+    in_place.save_for_backward = false;
+    RowMatrix<float> y_in_place(900, 24);
+    dropless_ffn_forward<float>(wf, x, gates, plan, in_place, y_in_place);
+    REQUIRE(y_in_place == o.y);
     return o;
   };
   const int saved = omp_get_max_threads();

@@ -63,7 +63,7 @@ void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, 
     const Index g0 = e * capacity;
     xs.middleRows(g0, rows[e]) = x.middleRows(g0, rows[e]);
   });
-  detail::grouped_ffn_forward(weights, ctx.topology, buf);
+  detail::grouped_ffn_forward(weights, ctx.topology, buf.x(), buf);
   auto y = buf.y();
   detail::parallel_for(0, experts, [&](Index e) {
     const Index g0 = e * capacity;

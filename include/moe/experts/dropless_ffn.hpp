@@ -3,6 +3,7 @@
 // backward.
 #pragma once
 
+#include "moe/core/detail/product.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/core/workspace.hpp"
@@ -21,7 +22,11 @@ template <class S>
 struct DroplessFFNContext {
   BlockSparseTopology topology;
   Workspace workspace;
+  /// Whether forward keeps what backward needs. Off (inference), the expert products read the
+  /// token rows of x in place instead of from a copy grouped by expert, and backward is refused.
+  bool save_for_backward = true;
   Index num_tokens = -1;  ///< -1 until a forward ran
+  bool saved = false;     ///< whether the last forward saved for backward
   Index top_k = 0;
   Index padded_rows = 0;
 
@@ -34,6 +39,7 @@ struct DroplessFFNContext {
 namespace detail {
 
 inline constexpr std::size_t kGatesSlot = kFirstFreeSlot;
+inline constexpr std::size_t kRowTokenSlot = kFirstFreeSlot + 1;
 
 template <class S>
 GroupedBuffers<S> dropless_buffers(const ExpertWeights<S>& w, DroplessFFNContext<S>& ctx) {
@@ -62,10 +68,21 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
   ctx.num_tokens = plan.num_tokens;
   ctx.top_k = plan.top_k;
   ctx.padded_rows = plan.padded_rows();
-  ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k) = gates;
+  ctx.saved = ctx.save_for_backward;
   detail::GroupedBuffers<S> buf = detail::dropless_buffers(weights, ctx);
-  dropless_permute<S>(x, plan, buf.x(), /*zero_padding=*/false);
-  detail::grouped_ffn_forward(weights, ctx.topology, buf);
+  ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k) = gates;
+  if (ctx.saved) {
+    dropless_permute<S>(x, plan, buf.x(), /*zero_padding=*/false);
+    detail::grouped_ffn_forward(weights, ctx.topology, buf.x(), buf);
+  } else {
+    // row_token[pair_row[p]] = p / k: the token each data row reads (padding rows are never read).
+    auto row_token = ctx.workspace.template vector<Index>(detail::kRowTokenSlot, ctx.padded_rows);
+    const Index pairs = plan.num_tokens * plan.top_k;
+    for (Index p = 0; p < pairs; ++p) row_token[plan.pair_row[p]] = p / plan.top_k;
+    const detail::GatheredRows<S> rows(x.data(), x.outerStride(), row_token.data(), ctx.padded_rows,
+                                       c.hidden);
+    detail::grouped_ffn_forward(weights, ctx.topology, rows, buf);
+  }
   dropless_unpermute<S>(buf.y(), gates, plan, out);
 }
 
@@ -79,37 +96,76 @@ RowMatrix<S> dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRe
   return out;
 }
 
-/// Backward of dropless_ffn_forward: grad_x [T, d], grad_gates(t, j) = <FFN_e(x_t), grad_out[t]>,
-/// and every parameter gradient into `grads` (overwritten, shaped like `weights`).
+namespace detail {
+
+/// The checks and body of dropless_ffn_backward once the grouped input is in the context.
 template <class S>
-void dropless_ffn_backward(const ExpertWeights<S>& weights, ConstMatrixRef<S> grad_out,
-                           const DroplessPlan& plan, DroplessFFNContext<S>& ctx,
-                           ExpertGradients<S>& grads, MatrixRef<S> grad_x,
-                           MatrixRef<S> grad_gates) {
-  detail::require_weights(weights, "weights");
-  require(ctx.num_tokens >= 0, "ctx", "a context filled by dropless_ffn_forward",
-          "an empty context");
-  require(ctx.num_tokens == plan.num_tokens && ctx.top_k == plan.top_k &&
-              ctx.padded_rows == plan.padded_rows(),
-          "plan", "the plan of the forward that filled ctx", "a plan of another shape");
+void dropless_ffn_backward_grouped(const ExpertWeights<S>& weights, ConstMatrixRef<S> grad_out,
+                                   const DroplessPlan& plan, DroplessFFNContext<S>& ctx,
+                                   ExpertGradients<S>& grads, MatrixRef<S> grad_x,
+                                   MatrixRef<S> grad_gates) {
   require(grads.config.num_experts == weights.config.num_experts &&
               grads.config.hidden == weights.config.hidden &&
               grads.config.ffn_hidden == weights.config.ffn_hidden &&
               grads.config.activation == weights.config.activation &&
               grads.config.bias == weights.config.bias,
           "grads", "ExpertGradients built from the weights' config", "another config");
-  detail::require_weights(grads, "grads");
+  require_weights(grads, "grads");
   const Index d = weights.config.hidden;
   require_shape(grad_out, "grad_out", plan.num_tokens, d);
   require_shape(grad_x, "grad_x", plan.num_tokens, d);
   require_shape(grad_gates, "grad_gates", plan.num_tokens, plan.top_k);
 
-  detail::GroupedBuffers<S> buf = detail::dropless_buffers(weights, ctx);
-  auto gates = ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k);
+  GroupedBuffers<S> buf = dropless_buffers(weights, ctx);
+  auto gates = ctx.workspace.template matrix<S>(kGatesSlot, plan.num_tokens, plan.top_k);
   dropless_unpermute_backward<S>(grad_out, buf.y(), gates, plan, buf.dy(), grad_gates,
                                  /*zero_padding=*/false);
-  detail::grouped_ffn_backward(weights, ctx.topology, buf, grads);
+  grouped_ffn_backward(weights, ctx.topology, buf, grads);
   dropless_permute_backward<S>(buf.dx(), plan, grad_x);
+}
+
+template <class S>
+void require_forward_context(const ExpertWeights<S>& weights, const DroplessPlan& plan,
+                             const DroplessFFNContext<S>& ctx) {
+  require_weights(weights, "weights");
+  require(ctx.num_tokens >= 0, "ctx", "a context filled by dropless_ffn_forward",
+          "an empty context");
+  require(ctx.num_tokens == plan.num_tokens && ctx.top_k == plan.top_k &&
+              ctx.padded_rows == plan.padded_rows(),
+          "plan", "the plan of the forward that filled ctx", "a plan of another shape");
+}
+
+}  // namespace detail
+
+/// Backward of dropless_ffn_forward: grad_x [T, d], grad_gates(t, j) = <FFN_e(x_t), grad_out[t]>,
+/// and every parameter gradient into `grads` (overwritten, shaped like `weights`). The forward must
+/// have run with ctx.save_for_backward; the overload taking x does not need it.
+template <class S>
+void dropless_ffn_backward(const ExpertWeights<S>& weights, ConstMatrixRef<S> grad_out,
+                           const DroplessPlan& plan, DroplessFFNContext<S>& ctx,
+                           ExpertGradients<S>& grads, MatrixRef<S> grad_x,
+                           MatrixRef<S> grad_gates) {
+  detail::require_forward_context(weights, plan, ctx);
+  require(ctx.saved, "ctx", "a context whose forward ran with save_for_backward = true",
+          "a context of a forward that saved nothing (save_for_backward = false)");
+  detail::dropless_ffn_backward_grouped<S>(weights, grad_out, plan, ctx, grads, grad_x, grad_gates);
+}
+
+/// The same given the forward's input x [T, d]: when the forward saved nothing, x is grouped by
+/// expert now (the copy the forward skipped), so an inference-style forward can still be
+/// differentiated.
+template <class S>
+void dropless_ffn_backward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
+                           ConstMatrixRef<S> grad_out, const DroplessPlan& plan,
+                           DroplessFFNContext<S>& ctx, ExpertGradients<S>& grads,
+                           MatrixRef<S> grad_x, MatrixRef<S> grad_gates) {
+  detail::require_forward_context(weights, plan, ctx);
+  if (!ctx.saved) {
+    require_shape(x, "x", plan.num_tokens, weights.config.hidden);
+    detail::GroupedBuffers<S> buf = detail::dropless_buffers(weights, ctx);
+    dropless_permute<S>(x, plan, buf.x(), /*zero_padding=*/false);
+  }
+  detail::dropless_ffn_backward_grouped<S>(weights, grad_out, plan, ctx, grads, grad_x, grad_gates);
 }
 
 }  // namespace moe

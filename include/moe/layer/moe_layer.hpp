@@ -210,6 +210,8 @@ class MoELayer {
     if (config.dispatch == DispatchKind::dropless) {
       make_dropless_plan(routing.expert_ids, config.router.num_experts, config.block_size,
                          ctx.plan);
+      // Eval reads token rows in place; a backward after it groups x then (it is given x).
+      ctx.dropless.save_for_backward = mode == Mode::train;
       dropless_ffn_forward<S>(experts, x, routing.gates, ctx.plan, ctx.dropless, out.y);
       out.health = health_report(routing);
     } else {
@@ -226,7 +228,7 @@ class MoELayer {
 
     if (config.shared.ffn_hidden > 0)
       detail::shared_expert_forward<S>(shared, shared_gate_weight, config.shared.gated,
-                                       config.block_size, x, ctx.shared, out.y);
+                                       config.block_size, x, ctx.shared, out.y, mode);
 
     ctx.aux = LossGradient<S>();
     ctx.z = LossGradient<S>();
@@ -267,7 +269,7 @@ class MoELayer {
     upstream.gates.resize(tokens, config.router.top_k);
 
     if (config.dispatch == DispatchKind::dropless) {
-      dropless_ffn_backward<S>(experts, grad_y, ctx.plan, ctx.dropless, grads.experts, grads.x,
+      dropless_ffn_backward<S>(experts, x, grad_y, ctx.plan, ctx.dropless, grads.experts, grads.x,
                                upstream.gates);
     } else {
       const CapacityPlan<S>& plan = ctx.capacity_plan;

@@ -172,7 +172,7 @@ class ExpertParallelMoELayer {
     dropless_unpermute<S>(ctx.returned, ctx.weights, ex.send, out.y);
     if (config.shared.ffn_hidden > 0)
       detail::shared_expert_forward<S>(shared, shared_gate_weight, config.shared.gated,
-                                       config.block_size, x, ctx.shared, out.y);
+                                       config.block_size, x, ctx.shared, out.y, mode);
 
     ctx.aux = LossGradient<S>();
     ctx.z = LossGradient<S>();

@@ -8,6 +8,7 @@
 // detail::gemm), split by blocks, not by experts, so a hot expert's rows spread over all threads.
 #pragma once
 
+#include <utility>
 #include <vector>
 
 #include "moe/core/detail/product.hpp"
@@ -91,22 +92,56 @@ void for_expert_tiles(const BlockSparseTopology& topo, Index m, Index m_tile, In
 
 }  // namespace detail
 
+namespace detail {
+
+/// sdd over a row operand that is a matrix or GatheredRows (the grouped rows read in place).
+template <class S, class Rows, class Epilogue>
+void sdd_rows(const Rows& a, ConstMatrixRef<S> b, const BlockSparseTopology& topo,
+              MatrixRef<S> c_values, Epilogue&& epilogue) {
+  const Index k = a.cols();
+  require_shape(a, "a", topo.rows(), -1);
+  require_shape(b, "b", topo.num_experts * k, topo.ffn_hidden);
+  require_sparse_values(c_values, topo, "c_values");
+  for_sparse_tiles(
+      topo,
+      [&](const RowTile& t, Index c0, Index cw) {
+        gemm(c_values.block(t.begin, c0, t.data_rows, cw), a.middleRows(t.begin, t.data_rows),
+             b.block(t.expert * k, c0, k, cw));
+      },
+      epilogue, c_values);
+}
+
+/// sdd_pair over a matrix or GatheredRows.
+template <class S, class Rows, class Epilogue>
+void sdd_pair_rows(const Rows& a, ConstMatrixRef<S> b1, ConstMatrixRef<S> b2,
+                   const BlockSparseTopology& topo, MatrixRef<S> c1_values, MatrixRef<S> c2_values,
+                   Epilogue&& epilogue) {
+  const Index k = a.cols();
+  require_shape(a, "a", topo.rows(), -1);
+  require_shape(b1, "b1", topo.num_experts * k, topo.ffn_hidden);
+  require_shape(b2, "b2", topo.num_experts * k, topo.ffn_hidden);
+  require_sparse_values(c1_values, topo, "c1_values");
+  require_sparse_values(c2_values, topo, "c2_values");
+  for_sparse_tiles(
+      topo,
+      [&](const RowTile& t, Index c0, Index cw) {
+        const auto rows = a.middleRows(t.begin, t.data_rows);
+        gemm(c1_values.block(t.begin, c0, t.data_rows, cw), rows,
+             b1.block(t.expert * k, c0, k, cw));
+        gemm(c2_values.block(t.begin, c0, t.data_rows, cw), rows,
+             b2.block(t.expert * k, c0, k, cw));
+      },
+      epilogue, c1_values, c2_values);
+}
+
+}  // namespace detail
+
 /// sdd: C = A * B at the topology's blocks (MegaBlocks `stk.ops.sdd(x, w1.t(), topo)`).
 /// a [P, K] dense; b [E*K, f] expert-major; c_values [P, f] Block-ELL.
 template <class S, class Epilogue = NoEpilogue>
 void sdd(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology& topo,
          MatrixRef<S> c_values, Epilogue&& epilogue = Epilogue{}) {
-  const Index k = a.cols();
-  require_shape(a, "a", topo.rows(), -1);
-  require_shape(b, "b", topo.num_experts * k, topo.ffn_hidden);
-  detail::require_sparse_values(c_values, topo, "c_values");
-  detail::for_sparse_tiles(
-      topo,
-      [&](const detail::RowTile& t, Index c0, Index cw) {
-        detail::gemm(c_values.block(t.begin, c0, t.data_rows, cw),
-                     a.middleRows(t.begin, t.data_rows), b.block(t.expert * k, c0, k, cw));
-      },
-      epilogue, c_values);
+  detail::sdd_rows<S>(a, b, topo, c_values, std::forward<Epilogue>(epilogue));
 }
 
 /// Two sdd products over the same A, tile by tile: C1 = A * B1 and C2 = A * B2 at the blocks (the
@@ -115,22 +150,7 @@ template <class S, class Epilogue>
 void sdd_pair(ConstMatrixRef<S> a, ConstMatrixRef<S> b1, ConstMatrixRef<S> b2,
               const BlockSparseTopology& topo, MatrixRef<S> c1_values, MatrixRef<S> c2_values,
               Epilogue&& epilogue) {
-  const Index k = a.cols();
-  require_shape(a, "a", topo.rows(), -1);
-  require_shape(b1, "b1", topo.num_experts * k, topo.ffn_hidden);
-  require_shape(b2, "b2", topo.num_experts * k, topo.ffn_hidden);
-  detail::require_sparse_values(c1_values, topo, "c1_values");
-  detail::require_sparse_values(c2_values, topo, "c2_values");
-  detail::for_sparse_tiles(
-      topo,
-      [&](const detail::RowTile& t, Index c0, Index cw) {
-        const auto rows = a.middleRows(t.begin, t.data_rows);
-        detail::gemm(c1_values.block(t.begin, c0, t.data_rows, cw), rows,
-                     b1.block(t.expert * k, c0, k, cw));
-        detail::gemm(c2_values.block(t.begin, c0, t.data_rows, cw), rows,
-                     b2.block(t.expert * k, c0, k, cw));
-      },
-      epilogue, c1_values, c2_values);
+  detail::sdd_pair_rows<S>(a, b1, b2, topo, c1_values, c2_values, std::forward<Epilogue>(epilogue));
 }
 
 /// sdd with B transposed: C = A * B^T at the blocks (backward: dA = dY * W2^T).

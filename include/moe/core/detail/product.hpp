@@ -65,6 +65,19 @@ inline constexpr bool is_gemm_operand = (Eigen::internal::traits<T>::Flags &
                                          Eigen::DirectAccessBit) != 0 &&
                                         Eigen::internal::traits<T>::InnerStrideAtCompileTime == 1;
 
+/// Whether Eigen would run an [m, n] = [m, k] * [k, n] product as one single-threaded blocked GEMM
+/// (not a GEMV, not its coefficient-based small product, not a BLAS call, not threaded by itself).
+inline bool uses_blocked_gemm(Index m, Index n, Index k) {
+#if defined(EIGEN_USE_BLAS)
+  return false;
+#endif
+  bool blocked = m > 1 && n > 1 && k > 0 && m + n + k >= EIGEN_GEMM_TO_COEFFBASED_THRESHOLD;
+#if defined(_OPENMP)
+  blocked = blocked && (omp_get_num_threads() > 1 || Eigen::nbThreads() == 1);
+#endif
+  return blocked;
+}
+
 /// dst = lhs * rhs, or dst += lhs * rhs when `accumulate`: the same blocked GEMM, blocking and
 /// bits as `dst.noalias() = lhs * rhs`, with packing buffers that persist per thread
 /// (PackingBlocking). Products Eigen would not run as a single-threaded GEMM (vectors, tiny
@@ -75,16 +88,9 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false) {
   using D = std::decay_t<Dst>;
   using S = typename D::Scalar;
   const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
-  bool blocked = m > 1 && n > 1 && k > 0 && m + n + k >= EIGEN_GEMM_TO_COEFFBASED_THRESHOLD;
-#if defined(EIGEN_USE_BLAS)
-  blocked = false;
-#endif
-#if defined(_OPENMP)
-  blocked = blocked && (omp_get_num_threads() > 1 || Eigen::nbThreads() == 1);
-#endif
   if constexpr (D::IsRowMajor && is_gemm_operand<D> && is_gemm_operand<Lhs> &&
                 is_gemm_operand<Rhs>) {
-    if (blocked) {
+    if (uses_blocked_gemm(m, n, k)) {
       constexpr int lhs_order = Lhs::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor;
       constexpr int rhs_order = Rhs::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor;
       if (!accumulate) dst.setZero();
@@ -102,6 +108,110 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false) {
     dst.noalias() += lhs * rhs;
   else
     dst.noalias() = lhs * rhs;
+}
+
+/// The rows of a row-major matrix in the order of an index list: row r is source row index[r].
+/// A GEMM reads them in place, so a grouped product needs no gathered copy of its input. Offers
+/// the rows(), cols() and middleRows() of a matrix.
+template <class S>
+class GatheredRows {
+ public:
+  GatheredRows(const S* data, Index stride, const Index* index, Index rows, Index cols)
+      : data_(data), stride_(stride), index_(index), rows_(rows), cols_(cols) {}
+
+  Index rows() const noexcept { return rows_; }
+  Index cols() const noexcept { return cols_; }
+  const S* data() const noexcept { return data_; }
+  Index stride() const noexcept { return stride_; }
+  const Index* index() const noexcept { return index_; }
+  const S* row_data(Index r) const noexcept { return data_ + index_[r] * stride_; }
+  GatheredRows middleRows(Index first, Index n) const {
+    return GatheredRows(data_, stride_, index_ + first, n, cols_);
+  }
+
+ private:
+  const S* data_;
+  Index stride_;
+  const Index* index_;
+  Index rows_, cols_;
+};
+
+/// Eigen's data-mapper interface over the transpose of GatheredRows: column j of the mapped
+/// [cols, count] matrix is gathered row j, contiguous. What gemm_pack_rhs reads.
+template <class S>
+class GatheredColumnsMapper {
+ public:
+  using LinearMapper = Eigen::internal::BlasLinearMapper<const S, Index, Eigen::Unaligned>;
+
+  GatheredColumnsMapper(const S* data, Index stride, const Index* rows)
+      : data_(data), stride_(stride), rows_(rows) {}
+  GatheredColumnsMapper getSubMapper(Index i, Index j) const {
+    return GatheredColumnsMapper(data_ + i, stride_, rows_ + j);
+  }
+  LinearMapper getLinearMapper(Index i, Index j) const {
+    return LinearMapper(data_ + rows_[j] * stride_ + i);
+  }
+  const S& operator()(Index i, Index j) const { return data_[rows_[j] * stride_ + i]; }
+
+ private:
+  const S* data_;
+  Index stride_;
+  const Index* rows_;
+};
+
+/// dst = gathered * rhs (or +=): the loop of Eigen's sequential GEMM (general_matrix_matrix_product
+/// for the transposed, column-major product) with the gathered rows packed straight from their
+/// source, so the bits equal gemm(dst, gathered copy, rhs).
+template <class Dst, class S, class Rhs>
+void gemm(Dst&& dst, const GatheredRows<S>& lhs, const Rhs& rhs, bool accumulate = false) {
+  using namespace Eigen::internal;
+  const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
+  if constexpr (std::decay_t<Dst>::IsRowMajor && is_gemm_operand<std::decay_t<Dst>> &&
+                is_gemm_operand<Rhs>) {
+    if (uses_blocked_gemm(m, n, k)) {
+      // C^T [n, m] = rhs^T [n, k] * gathered^T [k, m], column-major.
+      constexpr int lhs_order = Rhs::IsRowMajor ? Eigen::ColMajor : Eigen::RowMajor;
+      using Traits = gebp_traits<S, S>;
+      using LhsMapper = const_blas_data_mapper<S, Index, lhs_order>;
+      using RhsMapper = GatheredColumnsMapper<S>;
+      using ResMapper = blas_data_mapper<S, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
+      gemm_pack_lhs<S, Index, LhsMapper, Traits::mr, Traits::LhsProgress,
+                    typename Traits::LhsPacket4Packing, lhs_order>
+          pack_lhs;
+      gemm_pack_rhs<S, Index, RhsMapper, Traits::nr, Eigen::ColMajor> pack_rhs;
+      gebp_kernel<S, S, Index, ResMapper, Traits::mr, Traits::nr, false, false> gebp;
+
+      if (!accumulate) dst.setZero();
+      PackingBlocking<S> blocking(m, n, k);
+      const LhsMapper a(rhs.data(), rhs.outerStride());
+      const RhsMapper b(lhs.data(), lhs.stride(), lhs.index());
+      const ResMapper c(dst.data(), dst.outerStride());
+      const Index kc = blocking.kc(), mc = std::min(n, blocking.mc()),
+                  nc = std::min(m, blocking.nc());
+      const bool pack_b_once = mc != n && kc == k && nc == m;
+      for (Index i2 = 0; i2 < n; i2 += mc) {
+        const Index actual_mc = std::min(i2 + mc, n) - i2;
+        for (Index k2 = 0; k2 < k; k2 += kc) {
+          const Index actual_kc = std::min(k2 + kc, k) - k2;
+          pack_lhs(blocking.blockA(), a.getSubMapper(i2, k2), actual_kc, actual_mc);
+          for (Index j2 = 0; j2 < m; j2 += nc) {
+            const Index actual_nc = std::min(j2 + nc, m) - j2;
+            if (!pack_b_once || i2 == 0)
+              pack_rhs(blocking.blockB(), b.getSubMapper(k2, j2), actual_kc, actual_nc);
+            gebp(c.getSubMapper(i2, j2), blocking.blockA(), blocking.blockB(), actual_mc, actual_kc,
+                 actual_nc, S(1));
+          }
+        }
+      }
+      return;
+    }
+  }
+  // Vectors and tiny products: Eigen's GEMV or coefficient-based product over a gathered copy.
+  RowMatrix<S> copy(lhs.rows(), lhs.cols());
+  for (Index r = 0; r < lhs.rows(); ++r)
+    copy.row(r) =
+        Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(lhs.row_data(r), lhs.cols());
+  gemm(std::forward<Dst>(dst), copy, rhs, accumulate);
 }
 
 /// dst = lhs * rhs, split into fixed blocks of 256 rows of dst (or of columns, when dst has fewer

@@ -58,13 +58,13 @@ void group_column_sums(const BlockSparseTopology& topo, ConstMatrixRef<S> values
   });
 }
 
-/// y = act(x W1[e] + b1[e]) W2[e] + b2[e] for every data row of the grouped buffer; buffers.x()
-/// holds the input (padding rows are never read). MegaBlocks SparseMLP: sdd -> act -> dsd.
-template <class S>
-void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& topo,
+/// y = act(x W1[e] + b1[e]) W2[e] + b2[e] for every data row of the grouped input `x`: buffers.x()
+/// or the token rows read in place (GatheredRows); padding rows are never read. MegaBlocks
+/// SparseMLP: sdd -> act -> dsd.
+template <class S, class Rows>
+void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& topo, const Rows& x,
                          GroupedBuffers<S>& buf) {
   const ExpertFFNConfig& c = w.config;
-  auto x = buf.x();
   auto h1 = buf.h1();
   auto h3 = buf.h3();
   auto a = buf.a();
@@ -79,9 +79,9 @@ void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& t
     activation_forward(c.activation, tile, up, a.block(r0, c0, n, cw));
   };
   if (buf.gated)
-    sdd_pair<S>(x, w.w1, w.w3, topo, h1, h3, activate);
+    sdd_pair_rows<S>(x, w.w1, w.w3, topo, h1, h3, activate);
   else
-    sdd<S>(x, w.w1, topo, h1, activate);
+    sdd_rows<S>(x, w.w1, topo, h1, activate);
   // Padding rows of a (and of dh3 below) are never read: the products touch data rows only.
   dsd<S>(a, w.w2, topo, y);
   add_group_bias<S>(topo, w.b2, y);

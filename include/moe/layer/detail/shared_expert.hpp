@@ -38,13 +38,14 @@ void init_shared_expert(const MoELayerConfig& config, std::uint64_t seed, Expert
 template <class S>
 void shared_expert_forward(const ExpertWeights<S>& weights, ConstVectorRef<S> gate_weight,
                            bool gated, Index block_size, ConstMatrixRef<S> x,
-                           SharedExpertContext<S>& ctx, MatrixRef<S> y) {
+                           SharedExpertContext<S>& ctx, MatrixRef<S> y, Mode mode) {
   const Index tokens = x.rows();
   make_dropless_plan(ExpertIdMatrix::Zero(tokens, 1), 1, block_size, ctx.plan);
   if (gated)
     ctx.gate = (x * gate_weight).array().logistic().matrix();
   else
     ctx.gate = RowMatrix<S>::Ones(tokens, 1);
+  ctx.ffn.save_for_backward = mode == Mode::train;
   y += dropless_ffn_forward<S>(weights, x, ctx.gate, ctx.plan, ctx.ffn);
 }
 
@@ -59,7 +60,7 @@ void shared_expert_backward(const ExpertWeights<S>& weights, ConstVectorRef<S> g
   shape_gradients(grads, weights.config);
   ctx.grad_x.resize(tokens, x.cols());
   ctx.grad_gate.resize(tokens, 1);
-  dropless_ffn_backward<S>(weights, grad_y, ctx.plan, ctx.ffn, grads, ctx.grad_x, ctx.grad_gate);
+  dropless_ffn_backward<S>(weights, x, grad_y, ctx.plan, ctx.ffn, grads, ctx.grad_x, ctx.grad_gate);
   grad_x += ctx.grad_x;
   if (!gated) return;
   const auto g = ctx.gate.col(0).array();
