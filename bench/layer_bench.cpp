@@ -114,7 +114,8 @@ moe::MoELayerConfig layer_config(const Shape& s) {
   return c;
 }
 
-/// One training-mode layer step (forward, optionally backward) on forced routing.
+/// One layer step on forced routing: the forward alone in Mode::eval (inference, as the no_grad
+/// PyTorch forward it is compared with), forward and backward in Mode::train.
 struct LayerRun {
   LayerRun(const Shape& shape, Distribution distribution, bool with_backward)
       : s(shape),
@@ -136,7 +137,8 @@ struct LayerRun {
   /// MoEGradients each step (the value-returning backward), which allocates and zero-fills every
   /// expert's gradient first.
   void step(bool fresh = false) {
-    const moe::MoEOutput<float> out = layer.forward(x, ctx, moe::Mode::train);
+    const moe::MoEOutput<float> out =
+        layer.forward(x, ctx, backward ? moe::Mode::train : moe::Mode::eval);
     benchmark::DoNotOptimize(out.y.data());
     if (!backward) return;
     if (fresh) {

@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include <benchmark/benchmark.h>
-#include <moe/core/detail/product.hpp>
+#include <moe/core/detail/gemm.hpp>
 #include <moe/core/types.hpp>
 
 namespace moe::bench {

@@ -6,7 +6,7 @@
 #include <random>
 #include <vector>
 
-#include "moe/core/detail/product.hpp"
+#include "moe/core/detail/gemm.hpp"
 #include "support/catch.hpp"
 
 using namespace moe;

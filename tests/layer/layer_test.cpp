@@ -152,6 +152,34 @@ TEST_CASE("MoELayer gradients match central finite differences", "[layer][backwa
     }
 }
 
+TEST_CASE("MoELayer backward after an eval forward, which reads token rows in place",
+          "[layer][backward]") {
+  // Without losses and noise, train and eval route alike; only the eval forward skips the grouped
+  // copy of x, which the backward then makes from the x it is given.
+  for (bool shared : {false, true}) {
+    INFO("shared " << shared);
+    moe::MoELayerConfig config =
+        small_config(moe::DispatchKind::dropless, moe::Activation::swiglu, shared);
+    config.aux_loss.reset();
+    config.z_loss_coefficient = 0.0;
+    auto layer = random_layer(config);
+    const Matrix x = random_matrix(12, 5, 21);
+    const Matrix grad_y = random_matrix(12, 5, 22);
+    moe::MoELayerContext<double> train_ctx, eval_ctx;
+    const auto train_out = layer.forward(x, train_ctx, moe::Mode::train);
+    const auto eval_out = layer.forward(x, eval_ctx, moe::Mode::eval);
+    CHECK(eval_out.y == train_out.y);
+    const auto train_grads = layer.backward(x, train_ctx, grad_y);
+    const auto eval_grads = layer.backward(x, eval_ctx, grad_y);
+    CHECK(eval_grads.x == train_grads.x);
+    CHECK(eval_grads.experts.w1 == train_grads.experts.w1);
+    CHECK(eval_grads.experts.w2 == train_grads.experts.w2);
+    CHECK(eval_grads.experts.w3 == train_grads.experts.w3);
+    CHECK(eval_grads.router.weight == train_grads.router.weight);
+    if (shared) CHECK(eval_grads.shared.w1 == train_grads.shared.w1);
+  }
+}
+
 TEST_CASE("MoELayer bias balancer steers selection once per step", "[layer][balance]") {
   auto c = small_config(moe::DispatchKind::dropless, moe::Activation::relu, false);
   c.router.score = moe::ScoreFunction::sigmoid;

@@ -3,7 +3,7 @@
 // backward.
 #pragma once
 
-#include "moe/core/detail/product.hpp"
+#include "moe/core/detail/gemm.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/core/workspace.hpp"

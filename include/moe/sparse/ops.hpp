@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "moe/core/detail/product.hpp"
+#include "moe/core/detail/gemm.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/sparse/detail/tiles.hpp"
