@@ -23,7 +23,8 @@ struct DroplessFFNContext {
   BlockSparseTopology topology;
   Workspace workspace;
   /// Whether forward keeps what backward needs. Off (inference), the expert products read the
-  /// token rows of x in place instead of from a copy grouped by expert, and backward is refused.
+  /// token rows of x in place instead of from a copy grouped by expert, and the backward that is
+  /// not given x is refused (with a BLAS backend the copy is made anyway: see `saved`).
   bool save_for_backward = true;
   Index num_tokens = -1;  ///< -1 until a forward ran
   bool saved = false;     ///< whether the last forward saved for backward
@@ -68,7 +69,8 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
   ctx.num_tokens = plan.num_tokens;
   ctx.top_k = plan.top_k;
   ctx.padded_rows = plan.padded_rows();
-  ctx.saved = ctx.save_for_backward;
+  // Under a BLAS backend the products cannot read gathered rows in place: group them once anyway.
+  ctx.saved = ctx.save_for_backward || !detail::kGemmReadsGatheredRowsInPlace;
   detail::GroupedBuffers<S> buf = detail::dropless_buffers(weights, ctx);
   ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k) = gates;
   if (ctx.saved) {

@@ -113,6 +113,14 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false) {
     dst.noalias() = lhs * rhs;
 }
 
+/// Whether gemm over GatheredRows packs the rows straight from their source. A BLAS backend cannot:
+/// there each product gathers a copy first, and a caller is better off grouping the rows once.
+#if defined(EIGEN_USE_BLAS)
+inline constexpr bool kGemmReadsGatheredRowsInPlace = false;
+#else
+inline constexpr bool kGemmReadsGatheredRowsInPlace = true;
+#endif
+
 /// The rows of a row-major matrix in the order of an index list: row r is source row index[r].
 /// A GEMM reads them in place, so a grouped product needs no gathered copy of its input. Offers
 /// the rows(), cols() and middleRows() of a matrix.
