@@ -219,13 +219,12 @@ void gemm(Dst&& dst, const GatheredRows<S>& lhs, const Rhs& rhs, bool accumulate
   }
   // Vectors and tiny products: Eigen's GEMV or coefficient-based product, over the one row in
   // place or over a gathered copy.
-  using Rows = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   if (lhs.rows() == 1) {
-    const Eigen::Map<const Rows> row(lhs.row_data(0), 1, lhs.cols());
+    const Eigen::Map<const RowMatrix<S>> row(lhs.row_data(0), 1, lhs.cols());
     gemm(std::forward<Dst>(dst), row, rhs, accumulate);
     return;
   }
-  Rows copy(lhs.rows(), lhs.cols());
+  RowMatrix<S> copy(lhs.rows(), lhs.cols());
   for (Index r = 0; r < lhs.rows(); ++r)
     copy.row(r) =
         Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(lhs.row_data(r), lhs.cols());
