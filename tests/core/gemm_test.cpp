@@ -89,6 +89,13 @@ TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][
     check_all_orders<double>(130, 70, 300);  // several Eigen panels along m and k
   }
   SECTION("blocked shapes, float") { check_all_orders<float>(64, 48, 96); }
+  SECTION("a few rows times a row-major rhs: streamed, every depth and column remainder") {
+    check_all_orders<double>(2, 37, 43);
+    check_all_orders<double>(5, 8, 4);
+    check_all_orders<double>(8, 70, 301);
+    check_all_orders<float>(3, 50, 7);
+    check_all_orders<float>(7, 16, 1);
+  }
   SECTION("shapes that go through Eigen's own product") {
     check_all_orders<double>(1, 17, 9);  // a row: GEMV
     check_all_orders<double>(17, 1, 9);  // a column: GEMV
@@ -101,6 +108,12 @@ TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][
     REQUIRE((c.array() == 3.0).all());
     detail::gemm(c, a, b);
     REQUIRE((c.array() == 0.0).all());
+    const RowMatrix<double> wide_b(0, 40);  // streamed
+    RowMatrix<double> wide_c = RowMatrix<double>::Constant(6, 40, 3.0);
+    detail::gemm(wide_c, a, wide_b, /*accumulate=*/true);
+    REQUIRE((wide_c.array() == 3.0).all());
+    detail::gemm(wide_c, a, wide_b);
+    REQUIRE((wide_c.array() == 0.0).all());
   }
 }
 

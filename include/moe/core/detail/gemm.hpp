@@ -1,5 +1,6 @@
 // Eigen's blocked GEMM entered directly: packing buffers kept per thread instead of allocated by
-// every product, and a left operand that is rows gathered from a matrix, read in place.
+// every product, and a left operand that is rows gathered from a matrix, read in place. Products of
+// a few rows stream their right operand instead (streamed_product.hpp).
 #pragma once
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "moe/core/detail/streamed_product.hpp"
 #include "moe/core/types.hpp"
 
 #if defined(_OPENMP)
@@ -67,6 +69,12 @@ inline constexpr bool is_gemm_operand = (Eigen::internal::traits<T>::Flags &
                                          Eigen::DirectAccessBit) != 0 &&
                                         Eigen::internal::traits<T>::InnerStrideAtCompileTime == 1;
 
+/// Whether a row-major dst and rhs let gemm stream rhs for a product of few rows
+/// (streamed_product).
+template <class Dst, class Rhs>
+inline constexpr bool streams_rhs =
+    Dst::IsRowMajor&& Rhs::IsRowMajor&& is_gemm_operand<Dst>&& is_gemm_operand<Rhs>;
+
 /// Whether Eigen would run an [m, n] = [m, k] * [k, n] product as one single-threaded blocked GEMM
 /// (not a GEMV, not its coefficient-based small product, not a BLAS call, not threaded by itself).
 inline bool uses_blocked_gemm(Index m, Index n, Index k) {
@@ -84,14 +92,22 @@ inline bool uses_blocked_gemm(Index m, Index n, Index k) {
 
 /// dst = lhs * rhs, or dst += lhs * rhs when `accumulate`: the same blocked GEMM, blocking and
 /// bits as `dst.noalias() = lhs * rhs`, with packing buffers that persist per thread
-/// (PackingBlocking). Products Eigen would not run as a single-threaded GEMM (vectors, tiny
-/// shapes, a BLAS backend, or a product Eigen threads itself outside a team) go through Eigen's
-/// own product.
+/// (PackingBlocking). A few rows times a row-major rhs stream rhs instead (streamed_product), with
+/// any backend. Products Eigen would not run as a single-threaded GEMM (vectors, tiny shapes, a
+/// BLAS backend, or a product Eigen threads itself outside a team) go through Eigen's own product.
 template <class Dst, class Lhs, class Rhs>
 void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false) {
   using D = std::decay_t<Dst>;
   using S = typename D::Scalar;
   const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
+  if constexpr (streams_rhs<D, Rhs>) {
+    if (uses_streamed_product<S>(m, n)) {
+      streamed_product(
+          dst.data(), dst.outerStride(), m, n, k, [&](Index i, Index p) { return lhs.coeff(i, p); },
+          rhs.data(), rhs.outerStride(), accumulate);
+      return;
+    }
+  }
   if constexpr (D::IsRowMajor && is_gemm_operand<D> && is_gemm_operand<Lhs> &&
                 is_gemm_operand<Rhs>) {
     if (uses_blocked_gemm(m, n, k)) {
@@ -176,9 +192,18 @@ class GatheredColumnsMapper {
 template <class Dst, class S, class Rhs>
 void gemm(Dst&& dst, const GatheredRows<S>& lhs, const Rhs& rhs, bool accumulate = false) {
   using namespace Eigen::internal;
+  using D = std::decay_t<Dst>;
   const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
-  if constexpr (std::decay_t<Dst>::IsRowMajor && is_gemm_operand<std::decay_t<Dst>> &&
-                is_gemm_operand<Rhs>) {
+  if constexpr (streams_rhs<D, Rhs>) {
+    if (uses_streamed_product<S>(m, n)) {
+      streamed_product(
+          dst.data(), dst.outerStride(), m, n, k,
+          [&](Index i, Index p) { return lhs.row_data(i)[p]; }, rhs.data(), rhs.outerStride(),
+          accumulate);
+      return;
+    }
+  }
+  if constexpr (D::IsRowMajor && is_gemm_operand<D> && is_gemm_operand<Rhs>) {
     if (uses_blocked_gemm(m, n, k)) {
       // C^T [n, m] = rhs^T [n, k] * gathered^T [k, m], column-major.
       constexpr int lhs_order = Rhs::IsRowMajor ? Eigen::ColMajor : Eigen::RowMajor;
