@@ -96,6 +96,13 @@ TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][
     check_all_orders<float>(3, 50, 7);
     check_all_orders<float>(7, 16, 1);
   }
+  SECTION("tens of rows times a row-major rhs: register tiles, every row and column remainder") {
+    check_all_orders<double>(9, 83, 37);
+    check_all_orders<double>(13, 8, 5);
+    check_all_orders<float>(64, 100, 50);
+    check_all_orders<float>(30, 16, 3);
+    check_all_orders<float>(11, 131, 1);
+  }
   SECTION("shapes that go through Eigen's own product") {
     check_all_orders<double>(1, 17, 9);  // a row: GEMV
     check_all_orders<double>(17, 1, 9);  // a column: GEMV
@@ -131,6 +138,18 @@ TEST_CASE("gemm gives the bits of Eigen's product, run after run", "[core][gemm]
   detail::gemm(large, big_a, big_b);
   detail::gemm(ours, a, b);
   REQUIRE(ours == eigen);
+}
+
+TEST_CASE("gemm's prefetch hint changes no bit of the product", "[core][gemm]") {
+  const RowMatrix<float> a = random_matrix<float>(37, 96, 17);
+  const RowMatrix<float> b = random_matrix<float>(96, 150, 18);
+  const RowMatrix<float> next = random_matrix<float>(200, 70, 19);
+  for (Index m : {5, 37}) {  // streamed, register tiles
+    RowMatrix<float> plain(m, 150), hinted(m, 150);
+    detail::gemm(plain, a.topRows(m), b);
+    detail::gemm(hinted, a.topRows(m), b, false, detail::prefetch_block(next.block(3, 5, 190, 60)));
+    REQUIRE(hinted == plain);
+  }
 }
 
 TEST_CASE("gemm inside a team: each thread packs into its own buffers", "[core][gemm]") {

@@ -34,7 +34,26 @@ void require_sparse_values(const Matrix& values, const BlockSparseTopology& topo
   require_shape(values, argument, topo.rows(), topo.ffn_hidden);
 }
 
+/// The tile a thread probably computes next, whose weights a product may prefetch: its row tile
+/// (null when there is none or it has no data rows) and its columns.
+struct TileAhead {
+  const RowTile* tile = nullptr;
+  Index col = 0;
+  Index cols = 0;
+};
+
+/// Work item w of a row tiles x column tiles loop over `extent` columns in tiles of `width`.
+inline TileAhead tile_ahead(const std::vector<RowTile>& tiles, Index col_tiles, Index width,
+                            Index extent, Index w) {
+  if (w >= static_cast<Index>(tiles.size()) * col_tiles) return {};
+  const RowTile& tile = tiles[static_cast<std::size_t>(w / col_tiles)];
+  const Index col = (w % col_tiles) * width;
+  if (tile.data_rows == 0 || col >= extent) return {};
+  return {&tile, col, std::min(width, extent - col)};
+}
+
 /// Row tiles x dense column tiles of a [P, N] result, padding rows set to zero unless accumulating.
+/// product(tile, first column, columns, TileAhead).
 template <class S, class TileProduct>
 void for_dense_row_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, bool accumulate,
                          TileProduct&& product) {
@@ -46,13 +65,15 @@ void for_dense_row_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, bool a
     const Index n0 = (w % col_tiles) * kTileCols;
     const Index nw = std::min(kTileCols, n - n0);
     if (nw <= 0) return;
-    if (tile.data_rows > 0) product(tile, n0, nw);
+    if (tile.data_rows > 0)
+      product(tile, n0, nw, tile_ahead(tiles, col_tiles, kTileCols, n, item_ahead(w)));
     if (topo.write_padding && !accumulate && tile.rows > tile.data_rows)
       c.block(tile.begin + tile.data_rows, n0, tile.rows - tile.data_rows, nw).setZero();
   });
 }
 
 /// Row tiles x column-block tiles of sparse [P, f] results; the epilogue runs on data rows.
+/// product(tile, first column, columns, TileAhead).
 template <class TileProduct, class Epilogue, class... Results>
 void for_sparse_tiles(const BlockSparseTopology& topo, TileProduct&& product, Epilogue&& epilogue,
                       Results&... results) {
@@ -64,7 +85,7 @@ void for_sparse_tiles(const BlockSparseTopology& topo, TileProduct&& product, Ep
     const Index c0 = (w % col_tiles) * width;
     const Index cw = std::min(width, topo.ffn_hidden - c0);
     if (tile.data_rows > 0) {
-      product(tile, c0, cw);
+      product(tile, c0, cw, tile_ahead(tiles, col_tiles, width, topo.ffn_hidden, item_ahead(w)));
       epilogue(tile.expert, tile.begin, tile.data_rows, c0, cw);
     }
     if (topo.write_padding && tile.rows > tile.data_rows)
@@ -104,9 +125,11 @@ void sdd_rows(const Rows& a, ConstMatrixRef<S> b, const BlockSparseTopology& top
   require_sparse_values(c_values, topo, "c_values");
   for_sparse_tiles(
       topo,
-      [&](const RowTile& t, Index c0, Index cw) {
+      [&](const RowTile& t, Index c0, Index cw, const TileAhead& ahead) {
         gemm(c_values.block(t.begin, c0, t.data_rows, cw), a.middleRows(t.begin, t.data_rows),
-             b.block(t.expert * k, c0, k, cw));
+             b.block(t.expert * k, c0, k, cw), false,
+             ahead.tile ? prefetch_block(b.block(ahead.tile->expert * k, ahead.col, k, ahead.cols))
+                        : PrefetchBlock{});
       },
       epilogue, c_values);
 }
@@ -124,12 +147,16 @@ void sdd_pair_rows(const Rows& a, ConstMatrixRef<S> b1, ConstMatrixRef<S> b2,
   require_sparse_values(c2_values, topo, "c2_values");
   for_sparse_tiles(
       topo,
-      [&](const RowTile& t, Index c0, Index cw) {
+      [&](const RowTile& t, Index c0, Index cw, const TileAhead& ahead) {
+        // Each product prefetches the weights the next one reads: B2's block, then the next
+        // tile's B1 block.
         const auto rows = a.middleRows(t.begin, t.data_rows);
-        gemm(c1_values.block(t.begin, c0, t.data_rows, cw), rows,
-             b1.block(t.expert * k, c0, k, cw));
-        gemm(c2_values.block(t.begin, c0, t.data_rows, cw), rows,
-             b2.block(t.expert * k, c0, k, cw));
+        const auto w2 = b2.block(t.expert * k, c0, k, cw);
+        gemm(c1_values.block(t.begin, c0, t.data_rows, cw), rows, b1.block(t.expert * k, c0, k, cw),
+             false, prefetch_block(w2));
+        gemm(c2_values.block(t.begin, c0, t.data_rows, cw), rows, w2, false,
+             ahead.tile ? prefetch_block(b1.block(ahead.tile->expert * k, ahead.col, k, ahead.cols))
+                        : PrefetchBlock{});
       },
       epilogue, c1_values, c2_values);
 }
@@ -165,7 +192,7 @@ void sdd_nt(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology&
   detail::require_sparse_values(c_values, topo, "c_values");
   detail::for_sparse_tiles(
       topo,
-      [&](const detail::RowTile& t, Index c0, Index cw) {
+      [&](const detail::RowTile& t, Index c0, Index cw, const detail::TileAhead&) {
         detail::gemm(c_values.block(t.begin, c0, t.data_rows, cw),
                      a.middleRows(t.begin, t.data_rows),
                      b.block(t.expert * f + c0, 0, cw, k).transpose());
@@ -182,12 +209,16 @@ void dsd(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTopol
   detail::require_sparse_values(a_values, topo, "a_values");
   require_shape(b, "b", topo.num_experts * f, -1);
   require_shape(c, "c", topo.rows(), b.cols());
-  detail::for_dense_row_tiles<S>(topo, c, accumulate,
-                                 [&](const detail::RowTile& t, Index n0, Index nw) {
-                                   detail::gemm(c.block(t.begin, n0, t.data_rows, nw),
-                                                a_values.middleRows(t.begin, t.data_rows),
-                                                b.block(t.expert * f, n0, f, nw), accumulate);
-                                 });
+  detail::for_dense_row_tiles<S>(
+      topo, c, accumulate,
+      [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileAhead& ahead) {
+        detail::gemm(
+            c.block(t.begin, n0, t.data_rows, nw), a_values.middleRows(t.begin, t.data_rows),
+            b.block(t.expert * f, n0, f, nw), accumulate,
+            ahead.tile
+                ? detail::prefetch_block(b.block(ahead.tile->expert * f, ahead.col, f, ahead.cols))
+                : detail::PrefetchBlock{});
+      });
 }
 
 /// dsd with B transposed: C = A * B^T (backward: dX = dH * W1^T).
@@ -201,7 +232,8 @@ void dsd_nt(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTo
   require_shape(c, "c", topo.rows(), -1);
   require_shape(b, "b", topo.num_experts * n, f);
   detail::for_dense_row_tiles<S>(
-      topo, c, accumulate, [&](const detail::RowTile& t, Index n0, Index nw) {
+      topo, c, accumulate,
+      [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileAhead&) {
         detail::gemm(c.block(t.begin, n0, t.data_rows, nw),
                      a_values.middleRows(t.begin, t.data_rows),
                      b.block(t.expert * n + n0, 0, nw, f).transpose(), accumulate);

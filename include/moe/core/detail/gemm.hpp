@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "moe/core/detail/skinny_product.hpp"
 #include "moe/core/detail/streamed_product.hpp"
 #include "moe/core/types.hpp"
 
@@ -92,11 +93,14 @@ inline bool uses_blocked_gemm(Index m, Index n, Index k) {
 
 /// dst = lhs * rhs, or dst += lhs * rhs when `accumulate`: the same blocked GEMM, blocking and
 /// bits as `dst.noalias() = lhs * rhs`, with packing buffers that persist per thread
-/// (PackingBlocking). A few rows times a row-major rhs stream rhs instead (streamed_product), with
-/// any backend. Products Eigen would not run as a single-threaded GEMM (vectors, tiny shapes, a
-/// BLAS backend, or a product Eigen threads itself outside a team) go through Eigen's own product.
+/// (PackingBlocking). A few rows times a row-major rhs stream rhs instead (streamed_product), tens
+/// of rows read it in place while prefetching `next`, the operand of the product to come
+/// (skinny_product); both with any backend. Products Eigen would not run as a single-threaded GEMM
+/// (vectors, tiny shapes, a BLAS backend, or a product Eigen threads itself outside a team) go
+/// through Eigen's own product.
 template <class Dst, class Lhs, class Rhs>
-void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false) {
+void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false,
+          const PrefetchBlock& next = {}) {
   using D = std::decay_t<Dst>;
   using S = typename D::Scalar;
   const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
@@ -106,6 +110,15 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false) {
           dst.data(), dst.outerStride(), m, n, k, [&](Index i, Index p) { return lhs.coeff(i, p); },
           rhs.data(), rhs.outerStride(), accumulate);
       return;
+    }
+    if constexpr (Lhs::IsRowMajor && is_gemm_operand<Lhs>) {
+      if (uses_skinny_product<S>(m, n)) {
+        skinny_product(
+            dst.data(), dst.outerStride(), m, n, k,
+            [&](Index i) { return lhs.data() + i * lhs.outerStride(); }, rhs.data(),
+            rhs.outerStride(), accumulate, next);
+        return;
+      }
     }
   }
   if constexpr (D::IsRowMajor && is_gemm_operand<D> && is_gemm_operand<Lhs> &&
@@ -190,7 +203,8 @@ class GatheredColumnsMapper {
 /// for the transposed, column-major product) with the gathered rows packed straight from their
 /// source, so the bits equal gemm(dst, gathered copy, rhs).
 template <class Dst, class S, class Rhs>
-void gemm(Dst&& dst, const GatheredRows<S>& lhs, const Rhs& rhs, bool accumulate = false) {
+void gemm(Dst&& dst, const GatheredRows<S>& lhs, const Rhs& rhs, bool accumulate = false,
+          const PrefetchBlock& next = {}) {
   using namespace Eigen::internal;
   using D = std::decay_t<Dst>;
   const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
@@ -200,6 +214,12 @@ void gemm(Dst&& dst, const GatheredRows<S>& lhs, const Rhs& rhs, bool accumulate
           dst.data(), dst.outerStride(), m, n, k,
           [&](Index i, Index p) { return lhs.row_data(i)[p]; }, rhs.data(), rhs.outerStride(),
           accumulate);
+      return;
+    }
+    if (uses_skinny_product<S>(m, n)) {
+      skinny_product(
+          dst.data(), dst.outerStride(), m, n, k, [&](Index i) { return lhs.row_data(i); },
+          rhs.data(), rhs.outerStride(), accumulate, next);
       return;
     }
   }

@@ -62,6 +62,17 @@ inline Index sparse_tile_cols(const BlockSparseTopology& topo) {
 
 inline Index tile_count(Index extent, Index width) { return (extent + width - 1) / width; }
 
+/// The work item a thread is likely to take after item i, under parallel_tiles' dynamic schedule
+/// (the team takes items in turn): i + the team's size. A prefetch hint only: results never
+/// depend on which thread runs what.
+inline Index item_ahead(Index i) {
+#if defined(_OPENMP)
+  return i + omp_get_num_threads();
+#else
+  return i + 1;
+#endif
+}
+
 /// Runs body(i) for i in [0, n), each index on one thread. Tiles differ in cost (a hot expert's
 /// against a padding-only one), so they are handed out dynamically; the result does not depend on
 /// which thread ran a tile. The team is started even for one tile: inside it Eigen's products run

@@ -1,0 +1,170 @@
+// Products of tens of rows with a row-major right operand (an expert's weights): the weights are
+// read in place, without packing, while the weights of the product that comes next are prefetched
+// into L2. With tens of tokens per expert (E = 256 at T·k = 8192 gives 32) a step streams every
+// expert's weights from memory once; Eigen's GEMM packs them first, a pass with no arithmetic to
+// hide the reads under, and the step then runs at the memory's pace instead of the FMA units'.
+#pragma once
+
+#include <algorithm>
+
+#include "moe/core/detail/streamed_product.hpp"
+#include "moe/core/types.hpp"
+
+namespace moe::detail {
+
+/// A strided block of memory that a later product reads: `rows` runs of `row_bytes` bytes,
+/// `stride_bytes` apart. Empty when nothing follows.
+struct PrefetchBlock {
+  const char* first = nullptr;
+  Index rows = 0;
+  Index row_bytes = 0;
+  Index stride_bytes = 0;
+
+  Index lines() const noexcept { return rows * ((row_bytes + 63) / 64); }
+};
+
+/// The PrefetchBlock of a row-major block with direct access (an expert's weight block).
+template <class Block>
+PrefetchBlock prefetch_block(const Block& block) {
+  using S = typename Block::Scalar;
+  static_assert(Block::IsRowMajor, "prefetch_block describes a row-major block");
+  return {reinterpret_cast<const char*>(block.data()), block.rows(),
+          block.cols() * static_cast<Index>(sizeof(S)),
+          block.outerStride() * static_cast<Index>(sizeof(S))};
+}
+
+/// Walks a PrefetchBlock one cache line every `every` ticks, spreading its reads evenly over the
+/// ticks a product has (so the memory works while the FMA units do).
+class LinePrefetcher {
+ public:
+  LinePrefetcher(const PrefetchBlock& block, Index ticks)
+      : block_(block),
+        every_(std::max<Index>(1, block.lines() > 0 ? ticks / block.lines() : ticks + 1)),
+        countdown_(every_) {}
+
+  void tick() noexcept {
+    if (--countdown_ > 0) return;
+    countdown_ = every_;
+    if (row_ >= block_.rows) return;
+#if defined(__GNUC__)
+    __builtin_prefetch(block_.first + row_ * block_.stride_bytes + offset_, 0, 2);
+#endif
+    // Row by row, in address order: a sequential walk the L2 streamer joins in on.
+    offset_ += 64;
+    if (offset_ >= block_.row_bytes) offset_ = 0, ++row_;
+  }
+
+ private:
+  PrefetchBlock block_;
+  Index every_;
+  Index countdown_;
+  Index row_ = 0;
+  Index offset_ = 0;
+};
+
+/// Products with more rows than kStreamedProductMaxRows and at most this many take skinny_product.
+/// Past it the weights' reads are spread over enough rows that Eigen's packed GEMM is faster.
+inline constexpr Index kSkinnyProductMaxRows = 64;
+
+/// Whether skinny_product serves an [m, n] = [m, k] * [k, n] product of scalar S.
+template <class S>
+inline bool uses_skinny_product(Index m, Index n) {
+  return Eigen::internal::packet_traits<S>::Vectorizable && m > kStreamedProductMaxRows &&
+         m <= kSkinnyProductMaxRows && n >= Eigen::internal::packet_traits<S>::size;
+}
+
+namespace skinny {
+
+inline constexpr Index kRowsPerTile = 4;
+inline constexpr int kPacketsPerTile = 4;
+
+/// c[i, 0 .. Packets·P) = sum_p x[i][p] * w[p, 0 .. Packets·P) for i < Rows, summed in registers in
+/// order of p, then stored (or added to c).
+template <int Rows, int Packets, class S>
+void tile(const S* const* x, Index k, const S* w, Index w_stride, S* c, Index c_stride,
+          bool accumulate, LinePrefetcher& prefetcher) {
+  using namespace Eigen::internal;
+  using Packet = typename packet_traits<S>::type;
+  constexpr Index kPacket = packet_traits<S>::size;
+  Packet acc[Rows][Packets];
+  for (auto& row : acc)
+    for (Packet& a : row) a = pset1<Packet>(S(0));
+  for (Index p = 0; p < k; ++p, w += w_stride) {
+    Packet wp[Packets];
+    for (int q = 0; q < Packets; ++q) wp[q] = ploadu<Packet>(w + q * kPacket);
+    for (int i = 0; i < Rows; ++i) {
+      const Packet xb = pset1<Packet>(x[i][p]);
+      for (int q = 0; q < Packets; ++q) acc[i][q] = pmadd(xb, wp[q], acc[i][q]);
+    }
+    prefetcher.tick();
+  }
+  for (int i = 0; i < Rows; ++i)
+    for (int q = 0; q < Packets; ++q) {
+      S* out = c + i * c_stride + q * kPacket;
+      pstoreu(out, accumulate ? padd(ploadu<Packet>(out), acc[i][q]) : acc[i][q]);
+    }
+}
+
+/// The same for a last sliver of fewer columns than a packet.
+template <class S>
+void scalar_tile(const S* const* x, Index rows, Index cols, Index k, const S* w, Index w_stride,
+                 S* c, Index c_stride, bool accumulate) {
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; ++j) {
+      S sum(0);
+      for (Index p = 0; p < k; ++p) sum = Eigen::internal::pmadd(x[i][p], w[p * w_stride + j], sum);
+      S& out = c[i * c_stride + j];
+      out = accumulate ? out + sum : sum;
+    }
+}
+
+template <int Packets, class S>
+void tile_rows(Index rows, const S* const* x, Index k, const S* w, Index w_stride, S* c,
+               Index c_stride, bool accumulate, LinePrefetcher& prefetcher) {
+  switch (rows) {
+    case 1:
+      return tile<1, Packets>(x, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+    case 2:
+      return tile<2, Packets>(x, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+    case 3:
+      return tile<3, Packets>(x, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+    default:
+      return tile<4, Packets>(x, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+  }
+}
+
+}  // namespace skinny
+
+/// c[i, :] = sum_p lhs_row(i)[p] * rhs[p, :] (or += when `accumulate`) for i < m <=
+/// kSkinnyProductMaxRows: 4 rows x 4 packets of c per register tile, rhs (row-major [k, n], row
+/// stride rhs_stride) read in place, one cache line of `next` prefetched every few depth steps.
+/// Each element is summed in order of p; the bits depend on the shapes alone.
+template <class S, class LhsRow>
+void skinny_product(S* c, Index c_stride, Index m, Index n, Index k, const LhsRow& lhs_row,
+                    const S* rhs, Index rhs_stride, bool accumulate, const PrefetchBlock& next) {
+  constexpr Index kPacket = Eigen::internal::packet_traits<S>::size;
+  constexpr Index kTileCols = skinny::kPacketsPerTile * kPacket;
+  const S* rows[kSkinnyProductMaxRows];
+  for (Index i = 0; i < m; ++i) rows[i] = lhs_row(i);
+  const Index row_tiles = (m + skinny::kRowsPerTile - 1) / skinny::kRowsPerTile;
+  LinePrefetcher prefetcher(next, row_tiles * k * ((n + kTileCols - 1) / kTileCols));
+  for (Index j = 0; j < n;) {
+    const Index width = n - j >= kTileCols ? kTileCols : n - j >= kPacket ? kPacket : n - j;
+    for (Index i = 0; i < m; i += skinny::kRowsPerTile) {
+      const Index tile_rows = std::min(skinny::kRowsPerTile, m - i);
+      S* out = c + i * c_stride + j;
+      if (width == kTileCols)
+        skinny::tile_rows<skinny::kPacketsPerTile>(tile_rows, rows + i, k, rhs + j, rhs_stride, out,
+                                                   c_stride, accumulate, prefetcher);
+      else if (width == kPacket)
+        skinny::tile_rows<1>(tile_rows, rows + i, k, rhs + j, rhs_stride, out, c_stride, accumulate,
+                             prefetcher);
+      else
+        skinny::scalar_tile(rows + i, tile_rows, width, k, rhs + j, rhs_stride, out, c_stride,
+                            accumulate);
+    }
+    j += width;
+  }
+}
+
+}  // namespace moe::detail
