@@ -1,6 +1,7 @@
 // Eigen's blocked GEMM entered directly: packing buffers kept per thread instead of allocated by
 // every product, and a left operand that is rows gathered from a matrix, read in place. Products of
-// a few rows stream their right operand instead (streamed_product.hpp).
+// up to 64 rows read their right operand in place instead (streamed_product.hpp,
+// skinny_product.hpp).
 #pragma once
 
 #include <algorithm>
@@ -70,11 +71,11 @@ inline constexpr bool is_gemm_operand = (Eigen::internal::traits<T>::Flags &
                                          Eigen::DirectAccessBit) != 0 &&
                                         Eigen::internal::traits<T>::InnerStrideAtCompileTime == 1;
 
-/// Whether a row-major dst and rhs let gemm stream rhs for a product of few rows
-/// (streamed_product).
+/// Whether a row-major dst and rhs let gemm run a product of few rows over rhs in place
+/// (streamed_product, skinny_product).
 template <class Dst, class Rhs>
-inline constexpr bool streams_rhs =
-    Dst::IsRowMajor&& Rhs::IsRowMajor&& is_gemm_operand<Dst>&& is_gemm_operand<Rhs>;
+inline constexpr bool reads_rhs_in_place = (Dst::IsRowMajor && Rhs::IsRowMajor) &&
+                                           (is_gemm_operand<Dst> && is_gemm_operand<Rhs>);
 
 /// Whether Eigen would run an [m, n] = [m, k] * [k, n] product as one single-threaded blocked GEMM
 /// (not a GEMV, not its coefficient-based small product, not a BLAS call, not threaded by itself).
@@ -104,7 +105,7 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false,
   using D = std::decay_t<Dst>;
   using S = typename D::Scalar;
   const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
-  if constexpr (streams_rhs<D, Rhs>) {
+  if constexpr (reads_rhs_in_place<D, Rhs>) {
     if (uses_streamed_product<S>(m, n)) {
       streamed_product(
           dst.data(), dst.outerStride(), m, n, k, [&](Index i, Index p) { return lhs.coeff(i, p); },
@@ -208,7 +209,7 @@ void gemm(Dst&& dst, const GatheredRows<S>& lhs, const Rhs& rhs, bool accumulate
   using namespace Eigen::internal;
   using D = std::decay_t<Dst>;
   const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
-  if constexpr (streams_rhs<D, Rhs>) {
+  if constexpr (reads_rhs_in_place<D, Rhs>) {
     if (uses_streamed_product<S>(m, n)) {
       streamed_product(
           dst.data(), dst.outerStride(), m, n, k,
