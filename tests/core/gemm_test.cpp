@@ -103,6 +103,19 @@ TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][
     check_all_orders<float>(30, 16, 3);
     check_all_orders<float>(11, 131, 1);
   }
+  SECTION("tens of rows times transposed weights: transposed depth chunks, every remainder") {
+    check_all_orders<float>(9, 83, 37);
+    check_all_orders<float>(32, 64, 128);  // one whole depth chunk
+    check_all_orders<float>(21, 70, 600);  // four chunks of 128, then 88
+    check_all_orders<double>(64, 40, 257);
+    check_all_orders<double>(13, 8, 5);
+  }
+  SECTION("a transposed lhs over tens of rows of depth: a weight gradient, every remainder") {
+    check_all_orders<float>(130, 83, 37);
+    check_all_orders<float>(515, 64, 64);  // the deepest such product
+    check_all_orders<double>(7, 21, 1);
+    check_all_orders<double>(200, 9, 65);  // one row too deep: Eigen's GEMM
+  }
   SECTION("shapes that go through Eigen's own product") {
     check_all_orders<double>(1, 17, 9);  // a row: GEMV
     check_all_orders<double>(17, 1, 9);  // a column: GEMV
@@ -143,13 +156,19 @@ TEST_CASE("gemm gives the bits of Eigen's product, run after run", "[core][gemm]
 TEST_CASE("gemm's prefetch hint changes no bit of the product", "[core][gemm]") {
   const RowMatrix<float> a = random_matrix<float>(37, 96, 17);
   const RowMatrix<float> b = random_matrix<float>(96, 150, 18);
+  const RowMatrix<float> bt = random_matrix<float>(150, 96, 20);
   const RowMatrix<float> next = random_matrix<float>(200, 70, 19);
+  const auto hint = detail::prefetch_block(next.block(3, 5, 190, 60));
   for (Index m : {5, 37}) {  // streamed, register tiles
     RowMatrix<float> plain(m, 150), hinted(m, 150);
     detail::gemm(plain, a.topRows(m), b);
-    detail::gemm(hinted, a.topRows(m), b, false, detail::prefetch_block(next.block(3, 5, 190, 60)));
+    detail::gemm(hinted, a.topRows(m), b, false, hint);
     REQUIRE(hinted == plain);
   }
+  RowMatrix<float> plain(37, 150), hinted(37, 150);  // register tiles over transposed weights
+  detail::gemm(plain, a, bt.transpose());
+  detail::gemm(hinted, a, bt.transpose(), false, hint);
+  REQUIRE(hinted == plain);
 }
 
 TEST_CASE("gemm inside a team: each thread packs into its own buffers", "[core][gemm]") {

@@ -184,11 +184,17 @@ class HealthMonitor {
 
   /// Every layer's retained records, by step then layer: what the exporters take.
   std::vector<HealthRecord> records() const {
-    std::vector<HealthRecord> out;
-    for (const auto& l : layers_) out.insert(out.end(), l.history.begin(), l.history.end());
-    std::stable_sort(out.begin(), out.end(), [](const HealthRecord& a, const HealthRecord& b) {
-      return a.step < b.step || (a.step == b.step && a.layer < b.layer);
+    // Sorts pointers, then copies each record once: a record holds vectors, and moving records
+    // around in a sort costs more (and trips GCC 12's maybe-uninitialized on std::optional).
+    std::vector<const HealthRecord*> order;
+    for (const auto& l : layers_)
+      for (const HealthRecord& record : l.history) order.push_back(&record);
+    std::stable_sort(order.begin(), order.end(), [](const HealthRecord* a, const HealthRecord* b) {
+      return a->step < b->step || (a->step == b->step && a->layer < b->layer);
     });
+    std::vector<HealthRecord> out;
+    out.reserve(order.size());
+    for (const HealthRecord* record : order) out.push_back(*record);
     return out;
   }
 

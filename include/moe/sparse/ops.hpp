@@ -192,10 +192,13 @@ void sdd_nt(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology&
   detail::require_sparse_values(c_values, topo, "c_values");
   detail::for_sparse_tiles(
       topo,
-      [&](const detail::RowTile& t, Index c0, Index cw, const detail::TileAhead&) {
+      [&](const detail::RowTile& t, Index c0, Index cw, const detail::TileAhead& ahead) {
         detail::gemm(c_values.block(t.begin, c0, t.data_rows, cw),
                      a.middleRows(t.begin, t.data_rows),
-                     b.block(t.expert * f + c0, 0, cw, k).transpose());
+                     b.block(t.expert * f + c0, 0, cw, k).transpose(), false,
+                     ahead.tile ? detail::prefetch_block(
+                                      b.block(ahead.tile->expert * f + ahead.col, 0, ahead.cols, k))
+                                : detail::PrefetchBlock{});
       },
       epilogue, c_values);
 }
@@ -233,10 +236,13 @@ void dsd_nt(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTo
   require_shape(b, "b", topo.num_experts * n, f);
   detail::for_dense_row_tiles<S>(
       topo, c, accumulate,
-      [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileAhead&) {
+      [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileAhead& ahead) {
         detail::gemm(c.block(t.begin, n0, t.data_rows, nw),
                      a_values.middleRows(t.begin, t.data_rows),
-                     b.block(t.expert * n + n0, 0, nw, f).transpose(), accumulate);
+                     b.block(t.expert * n + n0, 0, nw, f).transpose(), accumulate,
+                     ahead.tile ? detail::prefetch_block(
+                                      b.block(ahead.tile->expert * n + ahead.col, 0, ahead.cols, f))
+                                : detail::PrefetchBlock{});
       });
 }
 

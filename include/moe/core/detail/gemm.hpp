@@ -1,18 +1,18 @@
 // Eigen's blocked GEMM entered directly: packing buffers kept per thread instead of allocated by
 // every product, and a left operand that is rows gathered from a matrix, read in place. Products of
-// up to 64 rows read their right operand in place instead (streamed_product.hpp,
-// skinny_product.hpp).
+// up to 64 rows, or over up to 64 rows of depth, read their operands in place instead
+// (streamed_product.hpp, skinny_product.hpp, skinny_transposed.hpp).
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
-#include <memory>
-#include <new>
 #include <type_traits>
 #include <utility>
 
 #include "moe/core/detail/skinny_product.hpp"
+#include "moe/core/detail/skinny_transposed.hpp"
 #include "moe/core/detail/streamed_product.hpp"
+#include "moe/core/detail/thread_buffer.hpp"
 #include "moe/core/types.hpp"
 
 #if defined(_OPENMP)
@@ -21,9 +21,9 @@
 
 namespace moe::detail {
 
-/// Eigen's GEMM packing buffers, kept per thread across calls. A plain Eigen product allocates them
-/// on every call and frees them after; glibc returns large freed blocks to the system, so the next
-/// product page-faults them back in (a few percent of a step made of many tile products).
+/// Eigen's GEMM packing buffers, kept per thread across calls (thread_buffer). A plain Eigen
+/// product allocates them on every call and frees them after, and page-faults them back in on the
+/// next (a few percent of a step made of many tile products).
 template <class S>
 class PackingBlocking : public Eigen::internal::level3_blocking<S, S> {
  public:
@@ -36,7 +36,7 @@ class PackingBlocking : public Eigen::internal::level3_blocking<S, S> {
     Eigen::internal::computeProductBlockingSizes<S, S, 1, Index>(this->m_kc, this->m_mc, this->m_nc,
                                                                  Index{1});
     const std::size_t size_a = round_to_line(this->m_mc * this->m_kc);
-    S* buffer = thread_buffer(size_a + static_cast<std::size_t>(this->m_kc * this->m_nc));
+    S* buffer = thread_buffer<S>(size_a + static_cast<std::size_t>(this->m_kc * this->m_nc));
     this->m_blockA = buffer;
     this->m_blockB = buffer + size_a;
   }
@@ -45,23 +45,6 @@ class PackingBlocking : public Eigen::internal::level3_blocking<S, S> {
   static std::size_t round_to_line(Index count) {
     constexpr std::size_t per_line = 64 / sizeof(S);
     return (static_cast<std::size_t>(count) + per_line - 1) / per_line * per_line;
-  }
-
-  /// A 64-byte aligned buffer of at least `count` scalars owned by the calling thread; it grows to
-  /// the largest product the thread has run and is freed when the thread exits.
-  static S* thread_buffer(std::size_t count) {
-    struct Free {
-      void operator()(void* p) const noexcept { Eigen::internal::handmade_aligned_free(p); }
-    };
-    thread_local std::unique_ptr<void, Free> data;
-    thread_local std::size_t capacity = 0;
-    if (capacity < count || !data) {
-      void* grown = Eigen::internal::handmade_aligned_malloc(count * sizeof(S), 64);
-      if (grown == nullptr) throw std::bad_alloc();
-      data.reset(grown);
-      capacity = count;
-    }
-    return static_cast<S*>(data.get());
   }
 };
 
@@ -72,10 +55,53 @@ inline constexpr bool is_gemm_operand = (Eigen::internal::traits<T>::Flags &
                                         Eigen::internal::traits<T>::InnerStrideAtCompileTime == 1;
 
 /// Whether a row-major dst and rhs let gemm run a product of few rows over rhs in place
-/// (streamed_product, skinny_product).
+/// (streamed_product, skinny_product, skinny_product_tn).
 template <class Dst, class Rhs>
 inline constexpr bool reads_rhs_in_place = (Dst::IsRowMajor && Rhs::IsRowMajor) &&
                                            (is_gemm_operand<Dst> && is_gemm_operand<Rhs>);
+
+/// Whether a row-major dst and a column-major rhs (row-major weights seen transposed) let gemm run
+/// a product of few rows over rhs in place (skinny_product_nt).
+template <class Dst, class Rhs>
+inline constexpr bool reads_transposed_rhs_in_place = (Dst::IsRowMajor && !Rhs::IsRowMajor) &&
+                                                      (is_gemm_operand<Dst> &&
+                                                       is_gemm_operand<Rhs>);
+
+/// Runs dst (+)= lhs * rhs through a kernel that reads rhs in place when one serves the shapes, and
+/// says whether it did. lhs_at(i, p) reads the left operand; lhs_row(i) points at its row i when
+/// its rows are contiguous (a row-major matrix, gathered rows), else it is NoLhsRows.
+struct NoLhsRows {};
+
+template <class Dst, class Rhs, class LhsAt, class LhsRow>
+bool few_rows_product(Dst& dst, Index k, const LhsAt& lhs_at, const LhsRow& lhs_row, const Rhs& rhs,
+                      bool accumulate, const PrefetchBlock& next) {
+  using D = std::decay_t<Dst>;
+  using S = typename D::Scalar;
+  constexpr bool kHasRows = !std::is_same_v<LhsRow, NoLhsRows>;
+  const Index m = dst.rows(), n = dst.cols();
+  if constexpr (reads_rhs_in_place<D, Rhs>) {
+    if (uses_streamed_product<S>(m, n)) {
+      streamed_product(dst.data(), dst.outerStride(), m, n, k, lhs_at, rhs.data(),
+                       rhs.outerStride(), accumulate);
+      return true;
+    }
+    if constexpr (kHasRows) {
+      if (uses_skinny_product<S>(m, n)) {
+        skinny_product(dst.data(), dst.outerStride(), m, n, k, lhs_row, rhs.data(),
+                       rhs.outerStride(), accumulate, next);
+        return true;
+      }
+    }
+  }
+  if constexpr (reads_transposed_rhs_in_place<D, Rhs> && kHasRows) {
+    if (uses_skinny_product<S>(m, n)) {
+      skinny_product_nt(dst.data(), dst.outerStride(), m, n, k, lhs_row, rhs.data(),
+                        rhs.outerStride(), accumulate, next);
+      return true;
+    }
+  }
+  return false;
+}
 
 /// Whether Eigen would run an [m, n] = [m, k] * [k, n] product as one single-threaded blocked GEMM
 /// (not a GEMV, not its coefficient-based small product, not a BLAS call, not threaded by itself).
@@ -94,9 +120,11 @@ inline bool uses_blocked_gemm(Index m, Index n, Index k) {
 
 /// dst = lhs * rhs, or dst += lhs * rhs when `accumulate`: the same blocked GEMM, blocking and
 /// bits as `dst.noalias() = lhs * rhs`, with packing buffers that persist per thread
-/// (PackingBlocking). A few rows times a row-major rhs stream rhs instead (streamed_product), tens
-/// of rows read it in place while prefetching `next`, the operand of the product to come
-/// (skinny_product); both with any backend. Products Eigen would not run as a single-threaded GEMM
+/// (PackingBlocking). With any backend, a few rows times a row-major rhs stream rhs instead
+/// (streamed_product); tens of rows read a row-major rhs, or one seen transposed, in place while
+/// prefetching `next`, the operand of the product to come (skinny_product, skinny_product_nt); a
+/// transposed lhs over tens of rows of depth (a weight gradient) is summed straight into dst, row
+/// after row (skinny_product_tn). Products Eigen would not run as a single-threaded GEMM
 /// (vectors, tiny shapes, a BLAS backend, or a product Eigen threads itself outside a team) go
 /// through Eigen's own product.
 template <class Dst, class Lhs, class Rhs>
@@ -105,21 +133,18 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false,
   using D = std::decay_t<Dst>;
   using S = typename D::Scalar;
   const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
-  if constexpr (reads_rhs_in_place<D, Rhs>) {
-    if (uses_streamed_product<S>(m, n)) {
-      streamed_product(
-          dst.data(), dst.outerStride(), m, n, k, [&](Index i, Index p) { return lhs.coeff(i, p); },
-          rhs.data(), rhs.outerStride(), accumulate);
+  const auto lhs_at = [&](Index i, Index p) { return lhs.coeff(i, p); };
+  if constexpr (Lhs::IsRowMajor && is_gemm_operand<Lhs>) {
+    const auto lhs_row = [&](Index i) { return lhs.data() + i * lhs.outerStride(); };
+    if (few_rows_product(dst, k, lhs_at, lhs_row, rhs, accumulate, next)) return;
+  } else {
+    if (few_rows_product(dst, k, lhs_at, NoLhsRows{}, rhs, accumulate, next)) return;
+  }
+  if constexpr (reads_rhs_in_place<D, Rhs> && !Lhs::IsRowMajor && is_gemm_operand<Lhs>) {
+    if (uses_skinny_product_tn<S>(n, k)) {
+      skinny_product_tn(dst.data(), dst.outerStride(), m, n, k, lhs.data(), lhs.outerStride(),
+                        rhs.data(), rhs.outerStride(), accumulate);
       return;
-    }
-    if constexpr (Lhs::IsRowMajor && is_gemm_operand<Lhs>) {
-      if (uses_skinny_product<S>(m, n)) {
-        skinny_product(
-            dst.data(), dst.outerStride(), m, n, k,
-            [&](Index i) { return lhs.data() + i * lhs.outerStride(); }, rhs.data(),
-            rhs.outerStride(), accumulate, next);
-        return;
-      }
     }
   }
   if constexpr (D::IsRowMajor && is_gemm_operand<D> && is_gemm_operand<Lhs> &&
@@ -209,21 +234,10 @@ void gemm(Dst&& dst, const GatheredRows<S>& lhs, const Rhs& rhs, bool accumulate
   using namespace Eigen::internal;
   using D = std::decay_t<Dst>;
   const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
-  if constexpr (reads_rhs_in_place<D, Rhs>) {
-    if (uses_streamed_product<S>(m, n)) {
-      streamed_product(
-          dst.data(), dst.outerStride(), m, n, k,
-          [&](Index i, Index p) { return lhs.row_data(i)[p]; }, rhs.data(), rhs.outerStride(),
-          accumulate);
-      return;
-    }
-    if (uses_skinny_product<S>(m, n)) {
-      skinny_product(
-          dst.data(), dst.outerStride(), m, n, k, [&](Index i) { return lhs.row_data(i); },
-          rhs.data(), rhs.outerStride(), accumulate, next);
-      return;
-    }
-  }
+  if (few_rows_product(
+          dst, k, [&](Index i, Index p) { return lhs.row_data(i)[p]; },
+          [&](Index i) { return lhs.row_data(i); }, rhs, accumulate, next))
+    return;
   if constexpr (D::IsRowMajor && is_gemm_operand<D> && is_gemm_operand<Rhs>) {
     if (uses_blocked_gemm(m, n, k)) {
       // C^T [n, m] = rhs^T [n, k] * gathered^T [k, m], column-major.

@@ -33,6 +33,11 @@ PrefetchBlock prefetch_block(const Block& block) {
           block.outerStride() * static_cast<Index>(sizeof(S))};
 }
 
+/// A product with nothing to prefetch.
+struct NoPrefetch {
+  void tick() noexcept {}
+};
+
 /// Walks a PrefetchBlock one cache line every `every` ticks, spreading its reads evenly over the
 /// ticks a product has (so the memory works while the FMA units do).
 class LinePrefetcher {
@@ -78,11 +83,33 @@ namespace skinny {
 inline constexpr Index kRowsPerTile = 4;
 inline constexpr int kPacketsPerTile = 4;
 
-/// c[i, 0 .. Packets·P) = sum_p x[i][p] * w[p, 0 .. Packets·P) for i < Rows, summed in registers in
-/// order of p, then stored (or added to c).
-template <int Rows, int Packets, class S>
-void tile(const S* const* x, Index k, const S* w, Index w_stride, S* c, Index c_stride,
-          bool accumulate, LinePrefetcher& prefetcher) {
+/// Columns of a full register tile.
+template <class S>
+inline constexpr Index kRegisterTileCols = kPacketsPerTile* Eigen::internal::packet_traits<S>::size;
+
+/// The left operand read through row pointers: lhs(i, p) = rows[i][offset + p] (the rows of a
+/// row-major matrix, or gathered rows; `offset` starts a later depth range).
+template <class S>
+struct RowPointers {
+  const S* const* rows;
+  Index offset = 0;
+  S operator()(Index i, Index p) const noexcept { return rows[i][offset + p]; }
+};
+
+/// The left operand as the transpose of a row-major [k, m] matrix: lhs(i, p) = data[p * stride +
+/// i].
+template <class S>
+struct TransposedRows {
+  const S* data;
+  Index stride;
+  S operator()(Index i, Index p) const noexcept { return data[p * stride + i]; }
+};
+
+/// c[i, 0 .. Packets·P) = sum_p lhs(first + i, p) * w[p, 0 .. Packets·P) for i < Rows, summed in
+/// registers in order of p, then stored (or added to c).
+template <int Rows, int Packets, class S, class Lhs, class Prefetcher>
+EIGEN_ALWAYS_INLINE void tile(const Lhs& lhs, Index first, Index k, const S* w, Index w_stride,
+                              S* c, Index c_stride, bool accumulate, Prefetcher& prefetcher) {
   using namespace Eigen::internal;
   using Packet = typename packet_traits<S>::type;
   constexpr Index kPacket = packet_traits<S>::size;
@@ -93,44 +120,95 @@ void tile(const S* const* x, Index k, const S* w, Index w_stride, S* c, Index c_
     Packet wp[Packets];
     for (int q = 0; q < Packets; ++q) wp[q] = ploadu<Packet>(w + q * kPacket);
     for (int i = 0; i < Rows; ++i) {
-      const Packet xb = pset1<Packet>(x[i][p]);
+      const Packet xb = pset1<Packet>(lhs(first + i, p));
       for (int q = 0; q < Packets; ++q) acc[i][q] = pmadd(xb, wp[q], acc[i][q]);
     }
     prefetcher.tick();
   }
-  for (int i = 0; i < Rows; ++i)
-    for (int q = 0; q < Packets; ++q) {
-      S* out = c + i * c_stride + q * kPacket;
-      pstoreu(out, accumulate ? padd(ploadu<Packet>(out), acc[i][q]) : acc[i][q]);
-    }
+  // Two loops, not a select per store: a select would read c before writing it, and a result
+  // written once (a weight gradient) would wait on memory for every line.
+  if (accumulate) {
+    for (int i = 0; i < Rows; ++i)
+      for (int q = 0; q < Packets; ++q) {
+        S* out = c + i * c_stride + q * kPacket;
+        pstoreu(out, padd(ploadu<Packet>(out), acc[i][q]));
+      }
+  } else {
+    for (int i = 0; i < Rows; ++i)
+      for (int q = 0; q < Packets; ++q) pstoreu(c + i * c_stride + q * kPacket, acc[i][q]);
+  }
 }
 
 /// The same for a last sliver of fewer columns than a packet.
-template <class S>
-void scalar_tile(const S* const* x, Index rows, Index cols, Index k, const S* w, Index w_stride,
-                 S* c, Index c_stride, bool accumulate) {
+template <class S, class Lhs>
+void scalar_tile(const Lhs& lhs, Index first, Index rows, Index cols, Index k, const S* w,
+                 Index w_stride, S* c, Index c_stride, bool accumulate) {
   for (Index i = 0; i < rows; ++i)
     for (Index j = 0; j < cols; ++j) {
       S sum(0);
-      for (Index p = 0; p < k; ++p) sum = Eigen::internal::pmadd(x[i][p], w[p * w_stride + j], sum);
+      for (Index p = 0; p < k; ++p)
+        sum = Eigen::internal::pmadd(lhs(first + i, p), w[p * w_stride + j], sum);
       S& out = c[i * c_stride + j];
       out = accumulate ? out + sum : sum;
     }
 }
 
-template <int Packets, class S>
-void tile_rows(Index rows, const S* const* x, Index k, const S* w, Index w_stride, S* c,
-               Index c_stride, bool accumulate, LinePrefetcher& prefetcher) {
+template <int Packets, class S, class Lhs, class Prefetcher>
+EIGEN_ALWAYS_INLINE void tile_rows(Index rows, const Lhs& lhs, Index first, Index k, const S* w,
+                                   Index w_stride, S* c, Index c_stride, bool accumulate,
+                                   Prefetcher& prefetcher) {
   switch (rows) {
     case 1:
-      return tile<1, Packets>(x, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+      return tile<1, Packets>(lhs, first, k, w, w_stride, c, c_stride, accumulate, prefetcher);
     case 2:
-      return tile<2, Packets>(x, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+      return tile<2, Packets>(lhs, first, k, w, w_stride, c, c_stride, accumulate, prefetcher);
     case 3:
-      return tile<3, Packets>(x, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+      return tile<3, Packets>(lhs, first, k, w, w_stride, c, c_stride, accumulate, prefetcher);
     default:
-      return tile<4, Packets>(x, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+      return tile<4, Packets>(lhs, first, k, w, w_stride, c, c_stride, accumulate, prefetcher);
   }
+}
+
+/// The width of the column range starting `remaining` columns before the end: a full register
+/// tile, one packet, or the last sliver.
+template <class S>
+Index width_at(Index remaining) {
+  constexpr Index kPacket = Eigen::internal::packet_traits<S>::size;
+  return remaining >= kRegisterTileCols<S> ? kRegisterTileCols<S>
+         : remaining >= kPacket            ? kPacket
+                                           : remaining;
+}
+
+/// c[first .. first + rows, 0 .. width) over w[k, width] (width from width_at): the register
+/// tile of that width, at most kRowsPerTile rows.
+template <class S, class Lhs, class Prefetcher>
+EIGEN_ALWAYS_INLINE void tile_block(const Lhs& lhs, Index first, Index rows, Index width, Index k,
+                                    const S* w, Index w_stride, S* c, Index c_stride,
+                                    bool accumulate, Prefetcher& prefetcher) {
+  if (width == kRegisterTileCols<S>)
+    tile_rows<kPacketsPerTile>(rows, lhs, first, k, w, w_stride, c, c_stride, accumulate,
+                               prefetcher);
+  else if (width == Eigen::internal::packet_traits<S>::size)
+    tile_rows<1>(rows, lhs, first, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+  else
+    scalar_tile(lhs, first, rows, width, k, w, w_stride, c, c_stride, accumulate);
+}
+
+/// Register tiles over every row of c for one column range: w's rows are reused from L1 by each
+/// group of rows.
+template <class S, class Lhs>
+void column_range(const Lhs& lhs, Index m, Index width, Index k, const S* w, Index w_stride, S* c,
+                  Index c_stride, bool accumulate, LinePrefetcher& prefetcher) {
+  for (Index i = 0; i < m; i += kRowsPerTile)
+    tile_block(lhs, i, std::min(kRowsPerTile, m - i), width, k, w, w_stride, c + i * c_stride,
+               c_stride, accumulate, prefetcher);
+}
+
+/// The ticks a product of m rows and n columns over depth k gives a LinePrefetcher.
+template <class S>
+Index ticks(Index m, Index n, Index k) {
+  return (m + kRowsPerTile - 1) / kRowsPerTile * k *
+         ((n + kRegisterTileCols<S> - 1) / kRegisterTileCols<S>);
 }
 
 }  // namespace skinny
@@ -142,28 +220,14 @@ void tile_rows(Index rows, const S* const* x, Index k, const S* w, Index w_strid
 template <class S, class LhsRow>
 void skinny_product(S* c, Index c_stride, Index m, Index n, Index k, const LhsRow& lhs_row,
                     const S* rhs, Index rhs_stride, bool accumulate, const PrefetchBlock& next) {
-  constexpr Index kPacket = Eigen::internal::packet_traits<S>::size;
-  constexpr Index kTileCols = skinny::kPacketsPerTile * kPacket;
   const S* rows[kSkinnyProductMaxRows];
   for (Index i = 0; i < m; ++i) rows[i] = lhs_row(i);
-  const Index row_tiles = (m + skinny::kRowsPerTile - 1) / skinny::kRowsPerTile;
-  LinePrefetcher prefetcher(next, row_tiles * k * ((n + kTileCols - 1) / kTileCols));
-  for (Index j = 0; j < n;) {
-    const Index width = n - j >= kTileCols ? kTileCols : n - j >= kPacket ? kPacket : n - j;
-    for (Index i = 0; i < m; i += skinny::kRowsPerTile) {
-      const Index tile_rows = std::min(skinny::kRowsPerTile, m - i);
-      S* out = c + i * c_stride + j;
-      if (width == kTileCols)
-        skinny::tile_rows<skinny::kPacketsPerTile>(tile_rows, rows + i, k, rhs + j, rhs_stride, out,
-                                                   c_stride, accumulate, prefetcher);
-      else if (width == kPacket)
-        skinny::tile_rows<1>(tile_rows, rows + i, k, rhs + j, rhs_stride, out, c_stride, accumulate,
-                             prefetcher);
-      else
-        skinny::scalar_tile(rows + i, tile_rows, width, k, rhs + j, rhs_stride, out, c_stride,
-                            accumulate);
-    }
-    j += width;
+  const skinny::RowPointers<S> lhs{rows};
+  LinePrefetcher prefetcher(next, skinny::ticks<S>(m, n, k));
+  for (Index j = 0, width = 0; j < n; j += width) {
+    width = skinny::width_at<S>(n - j);
+    skinny::column_range(lhs, m, width, k, rhs + j, rhs_stride, c + j, c_stride, accumulate,
+                         prefetcher);
   }
 }
 
