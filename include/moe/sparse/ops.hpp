@@ -34,26 +34,33 @@ void require_sparse_values(const Matrix& values, const BlockSparseTopology& topo
   require_shape(values, argument, topo.rows(), topo.ffn_hidden);
 }
 
-/// The tile a thread probably computes next, whose weights a product may prefetch: its row tile
-/// (null when there is none or it has no data rows) and its columns.
-struct TileAhead {
+/// One work item of a loop over row tiles x column tiles: its row tile (null past the last item)
+/// and its columns.
+struct TileItem {
   const RowTile* tile = nullptr;
   Index col = 0;
   Index cols = 0;
 };
 
-/// Work item w of a row tiles x column tiles loop over `extent` columns in tiles of `width`.
-inline TileAhead tile_ahead(const std::vector<RowTile>& tiles, Index col_tiles, Index width,
-                            Index extent, Index w) {
+/// Work item w of a loop over row tiles x `col_tiles` column tiles of `width` over `extent`
+/// columns (cols <= 0 for a column tile past the extent).
+inline TileItem work_item(const std::vector<RowTile>& tiles, Index col_tiles, Index width,
+                          Index extent, Index w) {
   if (w >= static_cast<Index>(tiles.size()) * col_tiles) return {};
-  const RowTile& tile = tiles[static_cast<std::size_t>(w / col_tiles)];
   const Index col = (w % col_tiles) * width;
-  if (tile.data_rows == 0 || col >= extent) return {};
-  return {&tile, col, std::min(width, extent - col)};
+  return {&tiles[static_cast<std::size_t>(w / col_tiles)], col, std::min(width, extent - col)};
+}
+
+/// The item a thread probably computes after item w, whose weights a product may prefetch: empty
+/// when there is none or it has no data rows.
+inline TileItem tile_ahead(const std::vector<RowTile>& tiles, Index col_tiles, Index width,
+                           Index extent, Index w) {
+  const TileItem ahead = work_item(tiles, col_tiles, width, extent, item_ahead(w));
+  return ahead.tile && ahead.tile->data_rows > 0 && ahead.cols > 0 ? ahead : TileItem{};
 }
 
 /// Row tiles x dense column tiles of a [P, N] result, padding rows set to zero unless accumulating.
-/// product(tile, first column, columns, TileAhead).
+/// product(tile, first column, columns, the TileItem likely next).
 template <class S, class TileProduct>
 void for_dense_row_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, bool accumulate,
                          TileProduct&& product) {
@@ -61,19 +68,16 @@ void for_dense_row_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, bool a
   const Index n = c.cols();
   const Index col_tiles = std::max<Index>(1, tile_count(n, kTileCols));
   parallel_tiles(static_cast<Index>(tiles.size()) * col_tiles, [&](Index w) {
-    const RowTile& tile = tiles[static_cast<std::size_t>(w / col_tiles)];
-    const Index n0 = (w % col_tiles) * kTileCols;
-    const Index nw = std::min(kTileCols, n - n0);
+    const auto [tile, n0, nw] = work_item(tiles, col_tiles, kTileCols, n, w);
     if (nw <= 0) return;
-    if (tile.data_rows > 0)
-      product(tile, n0, nw, tile_ahead(tiles, col_tiles, kTileCols, n, item_ahead(w)));
-    if (topo.write_padding && !accumulate && tile.rows > tile.data_rows)
-      c.block(tile.begin + tile.data_rows, n0, tile.rows - tile.data_rows, nw).setZero();
+    if (tile->data_rows > 0) product(*tile, n0, nw, tile_ahead(tiles, col_tiles, kTileCols, n, w));
+    if (topo.write_padding && !accumulate && tile->rows > tile->data_rows)
+      c.block(tile->begin + tile->data_rows, n0, tile->rows - tile->data_rows, nw).setZero();
   });
 }
 
 /// Row tiles x column-block tiles of sparse [P, f] results; the epilogue runs on data rows.
-/// product(tile, first column, columns, TileAhead).
+/// product(tile, first column, columns, the TileItem likely next).
 template <class TileProduct, class Epilogue, class... Results>
 void for_sparse_tiles(const BlockSparseTopology& topo, TileProduct&& product, Epilogue&& epilogue,
                       Results&... results) {
@@ -81,15 +85,13 @@ void for_sparse_tiles(const BlockSparseTopology& topo, TileProduct&& product, Ep
   const Index width = sparse_tile_cols(topo);
   const Index col_tiles = tile_count(topo.ffn_hidden, width);
   parallel_tiles(static_cast<Index>(tiles.size()) * col_tiles, [&](Index w) {
-    const RowTile& tile = tiles[static_cast<std::size_t>(w / col_tiles)];
-    const Index c0 = (w % col_tiles) * width;
-    const Index cw = std::min(width, topo.ffn_hidden - c0);
-    if (tile.data_rows > 0) {
-      product(tile, c0, cw, tile_ahead(tiles, col_tiles, width, topo.ffn_hidden, item_ahead(w)));
-      epilogue(tile.expert, tile.begin, tile.data_rows, c0, cw);
+    const auto [tile, c0, cw] = work_item(tiles, col_tiles, width, topo.ffn_hidden, w);
+    if (tile->data_rows > 0) {
+      product(*tile, c0, cw, tile_ahead(tiles, col_tiles, width, topo.ffn_hidden, w));
+      epilogue(tile->expert, tile->begin, tile->data_rows, c0, cw);
     }
-    if (topo.write_padding && tile.rows > tile.data_rows)
-      (results.block(tile.begin + tile.data_rows, c0, tile.rows - tile.data_rows, cw).setZero(),
+    if (topo.write_padding && tile->rows > tile->data_rows)
+      (results.block(tile->begin + tile->data_rows, c0, tile->rows - tile->data_rows, cw).setZero(),
        ...);
   });
 }
@@ -125,7 +127,7 @@ void sdd_rows(const Rows& a, ConstMatrixRef<S> b, const BlockSparseTopology& top
   require_sparse_values(c_values, topo, "c_values");
   for_sparse_tiles(
       topo,
-      [&](const RowTile& t, Index c0, Index cw, const TileAhead& ahead) {
+      [&](const RowTile& t, Index c0, Index cw, const TileItem& ahead) {
         gemm(c_values.block(t.begin, c0, t.data_rows, cw), a.middleRows(t.begin, t.data_rows),
              b.block(t.expert * k, c0, k, cw), false,
              ahead.tile ? prefetch_block(b.block(ahead.tile->expert * k, ahead.col, k, ahead.cols))
@@ -147,7 +149,7 @@ void sdd_pair_rows(const Rows& a, ConstMatrixRef<S> b1, ConstMatrixRef<S> b2,
   require_sparse_values(c2_values, topo, "c2_values");
   for_sparse_tiles(
       topo,
-      [&](const RowTile& t, Index c0, Index cw, const TileAhead& ahead) {
+      [&](const RowTile& t, Index c0, Index cw, const TileItem& ahead) {
         // Each product prefetches the weights the next one reads: B2's block, then the next
         // tile's B1 block.
         const auto rows = a.middleRows(t.begin, t.data_rows);
@@ -192,7 +194,7 @@ void sdd_nt(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology&
   detail::require_sparse_values(c_values, topo, "c_values");
   detail::for_sparse_tiles(
       topo,
-      [&](const detail::RowTile& t, Index c0, Index cw, const detail::TileAhead& ahead) {
+      [&](const detail::RowTile& t, Index c0, Index cw, const detail::TileItem& ahead) {
         detail::gemm(c_values.block(t.begin, c0, t.data_rows, cw),
                      a.middleRows(t.begin, t.data_rows),
                      b.block(t.expert * f + c0, 0, cw, k).transpose(), false,
@@ -214,7 +216,7 @@ void dsd(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTopol
   require_shape(c, "c", topo.rows(), b.cols());
   detail::for_dense_row_tiles<S>(
       topo, c, accumulate,
-      [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileAhead& ahead) {
+      [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileItem& ahead) {
         detail::gemm(
             c.block(t.begin, n0, t.data_rows, nw), a_values.middleRows(t.begin, t.data_rows),
             b.block(t.expert * f, n0, f, nw), accumulate,
@@ -236,7 +238,7 @@ void dsd_nt(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTo
   require_shape(b, "b", topo.num_experts * n, f);
   detail::for_dense_row_tiles<S>(
       topo, c, accumulate,
-      [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileAhead& ahead) {
+      [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileItem& ahead) {
         detail::gemm(c.block(t.begin, n0, t.data_rows, nw),
                      a_values.middleRows(t.begin, t.data_rows),
                      b.block(t.expert * n + n0, 0, nw, f).transpose(), accumulate,
