@@ -59,6 +59,24 @@ inline TileItem tile_ahead(const std::vector<RowTile>& tiles, Index col_tiles, I
   return ahead.tile && ahead.tile->data_rows > 0 && ahead.cols > 0 ? ahead : TileItem{};
 }
 
+/// What the item ahead reads from expert-major weights b (`per_expert` rows per expert), for a
+/// product to prefetch: its expert's rows at its columns. Empty when nothing is ahead.
+template <class S>
+PrefetchBlock expert_columns_ahead(ConstMatrixRef<S> b, Index per_expert, const TileItem& ahead) {
+  if (!ahead.tile) return {};
+  return prefetch_block(
+      b.block(ahead.tile->expert * per_expert, ahead.col, per_expert, ahead.cols));
+}
+
+/// The same for a product over b seen transposed: the item's columns are rows of its expert's
+/// block, read whole.
+template <class S>
+PrefetchBlock expert_rows_ahead(ConstMatrixRef<S> b, Index per_expert, const TileItem& ahead) {
+  if (!ahead.tile) return {};
+  return prefetch_block(
+      b.block(ahead.tile->expert * per_expert + ahead.col, 0, ahead.cols, b.cols()));
+}
+
 /// Row tiles x dense column tiles of a [P, N] result, padding rows set to zero unless accumulating.
 /// product(tile, first column, columns, the TileItem likely next).
 template <class S, class TileProduct>
@@ -129,9 +147,7 @@ void sdd_rows(const Rows& a, ConstMatrixRef<S> b, const BlockSparseTopology& top
       topo,
       [&](const RowTile& t, Index c0, Index cw, const TileItem& ahead) {
         gemm(c_values.block(t.begin, c0, t.data_rows, cw), a.middleRows(t.begin, t.data_rows),
-             b.block(t.expert * k, c0, k, cw), false,
-             ahead.tile ? prefetch_block(b.block(ahead.tile->expert * k, ahead.col, k, ahead.cols))
-                        : PrefetchBlock{});
+             b.block(t.expert * k, c0, k, cw), false, expert_columns_ahead<S>(b, k, ahead));
       },
       epilogue, c_values);
 }
@@ -157,8 +173,7 @@ void sdd_pair_rows(const Rows& a, ConstMatrixRef<S> b1, ConstMatrixRef<S> b2,
         gemm(c1_values.block(t.begin, c0, t.data_rows, cw), rows, b1.block(t.expert * k, c0, k, cw),
              false, prefetch_block(w2));
         gemm(c2_values.block(t.begin, c0, t.data_rows, cw), rows, w2, false,
-             ahead.tile ? prefetch_block(b1.block(ahead.tile->expert * k, ahead.col, k, ahead.cols))
-                        : PrefetchBlock{});
+             expert_columns_ahead<S>(b1, k, ahead));
       },
       epilogue, c1_values, c2_values);
 }
@@ -198,9 +213,7 @@ void sdd_nt(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology&
         detail::gemm(c_values.block(t.begin, c0, t.data_rows, cw),
                      a.middleRows(t.begin, t.data_rows),
                      b.block(t.expert * f + c0, 0, cw, k).transpose(), false,
-                     ahead.tile ? detail::prefetch_block(
-                                      b.block(ahead.tile->expert * f + ahead.col, 0, ahead.cols, k))
-                                : detail::PrefetchBlock{});
+                     detail::expert_rows_ahead<S>(b, f, ahead));
       },
       epilogue, c_values);
 }
@@ -217,12 +230,9 @@ void dsd(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTopol
   detail::for_dense_row_tiles<S>(
       topo, c, accumulate,
       [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileItem& ahead) {
-        detail::gemm(
-            c.block(t.begin, n0, t.data_rows, nw), a_values.middleRows(t.begin, t.data_rows),
-            b.block(t.expert * f, n0, f, nw), accumulate,
-            ahead.tile
-                ? detail::prefetch_block(b.block(ahead.tile->expert * f, ahead.col, f, ahead.cols))
-                : detail::PrefetchBlock{});
+        detail::gemm(c.block(t.begin, n0, t.data_rows, nw),
+                     a_values.middleRows(t.begin, t.data_rows), b.block(t.expert * f, n0, f, nw),
+                     accumulate, detail::expert_columns_ahead<S>(b, f, ahead));
       });
 }
 
@@ -242,9 +252,7 @@ void dsd_nt(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTo
         detail::gemm(c.block(t.begin, n0, t.data_rows, nw),
                      a_values.middleRows(t.begin, t.data_rows),
                      b.block(t.expert * n + n0, 0, nw, f).transpose(), accumulate,
-                     ahead.tile ? detail::prefetch_block(
-                                      b.block(ahead.tile->expert * n + ahead.col, 0, ahead.cols, f))
-                                : detail::PrefetchBlock{});
+                     detail::expert_rows_ahead<S>(b, n, ahead));
       });
 }
 

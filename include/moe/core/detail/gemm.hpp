@@ -67,11 +67,12 @@ inline constexpr bool reads_transposed_rhs_in_place = (Dst::IsRowMajor && !Rhs::
                                                       (is_gemm_operand<Dst> &&
                                                        is_gemm_operand<Rhs>);
 
+/// Stands for lhs_row in few_rows_product when the left operand's rows are not contiguous.
+struct NoLhsRows {};
+
 /// Runs dst (+)= lhs * rhs through a kernel that reads rhs in place when one serves the shapes, and
 /// says whether it did. lhs_at(i, p) reads the left operand; lhs_row(i) points at its row i when
 /// its rows are contiguous (a row-major matrix, gathered rows), else it is NoLhsRows.
-struct NoLhsRows {};
-
 template <class Dst, class Rhs, class LhsAt, class LhsRow>
 bool few_rows_product(Dst& dst, Index k, const LhsAt& lhs_at, const LhsRow& lhs_row, const Rhs& rhs,
                       bool accumulate, const PrefetchBlock& next) {
