@@ -102,7 +102,7 @@ TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][
     check_all_orders<float>(64, 100, 50);
     check_all_orders<float>(30, 16, 3);
     check_all_orders<float>(11, 131, 1);
-    check_all_orders<float>(23, 64, 20);  // 8 + 8 + 7 rows (4 + 4 + ... with 16 registers)
+    check_all_orders<float>(23, 64, 20);  // tiles of 8, 8 and 7 rows (16 registers: 4, .., 4, 3)
     check_all_orders<float>(18, 50, 9);
     check_all_orders<double>(20, 24, 6);
   }
