@@ -1,6 +1,7 @@
-// detail::gemm (Eigen's blocked GEMM with per-thread packing buffers) against a plain triple loop:
-// every storage order of the operands, strided blocks, accumulation, the shapes that fall back to
-// Eigen's own product, and the same bits as `dst.noalias() = lhs * rhs`.
+// detail::gemm against a plain triple loop: every kernel (streamed, register tiles in place, packed
+// panels, Eigen's GEMM for what they do not serve), every storage order of the operands, strided
+// blocks, accumulation; and bits that depend on the shapes alone, not on row blocks or threads.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -81,14 +82,21 @@ void check_all_orders(Index m, Index n, Index k) {
 }  // namespace
 
 TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][gemm]") {
-  // Outside an OpenMP team with more than one thread, gemm hands the product to Eigen's threaded
-  // GEMM; one thread takes its own path.
+  // Outside an OpenMP team, packed products split their rows over Eigen::nbThreads() threads;
+  // the test case "gemm's bits depend on the shapes alone" covers that.
   Eigen::setNbThreads(1);
-  SECTION("blocked shapes, double") {
+  SECTION("packed panels, double") {
     check_all_orders<double>(37, 29, 41);
-    check_all_orders<double>(130, 70, 300);  // several Eigen panels along m and k
+    check_all_orders<double>(130, 70, 300);  // two depth blocks of 256 and 44
+    check_all_orders<double>(70, 400, 30);   // two column blocks: 384 and 16
   }
-  SECTION("blocked shapes, float") { check_all_orders<float>(64, 48, 96); }
+  SECTION("packed panels, float: every column remainder, every row remainder") {
+    check_all_orders<float>(64, 48, 96);
+    check_all_orders<float>(100, 53, 300);  // a 48-wide panel, then a sliver of 5 columns
+    check_all_orders<float>(77, 100, 9);    // 48 + 48 + 4: the sliver in a panel of its own
+    check_all_orders<float>(83, 800, 17);   // a column block of 768, then 32
+    check_all_orders<float>(40, 37, 70);    // a transposed lhs deeper than 64: packed, not tiled
+  }
   SECTION("a few rows times a row-major rhs: streamed, every depth and column remainder") {
     check_all_orders<double>(2, 37, 43);
     check_all_orders<double>(5, 8, 4);
@@ -120,9 +128,10 @@ TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][
     check_all_orders<double>(200, 9, 65);  // one row too deep: Eigen's GEMM
   }
   SECTION("shapes that go through Eigen's own product") {
-    check_all_orders<double>(1, 17, 9);  // a row: GEMV
-    check_all_orders<double>(17, 1, 9);  // a column: GEMV
-    check_all_orders<double>(3, 4, 5);   // tiny: coefficient-based
+    check_all_orders<double>(1, 17, 9);   // a row: GEMV
+    check_all_orders<double>(17, 1, 9);   // a column: GEMV
+    check_all_orders<double>(3, 4, 5);    // tiny: coefficient-based
+    check_all_orders<float>(130, 9, 40);  // narrower than a packet: Eigen's blocked GEMM
   }
   SECTION("depth 0 gives zeros, or leaves an accumulated result as it was") {
     const RowMatrix<double> a(6, 0), b(0, 7);
@@ -131,29 +140,54 @@ TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][
     REQUIRE((c.array() == 3.0).all());
     detail::gemm(c, a, b);
     REQUIRE((c.array() == 0.0).all());
-    const RowMatrix<double> wide_b(0, 40);  // streamed
-    RowMatrix<double> wide_c = RowMatrix<double>::Constant(6, 40, 3.0);
-    detail::gemm(wide_c, a, wide_b, /*accumulate=*/true);
-    REQUIRE((wide_c.array() == 3.0).all());
-    detail::gemm(wide_c, a, wide_b);
-    REQUIRE((wide_c.array() == 0.0).all());
+    const RowMatrix<double> wide_b(0, 40);
+    for (Index m : {6, 70}) {  // streamed, packed
+      const RowMatrix<double> rows(m, 0);
+      RowMatrix<double> wide_c = RowMatrix<double>::Constant(m, 40, 3.0);
+      detail::gemm(wide_c, rows, wide_b, /*accumulate=*/true);
+      REQUIRE((wide_c.array() == 3.0).all());
+      detail::gemm(wide_c, rows, wide_b);
+      REQUIRE((wide_c.array() == 0.0).all());
+    }
   }
 }
 
-TEST_CASE("gemm gives the bits of Eigen's product, run after run", "[core][gemm]") {
+TEST_CASE("gemm's bits depend on the shapes alone", "[core][gemm]") {
   Eigen::setNbThreads(1);
-  const RowMatrix<float> a = random_matrix<float>(300, 200, 5);
-  const RowMatrix<float> b = random_matrix<float>(200, 150, 6);
-  RowMatrix<float> eigen(300, 150), ours(300, 150), large(600, 400);
-  eigen.noalias() = a * b;
-  detail::gemm(ours, a, b);
-  REQUIRE(ours == eigen);
-  // A larger product in between grows the thread's packing buffer; the bits do not change.
-  const RowMatrix<float> big_a = random_matrix<float>(600, 500, 7);
-  const RowMatrix<float> big_b = random_matrix<float>(500, 400, 8);
-  detail::gemm(large, big_a, big_b);
-  detail::gemm(ours, a, b);
-  REQUIRE(ours == eigen);
+  const RowMatrix<float> a = random_matrix<float>(300, 600, 5);
+  const RowMatrix<float> b = random_matrix<float>(600, 150, 6);
+  const RowMatrix<float> bt = random_matrix<float>(150, 600, 7);
+  RowMatrix<float> whole(300, 150), again(300, 150), blocks(300, 150);
+  detail::gemm(whole, a, b);
+  SECTION("run after run, with a larger product growing the thread's buffers in between") {
+    const RowMatrix<float> big_a = random_matrix<float>(600, 900, 8);
+    const RowMatrix<float> big_b = random_matrix<float>(900, 1000, 9);
+    RowMatrix<float> large(600, 1000);
+    detail::gemm(large, big_a, big_b);
+    detail::gemm(again, a, b);
+    REQUIRE(again == whole);
+  }
+  SECTION("in blocks of rows that do not align with the register tiles") {
+    Index first = 0;
+    for (Index rows : {101, 67, 132}) {  // each block packed, as the whole
+      detail::gemm(blocks.middleRows(first, rows), a.middleRows(first, rows), b);
+      first += rows;
+    }
+    REQUIRE(blocks == whole);
+  }
+  SECTION("split over threads outside a team") {
+    RowMatrix<float> transposed(300, 150), weight_gradient(600, 150), threaded(600, 150);
+    detail::gemm(transposed, a, bt.transpose());
+    detail::gemm(weight_gradient, a.transpose(), whole);
+    Eigen::setNbThreads(2);
+    detail::gemm(again, a, b);
+    REQUIRE(again == whole);
+    detail::gemm(again, a, bt.transpose());
+    REQUIRE(again == transposed);
+    detail::gemm(threaded, a.transpose(), whole);
+    REQUIRE(threaded == weight_gradient);
+    Eigen::setNbThreads(1);
+  }
 }
 
 TEST_CASE("gemm's prefetch hint changes no bit of the product", "[core][gemm]") {

@@ -1,7 +1,9 @@
-// Eigen's blocked GEMM entered directly: packing buffers kept per thread instead of allocated by
-// every product, and a left operand that is rows gathered from a matrix, read in place. Products of
-// up to 64 rows, or over up to 64 rows of depth, read their operands in place instead
-// (streamed_product.hpp, skinny_product.hpp, skinny_transposed.hpp).
+// The products of the library, each picked from the shapes alone so that bits never depend on the
+// thread count: a few rows stream the right operand (streamed_product.hpp), tens of rows run
+// register tiles over it in place (skinny_product.hpp, skinny_transposed.hpp), more rows run the
+// same tiles over packed panels of it (packed_product.hpp). What none of these serves (narrow
+// results, a BLAS backend, operands without direct access) goes through Eigen, its blocked GEMM
+// entered directly with packing buffers kept per thread.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "moe/core/detail/packed_product.hpp"
 #include "moe/core/detail/skinny_product.hpp"
 #include "moe/core/detail/skinny_transposed.hpp"
 #include "moe/core/detail/streamed_product.hpp"
@@ -104,6 +107,43 @@ bool few_rows_product(Dst& dst, Index k, const LhsAt& lhs_at, const LhsRow& lhs_
   return false;
 }
 
+/// Runs dst (+)= lhs * rhs through packed_product when it serves the shapes and operands, and says
+/// whether it did; lhs_group as packed_product takes it. Outside a team the rows are split over
+/// Eigen::nbThreads() threads, which changes no bit.
+template <class Dst, class Rhs, class LhsGroup>
+bool packed_rows_product(Dst& dst, Index k, const LhsGroup& lhs_group, const Rhs& rhs,
+                         bool accumulate) {
+  using D = std::decay_t<Dst>;
+  using S = typename D::Scalar;
+  if constexpr (D::IsRowMajor && is_gemm_operand<D> && is_gemm_operand<Rhs>) {
+    const Index m = dst.rows(), n = dst.cols();
+    if (!uses_packed_product<S>(m, n)) return false;
+    const double work = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+    split_rows(m, work, Eigen::nbThreads(), [&](Index first, Index rows) {
+      packed_product(
+          dst.data() + first * dst.outerStride(), dst.outerStride(), rows, n, k,
+          [&](Index i, Index count, Index p0, Index depth) {
+            return lhs_group(first + i, count, p0, depth);
+          },
+          rhs.data(), rhs.outerStride(), !Rhs::IsRowMajor, accumulate);
+    });
+    return true;
+  } else {
+    (void)dst, (void)k, (void)lhs_group, (void)rhs, (void)accumulate;
+    return false;
+  }
+}
+
+/// lhs_group for packed_product over a left operand whose row i starts at lhs_row(i).
+template <class S, class LhsRow>
+auto row_groups(const LhsRow& lhs_row) {
+  return [&lhs_row](Index first, Index count, Index p0, Index) {
+    packed::RowGroup<S> group{};
+    for (Index r = 0; r < count; ++r) group.rows[r] = lhs_row(first + r) + p0;
+    return group;
+  };
+}
+
 /// Whether Eigen would run an [m, n] = [m, k] * [k, n] product as one single-threaded blocked GEMM
 /// (not a GEMV, not its coefficient-based small product, not a BLAS call, not threaded by itself).
 inline bool uses_blocked_gemm(Index m, Index n, Index k) {
@@ -119,15 +159,15 @@ inline bool uses_blocked_gemm(Index m, Index n, Index k) {
 #endif
 }
 
-/// dst = lhs * rhs, or dst += lhs * rhs when `accumulate`: the same blocked GEMM, blocking and
-/// bits as `dst.noalias() = lhs * rhs`, with packing buffers that persist per thread
-/// (PackingBlocking). With any backend, a few rows times a row-major rhs stream rhs instead
-/// (streamed_product); tens of rows read a row-major rhs, or one seen transposed, in place while
-/// prefetching `next`, the operand of the product to come (skinny_product, skinny_product_nt); a
-/// transposed lhs over tens of rows of depth (a weight gradient) is summed straight into dst, row
-/// after row (skinny_product_tn). Products Eigen would not run as a single-threaded GEMM
-/// (vectors, tiny shapes, a BLAS backend, or a product Eigen threads itself outside a team) go
-/// through Eigen's own product.
+/// dst = lhs * rhs, or dst += lhs * rhs when `accumulate`, by the first kernel that serves the
+/// shapes: a few rows times a row-major rhs stream it (streamed_product); tens of rows read a
+/// row-major rhs, or one seen transposed, in place while prefetching `next`, the operand of the
+/// product to come (skinny_product, skinny_product_nt); a transposed lhs over tens of rows of depth
+/// (a weight gradient) is summed straight into dst, row after row (skinny_product_tn); more rows,
+/// or a deeper transposed lhs, run register tiles over packed panels of rhs (packed_product,
+/// threaded over rows outside a team). The rest (narrow results, a BLAS backend, operands without
+/// direct access) goes to Eigen: its blocked GEMM with packing buffers that persist per thread
+/// (PackingBlocking) when it would run one single-threaded, else its own product.
 template <class Dst, class Lhs, class Rhs>
 void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false,
           const PrefetchBlock& next = {}) {
@@ -138,15 +178,24 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false,
   if constexpr (Lhs::IsRowMajor && is_gemm_operand<Lhs>) {
     const auto lhs_row = [&](Index i) { return lhs.data() + i * lhs.outerStride(); };
     if (few_rows_product(dst, k, lhs_at, lhs_row, rhs, accumulate, next)) return;
+    if (packed_rows_product(dst, k, row_groups<S>(lhs_row), rhs, accumulate)) return;
   } else {
     if (few_rows_product(dst, k, lhs_at, NoLhsRows{}, rhs, accumulate, next)) return;
   }
-  if constexpr (reads_rhs_in_place<D, Rhs> && !Lhs::IsRowMajor && is_gemm_operand<Lhs>) {
-    if (uses_skinny_product_tn<S>(n, k)) {
-      skinny_product_tn(dst.data(), dst.outerStride(), m, n, k, lhs.data(), lhs.outerStride(),
-                        rhs.data(), rhs.outerStride(), accumulate);
-      return;
+  if constexpr (!Lhs::IsRowMajor && is_gemm_operand<Lhs>) {
+    if constexpr (reads_rhs_in_place<D, Rhs>) {
+      if (uses_skinny_product_tn<S>(n, k)) {
+        skinny_product_tn(dst.data(), dst.outerStride(), m, n, k, lhs.data(), lhs.outerStride(),
+                          rhs.data(), rhs.outerStride(), accumulate);
+        return;
+      }
     }
+    // The transpose of a row-major matrix: a group of rows is a run of columns of it.
+    const auto transposed_groups = [&](Index first, Index, Index p0, Index) {
+      return skinny::TransposedRows<S>{lhs.data() + p0 * lhs.outerStride() + first,
+                                       lhs.outerStride()};
+    };
+    if (packed_rows_product(dst, k, transposed_groups, rhs, accumulate)) return;
   }
   if constexpr (D::IsRowMajor && is_gemm_operand<D> && is_gemm_operand<Lhs> &&
                 is_gemm_operand<Rhs>) {
@@ -203,83 +252,20 @@ class GatheredRows {
   Index rows_, cols_;
 };
 
-/// Eigen's data-mapper interface over the transpose of GatheredRows: column j of the mapped
-/// [cols, count] matrix is gathered row j, contiguous. What gemm_pack_rhs reads.
-template <class S>
-class GatheredColumnsMapper {
- public:
-  using LinearMapper = Eigen::internal::BlasLinearMapper<const S, Index, Eigen::Unaligned>;
-
-  GatheredColumnsMapper(const S* data, Index stride, const Index* rows)
-      : data_(data), stride_(stride), rows_(rows) {}
-  GatheredColumnsMapper getSubMapper(Index i, Index j) const {
-    return GatheredColumnsMapper(data_ + i, stride_, rows_ + j);
-  }
-  LinearMapper getLinearMapper(Index i, Index j) const {
-    return LinearMapper(data_ + rows_[j] * stride_ + i);
-  }
-  const S& operator()(Index i, Index j) const { return data_[rows_[j] * stride_ + i]; }
-
- private:
-  const S* data_;
-  Index stride_;
-  const Index* rows_;
-};
-
-/// dst = gathered * rhs (or +=): the loop of Eigen's sequential GEMM (general_matrix_matrix_product
-/// for the transposed, column-major product) with the gathered rows packed straight from their
-/// source, so the bits equal gemm(dst, gathered copy, rhs).
+/// dst = gathered * rhs (or +=): the kernels of gemm over the rows read where they are, so the
+/// bits equal gemm(dst, gathered copy, rhs).
 template <class Dst, class S, class Rhs>
 void gemm(Dst&& dst, const GatheredRows<S>& lhs, const Rhs& rhs, bool accumulate = false,
           const PrefetchBlock& next = {}) {
-  using namespace Eigen::internal;
-  using D = std::decay_t<Dst>;
-  const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
+  const Index k = lhs.cols();
+  const auto lhs_row = [&](Index i) { return lhs.row_data(i); };
   if (few_rows_product(
-          dst, k, [&](Index i, Index p) { return lhs.row_data(i)[p]; },
-          [&](Index i) { return lhs.row_data(i); }, rhs, accumulate, next))
+          dst, k, [&](Index i, Index p) { return lhs.row_data(i)[p]; }, lhs_row, rhs, accumulate,
+          next))
     return;
-  if constexpr (D::IsRowMajor && is_gemm_operand<D> && is_gemm_operand<Rhs>) {
-    if (uses_blocked_gemm(m, n, k)) {
-      // C^T [n, m] = rhs^T [n, k] * gathered^T [k, m], column-major.
-      constexpr int lhs_order = Rhs::IsRowMajor ? Eigen::ColMajor : Eigen::RowMajor;
-      using Traits = gebp_traits<S, S>;
-      using LhsMapper = const_blas_data_mapper<S, Index, lhs_order>;
-      using RhsMapper = GatheredColumnsMapper<S>;
-      using ResMapper = blas_data_mapper<S, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
-      gemm_pack_lhs<S, Index, LhsMapper, Traits::mr, Traits::LhsProgress,
-                    typename Traits::LhsPacket4Packing, lhs_order>
-          pack_lhs;
-      gemm_pack_rhs<S, Index, RhsMapper, Traits::nr, Eigen::ColMajor> pack_rhs;
-      gebp_kernel<S, S, Index, ResMapper, Traits::mr, Traits::nr, false, false> gebp;
-
-      if (!accumulate) dst.setZero();
-      PackingBlocking<S> blocking(m, n, k);
-      const LhsMapper a(rhs.data(), rhs.outerStride());
-      const RhsMapper b(lhs.data(), lhs.stride(), lhs.index());
-      const ResMapper c(dst.data(), dst.outerStride());
-      const Index kc = blocking.kc(), mc = std::min(n, blocking.mc()),
-                  nc = std::min(m, blocking.nc());
-      const bool pack_b_once = mc != n && kc == k && nc == m;
-      for (Index i2 = 0; i2 < n; i2 += mc) {
-        const Index actual_mc = std::min(i2 + mc, n) - i2;
-        for (Index k2 = 0; k2 < k; k2 += kc) {
-          const Index actual_kc = std::min(k2 + kc, k) - k2;
-          pack_lhs(blocking.blockA(), a.getSubMapper(i2, k2), actual_kc, actual_mc);
-          for (Index j2 = 0; j2 < m; j2 += nc) {
-            const Index actual_nc = std::min(j2 + nc, m) - j2;
-            if (!pack_b_once || i2 == 0)
-              pack_rhs(blocking.blockB(), b.getSubMapper(k2, j2), actual_kc, actual_nc);
-            gebp(c.getSubMapper(i2, j2), blocking.blockA(), blocking.blockB(), actual_mc, actual_kc,
-                 actual_nc, S(1));
-          }
-        }
-      }
-      return;
-    }
-  }
-  // Vectors and tiny products: Eigen's GEMV or coefficient-based product, over the one row in
-  // place or over a gathered copy.
+  if (packed_rows_product(dst, k, row_groups<S>(lhs_row), rhs, accumulate)) return;
+  // What the kernels above do not serve (a single row, narrow results, a BLAS backend): over the
+  // one row in place, or over a gathered copy.
   if (lhs.rows() == 1) {
     const Eigen::Map<const RowMatrix<S>> row(lhs.row_data(0), 1, lhs.cols());
     gemm(std::forward<Dst>(dst), row, rhs, accumulate);
