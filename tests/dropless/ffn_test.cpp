@@ -314,6 +314,24 @@ TEST_CASE("capacity FFN matches the per-slot reference", "[dropless][ffn][capaci
         require_close(grads.b1, ref.b1, 1e-12);
         require_close(grads.b3, ref.b3, 1e-12);
         require_close(grads.b2, ref.b2, 1e-12);
+
+        // A forward that keeps no copy reads x in place (here into its own buffer: out = x) and
+        // gives the same bits; only the backward given x works after it, with the same bits.
+        CapacityFFNContext<double> in_place;
+        in_place.save_for_backward = false;
+        RowMatrixD xy = x, gx_in_place(3 * capacity, 5);
+        ExpertGradients<double> grads_in_place(c);
+        capacity_ffn_forward<double>(w, xy, capacity, filled, in_place, xy);
+        REQUIRE(xy == y);
+        REQUIRE_THROWS_WITH(
+            capacity_ffn_backward<double>(w, grad_out, in_place, grads_in_place, gx_in_place),
+            Catch::Contains("save_for_backward"));
+        capacity_ffn_backward<double>(w, x, grad_out, in_place, grads_in_place, gx_in_place);
+        REQUIRE(gx_in_place == gx);
+        REQUIRE(grads_in_place.w1 == grads.w1);
+        REQUIRE(grads_in_place.w2 == grads.w2);
+        REQUIRE(grads_in_place.w3 == grads.w3);
+        REQUIRE(grads_in_place.b1 == grads.b1);
       }
     }
 }
@@ -375,6 +393,13 @@ TEST_CASE("expert FFNs reject bad input", "[dropless][ffn][errors]") {
                       Catch::Contains("capacity"));
   REQUIRE_THROWS_WITH(capacity_ffn_backward<double>(p.weights, yc, cctx, grads, xc),
                       Catch::Contains("ctx"));
+  REQUIRE_THROWS_WITH(capacity_ffn_backward<double>(p.weights, xc, yc, cctx, grads, xc),
+                      Catch::Contains("ctx"));
+  xc.setZero();
+  capacity_ffn_forward<double>(p.weights, xc, 2, IndexVector(), cctx, yc);
+  const RowMatrixD x_wide(3 * 2, 5);
+  REQUIRE_THROWS_WITH(capacity_ffn_backward<double>(p.weights, x_wide, yc, cctx, grads, xc),
+                      Catch::Contains("x"));
 }
 
 #if defined(_OPENMP)

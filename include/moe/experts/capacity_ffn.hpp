@@ -17,7 +17,12 @@ template <class S>
 struct CapacityFFNContext {
   BlockSparseTopology topology;
   Workspace workspace;
+  /// Whether forward keeps a copy of its input for backward. Off, the expert products read x in
+  /// place, and only the backward that is given x again works (MoELayer keeps its dispatch buffer
+  /// until backward and passes it, so it never copies).
+  bool save_for_backward = true;
   Index capacity = -1;  ///< -1 until a forward ran
+  bool saved = false;   ///< whether the last forward kept its input
 };
 
 namespace detail {
@@ -32,8 +37,9 @@ GroupedBuffers<S> capacity_buffers(const ExpertWeights<S>& w, CapacityFFNContext
 
 /// y[e*C + s] = act(x[e*C + s] W1[e] + b1[e]) W2[e] + b2[e] for the first filled[e] slots of each
 /// expert; the other slots are empty: not read, and 0 in the output (DeepSpeed/Tutel expert
-/// batching, skipping what the dispatcher left empty). x and out [E*C, d]; `filled` [E] or empty
-/// for "every slot holds a token" (then empty slots give FFN(0), as a dense batched GEMM does).
+/// batching, skipping what the dispatcher left empty). x and out [E*C, d], out written in place
+/// (it may be x itself); `filled` [E] or empty for "every slot holds a token" (then empty slots
+/// give FFN(0), as a dense batched GEMM does).
 template <class S>
 void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, Index capacity,
                           const Eigen::Ref<const IndexVector>& filled, CapacityFFNContext<S>& ctx,
@@ -55,32 +61,34 @@ void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, 
   }
   ctx.capacity = capacity;
   ctx.topology = make_topology(offsets, rows, 1, c.ffn_hidden, c.block_cols);
-  ctx.topology.write_padding = false;  // empty slots are copied out as zeros below, never read
+  ctx.topology.write_padding = false;  // empty slots are set to zero below, never read
+  ctx.saved = ctx.save_for_backward;
   detail::GroupedBuffers<S> buf = detail::capacity_buffers(weights, ctx);
-  auto xs = buf.x();
-  // Copied so backward does not depend on the caller keeping x alive; empty slots are never read.
+  if (ctx.saved) {
+    // Copied so backward does not depend on the caller keeping x alive.
+    auto xs = buf.x();
+    detail::parallel_for(0, experts, [&](Index e) {
+      const Index g0 = e * capacity;
+      xs.middleRows(g0, rows[e]) = x.middleRows(g0, rows[e]);
+    });
+    detail::grouped_ffn_forward<S>(weights, ctx.topology, buf.x(), buf, out);
+  } else {
+    // Every read of x (the first products) ends before the last product writes out.
+    detail::grouped_ffn_forward<S>(weights, ctx.topology, x, buf, out);
+  }
   detail::parallel_for(0, experts, [&](Index e) {
-    const Index g0 = e * capacity;
-    xs.middleRows(g0, rows[e]) = x.middleRows(g0, rows[e]);
-  });
-  detail::grouped_ffn_forward(weights, ctx.topology, buf.x(), buf);
-  auto y = buf.y();
-  detail::parallel_for(0, experts, [&](Index e) {
-    const Index g0 = e * capacity;
-    out.middleRows(g0, rows[e]) = y.middleRows(g0, rows[e]);
-    out.middleRows(g0 + rows[e], capacity - rows[e]).setZero();
+    out.middleRows(e * capacity + rows[e], capacity - rows[e]).setZero();
   });
 }
 
-/// Backward of capacity_ffn_forward: grad_x [E*C, d] (0 in empty slots) and every parameter
-/// gradient into `grads` (overwritten). Gradients in empty slots of grad_out are ignored.
+namespace detail {
+
+/// The body of capacity_ffn_backward over the forward's grouped input x.
 template <class S>
-void capacity_ffn_backward(const ExpertWeights<S>& weights, ConstMatrixRef<S> grad_out,
-                           CapacityFFNContext<S>& ctx, ExpertGradients<S>& grads,
-                           MatrixRef<S> grad_x) {
-  detail::require_weights(weights, "weights");
-  require(ctx.capacity >= 0, "ctx", "a context filled by capacity_ffn_forward", "an empty context");
-  detail::require_weights(grads, "grads");
+void capacity_ffn_backward_grouped(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
+                                   ConstMatrixRef<S> grad_out, CapacityFFNContext<S>& ctx,
+                                   ExpertGradients<S>& grads, MatrixRef<S> grad_x) {
+  require_weights(grads, "grads");
   require(grads.w1.rows() == weights.w1.rows() && grads.w2.rows() == weights.w2.rows() &&
               grads.w3.size() == weights.w3.size() && grads.b1.size() == weights.b1.size(),
           "grads", "ExpertGradients built from the weights' config", "another config");
@@ -89,19 +97,52 @@ void capacity_ffn_backward(const ExpertWeights<S>& weights, ConstMatrixRef<S> gr
   require_shape(grad_out, "grad_out", rows_total, c.hidden);
   require_shape(grad_x, "grad_x", rows_total, c.hidden);
   const BlockSparseTopology& topo = ctx.topology;
-  detail::GroupedBuffers<S> buf = detail::capacity_buffers(weights, ctx);
+  GroupedBuffers<S> buf = capacity_buffers(weights, ctx);
   auto dy = buf.dy();
-  detail::parallel_for(0, c.num_experts, [&](Index e) {
+  parallel_for(0, c.num_experts, [&](Index e) {
     const Index g0 = topo.group_offsets[e], n = topo.group_rows[e];
     dy.middleRows(g0, n) = grad_out.middleRows(g0, n);
   });
-  detail::grouped_ffn_backward(weights, topo, buf, grads);
+  grouped_ffn_backward<S>(weights, topo, x, buf, grads);
   auto dx = buf.dx();
-  detail::parallel_for(0, c.num_experts, [&](Index e) {
+  parallel_for(0, c.num_experts, [&](Index e) {
     const Index g0 = topo.group_offsets[e], n = topo.group_rows[e];
     grad_x.middleRows(g0, n) = dx.middleRows(g0, n);
     grad_x.middleRows(g0 + n, ctx.capacity - n).setZero();
   });
+}
+
+template <class S>
+void require_capacity_context(const ExpertWeights<S>& weights, const CapacityFFNContext<S>& ctx) {
+  require_weights(weights, "weights");
+  require(ctx.capacity >= 0, "ctx", "a context filled by capacity_ffn_forward", "an empty context");
+}
+
+}  // namespace detail
+
+/// Backward of capacity_ffn_forward: grad_x [E*C, d] (0 in empty slots) and every parameter
+/// gradient into `grads` (overwritten). Gradients in empty slots of grad_out are ignored. The
+/// forward must have run with ctx.save_for_backward; the overload taking x does not need it.
+template <class S>
+void capacity_ffn_backward(const ExpertWeights<S>& weights, ConstMatrixRef<S> grad_out,
+                           CapacityFFNContext<S>& ctx, ExpertGradients<S>& grads,
+                           MatrixRef<S> grad_x) {
+  detail::require_capacity_context(weights, ctx);
+  require(ctx.saved, "ctx", "a context whose forward ran with save_for_backward = true",
+          "a context of a forward that saved nothing (save_for_backward = false)");
+  detail::GroupedBuffers<S> buf = detail::capacity_buffers(weights, ctx);
+  detail::capacity_ffn_backward_grouped<S>(weights, buf.x(), grad_out, ctx, grads, grad_x);
+}
+
+/// The same given the forward's input x [E*C, d] (unchanged since the forward), read in place
+/// whether or not the forward saved a copy of it.
+template <class S>
+void capacity_ffn_backward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
+                           ConstMatrixRef<S> grad_out, CapacityFFNContext<S>& ctx,
+                           ExpertGradients<S>& grads, MatrixRef<S> grad_x) {
+  detail::require_capacity_context(weights, ctx);
+  require_shape(x, "x", weights.config.num_experts * ctx.capacity, weights.config.hidden);
+  detail::capacity_ffn_backward_grouped<S>(weights, x, grad_out, ctx, grads, grad_x);
 }
 
 }  // namespace moe

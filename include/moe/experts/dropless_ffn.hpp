@@ -75,7 +75,7 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
   ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k) = gates;
   if (ctx.saved) {
     dropless_permute<S>(x, plan, buf.x(), /*zero_padding=*/false);
-    detail::grouped_ffn_forward(weights, ctx.topology, buf.x(), buf);
+    detail::grouped_ffn_forward<S>(weights, ctx.topology, buf.x(), buf, buf.y());
   } else {
     // row_token[pair_row[p]] = p / k: the token each data row reads (padding rows are never read).
     auto row_token = ctx.workspace.template vector<Index>(detail::kRowTokenSlot, ctx.padded_rows);
@@ -83,7 +83,7 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
     for (Index p = 0; p < pairs; ++p) row_token[plan.pair_row[p]] = p / plan.top_k;
     const detail::GatheredRows<S> rows(x.data(), x.outerStride(), row_token.data(), ctx.padded_rows,
                                        c.hidden);
-    detail::grouped_ffn_forward(weights, ctx.topology, rows, buf);
+    detail::grouped_ffn_forward<S>(weights, ctx.topology, rows, buf, buf.y());
   }
   dropless_unpermute<S>(buf.y(), gates, plan, out);
 }
@@ -122,7 +122,7 @@ void dropless_ffn_backward_grouped(const ExpertWeights<S>& weights, ConstMatrixR
   auto gates = ctx.workspace.template matrix<S>(kGatesSlot, plan.num_tokens, plan.top_k);
   dropless_unpermute_backward<S>(grad_out, buf.y(), gates, plan, buf.dy(), grad_gates,
                                  /*zero_padding=*/false);
-  grouped_ffn_backward(weights, ctx.topology, buf, grads);
+  grouped_ffn_backward<S>(weights, ctx.topology, buf.x(), buf, grads);
   dropless_permute_backward<S>(buf.dx(), plan, grad_x);
 }
 

@@ -220,6 +220,8 @@ class MoELayer {
       ctx.expert_in.resize(plan.num_slots(), config.router.hidden);
       ctx.expert_out.resize(plan.num_slots(), config.router.hidden);
       dispatch<S>(plan, x, ctx.expert_in);
+      // The dispatch buffer stays in the context until backward: the experts read it in place.
+      ctx.capacity_ffn.save_for_backward = false;
       capacity_ffn_forward<S>(experts, ctx.expert_in, plan.capacity, plan.kept, ctx.capacity_ffn,
                               ctx.expert_out);
       combine<S>(plan, ctx.expert_out, out.y);
@@ -277,8 +279,8 @@ class MoELayer {
       ctx.combine.weight.resize(plan.num_entries());
       combine_backward<S>(plan, ctx.expert_out, grad_y, ctx.combine.expert_out, ctx.combine.weight);
       ctx.grad_expert_in.resize(plan.num_slots(), d);
-      capacity_ffn_backward<S>(experts, ctx.combine.expert_out, ctx.capacity_ffn, grads.experts,
-                               ctx.grad_expert_in);
+      capacity_ffn_backward<S>(experts, ctx.expert_in, ctx.combine.expert_out, ctx.capacity_ffn,
+                               grads.experts, ctx.grad_expert_in);
       dispatch_backward<S>(plan, ctx.grad_expert_in, grads.x);
       upstream.gates = capacity_plan_backward<S>(plan, ctx.combine.weight);
     }

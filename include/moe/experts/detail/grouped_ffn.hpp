@@ -58,17 +58,17 @@ void group_column_sums(const BlockSparseTopology& topo, ConstMatrixRef<S> values
   });
 }
 
-/// y = act(x W1[e] + b1[e]) W2[e] + b2[e] for every data row of the grouped input `x`: buffers.x()
-/// or the token rows read in place (GatheredRows); padding rows are never read. MegaBlocks
-/// SparseMLP: sdd -> act -> dsd.
+/// y = act(x W1[e] + b1[e]) W2[e] + b2[e] for every data row of the grouped input `x`: buffers.x(),
+/// the caller's grouped rows, or the token rows read in place (GatheredRows); padding rows are
+/// neither read nor written in y (buffers.y(), or the caller's output). MegaBlocks SparseMLP:
+/// sdd -> act -> dsd.
 template <class S, class Rows>
 void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& topo, const Rows& x,
-                         GroupedBuffers<S>& buf) {
+                         GroupedBuffers<S>& buf, MatrixRef<S> y) {
   const ExpertFFNConfig& c = w.config;
   auto h1 = buf.h1();
   auto h3 = buf.h3();
   auto a = buf.a();
-  auto y = buf.y();
   // h1 = x W1 + b1 (and h3 = x W3 + b3), activated per tile while the tiles are in cache.
   const auto activate = [&](Index e, Index r0, Index n, Index c0, Index cw) {
     auto tile = h1.block(r0, c0, n, cw);
@@ -87,14 +87,13 @@ void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& t
   add_group_bias<S>(topo, w.b2, y);
 }
 
-/// Backward of grouped_ffn_forward given buffers.dy() (padding rows are never read): fills every
-/// gradient in `grads` and buffers.dx() (MegaBlocks MemoryOptimizedMLP: sdd / dsd^T / dds^T /
-/// dsd^T).
+/// Backward of grouped_ffn_forward given its grouped input x (buffers.x() or the caller's) and
+/// buffers.dy() (padding rows are never read): fills every gradient in `grads` and buffers.dx()
+/// (MegaBlocks MemoryOptimizedMLP: sdd / dsd^T / dds^T / dsd^T).
 template <class S>
 void grouped_ffn_backward(const ExpertWeights<S>& w, const BlockSparseTopology& topo,
-                          GroupedBuffers<S>& buf, ExpertGradients<S>& grads) {
+                          ConstMatrixRef<S> x, GroupedBuffers<S>& buf, ExpertGradients<S>& grads) {
   const ExpertFFNConfig& c = w.config;
-  auto x = buf.x();
   auto h1 = buf.h1();
   auto h3 = buf.h3();
   auto a = buf.a();
