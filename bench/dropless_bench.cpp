@@ -211,6 +211,52 @@ void active_weights_memcpy(benchmark::State& state) {
   state.counters["active_experts"] = static_cast<double>(used);
 }
 
+/// Whether one core overlaps a stream of weights from memory with the FMA work of E = 256's
+/// forward products (32 rows x [512, 256] and [256, 512] per expert, through detail::gemm):
+/// `weights` 0 reuses one expert's weights, in cache, for every expert; 1 does the same while
+/// prefetching an unrelated 400 MB stream, one expert-sized block per product as the forward
+/// prefetches the next product's weights; 2 reads each expert's own weights, as the forward.
+void BM_weight_stream_overlap(benchmark::State& state) {
+  const Index experts = 256, d = 512, f = 256, rows = 32;
+  const int weights = static_cast<int>(state.range(0));
+  const Index stored = weights == 2 ? experts : 1;
+  Matrix w1(stored * d, f), w3(stored * d, f), w2(stored * f, d);
+  fill(w1, 1);
+  fill(w3, 2);
+  fill(w2, 3);
+  Matrix stream(weights == 1 ? 3 * experts * d : 0, f);
+  fill(stream, 4);
+  Matrix x(experts * rows, d), h(experts * rows, f), y(experts * rows, d);
+  fill(x, 5);
+  Index block = 0;
+  // What a product prefetches: expert `expert`'s block of `own` (the forward's choice), or the
+  // stream's next block.
+  const auto next = [&](const Matrix& own, Index expert, Index depth) {
+    if (weights == 1)
+      return moe::detail::prefetch_block(stream.middleRows(d * (block++ % (3 * experts)), d));
+    if (weights == 2)
+      return moe::detail::prefetch_block(own.middleRows(depth * (expert % experts), depth));
+    return moe::detail::PrefetchBlock{};
+  };
+  const auto step = [&] {
+    for (Index e = 0; e < experts; ++e) {
+      const Index we = weights == 2 ? e : 0;
+      moe::detail::gemm(h.middleRows(e * rows, rows), x.middleRows(e * rows, rows),
+                        w1.middleRows(we * d, d), false, next(w3, e, d));
+      moe::detail::gemm(h.middleRows(e * rows, rows), x.middleRows(e * rows, rows),
+                        w3.middleRows(we * d, d), false, next(w1, e + 1, d));
+    }
+    for (Index e = 0; e < experts; ++e)
+      moe::detail::gemm(y.middleRows(e * rows, rows), h.middleRows(e * rows, rows),
+                        w2.middleRows((weights == 2 ? e : 0) * f, f), false, next(w2, e + 1, f));
+    benchmark::DoNotOptimize(y.data());
+  };
+  step();
+  for (auto _ : state) step();
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * 3 * experts * rows * d * f * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void BM_dropless_forward(benchmark::State& state) { dropless(state, inference_forward); }
 void BM_dropless_forward_backward(benchmark::State& state) { dropless(state, forward_backward); }
 void BM_dense_limit_forward(benchmark::State& state) { dense_limit(state, false); }
@@ -260,6 +306,10 @@ BENCHMARK(BM_dropless_forward)->Apply(dropless_args);
 BENCHMARK(BM_dense_limit_forward)->Apply(limit_args);
 BENCHMARK(BM_dropless_forward_backward)->Apply(dropless_args);
 BENCHMARK(BM_dense_limit_forward_backward)->Apply(limit_args);
+BENCHMARK(BM_weight_stream_overlap)
+    ->ArgName("weights")
+    ->DenseRange(0, 2)
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(active_weights_memcpy)
     ->Arg(3)
     ->Arg(4)
