@@ -122,9 +122,7 @@ bool packed_rows_product(Dst& dst, Index k, const LhsGroup& lhs_group, const Rhs
     split_rows(m, work, Eigen::nbThreads(), [&](Index first, Index rows) {
       packed_product(
           dst.data() + first * dst.outerStride(), dst.outerStride(), rows, n, k,
-          [&](Index i, Index count, Index p0, Index depth) {
-            return lhs_group(first + i, count, p0, depth);
-          },
+          [&](Index i, Index count, Index p0) { return lhs_group(first + i, count, p0); },
           rhs.data(), rhs.outerStride(), !Rhs::IsRowMajor, accumulate);
     });
     return true;
@@ -137,7 +135,7 @@ bool packed_rows_product(Dst& dst, Index k, const LhsGroup& lhs_group, const Rhs
 /// lhs_group for packed_product over a left operand whose row i starts at lhs_row(i).
 template <class S, class LhsRow>
 auto row_groups(const LhsRow& lhs_row) {
-  return [&lhs_row](Index first, Index count, Index p0, Index) {
+  return [&lhs_row](Index first, Index count, Index p0) {
     packed::RowGroup<S> group{};
     for (Index r = 0; r < count; ++r) group.rows[r] = lhs_row(first + r) + p0;
     return group;
@@ -191,7 +189,7 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false,
       }
     }
     // The transpose of a row-major matrix: a group of rows is a run of columns of it.
-    const auto transposed_groups = [&](Index first, Index, Index p0, Index) {
+    const auto transposed_groups = [&](Index first, Index, Index p0) {
       return skinny::TransposedRows<S>{lhs.data() + p0 * lhs.outerStride() + first,
                                        lhs.outerStride()};
     };

@@ -88,7 +88,7 @@ void store_sliver(const S* tile, Index rows, Index width, S* c, Index c_stride, 
 /// c (+)= lhs * rhs for an [m, n] row-major c (rows c_stride apart) over depth k, BLIS's loop
 /// order: a block of rhs [kDepthBlock, kColumnBlock] is packed into panels of one register tile's
 /// width, then each group of kRowsPerTile rows runs its register tiles over every panel.
-/// lhs_group(first row, rows, first depth, depth) gives an accessor (i, p) -> lhs(first row + i,
+/// lhs_group(first row, rows, first depth) gives an accessor (i, p) -> lhs(first row + i,
 /// first depth + p); rhs as packed::pack_panel reads it. Every element is summed in registers in
 /// order of depth within a depth block, the blocks' sums added in order: the bits depend on the
 /// shapes alone, never on how the rows are split.
@@ -117,7 +117,7 @@ void packed_product(S* c, Index c_stride, Index m, Index n, Index k, const LhsGr
       }
       for (Index i = 0; i < m; i += kRowsPerTile) {
         const Index rows = std::min(kRowsPerTile, m - i);
-        const auto lhs = lhs_group(i, rows, p0, depth);
+        const auto lhs = lhs_group(i, rows, p0);
         S* c_rows = c + i * c_stride + j0;
         for (Index j = 0, width = 0; j < cols; j += width) {
           width = width_at<S>(cols - j);
