@@ -392,7 +392,8 @@ TEST_CASE("bad dispatch, combine and expert choice input throws moe::Error", "[d
 TEMPLATE_TEST_CASE("row kernels agree with plain loops, streaming or not, at any alignment",
                    "[dispatch][kernels]", float, double) {
   using S = TestType;
-  for (Index n : {Index(0), Index(1), Index(5), Index(8), Index(13), Index(64), Index(1001)})
+  for (Index n :
+       {Index(0), Index(1), Index(5), Index(8), Index(13), Index(32), Index(64), Index(1001)})
     for (Index offset : {Index(0), Index(1), Index(3)})
       for (bool stream : {false, true})
         for (Index count : {Index(1), Index(3), Index(9)}) {
@@ -406,8 +407,12 @@ TEMPLATE_TEST_CASE("row kernels agree with plain loops, streaming or not, at any
           const S weights[9] = {S(0.5),   S(-2), S(0.125), S(1), S(3),
                                 S(-0.25), S(2),  S(0.75),  S(-1)};
           std::vector<S> start(dst, dst + n);
+          // What the kernels prefetch meanwhile: as many rows as they read, up to the limit.
+          moe::detail::RowsAhead<S> ahead;
+          for (Index j = 0; j < count; ++j)
+            ahead.add(rows[static_cast<std::size_t>(count - 1 - j)]);
 
-          moe::detail::sum_rows<true>(dst, n, rows.data(), weights, count, false, stream);
+          moe::detail::sum_rows<true>(dst, n, rows.data(), weights, count, false, stream, ahead);
           moe::detail::stream_fence();
           for (Index i = 0; i < n; ++i) {
             S want = weights[0] * rows[0][i];
@@ -415,14 +420,14 @@ TEMPLATE_TEST_CASE("row kernels agree with plain loops, streaming or not, at any
             CHECK(dst[i] == Approx(want));
           }
           std::copy(start.begin(), start.end(), dst);
-          moe::detail::sum_rows<false>(dst, n, rows.data(), weights, count, true, stream);
+          moe::detail::sum_rows<false>(dst, n, rows.data(), weights, count, true, stream, ahead);
           moe::detail::stream_fence();
           for (Index i = 0; i < n; ++i) {
             S want = start[static_cast<std::size_t>(i)];
             for (Index j = 0; j < count; ++j) want += rows[j][i];
             CHECK(dst[i] == Approx(want));
           }
-          moe::detail::copy_row(dst, rows[0], n, stream);
+          moe::detail::copy_row(dst, rows[0], n, stream, ahead);
           moe::detail::stream_fence();
           CHECK(std::equal(dst, dst + n, rows[0]));
           moe::detail::zero_row(dst, n, stream);

@@ -29,12 +29,34 @@ void check_plan_arrays(const CapacityPlan<S>& plan) {
           plan.entry_weight.size());
 }
 
+/// The rows of `rows` that token t's kept entries read (the first RowsAhead::kMaxRows of them);
+/// none past the last token.
+template <class S, class Rows>
+RowsAhead<S> token_rows(const CapacityPlan<S>& plan, Index t, const Rows& rows) {
+  RowsAhead<S> ahead;
+  if (t >= plan.num_tokens) return ahead;
+  for (Index i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i)
+    if (plan.entry_slot[i] >= 0) ahead.add(rows.row(plan.entry_slot[i]).data());
+  return ahead;
+}
+
+/// The token row that slot s copies, as a RowsAhead; none for an empty slot or past the last.
+template <class S, class Rows>
+RowsAhead<S> slot_row(const CapacityPlan<S>& plan, Index s, const Rows& rows) {
+  RowsAhead<S> ahead;
+  if (s < plan.num_slots() && plan.slot_token[s] >= 0)
+    ahead.add(rows.row(plan.slot_token[s]).data());
+  return ahead;
+}
+
 /// out_row = Σ over token t's kept entries, in choice order, of (w ·) rows[slot]; zero when none
-/// is kept. Entries go through sum_rows in batches of up to 8 rows, continuing the same sum.
+/// is kept. Entries go through sum_rows in batches of up to 8 rows, continuing the same sum. The
+/// rows of token t + RowsAhead::kDistance are prefetched meanwhile.
 template <bool Weighted, class S, class Rows>
 void reduce_token(const CapacityPlan<S>& plan, Index t, const Rows& rows, S* out_row, Index n,
                   bool stream) {
   constexpr Index batch = 8;
+  const RowsAhead<S> ahead = token_rows(plan, t + RowsAhead<S>::kDistance, rows);
   const S* pointers[batch];
   S weights[batch];
   Index count = 0;
@@ -50,13 +72,14 @@ void reduce_token(const CapacityPlan<S>& plan, Index t, const Rows& rows, S* out
     pointers[count] = rows.row(s).data();
     weights[count] = plan.entry_weight[i];
     if (++count == batch) {
-      sum_rows<Weighted>(out_row, n, pointers, weights, count, started, stream && single_pass);
+      sum_rows<Weighted>(out_row, n, pointers, weights, count, started, stream && single_pass,
+                         ahead);
       started = true;
       count = 0;
     }
   }
   if (count > 0)
-    sum_rows<Weighted>(out_row, n, pointers, weights, count, started, stream && single_pass);
+    sum_rows<Weighted>(out_row, n, pointers, weights, count, started, stream && single_pass, ahead);
   else if (!started)
     zero_row(out_row, n, stream);
 }
@@ -77,7 +100,8 @@ void dispatch(const CapacityPlan<S>& plan, const ConstMatrixRef<detail::plan_sca
     for (Index s = e * plan.capacity; s < (e + 1) * plan.capacity; ++s) {
       const Index t = plan.slot_token[s];
       if (t >= 0)
-        detail::copy_row(buffer.row(s).data(), x.row(t).data(), d, stream);
+        detail::copy_row(buffer.row(s).data(), x.row(t).data(), d, stream,
+                         detail::slot_row(plan, s + detail::RowsAhead<S>::kDistance, x));
       else
         detail::zero_row(buffer.row(s).data(), d, stream);
     }
@@ -166,7 +190,8 @@ void combine_backward(const CapacityPlan<S>& plan,
       if (i >= 0) {
         const S* row = grad_y.row(plan.slot_token[s]).data();
         detail::sum_rows<true>(grad_expert_out.row(s).data(), d, &row, &plan.entry_weight[i], 1,
-                               false, stream);
+                               false, stream,
+                               detail::slot_row(plan, s + detail::RowsAhead<S>::kDistance, grad_y));
       } else {
         detail::zero_row(grad_expert_out.row(s).data(), d, stream);
       }
