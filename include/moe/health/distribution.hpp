@@ -77,7 +77,7 @@ DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities,
   const Index blocks = detail::health_block_count(rows);
   Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> colsums(blocks, experts);
   std::vector<detail::DistributionPartial> partial(static_cast<std::size_t>(blocks));
-  detail::for_each_row_block(rows, [&](Index b, Index first, Index count) {
+  detail::for_each_row_block(rows, experts, [&](Index b, Index first, Index count) {
     auto block = p.middleRows(first, count).array();
     auto& out = partial[static_cast<std::size_t>(b)];
     // Fast path: a NaN or infinity anywhere in the block makes a column sum non-finite (finite

@@ -98,7 +98,7 @@ LogitStats logit_stats(const Eigen::DenseBase<Z>& logits) {
   require(z.cols() >= 1, "logits", "at least one column (expert)", z.cols());
   const Index blocks = detail::health_block_count(rows);
   std::vector<detail::LogitPartial> partial(static_cast<std::size_t>(blocks));
-  detail::for_each_row_block(rows, [&](Index b, Index first, Index count) {
+  detail::for_each_row_block(rows, z.cols(), [&](Index b, Index first, Index count) {
     auto block = z.middleRows(first, count).array();
     auto& out = partial[static_cast<std::size_t>(b)];
     // A NaN or infinity gives a NaN sum (inf - inf, 0 * -inf) and a finite row never does, so

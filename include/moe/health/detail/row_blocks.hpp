@@ -17,14 +17,19 @@ inline Index health_block_count(Index rows) noexcept {
   return (rows + kHealthBlockRows - 1) / kHealthBlockRows;
 }
 
-/// Calls body(block, first_row, row_count) for every block, in parallel when built with OpenMP.
-/// The body must not throw (an exception cannot leave an OpenMP region): record and raise after.
+/// Calls body(block, first_row, row_count) for every block of a [rows, cols] pass, in parallel
+/// when built with OpenMP and the pass is worth a team (a block holds 128 · cols values: at
+/// T = 16384, E = 64 the 128 blocks are split). The body must not throw (an exception cannot
+/// leave an OpenMP region): record and raise after.
 template <class Body>
-void for_each_row_block(Index rows, Body&& body) {
-  parallel_for(0, health_block_count(rows), [&](Index b) {
-    const Index first = b * kHealthBlockRows;
-    body(b, first, std::min(kHealthBlockRows, rows - first));
-  });
+void for_each_row_block(Index rows, Index cols, Body&& body) {
+  parallel_for(
+      0, health_block_count(rows),
+      [&](Index b) {
+        const Index first = b * kHealthBlockRows;
+        body(b, first, std::min(kHealthBlockRows, rows - first));
+      },
+      min_parallel_rows(kHealthBlockRows * cols));
 }
 
 /// True when every entry is finite: x - x is 0 for finite x and NaN otherwise, and a sum of
