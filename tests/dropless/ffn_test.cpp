@@ -332,6 +332,8 @@ TEST_CASE("capacity FFN matches the per-slot reference", "[dropless][ffn][capaci
         REQUIRE(grads_in_place.w2 == grads.w2);
         REQUIRE(grads_in_place.w3 == grads.w3);
         REQUIRE(grads_in_place.b1 == grads.b1);
+        REQUIRE(grads_in_place.b3 == grads.b3);
+        REQUIRE(grads_in_place.b2 == grads.b2);
       }
     }
 }

@@ -144,6 +144,9 @@ Index head_elements(const S* dst, std::size_t align, Index n) {
   return std::min<Index>(n, static_cast<Index>((align - misaligned) / sizeof(S)));
 }
 
+/// Bytes of a cache line: the unit a kernel prefetches in.
+inline constexpr Index kCacheLineBytes = 64;
+
 /// The source rows of a later work item (a few slots or tokens ahead), which a row kernel
 /// prefetches a few cache lines at a time as it writes its own row. A gather of whole rows
 /// otherwise starts every row on a miss, since the hardware prefetchers stop at page boundaries:
@@ -174,7 +177,7 @@ struct RowsAhead {
 template <class L, class S, class Body>
 EIGEN_ALWAYS_INLINE Index vector_loop(Index first, Index n, const RowsAhead<S>& ahead,
                                       Body&& body) {
-  constexpr Index kLine = std::max<Index>(L::width, 64 / static_cast<Index>(sizeof(S)));
+  constexpr Index kLine = std::max<Index>(L::width, kCacheLineBytes / Index{sizeof(S)});
   Index i = first;
   for (; i + kLine <= n; i += kLine) {
     ahead.fetch(i);
@@ -291,7 +294,7 @@ void copy_row(S* dst, const S* src, Index n, bool stream, const RowsAhead<S>& ah
       return;
     }
   }
-  constexpr Index kLine = 64 / sizeof(S), kChunk = 1024 / sizeof(S);
+  constexpr Index kLine = kCacheLineBytes / Index{sizeof(S)}, kChunk = 16 * kLine;
   for (Index i = 0; i < n; i += kChunk) {
     const Index m = std::min(kChunk, n - i);
     for (Index l = 0; l < m; l += kLine) ahead.fetch(i + l);
