@@ -11,7 +11,7 @@
 #include <memory>
 #include <vector>
 
-#include "moe/core/detail/parallel.hpp"
+#include "moe/kernels/parallel.hpp"
 #include "moe/core/random.hpp"
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/dropless_ffn.hpp"
@@ -212,7 +212,7 @@ void active_weights_memcpy(benchmark::State& state) {
 }
 
 /// Whether one core overlaps a stream of weights from memory with the FMA work of E = 256's
-/// forward products (32 rows x [512, 256] and [256, 512] per expert, through detail::gemm):
+/// forward products (32 rows x [512, 256] and [256, 512] per expert, through kernels::gemm):
 /// `weights` 0 reuses one expert's weights, in cache, for every expert; 1 does the same while
 /// prefetching an unrelated 400 MB stream, one expert-sized block per product as the forward
 /// prefetches the next product's weights; 2 reads each expert's own weights, as the forward.
@@ -233,21 +233,21 @@ void BM_weight_stream_overlap(benchmark::State& state) {
   // stream's next block.
   const auto next = [&](const Matrix& own, Index expert, Index depth) {
     if (weights == 1)
-      return moe::detail::prefetch_block(stream.middleRows(d * (block++ % (3 * experts)), d));
+      return moe::kernels::prefetch_block(stream.middleRows(d * (block++ % (3 * experts)), d));
     if (weights == 2)
-      return moe::detail::prefetch_block(own.middleRows(depth * (expert % experts), depth));
-    return moe::detail::PrefetchBlock{};
+      return moe::kernels::prefetch_block(own.middleRows(depth * (expert % experts), depth));
+    return moe::kernels::PrefetchBlock{};
   };
   const auto step = [&] {
     for (Index e = 0; e < experts; ++e) {
       const Index we = weights == 2 ? e : 0;
-      moe::detail::gemm(h.middleRows(e * rows, rows), x.middleRows(e * rows, rows),
+      moe::kernels::gemm(h.middleRows(e * rows, rows), x.middleRows(e * rows, rows),
                         w1.middleRows(we * d, d), false, next(w3, e, d));
-      moe::detail::gemm(h.middleRows(e * rows, rows), x.middleRows(e * rows, rows),
+      moe::kernels::gemm(h.middleRows(e * rows, rows), x.middleRows(e * rows, rows),
                         w3.middleRows(we * d, d), false, next(w1, e + 1, d));
     }
     for (Index e = 0; e < experts; ++e)
-      moe::detail::gemm(y.middleRows(e * rows, rows), h.middleRows(e * rows, rows),
+      moe::kernels::gemm(y.middleRows(e * rows, rows), h.middleRows(e * rows, rows),
                         w2.middleRows((weights == 2 ? e : 0) * f, f), false, next(w2, e + 1, f));
     benchmark::DoNotOptimize(y.data());
   };

@@ -20,7 +20,7 @@
 #include <memory>
 #include <vector>
 
-#include <moe/core/detail/parallel.hpp>
+#include <moe/kernels/parallel.hpp>
 #include <moe/core/random.hpp>
 #include <moe/dispatch/dropless_permute.hpp>
 #include <moe/dispatch/dropless_plan.hpp>
@@ -182,20 +182,20 @@ struct MemoryLimit {
       ++active_experts;
     }
     floats = active_experts * 3 * static_cast<Index>(block);
-    scratch.resize(static_cast<std::size_t>(moe::detail::max_threads()) * kChunk);
+    scratch.resize(static_cast<std::size_t>(moe::kernels::max_threads()) * kChunk);
     if (backward) gradient.resize(static_cast<std::size_t>(floats));
   }
   void step() {
-    const Index parts = moe::detail::max_threads();
+    const Index parts = moe::kernels::max_threads();
     const Index n = static_cast<Index>(chunks.size());
-    moe::detail::parallel_for(0, parts, [&](Index part) {
+    moe::kernels::parallel_for(0, parts, [&](Index part) {
       float* to = scratch.data() + static_cast<std::size_t>(part) * kChunk;
       for (Index i = part * n / parts; i < (part + 1) * n / parts; ++i)
         std::memcpy(to, chunks[i].data, chunks[i].size * sizeof(float));
       benchmark::DoNotOptimize(to);
     });
     if (backward) {
-      moe::detail::parallel_for(0, parts, [&](Index part) {
+      moe::kernels::parallel_for(0, parts, [&](Index part) {
         std::size_t at = 0;
         for (Index i = 0; i < n; ++i) {
           if (i >= part * n / parts && i < (part + 1) * n / parts)

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include <benchmark/benchmark.h>
-#include <moe/core/detail/parallel.hpp>
+#include <moe/kernels/parallel.hpp>
 #include <moe/core/random.hpp>
 #include <moe/core/types.hpp>
 
@@ -61,7 +61,7 @@ inline double thread_seconds() {
 /// (robust to other processes taking the core), wall time when it runs on several threads, whose
 /// CPU time this thread's clock does not see.
 inline double pair_clock_seconds() {
-  if (detail::max_threads() > 1)
+  if (kernels::max_threads() > 1)
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
   return thread_seconds();

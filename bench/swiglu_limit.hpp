@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include <benchmark/benchmark.h>
-#include <moe/core/detail/gemm.hpp>
+#include <moe/kernels/gemm.hpp>
 #include <moe/core/types.hpp>
 
 namespace moe::bench {
@@ -49,11 +49,11 @@ struct SwigluGemmLimit {
     fill(dy, 5);
     fill(dh3, 6);
   }
-  /// Through detail::gemm, as the library's products: at these shapes its packed-panel kernel
+  /// Through kernels::gemm, as the library's products: at these shapes its packed-panel kernel
   /// (1.4x Eigen 3.4's GEMM on one AVX-512 core, level with OpenBLAS's SkylakeX kernels), split
   /// over rows when threads are on, with scratch kept per thread as the measured code keeps it.
   void step() {
-    using moe::detail::gemm;
+    using moe::kernels::gemm;
     gemm(h1, x, w1);
     gemm(h3, x, w3);
     gemm(y, h1, w2);

@@ -163,7 +163,7 @@ TEST_CASE("a forward that saves nothing reads token rows in place, to the same b
     ExpertGradients<double> grads(p.weights.config);
     dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, y);
     // (A BLAS build groups the rows anyway, and then this backward has what it needs.)
-    if (detail::kGemmReadsGatheredRowsInPlace)
+    if (kernels::kGemmReadsGatheredRowsInPlace)
       REQUIRE_THROWS_WITH(
           dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, grads, gx, gg),
           Catch::Contains("save_for_backward"));

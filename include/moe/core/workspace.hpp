@@ -4,12 +4,11 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <memory>
-#include <new>
 #include <vector>
 
 #include <Eigen/Core>
 
+#include "moe/core/aligned_buffer.hpp"
 #include "moe/core/types.hpp"
 
 namespace moe {
@@ -34,35 +33,24 @@ class Workspace {
   /// Bytes held over all slots: stops growing once the workspace has seen the largest step.
   std::size_t capacity_bytes() const noexcept {
     std::size_t total = 0;
-    for (const auto& b : buffers_) total += b.size;
+    for (const auto& b : buffers_) total += b.size();
     return total;
   }
 
  private:
-  struct AlignedFree {
-    void operator()(void* p) const noexcept { Eigen::internal::handmade_aligned_free(p); }
-  };
-  struct Buffer {
-    std::unique_ptr<void, AlignedFree> data;
-    std::size_t size = 0;
-  };
-
   void* bytes(std::size_t slot, std::size_t size) {
     if (slot >= buffers_.size()) buffers_.resize(slot + 1);
-    Buffer& b = buffers_[slot];
-    if (b.size < size || !b.data) {
+    AlignedBuffer<unsigned char>& b = buffers_[slot];
+    if (b.size() < size || b.data() == nullptr) {
       // Geometric growth keeps the number of reallocations logarithmic in the largest step.
-      const std::size_t grown = std::max<std::size_t>({size, b.size + b.size / 2, 64});
-      // 64 bytes whatever the instruction set Eigen was compiled for: the views promise Aligned64.
-      void* data = Eigen::internal::handmade_aligned_malloc(grown, 64);
-      if (data == nullptr) throw std::bad_alloc();
-      b.data.reset(data);
-      b.size = grown;
+      b = AlignedBuffer<unsigned char>(std::max<std::size_t>({size, b.size() + b.size() / 2, 64}));
     }
-    return b.data.get();
+    return b.data();
   }
 
-  std::vector<Buffer> buffers_;
+  // 64-byte aligned whatever the instruction set Eigen was compiled for: the views promise it.
+  static_assert(kBufferAlignment >= 64, "Workspace views are Aligned64");
+  std::vector<AlignedBuffer<unsigned char>> buffers_;
 };
 
 }  // namespace moe

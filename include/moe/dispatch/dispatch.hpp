@@ -6,12 +6,13 @@
 
 #include <cstring>
 
-#include "moe/core/detail/parallel.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/dispatch/capacity_plan.hpp"
 #include "moe/dispatch/detail/plan_finalize.hpp"
-#include "moe/dispatch/detail/row_kernels.hpp"
+#include "moe/kernels/parallel.hpp"
+#include "moe/kernels/rows.hpp"
+#include "moe/kernels/simd.hpp"
 
 namespace moe {
 
@@ -32,8 +33,8 @@ void check_plan_arrays(const CapacityPlan<S>& plan) {
 /// The rows of `rows` that token t's kept entries read (the first RowsAhead::kMaxRows of them);
 /// none past the last token.
 template <class S, class Rows>
-RowsAhead<S> token_rows(const CapacityPlan<S>& plan, Index t, const Rows& rows) {
-  RowsAhead<S> ahead;
+kernels::RowsAhead<S> token_rows(const CapacityPlan<S>& plan, Index t, const Rows& rows) {
+  kernels::RowsAhead<S> ahead;
   if (t >= plan.num_tokens) return ahead;
   for (Index i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i)
     if (plan.entry_slot[i] >= 0) ahead.add(rows.row(plan.entry_slot[i]).data());
@@ -42,8 +43,8 @@ RowsAhead<S> token_rows(const CapacityPlan<S>& plan, Index t, const Rows& rows) 
 
 /// The token row that slot s copies, as a RowsAhead; none for an empty slot or past the last.
 template <class S, class Rows>
-RowsAhead<S> slot_row(const CapacityPlan<S>& plan, Index s, const Rows& rows) {
-  RowsAhead<S> ahead;
+kernels::RowsAhead<S> slot_row(const CapacityPlan<S>& plan, Index s, const Rows& rows) {
+  kernels::RowsAhead<S> ahead;
   if (s < plan.num_slots() && plan.slot_token[s] >= 0)
     ahead.add(rows.row(plan.slot_token[s]).data());
   return ahead;
@@ -56,7 +57,7 @@ template <bool Weighted, class S, class Rows>
 void reduce_token(const CapacityPlan<S>& plan, Index t, const Rows& rows, S* out_row, Index n,
                   bool stream) {
   constexpr Index batch = 8;
-  const RowsAhead<S> ahead = token_rows(plan, t + RowsAhead<S>::kDistance, rows);
+  const kernels::RowsAhead<S> ahead = token_rows(plan, t + kernels::RowsAhead<S>::kDistance, rows);
   const S* pointers[batch];
   S weights[batch];
   Index count = 0;
@@ -72,16 +73,17 @@ void reduce_token(const CapacityPlan<S>& plan, Index t, const Rows& rows, S* out
     pointers[count] = rows.row(s).data();
     weights[count] = plan.entry_weight[i];
     if (++count == batch) {
-      sum_rows<Weighted>(out_row, n, pointers, weights, count, started, stream && single_pass,
-                         ahead);
+      kernels::sum_rows<Weighted>(out_row, n, pointers, weights, count, started,
+                                  stream && single_pass, ahead);
       started = true;
       count = 0;
     }
   }
   if (count > 0)
-    sum_rows<Weighted>(out_row, n, pointers, weights, count, started, stream && single_pass, ahead);
+    kernels::sum_rows<Weighted>(out_row, n, pointers, weights, count, started,
+                                stream && single_pass, ahead);
   else if (!started)
-    zero_row(out_row, n, stream);
+    kernels::zero_row(out_row, n, stream);
 }
 
 }  // namespace detail
@@ -95,17 +97,17 @@ void dispatch(const CapacityPlan<S>& plan, const ConstMatrixRef<detail::plan_sca
   require_shape(buffer, "buffer", plan.num_slots(), x.cols());
   const Index d = x.cols();
   if (d == 0) return;
-  const bool stream = detail::should_stream<S>(plan.num_slots(), d);
-  detail::parallel_for(0, plan.num_experts, [&](Index e) {
+  const bool stream = kernels::should_stream<S>(plan.num_slots(), d);
+  kernels::parallel_for(0, plan.num_experts, [&](Index e) {
     for (Index s = e * plan.capacity; s < (e + 1) * plan.capacity; ++s) {
       const Index t = plan.slot_token[s];
       if (t >= 0)
-        detail::copy_row(buffer.row(s).data(), x.row(t).data(), d, stream,
-                         detail::slot_row(plan, s + detail::RowsAhead<S>::kDistance, x));
+        kernels::copy_row(buffer.row(s).data(), x.row(t).data(), d, stream,
+                          detail::slot_row(plan, s + kernels::RowsAhead<S>::kDistance, x));
       else
-        detail::zero_row(buffer.row(s).data(), d, stream);
+        kernels::zero_row(buffer.row(s).data(), d, stream);
     }
-    if (stream) detail::stream_fence();
+    if (stream) simd::stream_fence();
   });
 }
 
@@ -127,10 +129,10 @@ void dispatch_backward(const CapacityPlan<S>& plan,
   require_shape(grad_x, "grad_x", plan.num_tokens, grad_buffer.cols());
   const Index d = grad_buffer.cols();
   if (d == 0) return;
-  const bool stream = detail::should_stream<S>(plan.num_tokens, d);
-  detail::parallel_for(0, plan.num_tokens, [&](Index t) {
+  const bool stream = kernels::should_stream<S>(plan.num_tokens, d);
+  kernels::parallel_for(0, plan.num_tokens, [&](Index t) {
     detail::reduce_token<false>(plan, t, grad_buffer, grad_x.row(t).data(), d, stream);
-    if (stream) detail::stream_fence();
+    if (stream) simd::stream_fence();
   });
 }
 
@@ -153,10 +155,10 @@ void combine(const CapacityPlan<S>& plan,
   require_shape(y, "y", plan.num_tokens, expert_out.cols());
   const Index d = expert_out.cols();
   if (d == 0) return;
-  const bool stream = detail::should_stream<S>(plan.num_tokens, d);
-  detail::parallel_for(0, plan.num_tokens, [&](Index t) {
+  const bool stream = kernels::should_stream<S>(plan.num_tokens, d);
+  kernels::parallel_for(0, plan.num_tokens, [&](Index t) {
     detail::reduce_token<true>(plan, t, expert_out, y.row(t).data(), d, stream);
-    if (stream) detail::stream_fence();
+    if (stream) simd::stream_fence();
   });
 }
 
@@ -183,22 +185,22 @@ void combine_backward(const CapacityPlan<S>& plan,
   require(grad_weight.size() == plan.num_entries(), "grad_weight",
           detail::concat("size ", plan.num_entries(), " (one per plan entry)"), grad_weight.size());
   const Index d = expert_out.cols();
-  const bool stream = detail::should_stream<S>(plan.num_slots(), d);
-  detail::parallel_for(0, plan.num_experts, [&](Index e) {
+  const bool stream = kernels::should_stream<S>(plan.num_slots(), d);
+  kernels::parallel_for(0, plan.num_experts, [&](Index e) {
     for (Index s = e * plan.capacity; s < (e + 1) * plan.capacity; ++s) {
       const Index i = plan.slot_entry[s];
       if (i >= 0) {
         const S* row = grad_y.row(plan.slot_token[s]).data();
-        detail::sum_rows<true>(grad_expert_out.row(s).data(), d, &row, &plan.entry_weight[i], 1,
-                               false, stream,
-                               detail::slot_row(plan, s + detail::RowsAhead<S>::kDistance, grad_y));
+        kernels::sum_rows<true>(
+            grad_expert_out.row(s).data(), d, &row, &plan.entry_weight[i], 1, false, stream,
+            detail::slot_row(plan, s + kernels::RowsAhead<S>::kDistance, grad_y));
       } else {
-        detail::zero_row(grad_expert_out.row(s).data(), d, stream);
+        kernels::zero_row(grad_expert_out.row(s).data(), d, stream);
       }
     }
-    if (stream) detail::stream_fence();
+    if (stream) simd::stream_fence();
   });
-  detail::parallel_for(0, plan.num_tokens, [&](Index t) {
+  kernels::parallel_for(0, plan.num_tokens, [&](Index t) {
     for (Index i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i) {
       const Index s = plan.entry_slot[i];
       grad_weight[i] = s < 0 ? S(0) : expert_out.row(s).dot(grad_y.row(t));

@@ -3,7 +3,7 @@
 // order, so results are the same bits at any thread count (no atomics).
 #pragma once
 
-#include "moe/core/detail/parallel.hpp"
+#include "moe/kernels/parallel.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/dispatch/dropless_plan.hpp"
@@ -20,7 +20,7 @@ inline void require_plan_tokens(const DroplessPlan& plan, Index rows, const char
 /// Zeroes the padding rows of every group (rows past the group's pairs).
 template <class S>
 void zero_padding_rows(const DroplessPlan& plan, MatrixRef<S> buffer) {
-  detail::parallel_for(0, plan.num_experts, [&](Index e) {
+  kernels::parallel_for(0, plan.num_experts, [&](Index e) {
     const Index begin = plan.padded_offsets[e] + plan.tokens_per_expert[e];
     const Index end = plan.padded_offsets[e + 1];
     if (end > begin) buffer.middleRows(begin, end - begin).setZero();
@@ -38,13 +38,13 @@ void dropless_permute(ConstMatrixRef<S> x, const DroplessPlan& plan, MatrixRef<S
   require_shape(out, "out", plan.padded_rows(), x.cols());
   const Index k = plan.top_k;
   // Walk sorted positions so the writes stream through the buffer in order.
-  detail::parallel_for(
+  kernels::parallel_for(
       0, plan.num_pairs(),
       [&](Index i) {
         const Index p = plan.sorted_pairs[i];
         out.row(plan.pair_row[p]) = x.row(p / k);
       },
-      detail::min_parallel_rows(x.cols()));
+      kernels::min_parallel_rows(x.cols()));
   if (zero_padding) detail::zero_padding_rows<S>(plan, out);
 }
 
@@ -56,13 +56,13 @@ void dropless_permute_backward(ConstMatrixRef<S> grad_out, const DroplessPlan& p
   require_shape(grad_out, "grad_out", plan.padded_rows(), -1);
   require_shape(grad_x, "grad_x", plan.num_tokens, grad_out.cols());
   const Index k = plan.top_k;
-  detail::parallel_for(
+  kernels::parallel_for(
       0, plan.num_tokens,
       [&](Index t) {
         grad_x.row(t) = grad_out.row(plan.pair_row[t * k]);
         for (Index j = 1; j < k; ++j) grad_x.row(t) += grad_out.row(plan.pair_row[t * k + j]);
       },
-      detail::min_parallel_rows(k * grad_x.cols()));
+      kernels::min_parallel_rows(k * grad_x.cols()));
 }
 
 /// out[t] = sum_j gates(t, j) * y[pair_row[t*k + j]], j in order (MegaBlocks `padded_scatter`,
@@ -74,13 +74,13 @@ void dropless_unpermute(ConstMatrixRef<S> y, ConstMatrixRef<S> gates, const Drop
   require_shape(gates, "gates", plan.num_tokens, plan.top_k);
   require_shape(out, "out", plan.num_tokens, y.cols());
   const Index k = plan.top_k;
-  detail::parallel_for(
+  kernels::parallel_for(
       0, plan.num_tokens,
       [&](Index t) {
         out.row(t) = gates(t, 0) * y.row(plan.pair_row[t * k]);
         for (Index j = 1; j < k; ++j) out.row(t) += gates(t, j) * y.row(plan.pair_row[t * k + j]);
       },
-      detail::min_parallel_rows(k * out.cols()));
+      kernels::min_parallel_rows(k * out.cols()));
 }
 
 /// grad_y[pair_row[t*k+j]] = gates(t,j) * grad_out[t] (padding rows 0 unless zero_padding is
@@ -97,7 +97,7 @@ void dropless_unpermute_backward(ConstMatrixRef<S> grad_out, ConstMatrixRef<S> y
   require_shape(grad_y, "grad_y", plan.padded_rows(), grad_out.cols());
   require_shape(grad_gates, "grad_gates", plan.num_tokens, plan.top_k);
   const Index k = plan.top_k;
-  detail::parallel_for(
+  kernels::parallel_for(
       0, plan.num_tokens,
       [&](Index t) {
         for (Index j = 0; j < k; ++j) {
@@ -106,7 +106,7 @@ void dropless_unpermute_backward(ConstMatrixRef<S> grad_out, ConstMatrixRef<S> y
           grad_gates(t, j) = y.row(row).dot(grad_out.row(t));
         }
       },
-      detail::min_parallel_rows(2 * k * grad_out.cols()));
+      kernels::min_parallel_rows(2 * k * grad_out.cols()));
   if (zero_padding) detail::zero_padding_rows<S>(plan, grad_y);
 }
 

@@ -7,7 +7,7 @@
 
 #include <Eigen/Core>
 
-#include "moe/core/detail/parallel.hpp"
+#include "moe/kernels/parallel.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 
@@ -85,12 +85,12 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
   plan.pair_row.resize(pairs);
 
   const Index chunks =
-      std::max<Index>(1, std::min<Index>(detail::max_threads(),
+      std::max<Index>(1, std::min<Index>(kernels::max_threads(),
                                          (pairs + detail::kSortChunk - 1) / detail::kSortChunk));
   const Index chunk_len = (pairs + chunks - 1) / std::max<Index>(chunks, 1);
   // histogram[c * E + e]: pairs of chunk c on expert e; becomes chunk c's first slot for e.
   std::vector<Index> histogram(static_cast<std::size_t>(chunks * num_experts), 0);
-  detail::parallel_for(
+  kernels::parallel_for(
       0, chunks,
       [&](Index c) {
         Index* h = histogram.data() + c * num_experts;
@@ -115,7 +115,7 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
         plan.padded_offsets[e] + round_up(plan.tokens_per_expert[e], block_size);
   }
 
-  detail::parallel_for(
+  kernels::parallel_for(
       0, chunks,
       [&](Index c) {
         Index* slot = histogram.data() + c * num_experts;

@@ -67,7 +67,7 @@ void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, 
   if (ctx.saved) {
     // Copied so backward does not depend on the caller keeping x alive.
     auto xs = buf.x();
-    detail::parallel_for(0, experts, [&](Index e) {
+    kernels::parallel_for(0, experts, [&](Index e) {
       const Index g0 = e * capacity;
       xs.middleRows(g0, rows[e]) = x.middleRows(g0, rows[e]);
     });
@@ -76,7 +76,7 @@ void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, 
     // Every read of x (the first products) ends before the last product writes out.
     detail::grouped_ffn_forward<S>(weights, ctx.topology, x, buf, out);
   }
-  detail::parallel_for(0, experts, [&](Index e) {
+  kernels::parallel_for(0, experts, [&](Index e) {
     out.middleRows(e * capacity + rows[e], capacity - rows[e]).setZero();
   });
 }
@@ -99,13 +99,13 @@ void capacity_ffn_backward_grouped(const ExpertWeights<S>& weights, ConstMatrixR
   const BlockSparseTopology& topo = ctx.topology;
   GroupedBuffers<S> buf = capacity_buffers(weights, ctx);
   auto dy = buf.dy();
-  parallel_for(0, c.num_experts, [&](Index e) {
+  kernels::parallel_for(0, c.num_experts, [&](Index e) {
     const Index g0 = topo.group_offsets[e], n = topo.group_rows[e];
     dy.middleRows(g0, n) = grad_out.middleRows(g0, n);
   });
   grouped_ffn_backward<S>(weights, topo, x, buf, grads);
   auto dx = buf.dx();
-  parallel_for(0, c.num_experts, [&](Index e) {
+  kernels::parallel_for(0, c.num_experts, [&](Index e) {
     const Index g0 = topo.group_offsets[e], n = topo.group_rows[e];
     grad_x.middleRows(g0, n) = dx.middleRows(g0, n);
     grad_x.middleRows(g0 + n, ctx.capacity - n).setZero();

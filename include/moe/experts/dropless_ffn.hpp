@@ -3,7 +3,7 @@
 // backward.
 #pragma once
 
-#include "moe/core/detail/gemm.hpp"
+#include "moe/kernels/gemm.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/core/workspace.hpp"
@@ -70,7 +70,7 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
   ctx.top_k = plan.top_k;
   ctx.padded_rows = plan.padded_rows();
   // Under a BLAS backend the products cannot read gathered rows in place: group them once anyway.
-  ctx.saved = ctx.save_for_backward || !detail::kGemmReadsGatheredRowsInPlace;
+  ctx.saved = ctx.save_for_backward || !kernels::kGemmReadsGatheredRowsInPlace;
   detail::GroupedBuffers<S> buf = detail::dropless_buffers(weights, ctx);
   ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k) = gates;
   if (ctx.saved) {
@@ -81,7 +81,7 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
     auto row_token = ctx.workspace.template vector<Index>(detail::kRowTokenSlot, ctx.padded_rows);
     const Index pairs = plan.num_tokens * plan.top_k;
     for (Index p = 0; p < pairs; ++p) row_token[plan.pair_row[p]] = p / plan.top_k;
-    const detail::GatheredRows<S> rows(x.data(), x.outerStride(), row_token.data(), ctx.padded_rows,
+    const kernels::GatheredRows<S> rows(x.data(), x.outerStride(), row_token.data(), ctx.padded_rows,
                                        c.hidden);
     detail::grouped_ffn_forward<S>(weights, ctx.topology, rows, buf, buf.y());
   }

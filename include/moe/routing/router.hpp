@@ -7,12 +7,12 @@
 #include <string>
 #include <vector>
 
-#include "moe/core/detail/parallel.hpp"
-#include "moe/core/detail/product.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/parameters.hpp"
 #include "moe/core/random.hpp"
 #include "moe/core/types.hpp"
+#include "moe/kernels/gemm.hpp"
+#include "moe/kernels/parallel.hpp"
 #include "moe/routing/config.hpp"
 #include "moe/routing/group_limit.hpp"
 #include "moe/routing/routing.hpp"
@@ -49,9 +49,9 @@ void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
   // each token's gates.
   const S* ranked_rows = rewrite ? selection.data() : by_logits ? logits.data() : out.scores.data();
   const Index ranked_stride = rewrite ? experts : by_logits ? logits.outerStride() : experts;
-  constexpr Index block = detail::kLanes<S>;
+  constexpr Index block = simd::kLanes<S>;
   const Index blocks = (tokens + block - 1) / block;
-  detail::parallel_for(
+  kernels::parallel_for(
       0, blocks,
       [&](Index b) {
         const Index first = b * block, rows = std::min(block, tokens - first);
@@ -122,7 +122,7 @@ RowMatrix<S> select_experts_backward(const RouterConfig& config, const ConstMatr
   RowMatrix<S> d_scores =
       grad_scores.size() != 0 ? RowMatrix<S>(grad_scores) : RowMatrix<S>::Zero(tokens, experts);
   RowMatrix<S> d_logits = RowMatrix<S>::Zero(tokens, by_logits ? experts : 0);
-  detail::parallel_for(0, tokens, [&](Index t) {
+  kernels::parallel_for(0, tokens, [&](Index t) {
     const ExpertId* ids = routing.expert_ids.row(t).data();
     if (by_logits) {
       // p recomputed from the logits rather than read back from the scaled gates
@@ -289,12 +289,12 @@ class Router {
       // x *= U(1 - eps, 1 + eps), one factor per element (HF Switch, DeepSpeed 'Jitter')
       draw_jitter(x.rows(), seed, ctx.jitter);
       out.logits.resize(x.rows(), config.num_experts);
-      detail::fixed_block_product(out.logits, RowMatrix<S>(x.cwiseProduct(ctx.jitter)),
-                                  weight.transpose());
+      kernels::fixed_block_product(out.logits, RowMatrix<S>(x.cwiseProduct(ctx.jitter)),
+                                   weight.transpose());
     } else {
       ctx.jitter.resize(0, 0);
       out.logits.resize(x.rows(), config.num_experts);
-      detail::fixed_block_product(out.logits, x, weight.transpose());
+      kernels::fixed_block_product(out.logits, x, weight.transpose());
     }
     if (config.linear_bias) out.logits.rowwise() += bias.transpose();
     require_finite(out.logits, "logits");
@@ -302,7 +302,7 @@ class Router {
     if (noisy) {
       // H = x W^T + N(0, 1) * (softplus(x W_noise^T) + eps) (Shazeer et al. 2017)
       ctx.noise_logits.resize(x.rows(), config.num_experts);
-      detail::fixed_block_product(ctx.noise_logits, x, noise_weight.transpose());
+      kernels::fixed_block_product(ctx.noise_logits, x, noise_weight.transpose());
       ctx.noise_stddev =
           softplus<S>(ctx.noise_logits).array() + static_cast<S>(config.noise_epsilon);
       const CounterRng rng = make_rng(seed, RandomStream::gate_noise);
@@ -355,19 +355,19 @@ class Router {
     const RowMatrix<S> x_seen =
         ctx.jittered() ? RowMatrix<S>(x.cwiseProduct(ctx.jitter)) : RowMatrix<S>(x);
     grads.weight.resize(config.num_experts, config.hidden);
-    detail::fixed_block_product(grads.weight, d_logits.transpose(), x_seen);
+    kernels::fixed_block_product(grads.weight, d_logits.transpose(), x_seen);
     grads.bias.resize(config.num_experts);
     if (config.linear_bias)
       grads.bias = d_logits.colwise().sum().transpose();
     else
       grads.bias.setZero();
     grads.x.resize(routing.num_tokens(), config.hidden);
-    detail::fixed_block_product(grads.x, d_logits, weight);
+    kernels::fixed_block_product(grads.x, d_logits, weight);
     if (ctx.noisy()) {
       grads.noise_weight.resize(config.num_experts, config.hidden);
-      detail::fixed_block_product(grads.noise_weight, d_noise_logits.transpose(), x_seen);
+      kernels::fixed_block_product(grads.noise_weight, d_noise_logits.transpose(), x_seen);
       RowMatrix<S> through_noise(routing.num_tokens(), config.hidden);
-      detail::fixed_block_product(through_noise, d_noise_logits, noise_weight);
+      kernels::fixed_block_product(through_noise, d_noise_logits, noise_weight);
       grads.x += through_noise;
     } else if (config.noise == Noise::noisy_topk) {
       grads.noise_weight.resize(config.num_experts, config.hidden);

@@ -7,9 +7,9 @@
 
 #include <Eigen/Core>
 
-#include "moe/core/detail/parallel.hpp"
 #include "moe/core/types.hpp"
-#include "moe/routing/detail/lanes.hpp"
+#include "moe/kernels/parallel.hpp"
+#include "moe/kernels/simd.hpp"
 
 namespace moe {
 
@@ -20,32 +20,46 @@ inline constexpr Index kPaddedSoftmaxMax = 512;
 
 /// Softmax over `count` consecutive packets in three passes (max; exp and sum; normalize). With
 /// `across_lanes` the packets are one row and max and sum reduce over every lane (a row of whole
-/// packets); without, each lane is its own row (a transposed block, detail/lanes.hpp: one packet
-/// per expert, a token per lane).
+/// packets); without, each lane is its own row (a transposed block of tokens: one packet per
+/// expert, a token per lane).
 template <bool across_lanes, class S>
 void softmax_packets(const S* logits, Index count, S* scores) {
-  namespace ei = Eigen::internal;
-  using Packet = LanePacket<S>;
-  constexpr Index lanes = kLanes<S>;
+  using Packet = simd::Packet<S>;
+  constexpr Index lanes = simd::kLanes<S>;
   const Index n = count * lanes;
-  Packet max = ei::ploadu<Packet>(logits);
-  for (Index i = lanes; i < n; i += lanes) max = ei::pmax(max, ei::ploadu<Packet>(logits + i));
-  if constexpr (across_lanes) max = ei::pset1<Packet>(ei::predux_max(max));
-  Packet sum = ei::pset1<Packet>(S(0));
+  Packet max = simd::loadu(logits);
+  for (Index i = lanes; i < n; i += lanes) max = simd::max(max, simd::loadu(logits + i));
+  if constexpr (across_lanes) max = simd::broadcast(simd::reduce_max(max));
+  Packet sum = simd::broadcast(S(0));
   for (Index i = 0; i < n; i += lanes) {
-    const Packet z = ei::pexp(ei::psub(ei::ploadu<Packet>(logits + i), max));
-    ei::pstoreu(scores + i, z);
-    sum = ei::padd(sum, z);
+    const Packet z = simd::exp(simd::sub(simd::loadu(logits + i), max));
+    simd::storeu(scores + i, z);
+    sum = simd::add(sum, z);
   }
-  if constexpr (across_lanes) sum = ei::pset1<Packet>(ei::predux(sum));
+  if constexpr (across_lanes) sum = simd::broadcast(simd::reduce_add(sum));
   for (Index i = 0; i < n; i += lanes)
-    ei::pstoreu(scores + i, ei::pdiv(ei::ploadu<Packet>(scores + i), sum));
+    simd::storeu(scores + i, simd::div(simd::loadu(scores + i), sum));
+}
+
+/// columns[e * lanes + lane] = rows[lane * row_stride + e] for e < experts: a block of token rows
+/// transposed, expert e's column one packet.
+template <class S>
+void gather_columns(const S* rows, Index row_stride, Index experts, S* columns) {
+  for (Index e = 0; e < experts; ++e)
+    simd::store(columns + e * simd::kLanes<S>, simd::gather(rows + e, row_stride));
+}
+
+/// rows[lane * row_stride + e] = columns[e * lanes + lane] for e < experts.
+template <class S>
+void scatter_columns(const S* columns, Index experts, S* rows, Index row_stride) {
+  for (Index e = 0; e < experts; ++e)
+    simd::scatter(rows + e, simd::load(columns + e * simd::kLanes<S>), row_stride);
 }
 
 /// One token's softmax, s_e = exp(z_e - max z) / sum_e exp(z_e - max z), over n contiguous values.
 template <class S>
 void softmax_row(const S* logits, Index n, S* scores) {
-  constexpr Index packet = kLanes<S>;
+  constexpr Index packet = simd::kLanes<S>;
   const Index padded = (n + packet - 1) / packet * packet;
   if (n % packet == 0) return softmax_packets<true>(logits, n / packet, scores);
   if (padded > kPaddedSoftmaxMax) {
@@ -60,8 +74,8 @@ void softmax_row(const S* logits, Index n, S* scores) {
   // leaves the max and the sum alone (with 16-float AVX-512 packets, a row of 8 experts would
   // otherwise be all remainder, one libm call per value).
   alignas(64) S buffer[kPaddedSoftmaxMax];
-  const auto lowest = Eigen::internal::pset1<LanePacket<S>>(std::numeric_limits<S>::lowest());
-  for (Index i = 0; i < padded; i += packet) Eigen::internal::pstore(buffer + i, lowest);
+  const auto lowest = simd::broadcast(std::numeric_limits<S>::lowest());
+  for (Index i = 0; i < padded; i += packet) simd::store(buffer + i, lowest);
   std::copy(logits, logits + n, buffer);
   softmax_packets<true>(buffer, padded / packet, buffer);
   std::copy(buffer, buffer + n, scores);
@@ -71,12 +85,12 @@ void softmax_row(const S* logits, Index n, S* scores) {
 
 /// The softmax of `rows` consecutive rows (`logit_stride` / `score_stride` apart). Rows shorter
 /// than two packets spend most of a row-wise softmax in reductions over a padded packet, so a
-/// whole block of detail::kLanes<S> such rows runs lane-parallel (transposed on the stack); longer
+/// whole block of simd::kLanes<S> such rows runs lane-parallel (transposed on the stack); longer
 /// rows, where the transposing gathers and scatters would cost more than they save, go row by row.
 template <class S>
 void softmax_rows_block(const S* logits, Index logit_stride, Index rows, Index experts, S* scores,
                         Index score_stride) {
-  constexpr Index lanes = detail::kLanes<S>;
+  constexpr Index lanes = simd::kLanes<S>;
   if (rows == lanes && experts < 2 * lanes) {
     alignas(64) S logit_columns[2 * lanes * lanes];
     alignas(64) S score_columns[2 * lanes * lanes];
@@ -94,9 +108,9 @@ void softmax_rows_block(const S* logits, Index logit_stride, Index rows, Index e
 template <class S>
 void softmax_rows(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
   scores.resize(logits.rows(), logits.cols());
-  constexpr Index block = detail::kLanes<S>;
+  constexpr Index block = simd::kLanes<S>;
   const Index tokens = logits.rows();
-  detail::parallel_for(
+  kernels::parallel_for(
       0, (tokens + block - 1) / block,
       [&](Index b) {
         const Index first = b * block;

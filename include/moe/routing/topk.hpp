@@ -8,7 +8,7 @@
 
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
-#include "moe/routing/detail/lanes.hpp"
+#include "moe/kernels/simd.hpp"
 
 namespace moe {
 namespace detail {
@@ -130,37 +130,36 @@ void top_k_sort(const S* values, Index num_experts, Index k, ExpertId* ids, S* s
 template <int K, class S, class Column>
 void top_k_lanes(Column&& column, Index num_experts, ExpertId* ids, Index ids_stride, S* selected,
                  Index selected_stride) {
-  namespace ei = Eigen::internal;
-  using Packet = LanePacket<S>;
+  using Packet = simd::Packet<S>;
   Packet best[K], best_id[K];
   for (int j = 0; j < K; ++j) {
-    best[j] = ei::pset1<Packet>(std::numeric_limits<S>::quiet_NaN());
-    best_id[j] = ei::pset1<Packet>(S(0));
+    best[j] = simd::broadcast(std::numeric_limits<S>::quiet_NaN());
+    best_id[j] = simd::broadcast(S(0));
   }
   const auto beats = [](const Packet& value, const Packet& slot) {
-    return ei::pcmp_lt_or_nan(slot, value);  // value > slot, or the slot is empty
+    return simd::less_or_nan(slot, value);  // value > slot, or the slot is empty
   };
   for (Index e = 0; e < num_experts; ++e) {
     const Packet value = column(e);
     Packet beats_below = beats(value, best[K - 1]);
-    if (e >= K && !ei::predux_any(beats_below)) continue;
-    const Packet id = ei::pset1<Packet>(static_cast<S>(e));
+    if (e >= K && !simd::any(beats_below)) continue;
+    const Packet id = simd::broadcast(static_cast<S>(e));
     for (int j = K - 1; j > 0; --j) {
       const Packet beats_above = beats(value, best[j - 1]);
-      best[j] = ei::pselect(beats_below, ei::pselect(beats_above, best[j - 1], value), best[j]);
+      best[j] = simd::select(beats_below, simd::select(beats_above, best[j - 1], value), best[j]);
       best_id[j] =
-          ei::pselect(beats_below, ei::pselect(beats_above, best_id[j - 1], id), best_id[j]);
+          simd::select(beats_below, simd::select(beats_above, best_id[j - 1], id), best_id[j]);
       beats_below = beats_above;
     }
-    best[0] = ei::pselect(beats_below, value, best[0]);
-    best_id[0] = ei::pselect(beats_below, id, best_id[0]);
+    best[0] = simd::select(beats_below, value, best[0]);
+    best_id[0] = simd::select(beats_below, id, best_id[0]);
   }
-  constexpr Index lanes = kLanes<S>;
+  constexpr Index lanes = simd::kLanes<S>;
   alignas(64) S lane_values[K][lanes];
   alignas(64) S lane_ids[K][lanes];
   for (int j = 0; j < K; ++j) {
-    ei::pstore(lane_values[j], best[j]);
-    ei::pstore(lane_ids[j], best_id[j]);
+    simd::store(lane_values[j], best[j]);
+    simd::store(lane_ids[j], best_id[j]);
   }
   for (Index lane = 0; lane < lanes; ++lane)
     for (int j = 0; j < K; ++j) {
@@ -194,17 +193,15 @@ void top_k(const S* values, Index num_experts, Index k, ExpertId* ids, S* select
 }
 
 /// top_k of `rows` rows starting at `values` (consecutive rows `row_stride` apart) into rows of
-/// `ids` and `selected`. A whole block of detail::kLanes<S> rows with k <= 8 runs lane-parallel,
+/// `ids` and `selected`. A whole block of simd::kLanes<S> rows with k <= 8 runs lane-parallel,
 /// anything else row by row; the result is the same either way.
 template <class S>
 void top_k_rows_block(const S* values, Index row_stride, Index rows, Index num_experts, Index k,
                       ExpertId* ids, Index ids_stride, S* selected, Index selected_stride) {
   // Ids travel as S inside the packets: exact up to 2^digits.
   const bool ids_exact = num_experts <= (Index{1} << std::numeric_limits<S>::digits);
-  if (rows == detail::kLanes<S> && k <= 8 && ids_exact) {
-    const auto column = [&](Index e) {
-      return Eigen::internal::pgather<S, detail::LanePacket<S>>(values + e, row_stride);
-    };
+  if (rows == simd::kLanes<S> && k <= 8 && ids_exact) {
+    const auto column = [&](Index e) { return simd::gather(values + e, row_stride); };
     switch (k) {
 #define MOE_TOP_K_LANES_CASE(K)                                                      \
   case K:                                                                            \
@@ -236,7 +233,7 @@ void top_k_rows(const ConstMatrixRef<S>& values, Index k, ExpertIdMatrix& ids,
           k);
   ids.resize(values.rows(), k);
   selected.resize(values.rows(), k);
-  constexpr Index block = detail::kLanes<S>;
+  constexpr Index block = simd::kLanes<S>;
   for (Index t = 0; t < values.rows(); t += block)
     top_k_rows_block(values.row(t).data(), values.outerStride(), std::min(block, values.rows() - t),
                      values.cols(), k, ids.row(t).data(), ids.outerStride(), selected.row(t).data(),

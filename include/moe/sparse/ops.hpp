@@ -5,15 +5,17 @@
 // layout.
 //
 // Each product runs as independent tile GEMMs (Eigen's GEMM over contiguous row blocks,
-// detail::gemm), split by blocks, not by experts, so a hot expert's rows spread over all threads.
+// kernels::gemm), split by blocks, not by experts, so a hot expert's rows spread over all threads.
 #pragma once
 
 #include <utility>
 #include <vector>
 
-#include "moe/core/detail/gemm.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
+#include "moe/kernels/gemm.hpp"
+#include "moe/kernels/parallel.hpp"
+#include "moe/kernels/prefetch.hpp"
 #include "moe/sparse/detail/tiles.hpp"
 #include "moe/sparse/topology.hpp"
 
@@ -62,18 +64,20 @@ inline TileItem tile_ahead(const std::vector<RowTile>& tiles, Index col_tiles, I
 /// What the item ahead reads from expert-major weights b (`per_expert` rows per expert), for a
 /// product to prefetch: its expert's rows at its columns. Empty when nothing is ahead.
 template <class S>
-PrefetchBlock expert_columns_ahead(ConstMatrixRef<S> b, Index per_expert, const TileItem& ahead) {
+kernels::PrefetchBlock expert_columns_ahead(ConstMatrixRef<S> b, Index per_expert,
+                                            const TileItem& ahead) {
   if (!ahead.tile) return {};
-  return prefetch_block(
+  return kernels::prefetch_block(
       b.block(ahead.tile->expert * per_expert, ahead.col, per_expert, ahead.cols));
 }
 
 /// The same for a product over b seen transposed: the item's columns are rows of its expert's
 /// block, read whole.
 template <class S>
-PrefetchBlock expert_rows_ahead(ConstMatrixRef<S> b, Index per_expert, const TileItem& ahead) {
+kernels::PrefetchBlock expert_rows_ahead(ConstMatrixRef<S> b, Index per_expert,
+                                         const TileItem& ahead) {
   if (!ahead.tile) return {};
-  return prefetch_block(
+  return kernels::prefetch_block(
       b.block(ahead.tile->expert * per_expert + ahead.col, 0, ahead.cols, b.cols()));
 }
 
@@ -85,7 +89,7 @@ void for_dense_row_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, bool a
   const std::vector<RowTile> tiles = row_tiles(topo);
   const Index n = c.cols();
   const Index col_tiles = std::max<Index>(1, tile_count(n, kTileCols));
-  parallel_tiles(static_cast<Index>(tiles.size()) * col_tiles, [&](Index w) {
+  kernels::parallel_items(static_cast<Index>(tiles.size()) * col_tiles, [&](Index w) {
     const auto [tile, n0, nw] = work_item(tiles, col_tiles, kTileCols, n, w);
     if (nw <= 0) return;
     if (tile->data_rows > 0) product(*tile, n0, nw, tile_ahead(tiles, col_tiles, kTileCols, n, w));
@@ -102,7 +106,7 @@ void for_sparse_tiles(const BlockSparseTopology& topo, TileProduct&& product, Ep
   const std::vector<RowTile> tiles = row_tiles(topo);
   const Index width = sparse_tile_cols(topo);
   const Index col_tiles = tile_count(topo.ffn_hidden, width);
-  parallel_tiles(static_cast<Index>(tiles.size()) * col_tiles, [&](Index w) {
+  kernels::parallel_items(static_cast<Index>(tiles.size()) * col_tiles, [&](Index w) {
     const auto [tile, c0, cw] = work_item(tiles, col_tiles, width, topo.ffn_hidden, w);
     if (tile->data_rows > 0) {
       product(*tile, c0, cw, tile_ahead(tiles, col_tiles, width, topo.ffn_hidden, w));
@@ -121,7 +125,7 @@ void for_expert_tiles(const BlockSparseTopology& topo, Index m, Index m_tile, In
   const Index m_tiles = std::max<Index>(1, tile_count(m, m_tile));
   const Index n_tiles = std::max<Index>(1, tile_count(n, n_tile));
   const Index per_expert = m_tiles * n_tiles;
-  parallel_tiles(topo.num_experts * per_expert, [&](Index w) {
+  kernels::parallel_items(topo.num_experts * per_expert, [&](Index w) {
     const Index e = w / per_expert;
     const Index m0 = (w % per_expert) / n_tiles * m_tile;
     const Index n0 = (w % n_tiles) * n_tile;
@@ -146,8 +150,9 @@ void sdd_rows(const Rows& a, ConstMatrixRef<S> b, const BlockSparseTopology& top
   for_sparse_tiles(
       topo,
       [&](const RowTile& t, Index c0, Index cw, const TileItem& ahead) {
-        gemm(c_values.block(t.begin, c0, t.data_rows, cw), a.middleRows(t.begin, t.data_rows),
-             b.block(t.expert * k, c0, k, cw), false, expert_columns_ahead<S>(b, k, ahead));
+        kernels::gemm(c_values.block(t.begin, c0, t.data_rows, cw),
+                      a.middleRows(t.begin, t.data_rows), b.block(t.expert * k, c0, k, cw), false,
+                      expert_columns_ahead<S>(b, k, ahead));
       },
       epilogue, c_values);
 }
@@ -170,10 +175,10 @@ void sdd_pair_rows(const Rows& a, ConstMatrixRef<S> b1, ConstMatrixRef<S> b2,
         // tile's B1 block.
         const auto rows = a.middleRows(t.begin, t.data_rows);
         const auto w2 = b2.block(t.expert * k, c0, k, cw);
-        gemm(c1_values.block(t.begin, c0, t.data_rows, cw), rows, b1.block(t.expert * k, c0, k, cw),
-             false, prefetch_block(w2));
-        gemm(c2_values.block(t.begin, c0, t.data_rows, cw), rows, w2, false,
-             expert_columns_ahead<S>(b1, k, ahead));
+        kernels::gemm(c1_values.block(t.begin, c0, t.data_rows, cw), rows,
+                      b1.block(t.expert * k, c0, k, cw), false, kernels::prefetch_block(w2));
+        kernels::gemm(c2_values.block(t.begin, c0, t.data_rows, cw), rows, w2, false,
+                      expert_columns_ahead<S>(b1, k, ahead));
       },
       epilogue, c1_values, c2_values);
 }
@@ -210,10 +215,10 @@ void sdd_nt(ConstMatrixRef<S> a, ConstMatrixRef<S> b, const BlockSparseTopology&
   detail::for_sparse_tiles(
       topo,
       [&](const detail::RowTile& t, Index c0, Index cw, const detail::TileItem& ahead) {
-        detail::gemm(c_values.block(t.begin, c0, t.data_rows, cw),
-                     a.middleRows(t.begin, t.data_rows),
-                     b.block(t.expert * f + c0, 0, cw, k).transpose(), false,
-                     detail::expert_rows_ahead<S>(b, f, ahead));
+        kernels::gemm(c_values.block(t.begin, c0, t.data_rows, cw),
+                      a.middleRows(t.begin, t.data_rows),
+                      b.block(t.expert * f + c0, 0, cw, k).transpose(), false,
+                      detail::expert_rows_ahead<S>(b, f, ahead));
       },
       epilogue, c_values);
 }
@@ -230,9 +235,9 @@ void dsd(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTopol
   detail::for_dense_row_tiles<S>(
       topo, c, accumulate,
       [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileItem& ahead) {
-        detail::gemm(c.block(t.begin, n0, t.data_rows, nw),
-                     a_values.middleRows(t.begin, t.data_rows), b.block(t.expert * f, n0, f, nw),
-                     accumulate, detail::expert_columns_ahead<S>(b, f, ahead));
+        kernels::gemm(c.block(t.begin, n0, t.data_rows, nw),
+                      a_values.middleRows(t.begin, t.data_rows), b.block(t.expert * f, n0, f, nw),
+                      accumulate, detail::expert_columns_ahead<S>(b, f, ahead));
       });
 }
 
@@ -249,10 +254,10 @@ void dsd_nt(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTo
   detail::for_dense_row_tiles<S>(
       topo, c, accumulate,
       [&](const detail::RowTile& t, Index n0, Index nw, const detail::TileItem& ahead) {
-        detail::gemm(c.block(t.begin, n0, t.data_rows, nw),
-                     a_values.middleRows(t.begin, t.data_rows),
-                     b.block(t.expert * n + n0, 0, nw, f).transpose(), accumulate,
-                     detail::expert_rows_ahead<S>(b, n, ahead));
+        kernels::gemm(c.block(t.begin, n0, t.data_rows, nw),
+                      a_values.middleRows(t.begin, t.data_rows),
+                      b.block(t.expert * n + n0, 0, nw, f).transpose(), accumulate,
+                      detail::expert_rows_ahead<S>(b, n, ahead));
       });
 }
 
@@ -273,8 +278,8 @@ void dsd_tn(ConstMatrixRef<S> a_values, ConstMatrixRef<S> b, const BlockSparseTo
         if (rows == 0)
           out.setZero();
         else
-          detail::gemm(out, a_values.block(g0, m0, rows, mw).transpose(),
-                       b.block(g0, n0, rows, nw));
+          kernels::gemm(out, a_values.block(g0, m0, rows, mw).transpose(),
+                        b.block(g0, n0, rows, nw));
       });
 }
 
@@ -295,7 +300,7 @@ void dds(ConstMatrixRef<S> a, ConstMatrixRef<S> b_values, const BlockSparseTopol
         if (rows == 0)
           out.setZero();
         else
-          detail::gemm(out, a.block(m0, g0, mw, rows), b_values.block(g0, n0, rows, nw));
+          kernels::gemm(out, a.block(m0, g0, mw, rows), b_values.block(g0, n0, rows, nw));
       });
 }
 
@@ -316,8 +321,8 @@ void dds_tn(ConstMatrixRef<S> a, ConstMatrixRef<S> b_values, const BlockSparseTo
         if (rows == 0)
           out.setZero();
         else
-          detail::gemm(out, a.block(g0, m0, rows, mw).transpose(),
-                       b_values.block(g0, n0, rows, nw));
+          kernels::gemm(out, a.block(g0, m0, rows, mw).transpose(),
+                        b_values.block(g0, n0, rows, nw));
       });
 }
 

@@ -5,7 +5,7 @@
 
 #include <cstddef>
 
-#include "moe/core/detail/parallel.hpp"
+#include "moe/kernels/parallel.hpp"
 #include "moe/core/types.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/experts/activation.hpp"
@@ -40,7 +40,7 @@ struct GroupedBuffers {
 template <class S>
 void add_group_bias(const BlockSparseTopology& topo, ConstMatrixRef<S> bias, MatrixRef<S> values) {
   if (bias.size() == 0) return;
-  parallel_for(0, topo.num_experts, [&](Index e) {
+  kernels::parallel_for(0, topo.num_experts, [&](Index e) {
     const Index n = topo.group_rows[e];
     if (n > 0) values.middleRows(topo.group_offsets[e], n).rowwise() += bias.row(e);
   });
@@ -51,7 +51,7 @@ template <class S>
 void group_column_sums(const BlockSparseTopology& topo, ConstMatrixRef<S> values,
                        MatrixRef<S> grad_bias) {
   if (grad_bias.size() == 0) return;
-  parallel_for(0, topo.num_experts, [&](Index e) {
+  kernels::parallel_for(0, topo.num_experts, [&](Index e) {
     grad_bias.row(e).setZero();
     const Index g0 = topo.group_offsets[e];
     for (Index r = g0; r < g0 + topo.group_rows[e]; ++r) grad_bias.row(e) += values.row(r);

@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "moe/core/detail/parallel.hpp"
+#include "moe/kernels/parallel.hpp"
 #include "moe/core/types.hpp"
 
 namespace moe::detail {
@@ -23,13 +23,13 @@ inline Index health_block_count(Index rows) noexcept {
 /// leave an OpenMP region): record and raise after.
 template <class Body>
 void for_each_row_block(Index rows, Index cols, Body&& body) {
-  parallel_for(
+  kernels::parallel_for(
       0, health_block_count(rows),
       [&](Index b) {
         const Index first = b * kHealthBlockRows;
         body(b, first, std::min(kHealthBlockRows, rows - first));
       },
-      min_parallel_rows(kHealthBlockRows * cols));
+      kernels::min_parallel_rows(kHealthBlockRows * cols));
 }
 
 /// True when every entry is finite: x - x is 0 for finite x and NaN otherwise, and a sum of

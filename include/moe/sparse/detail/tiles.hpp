@@ -7,18 +7,15 @@
 #include <vector>
 
 #include "moe/core/types.hpp"
+#include "moe/kernels/blocking.hpp"
+#include "moe/kernels/parallel.hpp"
 #include "moe/sparse/topology.hpp"
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 namespace moe::detail {
 
-/// Target tile extent: large enough that packing stays a small fraction of a tile's GEMM, small
-/// enough that a hot expert splits into many tiles.
-inline constexpr Index kTileRows = 1024;
-inline constexpr Index kTileCols = 1024;
+/// Target tile extent (kernels/blocking.hpp).
+inline constexpr Index kTileRows = kernels::ThreadBlocking::kSparseTileRows;
+inline constexpr Index kTileCols = kernels::ThreadBlocking::kSparseTileCols;
 
 /// Rows [begin, begin + rows) of one expert's group, whole row blocks; the first data_rows hold
 /// data.
@@ -62,30 +59,9 @@ inline Index sparse_tile_cols(const BlockSparseTopology& topo) {
 
 inline Index tile_count(Index extent, Index width) { return (extent + width - 1) / width; }
 
-/// The work item a thread is likely to take after item i, under parallel_tiles' dynamic schedule
+/// The work item a thread is likely to take after item i, under parallel_items' dynamic schedule
 /// (the team takes items in turn): i + the team's size. A prefetch hint only: results never
 /// depend on which thread runs what.
-inline Index item_ahead(Index i) {
-#if defined(_OPENMP)
-  return i + omp_get_num_threads();
-#else
-  return i + 1;
-#endif
-}
-
-/// Runs body(i) for i in [0, n), each index on one thread. Tiles differ in cost (a hot expert's
-/// against a padding-only one), so they are handed out dynamically; the result does not depend on
-/// which thread ran a tile. The team is started even for one tile: inside it Eigen's products run
-/// single-threaded, while outside Eigen would thread the product itself with thread-count-dependent
-/// blocking, and the bits would change with the thread count.
-template <class Body>
-void parallel_tiles(Index n, Body&& body) {
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1)
-  for (Index i = 0; i < n; ++i) body(i);
-#else
-  for (Index i = 0; i < n; ++i) body(i);
-#endif
-}
+inline Index item_ahead(Index i) { return i + kernels::team_size(); }
 
 }  // namespace moe::detail

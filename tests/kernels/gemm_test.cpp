@@ -1,13 +1,14 @@
-// detail::gemm against a plain triple loop: every kernel (streamed, register tiles in place, packed
-// panels, Eigen's GEMM for what they do not serve), every storage order of the operands, strided
-// blocks, accumulation; and bits that depend on the shapes alone, not on row blocks or threads.
+// kernels::gemm against a plain triple loop: every kernel (streamed, register tiles in place,
+// packed panels, Eigen's GEMM for what they do not serve), every storage order of the operands,
+// strided blocks, accumulation; and bits that depend on the shapes alone, not on row blocks or
+// threads.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
 #include <vector>
 
-#include "moe/core/detail/gemm.hpp"
+#include "moe/kernels/gemm.hpp"
 #include "support/catch.hpp"
 
 using namespace moe;
@@ -40,7 +41,7 @@ void reference_product(C& c, RowMatrix<double>& bound, const A& a, const B& b, b
     }
 }
 
-/// detail::gemm into a block of a larger matrix (its outer stride is not its width): the block
+/// kernels::gemm into a block of a larger matrix (its outer stride is not its width): the block
 /// matches the reference within k * epsilon of its scale, everything around it is untouched.
 template <class S, class A, class B>
 void check_product(const A& a, const B& b, bool accumulate) {
@@ -50,7 +51,7 @@ void check_product(const A& a, const B& b, bool accumulate) {
   auto dst = big.block(1, 2, a.rows(), b.cols());
   auto expected_block = expected.block(1, 2, a.rows(), b.cols());
   auto bound_block = bound.block(1, 2, a.rows(), b.cols());
-  detail::gemm(dst, a, b, accumulate);
+  kernels::gemm(dst, a, b, accumulate);
   RowMatrix<double> block_bound(a.rows(), b.cols());
   reference_product(expected_block, block_bound, a, b, accumulate);
   bound_block = block_bound;
@@ -136,17 +137,17 @@ TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][
   SECTION("depth 0 gives zeros, or leaves an accumulated result as it was") {
     const RowMatrix<double> a(6, 0), b(0, 7);
     RowMatrix<double> c = RowMatrix<double>::Constant(6, 7, 3.0);
-    detail::gemm(c, a, b, /*accumulate=*/true);
+    kernels::gemm(c, a, b, /*accumulate=*/true);
     REQUIRE((c.array() == 3.0).all());
-    detail::gemm(c, a, b);
+    kernels::gemm(c, a, b);
     REQUIRE((c.array() == 0.0).all());
     const RowMatrix<double> wide_b(0, 40);
     for (Index m : {6, 70}) {  // streamed, packed
       const RowMatrix<double> rows(m, 0);
       RowMatrix<double> wide_c = RowMatrix<double>::Constant(m, 40, 3.0);
-      detail::gemm(wide_c, rows, wide_b, /*accumulate=*/true);
+      kernels::gemm(wide_c, rows, wide_b, /*accumulate=*/true);
       REQUIRE((wide_c.array() == 3.0).all());
-      detail::gemm(wide_c, rows, wide_b);
+      kernels::gemm(wide_c, rows, wide_b);
       REQUIRE((wide_c.array() == 0.0).all());
     }
   }
@@ -158,33 +159,33 @@ TEST_CASE("gemm's bits depend on the shapes alone", "[core][gemm]") {
   const RowMatrix<float> b = random_matrix<float>(600, 150, 6);
   const RowMatrix<float> bt = random_matrix<float>(150, 600, 7);
   RowMatrix<float> whole(300, 150), again(300, 150), blocks(300, 150);
-  detail::gemm(whole, a, b);
+  kernels::gemm(whole, a, b);
   SECTION("run after run, with a larger product growing the thread's buffers in between") {
     const RowMatrix<float> big_a = random_matrix<float>(600, 900, 8);
     const RowMatrix<float> big_b = random_matrix<float>(900, 1000, 9);
     RowMatrix<float> large(600, 1000);
-    detail::gemm(large, big_a, big_b);
-    detail::gemm(again, a, b);
+    kernels::gemm(large, big_a, big_b);
+    kernels::gemm(again, a, b);
     REQUIRE(again == whole);
   }
   SECTION("in blocks of rows that do not align with the register tiles") {
     Index first = 0;
     for (Index rows : {101, 67, 132}) {  // each block packed, as the whole
-      detail::gemm(blocks.middleRows(first, rows), a.middleRows(first, rows), b);
+      kernels::gemm(blocks.middleRows(first, rows), a.middleRows(first, rows), b);
       first += rows;
     }
     REQUIRE(blocks == whole);
   }
   SECTION("split over threads outside a team") {
     RowMatrix<float> transposed(300, 150), weight_gradient(600, 150), threaded(600, 150);
-    detail::gemm(transposed, a, bt.transpose());
-    detail::gemm(weight_gradient, a.transpose(), whole);
+    kernels::gemm(transposed, a, bt.transpose());
+    kernels::gemm(weight_gradient, a.transpose(), whole);
     Eigen::setNbThreads(2);
-    detail::gemm(again, a, b);
+    kernels::gemm(again, a, b);
     REQUIRE(again == whole);
-    detail::gemm(again, a, bt.transpose());
+    kernels::gemm(again, a, bt.transpose());
     REQUIRE(again == transposed);
-    detail::gemm(threaded, a.transpose(), whole);
+    kernels::gemm(threaded, a.transpose(), whole);
     REQUIRE(threaded == weight_gradient);
     Eigen::setNbThreads(1);
   }
@@ -195,16 +196,16 @@ TEST_CASE("gemm's prefetch hint changes no bit of the product", "[core][gemm]") 
   const RowMatrix<float> b = random_matrix<float>(96, 150, 18);
   const RowMatrix<float> bt = random_matrix<float>(150, 96, 20);
   const RowMatrix<float> next = random_matrix<float>(200, 70, 19);
-  const auto hint = detail::prefetch_block(next.block(3, 5, 190, 60));
+  const auto hint = kernels::prefetch_block(next.block(3, 5, 190, 60));
   for (Index m : {5, 37}) {  // streamed, register tiles
     RowMatrix<float> plain(m, 150), hinted(m, 150);
-    detail::gemm(plain, a.topRows(m), b);
-    detail::gemm(hinted, a.topRows(m), b, false, hint);
+    kernels::gemm(plain, a.topRows(m), b);
+    kernels::gemm(hinted, a.topRows(m), b, false, hint);
     REQUIRE(hinted == plain);
   }
   RowMatrix<float> plain(37, 150), hinted(37, 150);  // register tiles over transposed weights
-  detail::gemm(plain, a, bt.transpose());
-  detail::gemm(hinted, a, bt.transpose(), false, hint);
+  kernels::gemm(plain, a, bt.transpose());
+  kernels::gemm(hinted, a, bt.transpose(), false, hint);
   REQUIRE(hinted == plain);
 }
 
@@ -219,7 +220,7 @@ TEST_CASE("gemm inside a team: each thread packs into its own buffers", "[core][
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static, 1) num_threads(2)
 #endif
-  for (int i = 0; i < kProducts; ++i) detail::gemm(results[static_cast<std::size_t>(i)], a, b);
+  for (int i = 0; i < kProducts; ++i) kernels::gemm(results[static_cast<std::size_t>(i)], a, b);
   for (const auto& result : results)
     REQUIRE(((result - expected).array().abs() <= 81 * 1e-16 * bound.array()).all());
 }
@@ -238,20 +239,20 @@ TEST_CASE("gemm over gathered rows equals gemm over their gathered copy, bit for
     RowMatrix<float> copy(m, 64);
     for (Index r = 0; r < m; ++r)
       copy.row(r) = source.row(rows[static_cast<std::size_t>(r)]).head(64);
-    const detail::GatheredRows<float> gathered(source.data(), source.cols(), rows.data(), m, 64);
+    const kernels::GatheredRows<float> gathered(source.data(), source.cols(), rows.data(), m, 64);
     for (bool accumulate : {false, true}) {
       RowMatrix<float> expected = random_matrix<float>(m, 90, 16), ours = expected;
-      detail::gemm(expected, copy, b, accumulate);
-      detail::gemm(ours, gathered, b, accumulate);
+      kernels::gemm(expected, copy, b, accumulate);
+      kernels::gemm(ours, gathered, b, accumulate);
       REQUIRE(ours == expected);
-      detail::gemm(expected, copy, bt.transpose(), accumulate);
-      detail::gemm(ours, gathered, bt.transpose(), accumulate);
+      kernels::gemm(expected, copy, bt.transpose(), accumulate);
+      kernels::gemm(ours, gathered, bt.transpose(), accumulate);
       REQUIRE(ours == expected);
       // And it is the product: against the triple loop.
       RowMatrix<float> reference = RowMatrix<float>::Zero(m, 90);
       RowMatrix<double> bound(m, 90);
       reference_product(reference, bound, copy, bt.transpose(), false);
-      detail::gemm(ours, gathered, bt.transpose());
+      kernels::gemm(ours, gathered, bt.transpose());
       REQUIRE(
           ((ours - reference).cast<double>().array().abs() <= 65 * 1.2e-7 * bound.array()).all());
     }

@@ -1,0 +1,252 @@
+// Each product kernel against its plain-loop reference (reference_kernels.hpp), bit for bit, over
+// every row, column and depth remainder of its tiles; the transposition the kernels pack with; and
+// which kernel select_product_kernel gives each shape.
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/reference_kernels.hpp"
+#include "moe/kernels/gemm.hpp"
+#include "support/catch.hpp"
+
+using namespace moe;
+using kernels::ProductKernel;
+using kernels::Storage;
+
+namespace {
+
+/// A [rows, cols] row-major block at an offset inside a wider random buffer, so a kernel that
+/// writes past the block's columns shows.
+template <class S>
+struct Buffer {
+  Index rows, cols, stride;
+  std::vector<S> values;
+  Buffer(Index r, Index c, unsigned seed) : rows(r), cols(c), stride(c + 5) {
+    std::mt19937 gen(seed);
+    std::uniform_real_distribution<double> uniform(-1.0, 1.0);
+    values.resize(static_cast<std::size_t>((r + 1) * stride + 3));
+    for (S& v : values) v = static_cast<S>(uniform(gen));
+  }
+  S* data() { return values.data() + 3; }
+  const S* data() const { return values.data() + 3; }
+  const S* row(Index i) const { return data() + i * stride; }
+};
+
+/// Runs `kernel` and `reference` on the same copies of c and requires the same bits everywhere.
+template <class S, class Kernel, class Reference>
+void require_same_bits(Buffer<S> c, const Kernel& kernel, const Reference& reference) {
+  Buffer<S> expected = c;
+  kernel(c.data(), c.stride);
+  reference(expected.data(), expected.stride);
+  REQUIRE(std::memcmp(c.values.data(), expected.values.data(), c.values.size() * sizeof(S)) == 0);
+}
+
+template <class S>
+void check_streamed(Index m, Index n, Index k) {
+  const Buffer<S> a(m, k, 1), at(k, m, 2), b(k, n, 3);
+  const auto by_rows = [&](Index i, Index p) { return a.row(i)[p]; };
+  const auto by_columns = [&](Index i, Index p) { return at.row(p)[i]; };
+  for (bool accumulate : {false, true}) {
+    INFO("streamed m=" << m << " n=" << n << " k=" << k << " accumulate=" << accumulate);
+    for (int transposed = 0; transposed < 2; ++transposed) {
+      require_same_bits<S>(
+          Buffer<S>(m, n, 4),
+          [&](S* c, Index cs) {
+            if (transposed)
+              kernels::detail::streamed_product(c, cs, m, n, k, by_columns, b.data(), b.stride,
+                                                accumulate);
+            else
+              kernels::detail::streamed_product(c, cs, m, n, k, by_rows, b.data(), b.stride,
+                                                accumulate);
+          },
+          [&](S* c, Index cs) {
+            if (transposed)
+              test::ref::streamed_product(c, cs, m, n, k, by_columns, b.data(), b.stride,
+                                          accumulate);
+            else
+              test::ref::streamed_product(c, cs, m, n, k, by_rows, b.data(), b.stride, accumulate);
+          });
+    }
+  }
+}
+
+template <class S>
+void check_skinny(Index m, Index n, Index k) {
+  const Buffer<S> a(m, k, 5), b(k, n, 6), bt(n, k, 7), next(4, 300, 8);
+  const auto lhs_row = [&](Index i) { return a.row(i); };
+  // What the kernels prefetch never changes what they compute.
+  const kernels::PrefetchBlock hint{reinterpret_cast<const char*>(next.data()), 4, 1000,
+                                    static_cast<Index>(next.stride * sizeof(S))};
+  for (bool accumulate : {false, true}) {
+    INFO("skinny m=" << m << " n=" << n << " k=" << k << " accumulate=" << accumulate);
+    require_same_bits<S>(
+        Buffer<S>(m, n, 9),
+        [&](S* c, Index cs) {
+          kernels::detail::skinny_product(c, cs, m, n, k, lhs_row, b.data(), b.stride, accumulate,
+                                          hint);
+        },
+        [&](S* c, Index cs) {
+          test::ref::skinny_product(c, cs, m, n, k, lhs_row, b.data(), b.stride, accumulate, hint);
+        });
+    require_same_bits<S>(
+        Buffer<S>(m, n, 10),
+        [&](S* c, Index cs) {
+          kernels::detail::skinny_product_nt(c, cs, m, n, k, lhs_row, bt.data(), bt.stride,
+                                             accumulate, hint);
+        },
+        [&](S* c, Index cs) {
+          test::ref::skinny_product_nt(c, cs, m, n, k, lhs_row, bt.data(), bt.stride, accumulate,
+                                       hint);
+        });
+  }
+}
+
+template <class S>
+void check_skinny_tn(Index m, Index n, Index k) {
+  const Buffer<S> a(k, m, 11), b(k, n, 12);
+  for (bool accumulate : {false, true}) {
+    INFO("skinny_tn m=" << m << " n=" << n << " k=" << k << " accumulate=" << accumulate);
+    require_same_bits<S>(
+        Buffer<S>(m, n, 13),
+        [&](S* c, Index cs) {
+          kernels::detail::skinny_product_tn(c, cs, m, n, k, a.data(), a.stride, b.data(), b.stride,
+                                             accumulate);
+        },
+        [&](S* c, Index cs) {
+          test::ref::skinny_product_tn(c, cs, m, n, k, a.data(), a.stride, b.data(), b.stride,
+                                       accumulate);
+        });
+  }
+}
+
+template <class S>
+void check_packed(Index m, Index n, Index k) {
+  const Buffer<S> a(m, k, 14), at(k, m, 15), b(k, n, 16), bt(n, k, 17);
+  const auto row_groups = [&](Index first, Index count, Index p0) {
+    kernels::detail::packed::RowGroup<S> group{};
+    for (Index r = 0; r < count; ++r) group.rows[r] = a.row(first + r) + p0;
+    return group;
+  };
+  const auto transposed_groups = [&](Index first, Index, Index p0) {
+    return kernels::detail::tiles::TransposedRows<S>{at.row(p0) + first, at.stride};
+  };
+  for (bool accumulate : {false, true})
+    for (bool rhs_transposed : {false, true})
+      for (bool lhs_transposed : {false, true}) {
+        INFO("packed m=" << m << " n=" << n << " k=" << k << " accumulate=" << accumulate
+                         << " rhs_transposed=" << rhs_transposed
+                         << " lhs_transposed=" << lhs_transposed);
+        const Buffer<S>& rhs = rhs_transposed ? bt : b;
+        const auto run = [&](auto&& product) {
+          return [&, product](S* c, Index cs) {
+            if (lhs_transposed)
+              product(c, cs, m, n, k, transposed_groups, rhs.data(), rhs.stride, rhs_transposed,
+                      accumulate);
+            else
+              product(c, cs, m, n, k, row_groups, rhs.data(), rhs.stride, rhs_transposed,
+                      accumulate);
+          };
+        };
+        require_same_bits<S>(Buffer<S>(m, n, 18), run([](auto&&... args) {
+                               kernels::detail::packed_product<S>(args...);
+                             }),
+                             run([](auto&&... args) { test::ref::packed_product<S>(args...); }));
+      }
+}
+
+template <class S>
+void check_transpose(Index width, Index depth) {
+  constexpr Index kStride = kernels::ProductBlocking<S>::kTileCols;
+  const Buffer<S> w(width, depth, 19);
+  // The kernels' buffer: cache-line aligned, kTileCols wide.
+  AlignedBuffer<S> ours(static_cast<std::size_t>(kStride * depth), S(0));
+  std::vector<S> expected(static_cast<std::size_t>(kStride * depth), S(0));
+  kernels::detail::transpose_into(ours.data(), w.data(), w.stride, width, depth);
+  test::ref::transpose_into(expected.data(), w.data(), w.stride, width, depth);
+  for (Index p = 0; p < depth; ++p)
+    for (Index j = 0; j < width; ++j)
+      REQUIRE(ours.data()[p * kStride + j] == expected[static_cast<std::size_t>(p * kStride + j)]);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("each product kernel computes its reference's bits", "[kernels][reference]",
+                   float, double) {
+  using S = TestType;
+  constexpr Index lanes = simd::kLanes<S>;
+  using B = kernels::ProductBlocking<S>;
+  SECTION("streamed: every depth remainder of 4, every row group of 4, every column remainder") {
+    for (Index m : {Index(2), Index(3), Index(5), B::kStreamedMaxRows})
+      for (Index n : {lanes, lanes + 3, Index(37)})
+        for (Index k : {Index(1), Index(3), Index(4), Index(9), Index(301)})
+          check_streamed<S>(m, n, k);
+  }
+  SECTION("register tiles in place and over transposed chunks") {
+    for (Index m : {B::kStreamedMaxRows + 1, Index(13), Index(23), B::kSkinnyMaxRows})
+      for (Index n : {lanes, lanes + 1, B::kTileCols, Index(131)})
+        for (Index k : {Index(0), Index(1), Index(37), B::kTransposeDepth, Index(300)})
+          check_skinny<S>(m, n, k);
+  }
+  SECTION("weight gradients over tens of rows of depth") {
+    for (Index m : {Index(5), Index(37)})
+      for (Index n : {lanes, B::kTileCols + 5, Index(70)})
+        for (Index k : {Index(1), Index(20), B::kSkinnyMaxDepth}) check_skinny_tn<S>(m, n, k);
+  }
+  SECTION("packed panels: row, column and depth blocks with their remainders") {
+    for (Index m : {Index(2), B::kTileRows + 3, Index(100)})
+      for (Index n : {lanes, lanes + 3, B::kTileCols + 5, B::kPackedCols + B::kTileCols + 1})
+        for (Index k : {Index(1), Index(9), B::kPackedDepth + 44}) check_packed<S>(m, n, k);
+  }
+  SECTION("the transposition of weights into panels") {
+    for (Index width : {Index(1), lanes, std::min(2 * lanes + 1, B::kTileCols), B::kTileCols})
+      for (Index depth : {Index(1), lanes, lanes * 8 + 1}) check_transpose<S>(width, depth);
+  }
+}
+
+TEST_CASE("select_product_kernel picks each kernel from storage and shapes", "[kernels][gemm]") {
+  using S = float;
+  constexpr Index lanes = simd::kLanes<S>;
+  using B = kernels::ProductBlocking<S>;
+  constexpr auto R = Storage::row_major, C = Storage::column_major, G = Storage::gathered,
+                 X = Storage::expression;
+  const auto pick = [](Storage lhs, Storage rhs, Index m, Index n, Index k) {
+    return kernels::select_product_kernel<S>(R, lhs, rhs, m, n, k);
+  };
+  const bool vectors = simd::kVectorized<S>;
+  const bool own = kernels::kOwnLargeProducts;
+  const ProductKernel large = own ? ProductKernel::packed : ProductKernel::eigen;
+  if (vectors) {
+    // A decode step's rows per expert stream the weights; tens of rows tile them in place.
+    CHECK(pick(R, R, 2, 1024, 2048) == ProductKernel::streamed);
+    CHECK(pick(G, R, B::kStreamedMaxRows, 1024, 2048) == ProductKernel::streamed);
+    CHECK(pick(C, R, 4, 256, 512) == ProductKernel::streamed);
+    CHECK(pick(R, R, B::kStreamedMaxRows + 1, 512, 256) == ProductKernel::skinny);
+    CHECK(pick(G, R, B::kSkinnyMaxRows, 512, 256) == ProductKernel::skinny);
+    CHECK(pick(R, C, 32, 512, 256) == ProductKernel::skinny_nt);
+    // Weight gradients over an expert's tens of tokens sum straight into the result.
+    CHECK(pick(C, R, 512, 256, B::kSkinnyMaxDepth) == ProductKernel::skinny_tn);
+    // Everything larger runs over packed panels (or goes to a BLAS backend).
+    CHECK(pick(R, R, B::kSkinnyMaxRows + 1, 512, 256) == large);
+    CHECK(pick(R, C, 4, 512, 256) == large);
+    CHECK(pick(C, R, 512, 256, B::kSkinnyMaxDepth + 1) == large);
+    CHECK(pick(C, C, 100, 100, 100) == large);
+    CHECK(pick(G, C, 4096, 1024, 512) == large);
+  }
+  // Results narrower than a packet: Eigen's blocked GEMM on this thread.
+  CHECK(pick(R, R, 4096, lanes - 1 > 1 ? lanes - 1 : 2, 1024) ==
+        (own ? ProductKernel::eigen_gemm : ProductKernel::eigen));
+  // A row vector is Eigen's GEMV; tiny products its coefficient-wise product; expressions its own.
+  CHECK(pick(R, R, 1, 1024, 2048) == ProductKernel::eigen);
+  CHECK(pick(R, R, 2, 2, 2) ==
+        (vectors && lanes <= 2 ? ProductKernel::streamed : ProductKernel::eigen));
+  CHECK(pick(X, R, 100, 100, 100) == ProductKernel::eigen);
+  CHECK(pick(R, X, 100, 100, 100) == ProductKernel::eigen);
+  CHECK(kernels::select_product_kernel<S>(C, R, R, 100, 100, 100) == ProductKernel::eigen);
+  // What gemm passes for Eigen types.
+  STATIC_REQUIRE(kernels::storage_of<RowMatrix<S>>() == R);
+  STATIC_REQUIRE(kernels::storage_of<decltype(RowMatrix<S>().transpose())>() == C);
+  STATIC_REQUIRE(kernels::storage_of<decltype(RowMatrix<S>().block(0, 0, 1, 1))>() == R);
+  STATIC_REQUIRE(kernels::storage_of<decltype(RowMatrix<S>().col(0))>() == X);
+  STATIC_REQUIRE(kernels::storage_of<decltype(RowMatrix<S>() + RowMatrix<S>())>() == X);
+}
