@@ -1,6 +1,8 @@
 // moe-routing: the umbrella header. Include the family headers directly for faster builds.
 #pragma once
 
+#include "moe/version.hpp"
+
 #include "moe/core/error.hpp"
 #include "moe/core/parameters.hpp"
 #include "moe/core/random.hpp"
