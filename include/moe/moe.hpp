@@ -1,4 +1,6 @@
 // moe-routing: the umbrella header. Include the family headers directly for faster builds.
+// Not included here: moe/health/export.hpp (the health exporters), moe/health/tensor.hpp (Eigen's
+// Tensor module) and moe/parallel/ (MPI).
 #pragma once
 
 #include "moe/version.hpp"
