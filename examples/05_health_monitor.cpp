@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "moe/core/random.hpp"
+#include "moe/health/export.hpp"
 #include "moe/health/health.hpp"
 
 namespace {

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include <moe/health/export.hpp>
 #include <moe/health/health.hpp>
 #include <moe/layer/moe_layer.hpp>
 #ifdef _OPENMP

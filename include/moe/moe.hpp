@@ -1,5 +1,9 @@
 // moe-routing: the umbrella header. Include the family headers directly for faster builds.
+// Not included here: moe/health/export.hpp (the health exporters), moe/health/tensor.hpp (Eigen's
+// Tensor module) and moe/parallel/ (MPI).
 #pragma once
+
+#include "moe/version.hpp"
 
 #include "moe/core/error.hpp"
 #include "moe/core/parameters.hpp"

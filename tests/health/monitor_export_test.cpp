@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/health/export.hpp"
 #include "moe/health/health.hpp"
 #include "support/catch.hpp"
 

@@ -1,0 +1,27 @@
+// A user's program that includes one family header: the top-k selection, whose lane-parallel path
+// uses the packet operations moe needs Eigen 3.4 or newer for. Small, so the consumer projects that
+// test packaging alone (another Eigen package, add_subdirectory) compile quickly.
+#include <cstdio>
+
+#include <moe/routing/topk.hpp>
+#include <moe/version.hpp>
+
+int main() {
+  // 16 tokens (more than one block of lanes) over 4 experts: token t prefers expert t % 4, then
+  // expert (t + 1) % 4.
+  moe::RowMatrix<float> scores = moe::RowMatrix<float>::Zero(16, 4);
+  for (int t = 0; t < 16; ++t) {
+    scores(t, t % 4) = 2;
+    scores(t, (t + 1) % 4) = 1;
+  }
+  moe::ExpertIdMatrix ids;
+  moe::RowMatrix<float> selected;
+  moe::top_k_rows<float>(scores, 2, ids, selected);
+  bool ok = true;
+  for (int t = 0; t < 16; ++t)
+    ok = ok && ids(t, 0) == t % 4 && ids(t, 1) == (t + 1) % 4 && selected(t, 0) == 2;
+  constexpr moe::Version v = moe::version();
+  std::printf("consumer: moe %d.%d.%d, top-2 of 16 tokens -> %s\n", v.major, v.minor, v.patch,
+              ok ? "ok" : "WRONG");
+  return ok ? 0 : 1;
+}
