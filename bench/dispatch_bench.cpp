@@ -5,7 +5,7 @@
 
 #include <moe/dispatch/capacity_planner.hpp>
 #include <moe/dispatch/dispatch.hpp>
-#include <moe/routing/expert_choice.hpp>
+#include <moe/dispatch/expert_choice.hpp>
 
 #include <algorithm>
 #include <chrono>

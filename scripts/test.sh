@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: a Release build with g++ (C++17, OpenMP, benches and the
-# consumer projects compiled), the same tests under AddressSanitizer + UBSan, and a clang++ C++20
-# build. Installs what is missing first.
+# The whole test suite, as CI runs it: the include graph of the families, a Release build with g++
+# (C++17, OpenMP, MPI; tests, examples, benches and the consumer projects), the tests under
+# AddressSanitizer + UBSan, and the tests in a clang++ C++20 build. Installs what is missing first,
+# and prints each stage's time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 ensure_packages "${BUILD_PACKAGES[@]}"
 
 jobs=$(nproc)
+total=$SECONDS
+
+start=$SECONDS
+echo "=== include graph ==="
+bash scripts/check_includes.sh
+echo "=== include graph: $((SECONDS - start)) s ==="
+
 for preset in release asan-ubsan clang-cxx20; do
   echo "=== $preset ==="
   start=$SECONDS
@@ -16,3 +24,4 @@ for preset in release asan-ubsan clang-cxx20; do
   ctest --preset "$preset" -j "$jobs"
   echo "=== $preset: $((SECONDS - start)) s ==="
 done
+echo "=== all stages: $((SECONDS - total)) s ==="

@@ -5,28 +5,31 @@
 
 #include "moe/version.hpp"
 
+#include "moe/core/aligned_buffer.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/parameters.hpp"
 #include "moe/core/random.hpp"
 #include "moe/core/types.hpp"
 #include "moe/core/workspace.hpp"
 
+#include "moe/kernels/gemm.hpp"
+
 #include "moe/routing/config.hpp"
-#include "moe/routing/expert_choice.hpp"
 #include "moe/routing/presets.hpp"
 #include "moe/routing/router.hpp"
 #include "moe/routing/routing.hpp"
 #include "moe/routing/topk.hpp"
 
 #include "moe/dispatch/capacity_planner.hpp"
-#include "moe/dispatch/capacity_stats.hpp"
 #include "moe/dispatch/dispatch.hpp"
 #include "moe/dispatch/dropless_permute.hpp"
 #include "moe/dispatch/dropless_plan.hpp"
+#include "moe/dispatch/expert_choice.hpp"
+
+#include "moe/sparse/ops.hpp"
 
 #include "moe/experts/capacity_ffn.hpp"
 #include "moe/experts/dropless_ffn.hpp"
-#include "moe/sparse/ops.hpp"
 
 #include "moe/balance/bias_balancer.hpp"
 #include "moe/balance/global_load_balancing_loss.hpp"

@@ -2,7 +2,7 @@
 // differences; expert choice routing against a full-sort reference.
 #include <moe/dispatch/capacity_planner.hpp>
 #include <moe/dispatch/dispatch.hpp>
-#include <moe/routing/expert_choice.hpp>
+#include <moe/dispatch/expert_choice.hpp>
 #include <moe/routing/presets.hpp>
 #include <moe/routing/router.hpp>
 

@@ -2,7 +2,7 @@
 // renormalization, routing groups, agreement with the sort-based reference on random shapes,
 // invariants, edge cases and bad input.
 #include <moe/dispatch/capacity_planner.hpp>
-#include <moe/dispatch/capacity_stats.hpp>
+#include <moe/health/capacity.hpp>
 
 #include <cmath>
 #include <vector>

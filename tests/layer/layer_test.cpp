@@ -115,7 +115,7 @@ TEST_CASE("MoELayer forward matches the per-token reference", "[layer]") {
           }
           if (dispatch == moe::DispatchKind::capacity) {
             CHECK(out.health.capacity.has_value());
-            CHECK(ctx.capacity_plan.total_dropped > 0);  // the case exercises drops
+            CHECK(ctx.exchange.capacity_plan.total_dropped > 0);  // the case exercises drops
           }
         }
 }

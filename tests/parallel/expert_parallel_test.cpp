@@ -1,7 +1,7 @@
 // The expert-parallel layer against the single-process MoELayer on the concatenated batch: every
 // rank also runs the whole batch through MoELayer and compares its share (double, 1e-12). Runs
-// under mpirun with 2 and 4 processes. Checks that fail on one rank never skip a collective: every
-// comparison is a CHECK, made after all collectives of the test case.
+// under mpirun with 1, 2 and 4 processes. Checks that fail on one rank never skip a collective:
+// every comparison is a CHECK, made after all collectives of the test case.
 #include <mpi.h>
 
 #include <algorithm>
@@ -362,4 +362,93 @@ TEST_CASE("expert-parallel backward into kept gradients equals a fresh backward"
                       relative_error(kept.router.weight, fresh.router.weight)});
   }
   CHECK(worst == 0.0);
+}
+
+TEST_CASE("one rank: the all-to-all exchange computes the local exchange's result", "[parallel]") {
+  // Every rank alone, over a communicator of itself: the exchange moves nothing. Dropless, the
+  // experts see the same rows in the same order, so every output and gradient is bit for bit the
+  // local exchange's. Under capacity the local experts read their slots in the drop policy's order
+  // (choice-major here) and the exchanged rows arrive in token order, so the weight gradients sum
+  // an expert's rows in another order: equal to 1e-12, outputs still bit for bit.
+  const moe::Communicator self(MPI_COMM_SELF);
+  for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
+    INFO((dispatch == moe::DispatchKind::dropless ? "dropless" : "capacity"));
+    moe::MoELayerConfig c = base_config();
+    c.dispatch = dispatch;
+    c.capacity.train_factor = 0.75;
+    moe::MoELayer<double> local = whole_layer(c);
+    moe::ExpertParallelMoELayer<double> ep(c, self);
+    ep.load_from(local);
+    const Matrix x = random_matrix(9, c.router.hidden, 61);
+    const Matrix grad_y = random_matrix(9, c.router.hidden, 62);
+    moe::MoELayerContext<double> local_ctx;
+    moe::ExpertParallelContext<double> ctx;
+    const auto ref = local.forward(x, local_ctx, moe::Mode::train, 7);
+    const auto ref_grads = local.backward(x, local_ctx, grad_y);
+    const auto out = ep.forward(x, ctx, moe::Mode::train, 7);
+    const auto grads = ep.backward(x, ctx, grad_y);
+    CHECK(out.y == ref.y);
+    CHECK(out.aux_loss == ref.aux_loss);
+    CHECK(grads.x == ref_grads.x);
+    CHECK(grads.router.weight == ref_grads.router.weight);
+    CHECK(grads.shared.w1 == ref_grads.shared.w1);
+    if (dispatch == moe::DispatchKind::dropless) {
+      CHECK(grads.experts.w1 == ref_grads.experts.w1);
+      CHECK(grads.experts.w2 == ref_grads.experts.w2);
+    } else {
+      CHECK(relative_error(grads.experts.w1, ref_grads.experts.w1) <= kTolerance);
+      CHECK(relative_error(grads.experts.w2, ref_grads.experts.w2) <= kTolerance);
+    }
+  }
+}
+
+TEST_CASE("an expert-parallel layer over caller buffers computes what the owned one does",
+          "[parallel][parameters]") {
+  const moe::Communicator comm;
+  const moe::MoELayerConfig c = base_config();
+  moe::ExpertParallelMoELayer<double> owned(c, comm);
+  owned.load_from(whole_layer(c));
+
+  // The caller's storage: one vector per parameter, holding a copy of the owned layer's values
+  // (this rank's experts only).
+  std::vector<std::vector<double>> storage;
+  storage.reserve(16);
+  const auto keep = [&](const auto& values) {
+    storage.emplace_back(values.data(), values.data() + values.size());
+    return moe::ParameterBuffer<double>{storage.back().data(),
+                                        static_cast<Index>(storage.back().size())};
+  };
+  const auto keep_experts = [&](const moe::ExpertWeights<double>& w) {
+    return moe::ExpertBuffers<double>{keep(w.w1), keep(w.w3), keep(w.w2),
+                                      keep(w.b1), keep(w.b3), keep(w.b2)};
+  };
+  moe::MoELayerBuffers<double> buffers;
+  buffers.router = {keep(owned.router.weight), keep(owned.router.bias),
+                    keep(owned.router.noise_weight), keep(owned.router.selection_bias)};
+  buffers.experts = keep_experts(owned.experts);
+  buffers.shared = keep_experts(owned.shared);
+  buffers.shared_gate_weight = keep(owned.shared_gate_weight);
+  auto mapped = moe::ExpertParallelMoELayer<double>::mapped(c, buffers, comm);
+  CHECK(mapped.maps_caller_buffers());
+  CHECK(mapped.experts.w1.data() == buffers.experts.w1.data);
+  CHECK(mapped.router.weight.data() == buffers.router.weight.data);
+  CHECK(mapped.num_local_experts() == owned.num_local_experts());
+
+  const Batch b = make_batch(comm, c.router.hidden, 71);
+  const Matrix x = b.own(b.x), grad_y = b.own(b.grad_y);
+  moe::ExpertParallelContext<double> owned_ctx, mapped_ctx;
+  const auto ref = owned.forward(x, owned_ctx, moe::Mode::train, 3);
+  const auto ref_grads = owned.backward(x, owned_ctx, grad_y);
+  const auto out = mapped.forward(x, mapped_ctx, moe::Mode::train, 3);
+  const auto grads = mapped.backward(x, mapped_ctx, grad_y);
+  CHECK(out.y == ref.y);
+  CHECK(grads.x == ref_grads.x);
+  CHECK(grads.experts.w1 == ref_grads.experts.w1);
+  CHECK(grads.router.weight == ref_grads.router.weight);
+
+  // An optimizer step through the members lands in the caller's buffer.
+  mapped.experts.w2 -= 0.5 * grads.experts.w2;
+  owned.experts.w2 -= 0.5 * ref_grads.experts.w2;
+  CHECK(Eigen::Map<const Matrix>(buffers.experts.w2.data, owned.experts.w2.rows(),
+                                 owned.experts.w2.cols()) == owned.experts.w2);
 }

@@ -35,6 +35,16 @@ using MatrixRef = Eigen::Ref<RowMatrix<S>>;
 template <class S>
 using ConstVectorRef = Eigen::Ref<const Vector<S>>;
 
+/// T itself, in a context that takes no part in template argument deduction (C++20's
+/// std::type_identity_t): a function taking a plan of S and `ConstMatrixRef<type_identity_t<S>>`
+/// deduces S from the plan alone, so any Eigen expression converts to the Ref.
+template <class T>
+struct type_identity {
+  using type = T;
+};
+template <class T>
+using type_identity_t = typename type_identity<T>::type;
+
 /// Training enables noise, jitter, and the statistics balancers accumulate; evaluation is
 /// deterministic.
 enum class Mode { train, eval };

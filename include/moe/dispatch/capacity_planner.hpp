@@ -25,7 +25,7 @@ namespace moe {
 /// `seed` only matters for DropPolicy::random.
 template <class S>
 CapacityPlan<S> make_capacity_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_ids,
-                                   const ConstMatrixRef<detail::plan_scalar_t<S>>& gates,
+                                   const ConstMatrixRef<type_identity_t<S>>& gates,
                                    Index num_experts, const CapacityConfig& config, Mode mode,
                                    std::uint64_t seed = 0) {
   validate(config);
@@ -112,7 +112,7 @@ CapacityPlan<S> make_capacity_plan(const Routing<S>& routing, const CapacityConf
 /// D = Σ_kept g (the Σ term vanishes when D was clamped to eps).
 template <class S>
 RowMatrix<S> capacity_plan_backward(const CapacityPlan<S>& plan,
-                                    const ConstVectorRef<detail::plan_scalar_t<S>>& grad_weight) {
+                                    const ConstVectorRef<type_identity_t<S>>& grad_weight) {
   require(plan.top_k >= 1, "plan", "a token-choice plan (top_k >= 1)",
           "an expert-choice plan (top_k 0); use expert_choice_backward");
   require(grad_weight.size() == plan.num_entries(), "grad_weight",

@@ -90,8 +90,8 @@ void reduce_token(const CapacityPlan<S>& plan, Index t, const Rows& rows, S* out
 
 /// buffer[e·C + c] = x[token of slot (e, c)], zero for an empty slot (GShard "sec,sm->ecm").
 template <class S>
-void dispatch(const CapacityPlan<S>& plan, const ConstMatrixRef<detail::plan_scalar_t<S>>& x,
-              MatrixRef<detail::plan_scalar_t<S>> buffer) {
+void dispatch(const CapacityPlan<S>& plan, const ConstMatrixRef<type_identity_t<S>>& x,
+              MatrixRef<type_identity_t<S>> buffer) {
   detail::check_plan_arrays(plan);
   require_shape(x, "x", plan.num_tokens, -1);
   require_shape(buffer, "buffer", plan.num_slots(), x.cols());
@@ -112,8 +112,7 @@ void dispatch(const CapacityPlan<S>& plan, const ConstMatrixRef<detail::plan_sca
 }
 
 template <class S>
-RowMatrix<S> dispatch(const CapacityPlan<S>& plan,
-                      const ConstMatrixRef<detail::plan_scalar_t<S>>& x) {
+RowMatrix<S> dispatch(const CapacityPlan<S>& plan, const ConstMatrixRef<type_identity_t<S>>& x) {
   RowMatrix<S> buffer(plan.num_slots(), x.cols());
   dispatch(plan, x, buffer);
   return buffer;
@@ -122,8 +121,8 @@ RowMatrix<S> dispatch(const CapacityPlan<S>& plan,
 /// grad_x[t] = Σ over t's kept entries, in choice order, of grad_buffer[slot]; 0 if none kept.
 template <class S>
 void dispatch_backward(const CapacityPlan<S>& plan,
-                       const ConstMatrixRef<detail::plan_scalar_t<S>>& grad_buffer,
-                       MatrixRef<detail::plan_scalar_t<S>> grad_x) {
+                       const ConstMatrixRef<type_identity_t<S>>& grad_buffer,
+                       MatrixRef<type_identity_t<S>> grad_x) {
   detail::check_plan_arrays(plan);
   require_shape(grad_buffer, "grad_buffer", plan.num_slots(), -1);
   require_shape(grad_x, "grad_x", plan.num_tokens, grad_buffer.cols());
@@ -138,7 +137,7 @@ void dispatch_backward(const CapacityPlan<S>& plan,
 
 template <class S>
 RowMatrix<S> dispatch_backward(const CapacityPlan<S>& plan,
-                               const ConstMatrixRef<detail::plan_scalar_t<S>>& grad_buffer) {
+                               const ConstMatrixRef<type_identity_t<S>>& grad_buffer) {
   RowMatrix<S> grad_x(plan.num_tokens, grad_buffer.cols());
   dispatch_backward(plan, grad_buffer, grad_x);
   return grad_x;
@@ -147,9 +146,8 @@ RowMatrix<S> dispatch_backward(const CapacityPlan<S>& plan,
 /// y[t] = Σ over t's kept entries, in choice order, of w · expert_out[slot]; a dropped entry adds
 /// nothing and a token with no kept entry gets 0 (its residual carries it).
 template <class S>
-void combine(const CapacityPlan<S>& plan,
-             const ConstMatrixRef<detail::plan_scalar_t<S>>& expert_out,
-             MatrixRef<detail::plan_scalar_t<S>> y) {
+void combine(const CapacityPlan<S>& plan, const ConstMatrixRef<type_identity_t<S>>& expert_out,
+             MatrixRef<type_identity_t<S>> y) {
   detail::check_plan_arrays(plan);
   require_shape(expert_out, "expert_out", plan.num_slots(), -1);
   require_shape(y, "y", plan.num_tokens, expert_out.cols());
@@ -164,7 +162,7 @@ void combine(const CapacityPlan<S>& plan,
 
 template <class S>
 RowMatrix<S> combine(const CapacityPlan<S>& plan,
-                     const ConstMatrixRef<detail::plan_scalar_t<S>>& expert_out) {
+                     const ConstMatrixRef<type_identity_t<S>>& expert_out) {
   RowMatrix<S> y(plan.num_tokens, expert_out.cols());
   combine(plan, expert_out, y);
   return y;
@@ -174,10 +172,10 @@ RowMatrix<S> combine(const CapacityPlan<S>& plan,
 /// grad_weight[i] = <expert_out[slot], grad_y[t]> for a kept entry, 0 for a dropped one.
 template <class S>
 void combine_backward(const CapacityPlan<S>& plan,
-                      const ConstMatrixRef<detail::plan_scalar_t<S>>& expert_out,
-                      const ConstMatrixRef<detail::plan_scalar_t<S>>& grad_y,
-                      MatrixRef<detail::plan_scalar_t<S>> grad_expert_out,
-                      Eigen::Ref<Vector<detail::plan_scalar_t<S>>> grad_weight) {
+                      const ConstMatrixRef<type_identity_t<S>>& expert_out,
+                      const ConstMatrixRef<type_identity_t<S>>& grad_y,
+                      MatrixRef<type_identity_t<S>> grad_expert_out,
+                      Eigen::Ref<Vector<type_identity_t<S>>> grad_weight) {
   detail::check_plan_arrays(plan);
   require_shape(expert_out, "expert_out", plan.num_slots(), -1);
   require_shape(grad_y, "grad_y", plan.num_tokens, expert_out.cols());
@@ -217,8 +215,8 @@ struct CombineGradients {
 
 template <class S>
 CombineGradients<S> combine_backward(const CapacityPlan<S>& plan,
-                                     const ConstMatrixRef<detail::plan_scalar_t<S>>& expert_out,
-                                     const ConstMatrixRef<detail::plan_scalar_t<S>>& grad_y) {
+                                     const ConstMatrixRef<type_identity_t<S>>& expert_out,
+                                     const ConstMatrixRef<type_identity_t<S>>& grad_y) {
   CombineGradients<S> grads;
   grads.expert_out.resize(plan.num_slots(), expert_out.cols());
   grads.weight.resize(plan.num_entries());

@@ -3,7 +3,6 @@
 // backward.
 #pragma once
 
-#include "moe/kernels/gemm.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/core/workspace.hpp"
@@ -11,9 +10,19 @@
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/detail/grouped_ffn.hpp"
 #include "moe/experts/expert_weights.hpp"
+#include "moe/kernels/gemm.hpp"
 #include "moe/sparse/topology.hpp"
 
 namespace moe {
+
+/// Topology of a dropless plan's padded buffer; block_cols = 0 takes the plan's block size, giving
+/// MegaBlocks' square B x B blocks.
+inline BlockSparseTopology make_topology(const DroplessPlan& plan, Index ffn_hidden,
+                                         Index block_cols = 0) {
+  require(block_cols >= 0, "block_cols", ">= 0 (0: the plan's block size)", block_cols);
+  return make_topology(plan.padded_offsets, plan.tokens_per_expert, plan.block_size, ffn_hidden,
+                       block_cols == 0 ? plan.block_size : block_cols);
+}
 
 /// What dropless_ffn_forward saves for backward, plus its scratch. Owned by the caller and reused
 /// across steps: once its workspace has grown to the largest step, a step does not allocate its
@@ -81,8 +90,8 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
     auto row_token = ctx.workspace.template vector<Index>(detail::kRowTokenSlot, ctx.padded_rows);
     const Index pairs = plan.num_tokens * plan.top_k;
     for (Index p = 0; p < pairs; ++p) row_token[plan.pair_row[p]] = p / plan.top_k;
-    const kernels::GatheredRows<S> rows(x.data(), x.outerStride(), row_token.data(), ctx.padded_rows,
-                                       c.hidden);
+    const kernels::GatheredRows<S> rows(x.data(), x.outerStride(), row_token.data(),
+                                        ctx.padded_rows, c.hidden);
     detail::grouped_ffn_forward<S>(weights, ctx.topology, rows, buf, buf.y());
   }
   dropless_unpermute<S>(buf.y(), gates, plan, out);

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "moe/core/error.hpp"
@@ -44,21 +46,101 @@ struct ExpertBuffers {
   ParameterBuffer<S> b2;  ///< E*d elements with config.bias, else 0
 };
 
-/// W1 [E, d, f] as [E*d, f], W3 [E, d, f] (gated only), W2 [E, f, d] as [E*f, d]; biases when
-/// config.bias. Expert e computes y = act(x W1[e] + b1[e]) W2[e] + b2[e] (x a row vector).
-/// The members are Eigen::Map views of fixed shape over one allocation the object owns, or over the
-/// caller's buffers (mapped()). A copy always owns its values; assigning to an object that maps
-/// caller buffers writes the values into those buffers. The same struct holds the gradients
-/// (ExpertGradients).
+/// The parameters of E experts (see ParameterSet): W1 [E, d, f] as [E*d, f], W3 [E, d, f] (gated
+/// only), W2 [E, f, d] as [E*f, d]; biases when config.bias. Each expert's matrix is one contiguous
+/// block.
 template <class S>
-struct ExpertWeights {
-  ExpertWeights() = default;
+struct ExpertSlots {
+  using Scalar = S;
+  static constexpr const char* kName = "ExpertWeights";
+
+  MatrixMap<S> w1{nullptr, 0, 0};  ///< [E*d, f]
+  MatrixMap<S> w3{nullptr, 0, 0};  ///< [E*d, f] for gated activations, else empty
+  MatrixMap<S> w2{nullptr, 0, 0};  ///< [E*f, d]
+  MatrixMap<S> b1{nullptr, 0, 0};  ///< [E, f] when config.bias
+  MatrixMap<S> b3{nullptr, 0, 0};  ///< [E, f] when config.bias and gated
+  MatrixMap<S> b2{nullptr, 0, 0};  ///< [E, d] when config.bias
+
+  static constexpr auto slots() {
+    return std::make_tuple(slot(&ExpertSlots::w1, "w1"), slot(&ExpertSlots::w3, "w3"),
+                           slot(&ExpertSlots::w2, "w2"), slot(&ExpertSlots::b1, "b1"),
+                           slot(&ExpertSlots::b3, "b3"), slot(&ExpertSlots::b2, "b2"));
+  }
+
+  /// No experts: every parameter empty.
+  ExpertSlots() = default;
+
+  /// Unbound parameters of the config's shapes.
+  explicit ExpertSlots(const ExpertFFNConfig& c)
+      : w1(make(c, 0)),
+        w3(make(c, 1)),
+        w2(make(c, 2)),
+        b1(make(c, 3)),
+        b3(make(c, 4)),
+        b2(make(c, 5)) {}
+
+  /// Over the caller's buffers.
+  ExpertSlots(const ExpertFFNConfig& c, const ExpertBuffers<S>& b, const std::string& name)
+      : w1(make(c, 0, &b.w1, name + ".w1")),
+        w3(make(c, 1, &b.w3, name + ".w3")),
+        w2(make(c, 2, &b.w2, name + ".w2")),
+        b1(make(c, 3, &b.b1, name + ".b1")),
+        b3(make(c, 4, &b.b3, name + ".b3")),
+        b2(make(c, 5, &b.b2, name + ".b2")) {}
+
+ private:
+  /// Parameter `which` (slots() order) of config c, over `buffer` or unbound.
+  static MatrixMap<S> make(const ExpertFFNConfig& c, int which,
+                           const ParameterBuffer<S>* buffer = nullptr,
+                           const std::string& name = std::string()) {
+    const auto [rows, cols] = shape(c, which);
+    return buffer ? map_buffer<MatrixMap<S>>(*buffer, rows, cols, name)
+                  : unbound<MatrixMap<S>>(rows, cols);
+  }
+
+  /// [rows, cols] of parameter `which` (slots() order) under config c.
+  static std::pair<Index, Index> shape(const ExpertFFNConfig& c, int which) {
+    const Index e = c.num_experts, d = c.hidden, f = c.ffn_hidden;
+    const bool gated = is_gated(c.activation), bias = c.bias;
+    switch (which) {
+      case 0:
+        return {e * d, f};
+      case 1:
+        return {gated ? e * d : 0, gated ? f : 0};
+      case 2:
+        return {e * f, d};
+      case 3:
+        return {bias ? e : 0, bias ? f : 0};
+      case 4:
+        return {bias && gated ? e : 0, bias && gated ? f : 0};
+      default:
+        return {bias ? e : 0, bias ? d : 0};
+    }
+  }
+};
+
+/// The experts' parameters as public members (ExpertSlots): Eigen::Map views of fixed shape over
+/// one allocation the object owns, or over the caller's buffers (mapped()). Expert e computes
+/// y = act(x W1[e] + b1[e]) W2[e] + b2[e] (x a row vector). A copy always owns its values;
+/// assigning to an object that maps caller buffers writes the values into those buffers. The same
+/// type holds the gradients (ExpertGradients).
+template <class S>
+struct ExpertWeights : ParameterSet<ExpertSlots<S>> {
+  using ExpertSlots<S>::w1;
+  using ExpertSlots<S>::w3;
+  using ExpertSlots<S>::w2;
+  using ExpertSlots<S>::b1;
+  using ExpertSlots<S>::b3;
+  using ExpertSlots<S>::b2;
+
+  ExpertFFNConfig config;
+
+  /// No experts.
+  ExpertWeights() : ParameterSet<ExpertSlots<S>>(std::in_place) {}
 
   /// Zero-initialized parameters with the config's shapes, owned (one allocation).
-  explicit ExpertWeights(const ExpertFFNConfig& c) : config(c) {
-    validate(c);
-    storage_.bind(visitor(nullptr));
-  }
+  explicit ExpertWeights(const ExpertFFNConfig& c)
+      : ParameterSet<ExpertSlots<S>>(std::in_place, validated(c)), config(c) {}
 
   /// Parameters that are views over the caller's buffers, without copying: writing into a buffer
   /// changes the experts, and w1.data() == buffers.w1.data. Each buffer must hold exactly the size
@@ -66,38 +148,8 @@ struct ExpertWeights {
   /// `name` is what errors call `buffers` (e.g. "buffers.shared" inside a layer's buffers).
   static ExpertWeights mapped(const ExpertFFNConfig& c, const ExpertBuffers<S>& buffers,
                               const std::string& name = "buffers") {
-    validate(c);
-    ExpertWeights w;
-    w.config = c;
-    w.storage_.bind(w.visitor(&buffers, &name));
-    return w;
+    return ExpertWeights(c, buffers, name);
   }
-
-  ExpertWeights(const ExpertWeights& other) : config(other.config) {
-    storage_.bind(visitor(nullptr));
-    detail::copy_parameters<S>(visitor(nullptr), other.visitor(nullptr), "ExpertWeights");
-  }
-  ExpertWeights(ExpertWeights&& other) noexcept : config(other.config) {
-    detail::steal_parameters<S>(storage_, visitor(nullptr), other.storage_, other.visitor(nullptr));
-  }
-  ExpertWeights& operator=(const ExpertWeights& other) {
-    if (this == &other) return *this;
-    if (storage_.maps_caller) {
-      detail::copy_parameters<S>(visitor(nullptr), other.visitor(nullptr), "ExpertWeights");
-      config = other.config;
-      return *this;
-    }
-    return *this = ExpertWeights(other);
-  }
-  /// Takes over `other`'s storage, unless this maps caller buffers: then it copies the values in.
-  ExpertWeights& operator=(ExpertWeights&& other) {
-    if (this == &other) return *this;
-    if (storage_.maps_caller) return *this = static_cast<const ExpertWeights&>(other);
-    config = other.config;
-    detail::steal_parameters<S>(storage_, visitor(nullptr), other.storage_, other.visitor(nullptr));
-    return *this;
-  }
-  ~ExpertWeights() = default;
 
   /// Every parameter N(0, stddev) from a counter RNG: the same values at any thread count.
   void init_weights(std::uint64_t seed, double stddev) {
@@ -133,41 +185,14 @@ struct ExpertWeights {
     }
   }
 
-  /// Whether some parameter views a caller's buffer (mapped() or assigned into one).
-  bool maps_caller_buffers() const noexcept { return storage_.maps_caller; }
-
-  ExpertFFNConfig config;
-  MatrixMap<S> w1{nullptr, 0, 0};  ///< [E*d, f]
-  MatrixMap<S> w3{nullptr, 0, 0};  ///< [E*d, f] for gated activations, else empty
-  MatrixMap<S> w2{nullptr, 0, 0};  ///< [E*f, d]
-  MatrixMap<S> b1{nullptr, 0, 0};  ///< [E, f] when config.bias
-  MatrixMap<S> b3{nullptr, 0, 0};  ///< [E, f] when config.bias and gated
-  MatrixMap<S> b2{nullptr, 0, 0};  ///< [E, d] when config.bias
-
  private:
-  /// Calls f(map, rows, cols, caller buffer or nullptr, name) for each parameter in storage order.
-  auto visitor(const ExpertBuffers<S>* buffers, const std::string* name = nullptr) const {
-    auto* self = const_cast<ExpertWeights*>(this);  // const objects only read through the maps
-    return [self, buffers, name](auto&& f) {
-      const ExpertFFNConfig& c = self->config;
-      const Index e = c.num_experts, d = c.hidden, h = c.ffn_hidden;
-      const bool gated = is_gated(c.activation), bias = c.bias;
-      auto in = [&](const ParameterBuffer<S> ExpertBuffers<S>::*member) {
-        return buffers ? &(buffers->*member) : nullptr;
-      };
-      auto label = [&](const char* field) { return name ? *name + field : std::string(); };
-      f(self->w1, e * d, h, in(&ExpertBuffers<S>::w1), label(".w1").c_str());
-      f(self->w3, gated ? e * d : 0, gated ? h : 0, in(&ExpertBuffers<S>::w3),
-        label(".w3").c_str());
-      f(self->w2, e * h, d, in(&ExpertBuffers<S>::w2), label(".w2").c_str());
-      f(self->b1, bias ? e : 0, bias ? h : 0, in(&ExpertBuffers<S>::b1), label(".b1").c_str());
-      f(self->b3, bias && gated ? e : 0, bias && gated ? h : 0, in(&ExpertBuffers<S>::b3),
-        label(".b3").c_str());
-      f(self->b2, bias ? e : 0, bias ? d : 0, in(&ExpertBuffers<S>::b2), label(".b2").c_str());
-    };
-  }
+  ExpertWeights(const ExpertFFNConfig& c, const ExpertBuffers<S>& buffers, const std::string& name)
+      : ParameterSet<ExpertSlots<S>>(std::in_place, validated(c), buffers, name), config(c) {}
 
-  detail::ParameterStorage<S> storage_;
+  static const ExpertFFNConfig& validated(const ExpertFFNConfig& c) {
+    validate(c);
+    return c;
+  }
 };
 
 /// Gradients of the loss with respect to each ExpertWeights member, same shapes.

@@ -1,5 +1,6 @@
 // Capacity metrics of one step (drop rate, per-expert drops, tokens left with no expert, capacity
-// utilization) from plain counts, so any dispatcher can report them.
+// utilization) from plain counts, so any dispatcher can report them; and those counts read off a
+// CapacityPlan, so a step's plan feeds the health report directly.
 #pragma once
 
 #include <limits>
@@ -8,6 +9,7 @@
 
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
+#include "moe/dispatch/capacity_plan.hpp"
 
 namespace moe {
 
@@ -18,6 +20,21 @@ struct CapacityStats {
   IndexVector dropped;     ///< [E] assignments dropped per expert
   IndexVector token_kept;  ///< [T] kept choices per token, in [0, k]
 };
+
+/// CapacityStats{capacity, kept, dropped, token_kept[t] = kept entries of token t} of a plan. For a
+/// token-choice plan, capacity_report(stats, T, E, k) then checks kept + dropped = T·k.
+template <class S>
+CapacityStats capacity_stats(const CapacityPlan<S>& plan) {
+  CapacityStats stats;
+  stats.capacity = plan.capacity;
+  stats.kept = plan.kept;
+  stats.dropped = plan.dropped;
+  stats.token_kept = IndexVector::Zero(plan.num_tokens);
+  for (Index t = 0; t < plan.num_tokens; ++t)
+    for (Index i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i)
+      stats.token_kept[t] += plan.entry_slot[i] >= 0 ? 1 : 0;
+  return stats;
+}
 
 /// Builds CapacityStats from the routing's expert ids [T, k] and a kept mask [T, k] (nonzero =
 /// the choice got a slot).

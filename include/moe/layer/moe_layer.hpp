@@ -1,43 +1,39 @@
-// MoELayer: router -> (dropless | capacity) dispatch -> expert FFNs -> combine, plus shared
-// experts, the balancing losses, the bias balancer and the step's health report; forward and
-// backward.
+// MoELayer: router -> token exchange (dispatch, expert FFNs, combine) -> shared experts, the
+// balancing losses, the bias balancer and the step's health report; forward and backward. The
+// exchange is a policy: LocalExchange keeps every expert in this process, AllToAllExchange
+// (moe/parallel/) shards them over MPI ranks; everything else is this one class.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include "moe/balance/bias_balancer.hpp"
-#include "moe/dispatch/capacity_planner.hpp"
-#include "moe/dispatch/capacity_stats.hpp"
-#include "moe/dispatch/dispatch.hpp"
-#include "moe/dispatch/dropless_plan.hpp"
-#include "moe/experts/capacity_ffn.hpp"
-#include "moe/experts/dropless_ffn.hpp"
+#include "moe/balance/loss_result.hpp"
+#include "moe/core/parameters.hpp"
+#include "moe/experts/expert_weights.hpp"
 #include "moe/health/report.hpp"
 #include "moe/layer/config.hpp"
 #include "moe/layer/detail/routing_losses.hpp"
-#include "moe/layer/detail/shared_expert.hpp"
+#include "moe/layer/local_exchange.hpp"
+#include "moe/layer/shared_expert.hpp"
 #include "moe/routing/router.hpp"
 
 namespace moe {
 
 /// What forward saved for backward, and the buffers a step reuses. Owned by the caller.
-template <class S>
+template <class S, class Exchange = LocalExchange>
 struct MoELayerContext {
   Mode mode = Mode::eval;
   RouterContext<S> router;
-  DroplessPlan plan;
-  DroplessFFNContext<S> dropless;
-  CapacityPlan<S> capacity_plan;
-  CapacityFFNContext<S> capacity_ffn;
-  RowMatrix<S> expert_in, expert_out;  ///< capacity buffers [E*C, d]
-  detail::SharedExpertContext<S> shared;
-  LossGradient<S> aux, z;  ///< values and their gradients (empty when off)
-  // backward's scratch, kept so that a step with the shapes of the last one does not allocate it
-  RouterUpstream<S> upstream;
-  CombineGradients<S> combine;
-  RowMatrix<S> grad_expert_in;
+  typename Exchange::template Context<S> exchange;  ///< plans, exchanged rows, expert activations
+  SharedExpertContext<S> shared;
+  LossGradient<S> aux, z;      ///< values and their gradients (empty when off)
+  RouterUpstream<S> upstream;  ///< backward's scratch, kept across steps
 };
 
 template <class S>
@@ -55,202 +51,211 @@ template <class S>
 struct MoEGradients {
   RowMatrix<S> x;
   RouterGradients<S> router;
-  ExpertGradients<S> experts;
+  ExpertGradients<S> experts;  ///< this process's routed experts
   ExpertGradients<S> shared;
   Vector<S> shared_gate;  ///< [d] when the shared expert is gated
 };
 
-namespace detail {
-
-/// The end of a layer's backward over parameters every rank holds whole: the shared expert, then
-/// the router from its three upstream gradients (gates from the routed experts, scores from the
-/// aux loss, logits from the z-loss). Both add their input gradient to grads.x.
-template <class S>
-void replicated_backward(const MoELayerConfig& config, const Router<S>& router,
-                         const ExpertWeights<S>& shared, ConstVectorRef<S> shared_gate_weight,
-                         ConstMatrixRef<S> x, const RouterContext<S>& router_ctx,
-                         SharedExpertContext<S>& shared_ctx, const LossGradient<S>& aux,
-                         const LossGradient<S>& z, ConstMatrixRef<S> grad_y,
-                         RouterUpstream<S>& upstream, MoEGradients<S>& grads) {
-  if (config.shared.ffn_hidden > 0)
-    shared_expert_backward<S>(shared, shared_gate_weight, config.shared.gated, x, shared_ctx,
-                              grad_y, grads.shared, grads.shared_gate, grads.x);
-  upstream.scores = aux.grad;
-  upstream.logits = z.grad;
-  router.backward(x, router_ctx, upstream, grads.router);
-  grads.x += grads.router.x;
-}
-
-/// Once per optimizer step: the bias balancer updates from the loads of the step's micro-batches
-/// and hands its bias to the router's selection (Wang et al. 2024; DeepSeek-V3).
-template <class S>
-void step_bias_balancer(std::optional<BiasBalancer<S>>& balancer, Router<S>& router,
-                        const char* caller) {
-  require(balancer.has_value(), caller, "a layer configured with bias_balancer", "none");
-  balancer->step();
-  balancer->apply_to(router);
-}
-
-}  // namespace detail
-
 /// The caller's buffers a MoELayer is mapped over (see RouterBuffers and ExpertBuffers for each
-/// size; E experts, token width d, expert width f, shared width f_s = shared.ffn_hidden).
+/// size; E experts, token width d, expert width f, shared width f_s = shared.ffn_hidden). Under
+/// expert parallelism `experts` holds this process's experts only.
 template <class S>
 struct MoELayerBuffers {
   RouterBuffers<S> router;
-  ExpertBuffers<S> experts;               ///< E experts of width f
+  ExpertBuffers<S> experts;               ///< the routed experts held here, of width f
   ExpertBuffers<S> shared;                ///< one expert of width f_s when f_s > 0, else all empty
   ParameterBuffer<S> shared_gate_weight;  ///< d elements when shared.gated, else 0
 };
 
-/// One MoE layer. Parameters are Eigen::Map views of fixed shape, owned (the constructor) or over
-/// the caller's buffers (mapped()). A copy always owns its values; assigning to a layer whose
-/// parameters map caller buffers writes the values into those buffers. The training loop calls
-/// forward and backward each micro-batch and step_balancer() once per optimizer step.
+/// The parameters of a MoELayer (see ParameterSet): the router's, the routed experts' held in this
+/// process, the shared expert's and its gate.
 template <class S>
-class MoELayer {
- public:
-  MoELayerConfig config;
+struct MoELayerSlots {
+  using Scalar = S;
+  static constexpr const char* kName = "MoELayer";
+
   Router<S> router;
-  ExpertWeights<S> experts;
-  ExpertWeights<S> shared;  ///< one expert of width shared.ffn_hidden, when configured
+  ExpertWeights<S> experts;                     ///< routed experts held here, ascending global id
+  ExpertWeights<S> shared;                      ///< one expert of width shared.ffn_hidden
   VectorMap<S> shared_gate_weight{nullptr, 0};  ///< [d] when the shared expert is gated
+
+  static constexpr auto slots() {
+    return std::make_tuple(slot(&MoELayerSlots::router, "router"),
+                           slot(&MoELayerSlots::experts, "experts"),
+                           slot(&MoELayerSlots::shared, "shared"),
+                           slot(&MoELayerSlots::shared_gate_weight, "shared_gate_weight"));
+  }
+
+  /// Unbound (owned, zero) parameters; `routed` configures the experts held here.
+  MoELayerSlots(const MoELayerConfig& c, const ExpertFFNConfig& routed)
+      : router(c.router),
+        experts(routed.num_experts > 0 ? ExpertWeights<S>(routed) : ExpertWeights<S>()),
+        shared(c.shared.ffn_hidden > 0 ? ExpertWeights<S>(c.shared_experts()) : ExpertWeights<S>()),
+        shared_gate_weight(unbound<VectorMap<S>>(gate_size(c), 1)) {}
+
+  /// Over the caller's buffers.
+  MoELayerSlots(const MoELayerConfig& c, const ExpertFFNConfig& routed, const MoELayerBuffers<S>& b)
+      : router(Router<S>::mapped(c.router, b.router, "buffers.router")),
+        experts(routed.num_experts > 0
+                    ? ExpertWeights<S>::mapped(routed, b.experts, "buffers.experts")
+                    : ExpertWeights<S>()),
+        shared(mapped_shared(c, b.shared)),
+        shared_gate_weight(map_buffer<VectorMap<S>>(b.shared_gate_weight, gate_size(c), 1,
+                                                    "buffers.shared_gate_weight")) {}
+
+ private:
+  static Index gate_size(const MoELayerConfig& c) { return c.shared.gated ? c.router.hidden : 0; }
+  static ExpertWeights<S> mapped_shared(const MoELayerConfig& c, const ExpertBuffers<S>& b) {
+    if (c.shared.ffn_hidden > 0)
+      return ExpertWeights<S>::mapped(c.shared_experts(), b, "buffers.shared");
+    require(b.w1.data == nullptr && b.w1.size == 0, "buffers.shared",
+            "empty buffers (no shared expert configured)", "a w1 buffer");
+    return ExpertWeights<S>();
+  }
+};
+
+/// The token exchange of a layer, a base of MoELayer so that it exists before the parameters it
+/// decides the shape of (the routed experts held in this process): base-from-member.
+template <class Exchange>
+struct TokenExchangeMember {
+  Exchange exchange;
+
+  template <class... Args>
+  explicit TokenExchangeMember(const MoELayerConfig& config, Args&&... args)
+      : exchange(std::forward<Args>(args)...) {
+    validate(config);
+    exchange.bind(config);
+  }
+};
+
+/// One MoE layer. Parameters are Eigen::Map views of fixed shape (MoELayerSlots), owned (the
+/// constructor) or over the caller's buffers (mapped()). A copy always owns its values; assigning
+/// to a layer whose parameters map caller buffers writes the values into those buffers, after
+/// checking every shape. The training loop calls forward and backward each micro-batch and
+/// step_balancer() once per optimizer step.
+///
+/// `Exchange` moves the routed tokens to the experts and back (LocalExchange: all experts here;
+/// AllToAllExchange: sharded over MPI ranks, forward and backward then collective). Losses,
+/// balancer loads and health always cover the whole batch, so every exchange computes what a
+/// single process computes on the concatenated batch.
+template <class S, class Exchange = LocalExchange>
+class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELayerSlots<S>> {
+ public:
+  using TokenExchangeMember<Exchange>::exchange;
+  using MoELayerSlots<S>::router;
+  using MoELayerSlots<S>::experts;
+  using MoELayerSlots<S>::shared;
+  using MoELayerSlots<S>::shared_gate_weight;
+  using Context = MoELayerContext<S, Exchange>;
+
+  MoELayerConfig config;
   std::optional<BiasBalancer<S>> balancer;
 
-  /// Zero parameters of the configured shapes, owned; init_weights() draws them.
-  explicit MoELayer(const MoELayerConfig& layer_config)
-      : config((validate(layer_config), layer_config)),
-        router(config.router),
-        experts(config.experts()) {
-    if (config.shared.ffn_hidden > 0) shared = ExpertWeights<S>(config.shared_experts());
-    gate_storage_.bind(gate_visitor(nullptr));
-    if (config.bias_balancer) balancer.emplace(config.router.num_experts, *config.bias_balancer);
+  /// Zero parameters of the configured shapes, owned; init_weights() draws them. `exchange_args`
+  /// construct the Exchange (e.g. a Communicator for AllToAllExchange).
+  template <class... ExchangeArgs>
+  explicit MoELayer(const MoELayerConfig& layer_config, ExchangeArgs&&... exchange_args)
+      : TokenExchangeMember<Exchange>(layer_config, std::forward<ExchangeArgs>(exchange_args)...),
+        ParameterSet<MoELayerSlots<S>>(std::in_place, layer_config,
+                                       routed_experts(layer_config, this->exchange)),
+        config(layer_config) {
+    make_balancer();
   }
 
   /// A layer whose parameters are views over the caller's buffers, without copying (writing into
   /// a buffer changes the layer; router.weight.data() == buffers.router.weight.data, ...). Sizes
   /// as MoELayerBuffers lists; a wrong size or a needed null buffer throws moe::Error naming it.
-  static MoELayer mapped(const MoELayerConfig& layer_config, const MoELayerBuffers<S>& buffers) {
-    validate(layer_config);
-    return MoELayer(layer_config, buffers);
+  template <class... ExchangeArgs>
+  static MoELayer mapped(const MoELayerConfig& layer_config, const MoELayerBuffers<S>& buffers,
+                         ExchangeArgs&&... exchange_args) {
+    return MoELayer(Mapped{}, layer_config, buffers, std::forward<ExchangeArgs>(exchange_args)...);
   }
 
-  MoELayer(const MoELayer& other)
-      : config(other.config),
-        router(other.router),
-        experts(other.experts),
-        shared(other.shared),
-        balancer(other.balancer) {
-    gate_storage_.bind(gate_visitor(nullptr));
-    shared_gate_weight = other.shared_gate_weight;
+  /// Global ids of the routed experts this layer holds (all of them with LocalExchange).
+  std::vector<Index> local_experts() const {
+    return exchange.local_experts(config.router.num_experts);
   }
-  MoELayer(MoELayer&& other) noexcept
-      : config(std::move(other.config)),
-        router(std::move(other.router)),
-        experts(std::move(other.experts)),
-        shared(std::move(other.shared)),
-        balancer(std::move(other.balancer)) {
-    detail::steal_parameters<S>(gate_storage_, gate_visitor(nullptr), other.gate_storage_,
-                                other.gate_visitor(nullptr));
-  }
-  MoELayer& operator=(const MoELayer& other) {
-    if (this == &other) return *this;
-    if (!gate_storage_.maps_caller) {
-      MoELayer copy(other);
-      return *this = std::move(copy);
-    }
-    require_same_shapes(other);
-    detail::copy_parameters<S>(gate_visitor(nullptr), other.gate_visitor(nullptr),
-                               "MoELayer::shared_gate_weight");
-    router = other.router;
-    experts = other.experts;
-    shared = other.shared;
-    balancer = other.balancer;
-    config = other.config;
-    return *this;
-  }
-  /// Member by member: a member over caller buffers receives the values, an owned one the storage.
-  MoELayer& operator=(MoELayer&& other) {
-    if (this == &other) return *this;
-    if (gate_storage_.maps_caller) {
-      require_same_shapes(other);
-      detail::copy_parameters<S>(gate_visitor(nullptr), other.gate_visitor(nullptr),
-                                 "MoELayer::shared_gate_weight");
-    } else {
-      detail::steal_parameters<S>(gate_storage_, gate_visitor(nullptr), other.gate_storage_,
-                                  other.gate_visitor(nullptr));
-    }
-    router = std::move(other.router);
-    experts = std::move(other.experts);
-    shared = std::move(other.shared);
-    balancer = std::move(other.balancer);
-    config = std::move(other.config);
-    return *this;
-  }
-  ~MoELayer() = default;
+
+  /// How many routed experts this layer holds.
+  Index num_local_experts() const { return static_cast<Index>(local_experts().size()); }
 
   /// Router N(0, 0.02^2) (Megatron init_method_std), every expert matrix N(0, 1/d), all from
-  /// `seed`.
+  /// `seed`; an expert gets the values it has in a single-process layer, wherever it is held.
   void init_weights(std::uint64_t seed) {
     router.init_weights(seed, kRouterInitStddev);
-    experts.init_weights(seed + 1, config.expert_init_stddev());
-    detail::init_shared_expert<S>(config, seed, shared, shared_gate_weight);
+    const std::vector<Index> mine = local_experts();
+    if (!mine.empty())
+      experts.init_weights(seed + 1, config.expert_init_stddev(), mine, config.router.num_experts);
+    init_shared_expert<S>(config, seed, shared, shared_gate_weight);
+  }
+
+  /// Copies the parameters this layer holds from a layer of the same config that holds every
+  /// expert (e.g. a single-process checkpoint): the router, the shared expert, and this layer's
+  /// experts by global id.
+  template <class OtherExchange>
+  void load_from(const MoELayer<S, OtherExchange>& whole) {
+    const MoELayerConfig& c = whole.config;
+    require(c.router.num_experts == config.router.num_experts &&
+                c.router.hidden == config.router.hidden && c.ffn_hidden == config.ffn_hidden &&
+                c.activation == config.activation && c.expert_bias == config.expert_bias &&
+                c.shared.ffn_hidden == config.shared.ffn_hidden &&
+                c.shared.gated == config.shared.gated &&
+                whole.experts.config.num_experts == config.router.num_experts,
+            "whole", "a layer holding every expert, with this layer's parameter shapes",
+            "another shape");
+    router = whole.router;
+    const std::vector<Index> mine = local_experts();
+    for (std::size_t i = 0; i < mine.size(); ++i)
+      copy_expert(whole.experts, mine[i], experts, static_cast<Index>(i));
+    shared = whole.shared;
+    shared_gate_weight = whole.shared_gate_weight;
   }
 
   /// y = sum_j w_tj FFN_{e_tj}(x_t) over kept choices (+ gate_t * FFN_shared(x_t)). In Mode::train
   /// it also computes the aux and z losses and counts loads for the bias balancer under
-  /// `micro_batch`. `seed` drives router noise and random token selection; pass one per step.
-  MoEOutput<S> forward(const ConstMatrixRef<S>& x, MoELayerContext<S>& ctx, Mode mode,
-                       std::uint64_t seed = 0, Index micro_batch = 0) {
+  /// `micro_batch`. `seed` drives router noise and random token selection; pass one per step (the
+  /// same on every process of an exchange).
+  MoEOutput<S> forward(const ConstMatrixRef<S>& x, Context& ctx, Mode mode, std::uint64_t seed = 0,
+                       Index micro_batch = 0) {
     ctx.mode = mode;
-    const Routing<S>& routing = router.forward(x, ctx.router, mode, seed);
+    const Routing<S>* routed = nullptr;
+    exchange.agree(
+        [&] { routed = &router.forward(x, ctx.router, mode, exchange.router_seed(seed)); });
+    const Routing<S>& own = *routed;
+    const Routing<S>& batch = exchange.batch_routing(own, ctx.exchange);
+
     MoEOutput<S> out;
     out.y.resize(x.rows(), config.router.hidden);
-
-    if (config.dispatch == DispatchKind::dropless) {
-      make_dropless_plan(routing.expert_ids, config.router.num_experts, config.block_size,
-                         ctx.plan);
-      // Eval reads token rows in place; a backward after it groups x then (it is given x).
-      ctx.dropless.save_for_backward = mode == Mode::train;
-      dropless_ffn_forward<S>(experts, x, routing.gates, ctx.plan, ctx.dropless, out.y);
-      out.health = health_report(routing);
-    } else {
-      ctx.capacity_plan = make_capacity_plan(routing, config.capacity, mode, seed);
-      const CapacityPlan<S>& plan = ctx.capacity_plan;
-      ctx.expert_in.resize(plan.num_slots(), config.router.hidden);
-      ctx.expert_out.resize(plan.num_slots(), config.router.hidden);
-      dispatch<S>(plan, x, ctx.expert_in);
-      // The dispatch buffer stays in the context until backward: the experts read it in place.
-      ctx.capacity_ffn.save_for_backward = false;
-      capacity_ffn_forward<S>(experts, ctx.expert_in, plan.capacity, plan.kept, ctx.capacity_ffn,
-                              ctx.expert_out);
-      combine<S>(plan, ctx.expert_out, out.y);
-      out.health = health_report(routing, capacity_stats(plan));
-    }
-
+    const std::optional<CapacityStats> capacity = exchange.template forward<S>(
+        config, experts, x, own, batch, mode, seed, ctx.exchange, out.y);
     if (config.shared.ffn_hidden > 0)
-      detail::shared_expert_forward<S>(shared, shared_gate_weight, config.shared.gated,
-                                       config.block_size, x, ctx.shared, out.y, mode);
+      shared_expert_forward<S>(shared, shared_gate_weight, config.shared.gated, config.block_size,
+                               x, ctx.shared, out.y, mode);
 
     ctx.aux = LossGradient<S>();
     ctx.z = LossGradient<S>();
     if (mode == Mode::train) {
-      detail::routing_losses(config, routing, ctx.aux, ctx.z);
+      detail::routing_losses(config, batch, ctx.aux, ctx.z);
+      exchange.keep_own_rows(ctx.aux, ctx.exchange);
+      exchange.keep_own_rows(ctx.z, ctx.exchange);
       out.aux_loss = ctx.aux.value;
       out.z_loss = ctx.z.value;
       if (balancer) {
         // loads after capacity drops (Megatron counts the final routing map)
-        if (config.dispatch == DispatchKind::capacity)
-          balancer->accumulate_counts(micro_batch, ctx.capacity_plan.kept);
+        if (capacity)
+          balancer->accumulate_counts(micro_batch, capacity->kept);
         else
-          balancer->accumulate(micro_batch, routing.expert_ids);
+          balancer->accumulate(micro_batch, batch.expert_ids);
       }
     }
+    out.health = capacity ? health_report(batch, *capacity) : health_report(batch);
     return out;
   }
 
-  /// Gradients of <grad_y, y> + aux_loss + z_loss with respect to x and every parameter.
-  MoEGradients<S> backward(const ConstMatrixRef<S>& x, MoELayerContext<S>& ctx,
+  /// Gradients of <grad_y, y> + aux_loss + z_loss with respect to x and every parameter held here
+  /// (the router's and the shared expert's for this process's share of the loss: sum them across
+  /// processes as data-parallel gradients are summed).
+  MoEGradients<S> backward(const ConstMatrixRef<S>& x, Context& ctx,
                            const ConstMatrixRef<S>& grad_y) {
     MoEGradients<S> grads;
     backward(x, ctx, grad_y, grads);
@@ -260,96 +265,88 @@ class MoELayer {
   /// The same into `grads`, overwritten in place: keep one MoEGradients across steps and a step
   /// allocates no gradient memory (each active expert's block is written once, only experts that
   /// received no rows are zeroed). Shapes it on first use, or when they do not match the layer.
-  void backward(const ConstMatrixRef<S>& x, MoELayerContext<S>& ctx,
-                const ConstMatrixRef<S>& grad_y, MoEGradients<S>& grads) {
+  void backward(const ConstMatrixRef<S>& x, Context& ctx, const ConstMatrixRef<S>& grad_y,
+                MoEGradients<S>& grads) {
     const Routing<S>& routing = ctx.router.routing;
     const Index tokens = routing.num_tokens(), d = config.router.hidden;
-    require_shape(grad_y, "grad_y", tokens, d);
-    require_shape(x, "x", tokens, d);
+    exchange.agree([&] {
+      require_shape(grad_y, "grad_y", tokens, d);
+      require_shape(x, "x", tokens, d);
+      exchange.require_forward(ctx.exchange, config.dispatch, tokens);
+    });
     shape_gradients(grads, tokens);
     RouterUpstream<S>& upstream = ctx.upstream;
     upstream.gates.resize(tokens, config.router.top_k);
+    exchange.template backward<S>(config, experts, x, grad_y, ctx.exchange, grads.experts, grads.x,
+                                  upstream.gates);
 
-    if (config.dispatch == DispatchKind::dropless) {
-      dropless_ffn_backward<S>(experts, x, grad_y, ctx.plan, ctx.dropless, grads.experts, grads.x,
-                               upstream.gates);
-    } else {
-      const CapacityPlan<S>& plan = ctx.capacity_plan;
-      ctx.combine.expert_out.resize(plan.num_slots(), d);
-      ctx.combine.weight.resize(plan.num_entries());
-      combine_backward<S>(plan, ctx.expert_out, grad_y, ctx.combine.expert_out, ctx.combine.weight);
-      ctx.grad_expert_in.resize(plan.num_slots(), d);
-      capacity_ffn_backward<S>(experts, ctx.expert_in, ctx.combine.expert_out, ctx.capacity_ffn,
-                               grads.experts, ctx.grad_expert_in);
-      dispatch_backward<S>(plan, ctx.grad_expert_in, grads.x);
-      upstream.gates = capacity_plan_backward<S>(plan, ctx.combine.weight);
-    }
-
-    detail::replicated_backward<S>(config, router, shared, shared_gate_weight, x, ctx.router,
-                                   ctx.shared, ctx.aux, ctx.z, grad_y, upstream, grads);
+    // Parameters every process holds whole: the shared expert, then the router from its three
+    // upstream gradients (gates from the routed experts, scores from the aux loss, logits from the
+    // z-loss). Both add their input gradient to grads.x.
+    if (config.shared.ffn_hidden > 0)
+      shared_expert_backward<S>(shared, shared_gate_weight, config.shared.gated, x, ctx.shared,
+                                grad_y, grads.shared, grads.shared_gate, grads.x);
+    upstream.scores = ctx.aux.grad;
+    upstream.logits = ctx.z.grad;
+    router.backward(x, ctx.router, upstream, grads.router);
+    grads.x += grads.router.x;
   }
 
   /// Once per optimizer step: the bias balancer updates from the loads of the step's micro-batches
-  /// and hands its bias to the router's selection (Wang et al. 2024; DeepSeek-V3).
-  void step_balancer() { detail::step_bias_balancer(balancer, router, "MoELayer::step_balancer"); }
+  /// (the whole batch's, under any exchange) and hands its bias to the router's selection (Wang et
+  /// al. 2024; DeepSeek-V3).
+  void step_balancer() {
+    require(balancer.has_value(), "MoELayer::step_balancer",
+            "a layer configured with bias_balancer", "none");
+    balancer->step();
+    balancer->apply_to(router);
+  }
 
  private:
-  /// Before values are written into caller buffers: every parameter of `other` has this layer's
-  /// shape, so a failed assignment writes nothing.
-  void require_same_shapes(const MoELayer& other) const {
-    bool same = true;
-    auto check = [&](const auto& a, const auto& b) {
-      same = same && a.rows() == b.rows() && a.cols() == b.cols();
-    };
-    check(router.weight, other.router.weight);
-    check(router.bias, other.router.bias);
-    check(router.noise_weight, other.router.noise_weight);
-    check(router.selection_bias, other.router.selection_bias);
-    for (auto [a, b] : {std::pair{&experts, &other.experts}, std::pair{&shared, &other.shared}}) {
-      check(a->w1, b->w1);
-      check(a->w3, b->w3);
-      check(a->w2, b->w2);
-      check(a->b1, b->b1);
-      check(a->b3, b->b3);
-      check(a->b2, b->b2);
-    }
-    check(shared_gate_weight, other.shared_gate_weight);
-    require(same, "MoELayer (assigned to a layer over caller buffers)",
-            "a layer of the same parameter shapes", "other shapes");
+  struct Mapped {};
+
+  template <class... ExchangeArgs>
+  MoELayer(Mapped, const MoELayerConfig& layer_config, const MoELayerBuffers<S>& buffers,
+           ExchangeArgs&&... exchange_args)
+      : TokenExchangeMember<Exchange>(layer_config, std::forward<ExchangeArgs>(exchange_args)...),
+        ParameterSet<MoELayerSlots<S>>(std::in_place, layer_config,
+                                       routed_experts(layer_config, this->exchange), buffers),
+        config(layer_config) {
+    make_balancer();
+  }
+
+  /// The config of the routed experts `held_by` holds.
+  static ExpertFFNConfig routed_experts(const MoELayerConfig& layer_config,
+                                        const Exchange& held_by) {
+    ExpertFFNConfig c = layer_config.experts();
+    c.num_experts =
+        static_cast<Index>(held_by.local_experts(layer_config.router.num_experts).size());
+    return c;
+  }
+
+  void make_balancer() {
+    if (config.bias_balancer) balancer.emplace(config.router.num_experts, *config.bias_balancer);
   }
 
   /// Gradients of this layer's shapes; memory already of those shapes is kept.
   void shape_gradients(MoEGradients<S>& grads, Index tokens) const {
-    detail::shape_gradients(grads.experts, config.experts());
+    detail::shape_gradients(grads.experts, experts.config, experts.w1.size() > 0);
     detail::shape_gradients(grads.shared, config.shared_experts(), config.shared.ffn_hidden > 0);
     grads.x.resize(tokens, config.router.hidden);
     grads.shared_gate.resize(config.shared.gated ? config.router.hidden : 0);
   }
 
-  /// A layer over the caller's buffers (the config validated by the caller).
-  MoELayer(const MoELayerConfig& layer_config, const MoELayerBuffers<S>& buffers)
-      : config(layer_config),
-        router(Router<S>::mapped(config.router, buffers.router, "buffers.router")),
-        experts(ExpertWeights<S>::mapped(config.experts(), buffers.experts, "buffers.experts")) {
-    if (config.shared.ffn_hidden > 0)
-      shared = ExpertWeights<S>::mapped(config.shared_experts(), buffers.shared, "buffers.shared");
-    else
-      require(buffers.shared.w1.data == nullptr && buffers.shared.w1.size == 0, "buffers.shared",
-              "empty buffers (no shared expert configured)", "a w1 buffer");
-    gate_storage_.bind(gate_visitor(&buffers.shared_gate_weight));
-    if (config.bias_balancer) balancer.emplace(config.router.num_experts, *config.bias_balancer);
+  /// Expert `to_expert` of `to` = expert `from_expert` of `from` (same widths).
+  static void copy_expert(const ExpertWeights<S>& from, Index from_expert, ExpertWeights<S>& to,
+                          Index to_expert) {
+    const MatrixMap<S>* source[] = {&from.w1, &from.w3, &from.w2, &from.b1, &from.b3, &from.b2};
+    MatrixMap<S>* target[] = {&to.w1, &to.w3, &to.w2, &to.b1, &to.b3, &to.b2};
+    for (int p = 0; p < 6; ++p) {
+      const Index block = target[p]->size() / std::max<Index>(to.config.num_experts, 1);
+      std::copy_n(source[p]->data() + from_expert * block, block,
+                  target[p]->data() + to_expert * block);
+    }
   }
-
-  /// f(map, rows, cols, caller buffer or nullptr, name) for shared_gate_weight.
-  auto gate_visitor(const ParameterBuffer<S>* buffer) const {
-    auto* self = const_cast<MoELayer*>(this);  // const layers only read through the map
-    return [self, buffer](auto&& f) {
-      const Index d = self->config.shared.gated ? self->config.router.hidden : 0;
-      f(self->shared_gate_weight, d, 1, buffer, "buffers.shared_gate_weight");
-    };
-  }
-
-  detail::ParameterStorage<S> gate_storage_;
 };
 
 }  // namespace moe

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "moe/core/error.hpp"
@@ -204,25 +206,68 @@ struct RouterBuffers {
   ParameterBuffer<S> selection_bias;
 };
 
-/// The gating network of one MoE layer. Parameters are public members in nn.Linear layout:
-/// Eigen::Map views of fixed shape over one allocation the router owns, or over the caller's
-/// buffers (mapped()). A copy always owns its values; assigning to a router that maps caller
-/// buffers writes the values into those buffers.
+/// The parameters of a Router, in nn.Linear layout (see ParameterSet).
 template <class S>
-class Router {
- public:
-  RouterConfig config;
+struct RouterSlots {
+  using Scalar = S;
+  static constexpr const char* kName = "Router";
+
   MatrixMap<S> weight{nullptr, 0, 0};  ///< [E, d]
   VectorMap<S> bias{nullptr, 0};       ///< [E], used when config.linear_bias
   MatrixMap<S> noise_weight{nullptr, 0,
                             0};             ///< [E, d] with Noise::noisy_topk (W_noise), else empty
   VectorMap<S> selection_bias{nullptr, 0};  ///< [E] selection-only bias (aux-loss-free balancer)
 
-  /// Zero parameters of the configured shapes, owned (one allocation).
-  explicit Router(const RouterConfig& router_config) : config(router_config) {
-    validate(config);
-    storage_.bind(visitor(nullptr));
+  static constexpr auto slots() {
+    return std::make_tuple(slot(&RouterSlots::weight, "weight"), slot(&RouterSlots::bias, "bias"),
+                           slot(&RouterSlots::noise_weight, "noise_weight"),
+                           slot(&RouterSlots::selection_bias, "selection_bias"));
   }
+
+  /// Unbound parameters of the config's shapes.
+  explicit RouterSlots(const RouterConfig& c)
+      : weight(unbound<MatrixMap<S>>(c.num_experts, c.hidden)),
+        bias(unbound<VectorMap<S>>(c.num_experts, 1)),
+        noise_weight(unbound<MatrixMap<S>>(noisy(c) ? c.num_experts : 0, noisy(c) ? c.hidden : 0)),
+        selection_bias(unbound<VectorMap<S>>(c.num_experts, 1)) {}
+
+  /// Over the caller's buffers; the bias without linear_bias, and the selection bias, may be left
+  /// empty and are then owned.
+  RouterSlots(const RouterConfig& c, const RouterBuffers<S>& b, const std::string& name)
+      : weight(map_buffer<MatrixMap<S>>(b.weight, c.num_experts, c.hidden, name + ".weight")),
+        bias(c.linear_bias || given(b.bias)
+                 ? map_buffer<VectorMap<S>>(b.bias, c.num_experts, 1, name + ".bias")
+                 : unbound<VectorMap<S>>(c.num_experts, 1)),
+        noise_weight(map_buffer<MatrixMap<S>>(b.noise_weight, noisy(c) ? c.num_experts : 0,
+                                              noisy(c) ? c.hidden : 0, name + ".noise_weight")),
+        selection_bias(given(b.selection_bias)
+                           ? map_buffer<VectorMap<S>>(b.selection_bias, c.num_experts, 1,
+                                                      name + ".selection_bias")
+                           : unbound<VectorMap<S>>(c.num_experts, 1)) {}
+
+ private:
+  static bool noisy(const RouterConfig& c) { return c.noise == Noise::noisy_topk; }
+  static bool given(const ParameterBuffer<S>& b) { return b.data != nullptr || b.size != 0; }
+};
+
+/// The gating network of one MoE layer. Parameters are public members in nn.Linear layout
+/// (RouterSlots): Eigen::Map views of fixed shape over one allocation the router owns, or over the
+/// caller's buffers (mapped()). A copy always owns its values; assigning to a router that maps
+/// caller buffers writes the values into those buffers.
+template <class S>
+class Router : public ParameterSet<RouterSlots<S>> {
+ public:
+  using RouterSlots<S>::weight;
+  using RouterSlots<S>::bias;
+  using RouterSlots<S>::noise_weight;
+  using RouterSlots<S>::selection_bias;
+
+  RouterConfig config;
+
+  /// Zero parameters of the configured shapes, owned (one allocation).
+  explicit Router(const RouterConfig& router_config)
+      : ParameterSet<RouterSlots<S>>(std::in_place, validated(router_config)),
+        config(router_config) {}
 
   /// A router whose parameters are views over the caller's buffers, without copying: writing into
   /// a buffer changes the routing, and weight.data() == buffers.weight.data. Each buffer must hold
@@ -231,38 +276,8 @@ class Router {
   /// `name` is what errors call `buffers` (e.g. "buffers.router" inside a layer's buffers).
   static Router mapped(const RouterConfig& router_config, const RouterBuffers<S>& buffers,
                        const std::string& name = "buffers") {
-    Router router(router_config, Unbound{});
-    router.storage_.bind(router.visitor(&buffers, &name));
-    return router;
+    return Router(router_config, buffers, name);
   }
-
-  Router(const Router& other) : Router(other.config) {
-    detail::copy_parameters<S>(visitor(nullptr), other.visitor(nullptr), "Router");
-  }
-  Router(Router&& other) noexcept : config(other.config) {
-    detail::steal_parameters<S>(storage_, visitor(nullptr), other.storage_, other.visitor(nullptr));
-  }
-  Router& operator=(const Router& other) {
-    if (this == &other) return *this;
-    if (storage_.maps_caller) {
-      detail::copy_parameters<S>(visitor(nullptr), other.visitor(nullptr), "Router");
-      config = other.config;
-      return *this;
-    }
-    return *this = Router(other);
-  }
-  /// Takes over `other`'s storage, unless this maps caller buffers: then it copies the values in.
-  Router& operator=(Router&& other) {
-    if (this == &other) return *this;
-    if (storage_.maps_caller) return *this = static_cast<const Router&>(other);
-    config = other.config;
-    detail::steal_parameters<S>(storage_, visitor(nullptr), other.storage_, other.visitor(nullptr));
-    return *this;
-  }
-  ~Router() = default;
-
-  /// Whether some parameter views a caller's buffer (mapped() or assigned into one).
-  bool maps_caller_buffers() const noexcept { return storage_.maps_caller; }
 
   /// weight ~ N(0, stddev^2) from `seed` (Switch Transformer initializes with stddev 0.1 /
   /// sqrt(d)).
@@ -379,32 +394,14 @@ class Router {
   }
 
  private:
-  struct Unbound {};
-  Router(const RouterConfig& router_config, Unbound) : config(router_config) { validate(config); }
+  Router(const RouterConfig& router_config, const RouterBuffers<S>& buffers,
+         const std::string& name)
+      : ParameterSet<RouterSlots<S>>(std::in_place, validated(router_config), buffers, name),
+        config(router_config) {}
 
-  /// Calls f(map, rows, cols, caller buffer or nullptr, name) for each parameter in storage order.
-  auto visitor(const RouterBuffers<S>* buffers, const std::string* name = nullptr) const {
-    auto* self = const_cast<Router*>(this);  // const routers only read through the maps
-    return [self, buffers, name](auto&& f) {
-      const RouterConfig& c = self->config;
-      const Index e = c.num_experts, d = c.hidden;
-      const bool noisy = c.noise == Noise::noisy_topk;
-      // bias (without linear_bias) and selection_bias left empty are owned
-      auto optional = [](const ParameterBuffer<S>& b) {
-        return b.data == nullptr && b.size == 0 ? nullptr : &b;
-      };
-      auto label = [&](const char* field) { return name ? *name + field : std::string(); };
-      f(self->weight, e, d, buffers ? &buffers->weight : nullptr, label(".weight").c_str());
-      f(self->bias, e, 1,
-        !buffers        ? nullptr
-        : c.linear_bias ? &buffers->bias
-                        : optional(buffers->bias),
-        label(".bias").c_str());
-      f(self->noise_weight, noisy ? e : 0, noisy ? d : 0,
-        buffers ? &buffers->noise_weight : nullptr, label(".noise_weight").c_str());
-      f(self->selection_bias, e, 1, buffers ? optional(buffers->selection_bias) : nullptr,
-        label(".selection_bias").c_str());
-    };
+  static const RouterConfig& validated(const RouterConfig& c) {
+    validate(c);
+    return c;
   }
 
   void check_parameters() const {
@@ -427,8 +424,6 @@ class Router {
       jitter.data()[i] =
           static_cast<S>(1.0 - eps + 2.0 * eps * rng.uniform(static_cast<std::uint64_t>(i)));
   }
-
-  detail::ParameterStorage<S> storage_;
 };
 
 }  // namespace moe

@@ -10,7 +10,6 @@
 
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
-#include "moe/dispatch/dropless_plan.hpp"
 
 namespace moe {
 
@@ -124,15 +123,6 @@ inline BlockSparseTopology make_topology(const Eigen::Ref<const IndexVector>& gr
   }
   topo.transpose_offsets[experts * nb] = position;
   return topo;
-}
-
-/// Topology of a dropless plan's padded buffer; block_cols = 0 takes the plan's block size, giving
-/// MegaBlocks' square B x B blocks.
-inline BlockSparseTopology make_topology(const DroplessPlan& plan, Index ffn_hidden,
-                                         Index block_cols = 0) {
-  require(block_cols >= 0, "block_cols", ">= 0 (0: the plan's block size)", block_cols);
-  return make_topology(plan.padded_offsets, plan.tokens_per_expert, plan.block_size, ffn_hidden,
-                       block_cols == 0 ? plan.block_size : block_cols);
 }
 
 }  // namespace moe

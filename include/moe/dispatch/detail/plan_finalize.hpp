@@ -33,12 +33,4 @@ void finalize_capacity_plan(CapacityPlan<S>& plan) {
   plan.total_dropped = plan.dropped.sum();
 }
 
-/// Keeps template argument deduction on the plan alone, so Eigen expressions convert to Ref.
-template <class T>
-struct PlanScalar {
-  using type = T;
-};
-template <class T>
-using plan_scalar_t = typename PlanScalar<T>::type;
-
 }  // namespace moe::detail

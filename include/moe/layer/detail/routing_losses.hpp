@@ -1,6 +1,5 @@
-// The training losses a MoE layer takes on its routing: the configured load-balancing loss and
-// the router z-loss, with their gradients for RouterUpstream. Used by MoELayer on its batch and by
-// the expert-parallel layer on the routing gathered from every rank.
+// The training losses a MoE layer takes on the routing of its whole batch: the configured
+// load-balancing loss and the router z-loss, with their gradients for RouterUpstream.
 #pragma once
 
 #include "moe/balance/load_balancing_loss.hpp"

@@ -1,6 +1,6 @@
 // Expert choice routing (Zhou et al. 2022): each expert takes its top-C tokens by score, so a token
-// gets 0..E experts and no expert overflows. The result is a CapacityPlan, dispatched and
-// combined with the same kernels as token-choice routing.
+// gets 0..E experts and no expert overflows. It lives with the dispatchers because what it builds
+// is a CapacityPlan, dispatched and combined with the same kernels as token-choice routing.
 #pragma once
 
 #include <algorithm>
@@ -44,7 +44,7 @@ struct ExpertChoiceConfig {
 /// per group, expert e keeps the min(C, group tokens) tokens with the highest scores[t, e] (ties to
 /// the lower token), in slots ordered by score; combine weight = scores[t, e].
 template <class S>
-CapacityPlan<S> make_expert_choice_plan(const ConstMatrixRef<detail::plan_scalar_t<S>>& scores,
+CapacityPlan<S> make_expert_choice_plan(const ConstMatrixRef<type_identity_t<S>>& scores,
                                         const ExpertChoiceConfig& config, Mode mode) {
   const CapacityConfig capacity = config.capacity_config();
   validate(capacity);
@@ -137,7 +137,7 @@ CapacityPlan<S> make_expert_choice_plan(const ConstMatrixRef<detail::plan_scalar
 /// each chosen (token, expert) lands on scores[t, e]; unchosen scores get 0.
 template <class S>
 RowMatrix<S> expert_choice_backward(const CapacityPlan<S>& plan,
-                                    const ConstVectorRef<detail::plan_scalar_t<S>>& grad_weight) {
+                                    const ConstVectorRef<type_identity_t<S>>& grad_weight) {
   require(grad_weight.size() == plan.num_entries(), "grad_weight",
           detail::concat("size ", plan.num_entries(), " (one per plan entry)"), grad_weight.size());
   RowMatrix<S> grad = RowMatrix<S>::Zero(plan.num_tokens, plan.num_experts);

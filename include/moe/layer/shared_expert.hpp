@@ -1,6 +1,6 @@
 // The always-on shared expert of a MoE layer, forward and backward: one FFN every token passes
-// through, optionally scaled by a per-token sigmoid gate. Used by MoELayer and the expert-parallel
-// layer, where it is replicated on every rank.
+// through, optionally scaled by a per-token sigmoid gate (DeepSeek-V3 shared experts; Qwen2-MoE
+// shared_expert_gate). Replicated on every process under expert parallelism.
 #pragma once
 
 #include <cstdint>
@@ -11,8 +11,9 @@
 #include "moe/experts/dropless_ffn.hpp"
 #include "moe/layer/config.hpp"
 
-namespace moe::detail {
+namespace moe {
 
+/// What the shared expert's forward saves for its backward, and its scratch; reused across steps.
 template <class S>
 struct SharedExpertContext {
   DroplessPlan plan;               ///< every token to the one shared expert
@@ -57,7 +58,7 @@ void shared_expert_backward(const ExpertWeights<S>& weights, ConstVectorRef<S> g
                             ConstMatrixRef<S> grad_y, ExpertGradients<S>& grads,
                             Vector<S>& grad_gate_weight, MatrixRef<S> grad_x) {
   const Index tokens = x.rows();
-  shape_gradients(grads, weights.config);
+  detail::shape_gradients(grads, weights.config);
   ctx.grad_x.resize(tokens, x.cols());
   ctx.grad_gate.resize(tokens, 1);
   dropless_ffn_backward<S>(weights, x, grad_y, ctx.plan, ctx.ffn, grads, ctx.grad_x, ctx.grad_gate);
@@ -69,4 +70,4 @@ void shared_expert_backward(const ExpertWeights<S>& weights, ConstVectorRef<S> g
   grad_x.noalias() += du * gate_weight.transpose();
 }
 
-}  // namespace moe::detail
+}  // namespace moe

@@ -200,6 +200,21 @@ TEST_CASE("dropless FFN gradients match central finite differences", "[dropless]
   }
 }
 
+TEST_CASE("a dropless plan's topology: its groups, square blocks by default",
+          "[dropless][sparse]") {
+  // E = 2, groups of 3 and 1 rows padded to B = 2.
+  ExpertIdMatrix ids(4, 1);
+  ids << 0, 1, 0, 0;
+  const DroplessPlan plan = make_dropless_plan(ids, 2, 2);
+  const BlockSparseTopology topo = make_topology(plan, 5, 2);
+  REQUIRE(topo.group_offsets == (IndexVector(3) << 0, 4, 6).finished());
+  REQUIRE(topo.group_rows == (IndexVector(2) << 3, 1).finished());
+  REQUIRE(topo.block_rows == 2);
+  REQUIRE(topo.block_cols == 2);
+  REQUIRE(make_topology(plan, 4).block_cols == 2);  // the plan's block size
+  REQUIRE_THROWS_WITH(make_topology(plan, 4, -1), Catch::Contains("block_cols"));
+}
+
 TEST_CASE("dropless FFN edge cases", "[dropless][ffn]") {
   SECTION("one expert") {
     const Problem p = make_problem(make_config(1, 4, 6, Activation::gelu, true, 4), 9, 1, 300);
