@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The family graph of include/moe, enforced (docs/architecture.md draws it). Families, lowest first:
+# The family graph of include/moe and its one SIMD seam, enforced (docs/architecture.md draws it).
+# Families, lowest first:
 #
 #   core -> kernels -> routing -> dispatch -> sparse -> experts -> {balance, health} -> layer
 #        -> parallel
@@ -7,7 +8,8 @@
 # A header may include headers of its own family and of families below it; balance and health sit
 # side by side and include neither each other. Nobody includes another family's detail/ folder.
 # moe/moe.hpp (the umbrella) and moe/version.hpp sit outside the families: the umbrella may include
-# any public header, no family header includes it. Exits 1 listing every include that breaks a rule.
+# any public header, no family header includes it. And one header, moe/kernels/simd.hpp, is the
+# SIMD seam: no other names Eigen::internal or an intrinsic. Exits 1 listing every break.
 set -euo pipefail
 cd "$(dirname "$0")/../include"
 
@@ -64,9 +66,17 @@ while IFS= read -r header; do
   done < <(sed -n 's/^[[:space:]]*#[[:space:]]*include[[:space:]]*["<]\(moe\/[^">]*\)[">].*/\1/p' "$header")
 done < <(find moe -name '*.hpp' | sort)
 
+# The SIMD seam.
+seam=moe/kernels/simd.hpp
+while IFS= read -r hit; do
+  problems+=("${hit}: Eigen::internal or an intrinsic outside ${seam}")
+done < <(grep -rnE 'Eigen::internal|<immintrin\.h>|_mm(256|512)?_[a-z]|__builtin_prefetch' moe |
+  grep -v "^${seam}:" | cut -d: -f1,2)
+
 if [ ${#problems[@]} -gt 0 ]; then
-  echo "include graph: ${#problems[@]} include(s) break the family order (scripts/check_includes.sh):"
+  echo "include graph: ${#problems[@]} break(s) of the family order or the SIMD seam (scripts/check_includes.sh):"
   printf '  %s\n' "${problems[@]}"
   exit 1
 fi
-echo "include graph: ${headers} headers, every include goes down the family order"
+echo "include graph: ${headers} headers, every include goes down the family order;" \
+  "Eigen::internal and intrinsics only in ${seam}"

@@ -26,10 +26,10 @@ struct is_stored_tensor<
     : std::bool_constant<T::NumIndices == Rank> {};
 
 template <class T>
-using tensor_scalar_t = std::remove_const_t<typename Eigen::internal::traits<T>::Scalar>;
+using tensor_scalar_t = std::remove_const_t<typename T::Scalar>;
 
 template <class T>
-constexpr bool tensor_row_major = (static_cast<int>(Eigen::internal::traits<T>::Layout) ==
+constexpr bool tensor_row_major = (static_cast<int>(T::Layout) ==
                                    static_cast<int>(Eigen::RowMajor));
 
 /// [rows, cols] view with element (r, c) at data[r * row_stride + c * col_stride].
