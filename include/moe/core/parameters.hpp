@@ -186,17 +186,10 @@ class ParameterSet : public Slots {
   }
 
  private:
+  /// f(slot) for every slot of Slots, in order.
   template <class F>
-  static void each(F&& f) {
+  static void for_each_slot(F&& f) {
     std::apply([&](auto... slots) { (f(slots), ...); }, Slots::slots());
-  }
-  template <class F>
-  void for_each_slot(F&& f) {
-    each(std::forward<F>(f));
-  }
-  template <class F>
-  void for_each_slot(F&& f) const {
-    each(std::forward<F>(f));
   }
 
   /// Whole cache lines per parameter, so each starts aligned.
