@@ -197,7 +197,7 @@ TEST_CASE("bad input raises moe::Error naming the argument", "[router][errors]")
       "selection_bias");
   Matrix x = Matrix::Zero(3, 4);
   x(1, 2) = std::numeric_limits<double>::quiet_NaN();
-  check_throws_naming([&] { router.forward(x, ctx, moe::Mode::eval); }, "logits");
+  check_throws_naming([&] { router.forward(x, ctx, moe::Mode::eval); }, "x");
   moe::Router<double> huge = router;
   huge.weight.setConstant(std::numeric_limits<double>::max());
   check_throws_naming([&] { huge.forward(Matrix::Ones(2, 4), ctx, moe::Mode::eval); }, "logits");
@@ -207,12 +207,12 @@ TEST_CASE("bad input raises moe::Error naming the argument", "[router][errors]")
       [&] {
         router.backward(Matrix::Zero(3, 4), ctx, {Matrix::Zero(3, 3), {}, {}});
       },
-      "grad_gates");
+      "upstream.gates");
   check_throws_naming(
       [&] {
         router.backward(Matrix::Zero(3, 4), ctx, {Matrix::Zero(3, 2), Matrix::Zero(3, 7), {}});
       },
-      "grad_scores");
+      "upstream.scores");
   check_throws_naming([&] { router.backward(Matrix::Zero(2, 4), ctx, {}); }, "x");
 }
 

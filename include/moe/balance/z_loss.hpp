@@ -44,7 +44,13 @@ LossGradient<typename Derived::Scalar> router_z_loss(const Eigen::MatrixBase<Der
     total += lse * lse;
     out.grad.row(t) = (shifted * (2.0 * coefficient * lse / (n * sum))).template cast<S>().matrix();
   }
-  out.value = static_cast<S>(coefficient * total / n);
+  // Finite logits whose squared logsumexp passes the scalar's range (|lse| past 1.8e19 in float,
+  // 1.3e154 in double) have no finite z-loss to return: refused, never returned as inf.
+  const double value = coefficient * total / n;
+  if (!std::isfinite(static_cast<double>(static_cast<S>(value))))
+    detail::fail("logits", "logits whose z-loss fits the scalar type",
+                 detail::concat("a z-loss of ", value));
+  out.value = static_cast<S>(value);
   return out;
 }
 

@@ -123,7 +123,7 @@ inline Index expert_capacity(const CapacityConfig& config, Index tokens, Index t
       break;
   }
   require(c < static_cast<double>(std::numeric_limits<Index>::max() / 4), "expert capacity",
-          "a capacity that fits in an index", c);
+          "a size that fits a 64-bit index", c);
   Index capacity = static_cast<Index>(c);
   if (capacity < config.min_capacity) capacity = config.min_capacity;
   const Index remainder = capacity % config.alignment;

@@ -13,7 +13,6 @@
 #include "moe/dispatch/capacity.hpp"
 #include "moe/dispatch/capacity_plan.hpp"
 #include "moe/dispatch/detail/drop_policies.hpp"
-#include "moe/dispatch/detail/finite_rows.hpp"
 #include "moe/dispatch/detail/plan_finalize.hpp"
 #include "moe/routing/routing.hpp"
 
@@ -43,7 +42,7 @@ CapacityPlan<S> make_capacity_plan(const Eigen::Ref<const ExpertIdMatrix>& exper
         detail::fail("expert_ids", detail::concat("ids in [0, ", num_experts, ")"),
                      detail::concat(e, " at row ", t, ", column ", j));
     }
-  detail::require_finite_rows<S>(gates, "gates");
+  require_finite(gates, "gates");
   const Index group = config.group_size == 0 ? tokens : config.group_size;
   if (config.group_size > 0)
     require(tokens % config.group_size == 0, "expert_ids",
@@ -57,9 +56,9 @@ CapacityPlan<S> make_capacity_plan(const Eigen::Ref<const ExpertIdMatrix>& exper
   plan.top_k = k;
   plan.num_groups = config.group_size == 0 ? 1 : tokens / config.group_size;
   plan.group_capacity = expert_capacity(config, group, k, num_experts, mode);
-  plan.capacity = plan.num_groups * plan.group_capacity;
+  plan.capacity = detail::plan_capacity(num_experts, plan.num_groups, plan.group_capacity);
 
-  const Index n = tokens * k;
+  const Index n = checked_mul(tokens, k, "expert_ids");
   plan.token_offsets.resize(tokens + 1);
   for (Index t = 0; t <= tokens; ++t) plan.token_offsets[t] = t * k;
   plan.entry_expert.resize(n);
@@ -117,6 +116,8 @@ RowMatrix<S> capacity_plan_backward(const CapacityPlan<S>& plan,
           "an expert-choice plan (top_k 0); use expert_choice_backward");
   require(grad_weight.size() == plan.num_entries(), "grad_weight",
           detail::concat("size ", plan.num_entries(), " (one per plan entry)"), grad_weight.size());
+  require_finite(grad_weight, "grad_weight");
+  detail::require_capacity_plan(plan);
   const Index tokens = plan.num_tokens;
   const Index k = plan.top_k;
   RowMatrix<S> grad(tokens, k);

@@ -18,18 +18,6 @@ namespace moe {
 
 namespace detail {
 
-template <class S>
-void check_plan_arrays(const CapacityPlan<S>& plan) {
-  require(plan.token_offsets.size() == plan.num_tokens + 1, "plan.token_offsets",
-          detail::concat("size T + 1 = ", plan.num_tokens + 1), plan.token_offsets.size());
-  require(plan.slot_token.size() == plan.num_slots() && plan.slot_entry.size() == plan.num_slots(),
-          "plan.slot_token", detail::concat("size E * capacity = ", plan.num_slots()),
-          plan.slot_token.size());
-  require(plan.entry_weight.size() == plan.num_entries(), "plan.entry_weight",
-          detail::concat("size ", plan.num_entries(), " (one per entry)"),
-          plan.entry_weight.size());
-}
-
 /// The rows of `rows` that token t's kept entries read (the first RowsAhead::kMaxRows of them);
 /// none past the last token.
 template <class S, class Rows>
@@ -92,9 +80,10 @@ void reduce_token(const CapacityPlan<S>& plan, Index t, const Rows& rows, S* out
 template <class S>
 void dispatch(const CapacityPlan<S>& plan, const ConstMatrixRef<type_identity_t<S>>& x,
               MatrixRef<type_identity_t<S>> buffer) {
-  detail::check_plan_arrays(plan);
+  detail::require_capacity_plan(plan);
   require_shape(x, "x", plan.num_tokens, -1);
   require_shape(buffer, "buffer", plan.num_slots(), x.cols());
+  require_disjoint(buffer, "buffer", x, "x");
   const Index d = x.cols();
   if (d == 0) return;
   const bool stream = kernels::should_stream<S>(plan.num_slots(), d);
@@ -123,9 +112,10 @@ template <class S>
 void dispatch_backward(const CapacityPlan<S>& plan,
                        const ConstMatrixRef<type_identity_t<S>>& grad_buffer,
                        MatrixRef<type_identity_t<S>> grad_x) {
-  detail::check_plan_arrays(plan);
+  detail::require_capacity_plan(plan);
   require_shape(grad_buffer, "grad_buffer", plan.num_slots(), -1);
   require_shape(grad_x, "grad_x", plan.num_tokens, grad_buffer.cols());
+  require_disjoint(grad_x, "grad_x", grad_buffer, "grad_buffer");
   const Index d = grad_buffer.cols();
   if (d == 0) return;
   const bool stream = kernels::should_stream<S>(plan.num_tokens, d);
@@ -148,9 +138,10 @@ RowMatrix<S> dispatch_backward(const CapacityPlan<S>& plan,
 template <class S>
 void combine(const CapacityPlan<S>& plan, const ConstMatrixRef<type_identity_t<S>>& expert_out,
              MatrixRef<type_identity_t<S>> y) {
-  detail::check_plan_arrays(plan);
+  detail::require_capacity_plan(plan);
   require_shape(expert_out, "expert_out", plan.num_slots(), -1);
   require_shape(y, "y", plan.num_tokens, expert_out.cols());
+  require_disjoint(y, "y", expert_out, "expert_out");
   const Index d = expert_out.cols();
   if (d == 0) return;
   const bool stream = kernels::should_stream<S>(plan.num_tokens, d);
@@ -176,12 +167,14 @@ void combine_backward(const CapacityPlan<S>& plan,
                       const ConstMatrixRef<type_identity_t<S>>& grad_y,
                       MatrixRef<type_identity_t<S>> grad_expert_out,
                       Eigen::Ref<Vector<type_identity_t<S>>> grad_weight) {
-  detail::check_plan_arrays(plan);
+  detail::require_capacity_plan(plan);
   require_shape(expert_out, "expert_out", plan.num_slots(), -1);
   require_shape(grad_y, "grad_y", plan.num_tokens, expert_out.cols());
   require_shape(grad_expert_out, "grad_expert_out", plan.num_slots(), expert_out.cols());
   require(grad_weight.size() == plan.num_entries(), "grad_weight",
           detail::concat("size ", plan.num_entries(), " (one per plan entry)"), grad_weight.size());
+  require_disjoint(grad_expert_out, "grad_expert_out", expert_out, "expert_out");
+  require_disjoint(grad_expert_out, "grad_expert_out", grad_y, "grad_y");
   const Index d = expert_out.cols();
   const bool stream = kernels::should_stream<S>(plan.num_slots(), d);
   kernels::parallel_for(0, plan.num_experts, [&](Index e) {

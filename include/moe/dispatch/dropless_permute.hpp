@@ -13,6 +13,7 @@ namespace moe {
 namespace detail {
 
 inline void require_plan_tokens(const DroplessPlan& plan, Index rows, const char* argument) {
+  require_dropless_plan(plan);
   require(rows == plan.num_tokens, argument,
           detail::concat(plan.num_tokens, " rows (the plan's tokens)"), rows);
 }
@@ -36,6 +37,7 @@ void dropless_permute(ConstMatrixRef<S> x, const DroplessPlan& plan, MatrixRef<S
                       bool zero_padding = true) {
   detail::require_plan_tokens(plan, x.rows(), "x");
   require_shape(out, "out", plan.padded_rows(), x.cols());
+  require_disjoint(out, "out", x, "x");
   const Index k = plan.top_k;
   // Walk sorted positions so the writes stream through the buffer in order.
   kernels::parallel_for(
@@ -53,8 +55,10 @@ void dropless_permute(ConstMatrixRef<S> x, const DroplessPlan& plan, MatrixRef<S
 template <class S>
 void dropless_permute_backward(ConstMatrixRef<S> grad_out, const DroplessPlan& plan,
                                MatrixRef<S> grad_x) {
+  detail::require_dropless_plan(plan);
   require_shape(grad_out, "grad_out", plan.padded_rows(), -1);
   require_shape(grad_x, "grad_x", plan.num_tokens, grad_out.cols());
+  require_disjoint(grad_x, "grad_x", grad_out, "grad_out");
   const Index k = plan.top_k;
   kernels::parallel_for(
       0, plan.num_tokens,
@@ -70,9 +74,12 @@ void dropless_permute_backward(ConstMatrixRef<S> grad_out, const DroplessPlan& p
 template <class S>
 void dropless_unpermute(ConstMatrixRef<S> y, ConstMatrixRef<S> gates, const DroplessPlan& plan,
                         MatrixRef<S> out) {
+  detail::require_dropless_plan(plan);
   require_shape(y, "y", plan.padded_rows(), -1);
   require_shape(gates, "gates", plan.num_tokens, plan.top_k);
   require_shape(out, "out", plan.num_tokens, y.cols());
+  require_disjoint(out, "out", y, "y");
+  require_disjoint(out, "out", gates, "gates");
   const Index k = plan.top_k;
   kernels::parallel_for(
       0, plan.num_tokens,
@@ -91,11 +98,15 @@ void dropless_unpermute_backward(ConstMatrixRef<S> grad_out, ConstMatrixRef<S> y
                                  ConstMatrixRef<S> gates, const DroplessPlan& plan,
                                  MatrixRef<S> grad_y, MatrixRef<S> grad_gates,
                                  bool zero_padding = true) {
+  detail::require_dropless_plan(plan);
   require_shape(grad_out, "grad_out", plan.num_tokens, -1);
   require_shape(y, "y", plan.padded_rows(), grad_out.cols());
   require_shape(gates, "gates", plan.num_tokens, plan.top_k);
   require_shape(grad_y, "grad_y", plan.padded_rows(), grad_out.cols());
   require_shape(grad_gates, "grad_gates", plan.num_tokens, plan.top_k);
+  require_disjoint(grad_y, "grad_y", grad_out, "grad_out");
+  require_disjoint(grad_y, "grad_y", y, "y");
+  require_disjoint(grad_gates, "grad_gates", gates, "gates");
   const Index k = plan.top_k;
   kernels::parallel_for(
       0, plan.num_tokens,

@@ -43,6 +43,48 @@ struct DroplessPlan {
 /// round_up(n, b) = ceil(n / b) * b, MegaBlocks' padding of each expert's count to the block size.
 inline Index round_up(Index n, Index block) noexcept { return (n + block - 1) / block * block; }
 
+/// round_up(n, block), refusing a padded count past Index's range (a huge block size).
+inline Index padded_rows(Index n, Index block) {
+  return n == 0 ? 0 : checked_mul((n - 1) / block + 1, block, "block_size");
+}
+
+namespace detail {
+
+/// Checks that `plan` is whole and consistent, in O(E + T k): the arrays have the plan's sizes,
+/// the offsets rise, and every pair's row lies inside its expert's group. A plan is plain data
+/// the caller may have built or edited.
+inline void require_dropless_plan(const DroplessPlan& plan) {
+  const Index experts = plan.num_experts;
+  require(plan.num_tokens >= 0 && plan.top_k >= 0 && experts >= 1 && plan.block_size >= 1,
+          "plan", "a plan from make_dropless_plan (T, k >= 0; E, block_size >= 1)",
+          concat("T ", plan.num_tokens, ", k ", plan.top_k, ", E ", experts, ", block ",
+                 plan.block_size));
+  const Index pairs = checked_mul(plan.num_tokens, plan.top_k, "plan.num_tokens");
+  require(plan.tokens_per_expert.size() == experts && plan.offsets.size() == experts + 1 &&
+              plan.padded_offsets.size() == experts + 1,
+          "plan.offsets", concat("E + 1 = ", experts + 1, " offsets"), plan.offsets.size());
+  require(plan.sorted_pairs.size() == pairs && plan.pair_row.size() == pairs, "plan.pair_row",
+          concat("size T * k = ", pairs), plan.pair_row.size());
+  require(plan.padded_offsets[0] == 0 && plan.offsets[0] == 0 && plan.offsets[experts] == pairs,
+          "plan.offsets", concat("offsets from 0 to T * k = ", pairs),
+          concat(plan.offsets[0], " to ", plan.offsets[experts]));
+  for (Index e = 0; e < experts; ++e) {
+    const Index count = plan.tokens_per_expert[e];
+    if (count < 0 || plan.offsets[e + 1] - plan.offsets[e] != count ||
+        plan.padded_offsets[e + 1] - plan.padded_offsets[e] < count ||
+        plan.padded_offsets[e + 1] < plan.padded_offsets[e])
+      fail("plan.padded_offsets", "groups that hold their expert's pairs",
+           concat("expert ", e, " with ", count, " pairs"));
+  }
+  const Index rows = plan.padded_offsets[experts];
+  for (Index p = 0; p < pairs; ++p)
+    if (plan.pair_row[p] < 0 || plan.pair_row[p] >= rows)
+      fail("plan.pair_row", concat("rows in [0, ", rows, ")"),
+           concat(plan.pair_row[p], " at pair ", p));
+}
+
+}  // namespace detail
+
 namespace detail {
 
 /// Pairs per histogram chunk: enough work per thread that the O(chunks * E) prefix stays small.
@@ -61,7 +103,7 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
   const Index tokens = expert_ids.rows();
   const Index k = expert_ids.cols();
   require(k >= 1 || tokens == 0, "expert_ids", "at least one column (top_k >= 1)", k);
-  const Index pairs = tokens * k;
+  const Index pairs = checked_mul(tokens, k, "expert_ids");
   const ExpertId* ids = expert_ids.data();
   const Index stride = expert_ids.outerStride();
   // Pair p is (token p / k, choice p % k); a dense id matrix (the usual case) needs no division.
@@ -111,8 +153,8 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
     }
     plan.tokens_per_expert[e] = next - plan.offsets[e];
     plan.offsets[e + 1] = next;
-    plan.padded_offsets[e + 1] =
-        plan.padded_offsets[e] + round_up(plan.tokens_per_expert[e], block_size);
+    plan.padded_offsets[e + 1] = checked_add(
+        plan.padded_offsets[e], padded_rows(plan.tokens_per_expert[e], block_size), "block_size");
   }
 
   kernels::parallel_for(

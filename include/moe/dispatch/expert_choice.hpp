@@ -11,7 +11,6 @@
 #include "moe/core/types.hpp"
 #include "moe/dispatch/capacity.hpp"
 #include "moe/dispatch/capacity_plan.hpp"
-#include "moe/dispatch/detail/finite_rows.hpp"
 #include "moe/dispatch/detail/plan_finalize.hpp"
 
 namespace moe {
@@ -52,7 +51,7 @@ CapacityPlan<S> make_expert_choice_plan(const ConstMatrixRef<type_identity_t<S>>
   const Index num_experts = scores.cols();
   require(num_experts >= 1, "scores", "[T, E] with E >= 1",
           detail::concat("[", tokens, ", ", num_experts, "]"));
-  detail::require_finite_rows<S>(scores, "scores");
+  require_finite(scores, "scores");
   if (config.group_size > 0)
     require(tokens % config.group_size == 0, "scores",
             detail::concat("a row count divisible by ExpertChoiceConfig::group_size (",
@@ -66,7 +65,7 @@ CapacityPlan<S> make_expert_choice_plan(const ConstMatrixRef<type_identity_t<S>>
   plan.top_k = 0;
   plan.num_groups = config.group_size == 0 ? 1 : tokens / config.group_size;
   plan.group_capacity = expert_capacity(capacity, group, 1, num_experts, mode);
-  plan.capacity = plan.num_groups * plan.group_capacity;
+  plan.capacity = detail::plan_capacity(num_experts, plan.num_groups, plan.group_capacity);
   const Index taken = std::min(plan.group_capacity, group);
 
   // chosen[e · capacity + c] = token in slot c of expert e (slots filled without gaps).
@@ -140,6 +139,8 @@ RowMatrix<S> expert_choice_backward(const CapacityPlan<S>& plan,
                                     const ConstVectorRef<type_identity_t<S>>& grad_weight) {
   require(grad_weight.size() == plan.num_entries(), "grad_weight",
           detail::concat("size ", plan.num_entries(), " (one per plan entry)"), grad_weight.size());
+  require_finite(grad_weight, "grad_weight");
+  detail::require_capacity_plan(plan);
   RowMatrix<S> grad = RowMatrix<S>::Zero(plan.num_tokens, plan.num_experts);
   for (Index t = 0; t < plan.num_tokens; ++t)
     for (Index i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i)

@@ -23,6 +23,8 @@ struct CapacityFFNContext {
   bool save_for_backward = true;
   Index capacity = -1;  ///< -1 until a forward ran
   bool saved = false;   ///< whether the last forward kept its input
+  /// The config of the weights the last forward ran with (num_experts -1 before any).
+  ExpertFFNConfig experts{-1};
 };
 
 namespace detail {
@@ -48,8 +50,9 @@ void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, 
   const ExpertFFNConfig& c = weights.config;
   const Index experts = c.num_experts;
   require(capacity >= 0, "capacity", ">= 0", capacity);
-  require_shape(x, "x", experts * capacity, c.hidden);
-  require_shape(out, "out", experts * capacity, c.hidden);
+  const Index slots = checked_mul(experts, capacity, "capacity");
+  require_shape(x, "x", slots, c.hidden);
+  require_shape(out, "out", slots, c.hidden);
   require(filled.size() == 0 || filled.size() == experts, "filled",
           detail::concat("0 or ", experts, " entries"), filled.size());
   IndexVector offsets(experts + 1), rows(experts);
@@ -59,7 +62,11 @@ void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, 
     require(rows[e] >= 0 && rows[e] <= capacity, "filled",
             detail::concat("0 <= filled <= capacity (", capacity, ") for expert ", e), rows[e]);
   }
+  // Only the filled slots are read: a NaN in an empty one is the dispatcher's padding, not input.
+  for (Index e = 0; e < experts; ++e)
+    require_finite(x.middleRows(e * capacity, rows[e]), "x");
   ctx.capacity = capacity;
+  ctx.experts = c;
   ctx.topology = make_topology(offsets, rows, 1, c.ffn_hidden, c.block_cols);
   ctx.topology.write_padding = false;  // empty slots are set to zero below, never read
   ctx.saved = ctx.save_for_backward;
@@ -97,6 +104,8 @@ void capacity_ffn_backward_grouped(const ExpertWeights<S>& weights, ConstMatrixR
   require_shape(grad_out, "grad_out", rows_total, c.hidden);
   require_shape(grad_x, "grad_x", rows_total, c.hidden);
   const BlockSparseTopology& topo = ctx.topology;
+  for (Index e = 0; e < c.num_experts; ++e)
+    require_finite(grad_out.middleRows(topo.group_offsets[e], topo.group_rows[e]), "grad_out");
   GroupedBuffers<S> buf = capacity_buffers(weights, ctx);
   auto dy = buf.dy();
   kernels::parallel_for(0, c.num_experts, [&](Index e) {
@@ -115,7 +124,7 @@ void capacity_ffn_backward_grouped(const ExpertWeights<S>& weights, ConstMatrixR
 template <class S>
 void require_capacity_context(const ExpertWeights<S>& weights, const CapacityFFNContext<S>& ctx) {
   require_weights(weights, "weights");
-  require(ctx.capacity >= 0, "ctx", "a context filled by capacity_ffn_forward", "an empty context");
+  require_forward_of(ctx.experts, weights.config, "capacity_ffn_forward");
 }
 
 }  // namespace detail

@@ -39,6 +39,8 @@ struct DroplessFFNContext {
   bool saved = false;     ///< whether the last forward saved for backward
   Index top_k = 0;
   Index padded_rows = 0;
+  /// The config of the weights the last forward ran with (num_experts -1 before any).
+  ExpertFFNConfig experts{-1};
 
   /// The expert outputs before combine, [padded rows, d] in plan order (padding rows unspecified).
   Eigen::Map<RowMatrix<S>, Eigen::Aligned64> expert_outputs(Index d) {
@@ -72,10 +74,15 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
   require_shape(x, "x", plan.num_tokens, c.hidden);
   require_shape(gates, "gates", plan.num_tokens, plan.top_k);
   require_shape(out, "out", plan.num_tokens, c.hidden);
+  require_finite(x, "x");
+  require_finite(gates, "gates");
+  require_disjoint(out, "out", x, "x");
+  require_disjoint(out, "out", gates, "gates");
 
   ctx.topology = make_topology(plan, c.ffn_hidden, c.block_cols);
   ctx.topology.write_padding = false;  // the FFN reads data rows only
   ctx.num_tokens = plan.num_tokens;
+  ctx.experts = c;
   ctx.top_k = plan.top_k;
   ctx.padded_rows = plan.padded_rows();
   // Under a BLAS backend the products cannot read gathered rows in place: group them once anyway.
@@ -124,6 +131,7 @@ void dropless_ffn_backward_grouped(const ExpertWeights<S>& weights, ConstMatrixR
   require_weights(grads, "grads");
   const Index d = weights.config.hidden;
   require_shape(grad_out, "grad_out", plan.num_tokens, d);
+  require_finite(grad_out, "grad_out");
   require_shape(grad_x, "grad_x", plan.num_tokens, d);
   require_shape(grad_gates, "grad_gates", plan.num_tokens, plan.top_k);
 
@@ -139,8 +147,8 @@ template <class S>
 void require_forward_context(const ExpertWeights<S>& weights, const DroplessPlan& plan,
                              const DroplessFFNContext<S>& ctx) {
   require_weights(weights, "weights");
-  require(ctx.num_tokens >= 0, "ctx", "a context filled by dropless_ffn_forward",
-          "an empty context");
+  require_forward_of(ctx.experts, weights.config, "dropless_ffn_forward");
+  require_dropless_plan(plan);
   require(ctx.num_tokens == plan.num_tokens && ctx.top_k == plan.top_k &&
               ctx.padded_rows == plan.padded_rows(),
           "plan", "the plan of the forward that filled ctx", "a plan of another shape");

@@ -1,6 +1,7 @@
 // Per-expert FFN parameters, stored expert-major so each expert's matrix is one contiguous block.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <tuple>
@@ -153,6 +154,7 @@ struct ExpertWeights : ParameterSet<ExpertSlots<S>> {
 
   /// Every parameter N(0, stddev) from a counter RNG: the same values at any thread count.
   void init_weights(std::uint64_t seed, double stddev) {
+    require(std::isfinite(stddev) && stddev >= 0, "stddev", "a finite value >= 0", stddev);
     std::vector<Index> all(static_cast<std::size_t>(config.num_experts));
     for (Index e = 0; e < config.num_experts; ++e) all[static_cast<std::size_t>(e)] = e;
     init_weights(seed, stddev, all, config.num_experts);
@@ -164,6 +166,7 @@ struct ExpertWeights : ParameterSet<ExpertSlots<S>> {
   /// the whole model: parameters in the order w1, w3, w2, b1, b3, b2, each expert one block.
   void init_weights(std::uint64_t seed, double stddev, const std::vector<Index>& global_ids,
                     Index total_experts) {
+    require(std::isfinite(stddev) && stddev >= 0, "stddev", "a finite value >= 0", stddev);
     const Index local = config.num_experts;
     require(static_cast<Index>(global_ids.size()) == local, "global_ids",
             detail::concat(local, " ids (config.num_experts)"), global_ids.size());
@@ -200,6 +203,25 @@ template <class S>
 using ExpertGradients = ExpertWeights<S>;
 
 namespace detail {
+
+/// Whether two configs give parameters of the same shapes (block_cols only tiles the work).
+inline bool same_shapes(const ExpertFFNConfig& a, const ExpertFFNConfig& b) {
+  return a.num_experts == b.num_experts && a.hidden == b.hidden && a.ffn_hidden == b.ffn_hidden &&
+         a.activation == b.activation && a.bias == b.bias;
+}
+
+/// Checks that a context was filled by a forward of weights of config `c`: `ran` is the config the
+/// forward recorded (num_experts -1 before any forward).
+inline void require_forward_of(const ExpertFFNConfig& ran, const ExpertFFNConfig& c,
+                               const char* forward) {
+  require(ran.num_experts >= 0, "ctx", concat("a context filled by ", forward), "an empty context");
+  require(same_shapes(ran, c), "ctx",
+          concat("a context filled by the forward of these weights (E = ", c.num_experts,
+                 ", d = ", c.hidden, ", f = ", c.ffn_hidden, ", ", to_string(c.activation),
+                 c.bias ? ", bias)" : ")"),
+          concat("a context of E = ", ran.num_experts, ", d = ", ran.hidden, ", f = ",
+                 ran.ffn_hidden, ", ", to_string(ran.activation), ran.bias ? ", bias" : ""));
+}
 
 /// Makes `g` gradients of config `c`: zero-filled when (re)allocated, its memory kept when it has
 /// those shapes already (backward overwrites what it keeps); empty when not `wanted`.

@@ -83,7 +83,7 @@ DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities,
     // Fast path: a NaN or infinity anywhere in the block makes a column sum non-finite (finite
     // probabilities cannot overflow a sum), so no separate finiteness sweep is needed.
     detail::accumulate_distribution(block, token_entropy, colsums.row(b), out);
-    if (detail::all_finite(colsums.row(b)) && std::isfinite(out.entropy)) {
+    if (detail::sums_finite(colsums.row(b)) && std::isfinite(out.entropy)) {
       if (block.minCoeff() < S(0))
         for (Index r = 0; r < count && out.negative_row < 0; ++r)
           if ((block.row(r) < S(0)).any()) out.negative_row = first + r;

@@ -118,7 +118,7 @@ IndexVector topk_load(const Eigen::DenseBase<P>& probabilities, Index top_k) {
       const S v = p(t, e);
       row[e] = std::isnan(v) ? -std::numeric_limits<S>::infinity() : v;
     }
-    moe::top_k(row.data(), experts, top_k, ids.data(), selected.data());
+    detail::top_k_unchecked(row.data(), experts, top_k, ids.data(), selected.data());
     for (ExpertId e : ids) ++counts[e];
   }
   return counts;

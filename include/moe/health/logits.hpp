@@ -59,7 +59,7 @@ bool add_logit_block(const A& z, LogitPartial& out) {
   const BlockColumn<S> dot = (e * (z - shift)).rowwise().sum();
   // Sums above min/epsilon keep every term that matters far from the subnormal range.
   const S smallest = std::numeric_limits<S>::min() / std::numeric_limits<S>::epsilon();
-  if (!(sum.minCoeff() >= smallest) || !all_finite(dot)) return false;
+  if (!(sum.minCoeff() >= smallest) || !sums_finite(dot)) return false;
   add_row_sums<S>(BlockColumn<S>::Constant(z.rows(), shift), sum, dot, out);
   return true;
 }

@@ -6,6 +6,7 @@
 // moe/parallel/all_to_all_exchange.hpp, answers the same calls.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -102,11 +103,13 @@ class LocalExchange {
   /// Checks that `ctx` holds the forward of `tokens` tokens.
   template <class S>
   void require_forward(const Context<S>& ctx, DispatchKind kind, Index tokens) const {
-    const Index planned =
-        kind == DispatchKind::dropless ? ctx.plan.num_tokens : ctx.capacity_plan.num_tokens;
+    const Index planned = kind == DispatchKind::dropless ? ctx.dropless.num_tokens
+                                                         : (ctx.capacity_ffn.capacity < 0
+                                                                ? -1
+                                                                : ctx.capacity_plan.num_tokens);
     require(planned == tokens, "ctx",
             detail::concat("a context filled by the forward of ", tokens, " tokens"),
-            detail::concat("a context of ", planned, " tokens"));
+            detail::concat("a context of ", std::max<Index>(planned, 0), " tokens"));
   }
 
   /// Backward of forward: grad_x of the routed path, every expert's gradient (overwritten; experts

@@ -108,8 +108,9 @@ struct MoELayerSlots {
   static ExpertWeights<S> mapped_shared(const MoELayerConfig& c, const ExpertBuffers<S>& b) {
     if (c.shared.ffn_hidden > 0)
       return ExpertWeights<S>::mapped(c.shared_experts(), b, "buffers.shared");
-    require(b.w1.data == nullptr && b.w1.size == 0, "buffers.shared",
-            "empty buffers (no shared expert configured)", "a w1 buffer");
+    for (const ParameterBuffer<S>* given : {&b.w1, &b.w3, &b.w2, &b.b1, &b.b3, &b.b2})
+      require(given->data == nullptr && given->size == 0, "buffers.shared",
+              "empty buffers (no shared expert configured)", "a buffer");
     return ExpertWeights<S>();
   }
 };
@@ -219,8 +220,10 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
                        Index micro_batch = 0) {
     ctx.mode = mode;
     const Routing<S>* routed = nullptr;
-    exchange.agree(
-        [&] { routed = &router.forward(x, ctx.router, mode, exchange.router_seed(seed)); });
+    exchange.agree([&] {
+      check_config();
+      routed = &router.forward(x, ctx.router, mode, exchange.router_seed(seed));
+    });
     const Routing<S>& own = *routed;
     const Routing<S>& batch = exchange.batch_routing(own, ctx.exchange);
 
@@ -270,9 +273,15 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     const Routing<S>& routing = ctx.router.routing;
     const Index tokens = routing.num_tokens(), d = config.router.hidden;
     exchange.agree([&] {
-      require_shape(grad_y, "grad_y", tokens, d);
+      check_config();
+      // The context first: a backward without its forward is what a wrong shape here means.
+      exchange.require_forward(ctx.exchange, config.dispatch, x.rows());
+      require(tokens == x.rows(), "ctx",
+              detail::concat("a context filled by the forward of ", x.rows(), " tokens"),
+              detail::concat("a router context of ", tokens, " tokens"));
       require_shape(x, "x", tokens, d);
-      exchange.require_forward(ctx.exchange, config.dispatch, tokens);
+      require_shape(grad_y, "grad_y", tokens, d);
+      require_finite(grad_y, "grad_y");
     });
     shape_gradients(grads, tokens);
     RouterUpstream<S>& upstream = ctx.upstream;
@@ -313,6 +322,44 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
                                        routed_experts(layer_config, this->exchange), buffers),
         config(layer_config) {
     make_balancer();
+  }
+
+  /// The config is a public member, checked where it is used: valid, and the parameters' shapes are
+  /// still the ones it gives (the router's config and the experts' are their own copies).
+  void check_config() const {
+    validate(config);
+    const RouterConfig &mine = config.router, &held = router.config;
+    const bool same_router =
+        mine.num_experts == held.num_experts && mine.hidden == held.hidden &&
+        mine.top_k == held.top_k && mine.score == held.score &&
+        mine.softmax_order == held.softmax_order && mine.renormalize == held.renormalize &&
+        mine.renormalize_epsilon == held.renormalize_epsilon &&
+        mine.scaling_factor == held.scaling_factor && mine.num_groups == held.num_groups &&
+        mine.groups_selected == held.groups_selected && mine.group_score == held.group_score &&
+        mine.group_mask == held.group_mask && mine.linear_bias == held.linear_bias &&
+        mine.noise == held.noise && mine.jitter_epsilon == held.jitter_epsilon &&
+        mine.noise_epsilon == held.noise_epsilon;
+    require(same_router, "MoELayer::config.router", "the router's config (router.config)",
+            "another config: edit both, or build a new layer");
+    const ExpertFFNConfig routed = routed_experts(config, exchange);
+    require(experts.w1.size() == 0 ? routed.num_experts == 0
+                                   : detail::same_shapes(experts.config, routed),
+            "MoELayer::config", "the shapes of the experts it was built with",
+            detail::concat("E = ", routed.num_experts, ", d = ", routed.hidden,
+                           ", f = ", routed.ffn_hidden, " against experts of E = ",
+                           experts.config.num_experts, ", d = ", experts.config.hidden,
+                           ", f = ", experts.config.ffn_hidden));
+    const bool shared_ok = config.shared.ffn_hidden > 0
+                               ? detail::same_shapes(shared.config, config.shared_experts())
+                               : shared.w1.size() == 0;
+    require(shared_ok && shared_gate_weight.size() == (config.shared.gated ? config.router.hidden : 0),
+            "MoELayer::config.shared", "the shapes of the shared expert it was built with",
+            detail::concat("ffn_hidden ", config.shared.ffn_hidden,
+                           config.shared.gated ? ", gated" : ""));
+    require(!balancer || balancer->num_experts() == config.router.num_experts,
+            "MoELayer::balancer", detail::concat("a balancer of ", config.router.num_experts,
+                                                 " experts"),
+            balancer ? balancer->num_experts() : 0);
   }
 
   /// The config of the routed experts `held_by` holds.

@@ -67,8 +67,8 @@ inline void validate(const RouterConfig& c) {
   require(c.hidden >= 1, "RouterConfig::hidden", ">= 1", c.hidden);
   require(c.top_k >= 1 && c.top_k <= c.num_experts, "RouterConfig::top_k",
           detail::concat("1 <= top_k <= num_experts (", c.num_experts, ")"), c.top_k);
-  require(c.renormalize_epsilon >= 0.0, "RouterConfig::renormalize_epsilon", ">= 0",
-          c.renormalize_epsilon);
+  require(std::isfinite(c.renormalize_epsilon) && c.renormalize_epsilon >= 0.0,
+          "RouterConfig::renormalize_epsilon", "a finite value >= 0", c.renormalize_epsilon);
   require(std::isfinite(c.scaling_factor) && c.scaling_factor > 0.0, "RouterConfig::scaling_factor",
           "a finite value > 0", c.scaling_factor);
   require(c.score == ScoreFunction::softmax || c.softmax_order == SoftmaxOrder::softmax_then_topk,
@@ -91,7 +91,8 @@ inline void validate(const RouterConfig& c) {
   }
   require(c.jitter_epsilon >= 0.0 && c.jitter_epsilon < 1.0, "RouterConfig::jitter_epsilon",
           "0 <= eps < 1", c.jitter_epsilon);
-  require(c.noise_epsilon >= 0.0, "RouterConfig::noise_epsilon", ">= 0", c.noise_epsilon);
+  require(std::isfinite(c.noise_epsilon) && c.noise_epsilon >= 0.0, "RouterConfig::noise_epsilon",
+          "a finite value >= 0", c.noise_epsilon);
 }
 
 }  // namespace moe

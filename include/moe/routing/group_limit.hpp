@@ -22,15 +22,15 @@ void mask_unselected_groups(const RouterConfig& config, S* selection, S* group_s
   for (Index g = 0; g < groups; ++g) {
     const S* members = selection + g * per_group;
     if (config.group_score == GroupScore::max) {
-      top_k(members, per_group, 1, best_ids, best);
+      detail::top_k_unchecked(members, per_group, 1, best_ids, best);
       group_scratch[g] = best[0];
     } else {
-      top_k(members, per_group, 2, best_ids, best);
+      detail::top_k_unchecked(members, per_group, 2, best_ids, best);
       group_scratch[g] = best[0] + best[1];
     }
   }
   S* kept = group_scratch + groups;
-  top_k(group_scratch, groups, config.groups_selected, group_ids, kept);
+  detail::top_k_unchecked(group_scratch, groups, config.groups_selected, group_ids, kept);
   const S masked =
       config.group_mask == GroupMask::neg_inf ? -std::numeric_limits<S>::infinity() : S(0);
   for (Index g = 0; g < groups; ++g) {

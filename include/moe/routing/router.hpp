@@ -23,21 +23,40 @@
 
 namespace moe {
 
-/// Scores over all experts, the top-k experts and their gate weights, from the logits the router
-/// scores with. `selection_bias` ([E] or empty) shifts which experts win, never the gate weights
-/// (Wang et al. 2024; DeepSeek-V3's e_score_correction_bias).
-///   softmax_then_topk: w = s[top-k(s + b)], optionally w /= (sum w + eps)
-///   topk_then_softmax: w = softmax(z[top-k(z + b)]) (Megatron-Core's default)
-///   sigmoid:           w = s[top-k(s + b)], optionally renormalized;  then w *= scaling_factor
+namespace detail {
+
+/// log sigmoid(z) = -softplus(-z) = min(z, 0) - log1p(exp(-|z|)), finite for every finite z.
 template <class S>
-void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
-                    const ConstVectorRef<S>& selection_bias, Routing<S>& out,
-                    RowMatrix<S>& selection) {
+S log_sigmoid(S z) {
+  return std::min(z, S(0)) - std::log1p(std::exp(-std::abs(z)));
+}
+
+/// r_j = s_j / (sum_i s_i + eps) over a token's k selected sigmoid scores s = sigmoid(z): the
+/// quotient itself while the sum is a normal number (what PyTorch computes), and, when it is not
+/// (eps = 0 and every chosen logit below about -87 in float), exp(log s_j - logsumexp_i log s_i),
+/// the same ratio computed in log space so that it stays finite and sums to 1.
+template <class S, class Score, class Logit>
+void sigmoid_ratios(Index k, const Score& s, const Logit& z, double eps, S* r) {
+  S sum = 0;
+  for (Index j = 0; j < k; ++j) sum += s(j);
+  const S denominator = sum + static_cast<S>(eps);
+  if (denominator >= std::numeric_limits<S>::min()) {
+    for (Index j = 0; j < k; ++j) r[j] = s(j) / denominator;
+    return;
+  }
+  S max_log = log_sigmoid(z(0));
+  for (Index j = 1; j < k; ++j) max_log = std::max(max_log, log_sigmoid(z(j)));
+  S total = 0;
+  for (Index j = 0; j < k; ++j) total += r[j] = std::exp(log_sigmoid(z(j)) - max_log);
+  for (Index j = 0; j < k; ++j) r[j] /= total;
+}
+
+/// select_experts without its argument checks, for callers that made them (Router::forward).
+template <class S>
+void select_experts_unchecked(const RouterConfig& config, const ConstMatrixRef<S>& logits,
+                              const ConstVectorRef<S>& selection_bias, Routing<S>& out,
+                              RowMatrix<S>& selection) {
   const Index tokens = logits.rows(), experts = logits.cols(), k = config.top_k;
-  require(experts == config.num_experts, "logits", detail::concat(config.num_experts, " columns"),
-          experts);
-  require(selection_bias.size() == 0 || selection_bias.size() == experts, "selection_bias",
-          detail::concat("size 0 or ", experts), selection_bias.size());
   const bool by_logits = config.score == ScoreFunction::softmax &&
                          config.softmax_order == SoftmaxOrder::topk_then_softmax;
   const bool rewrite = selection_bias.size() > 0 || config.groups_enabled();
@@ -90,7 +109,12 @@ void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
             S sum = 0;
             for (Index j = 0; j < k; ++j) sum += gates[j] = std::exp(logits(t, ids[j]) - max_logit);
             for (Index j = 0; j < k; ++j) gates[j] /= sum;
+          } else if (config.renormalize && config.score == ScoreFunction::sigmoid) {
+            sigmoid_ratios<S>(
+                k, [&](Index j) { return out.scores(t, ids[j]); },
+                [&](Index j) { return logits(t, ids[j]); }, config.renormalize_epsilon, gates);
           } else {
+            // Softmax probabilities: the k best sum to at least 1/E, never to a subnormal.
             S sum = 0;
             for (Index j = 0; j < k; ++j) sum += gates[j] = out.scores(t, ids[j]);
             if (config.renormalize) {
@@ -105,25 +129,54 @@ void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
       /*min_parallel=*/512 / block);
 }
 
-/// Backward of select_experts: d loss / d logits from d loss / d gates ([T, k]) and, optionally,
-/// d loss / d scores ([T, E], e.g. from an aux loss; empty when absent). Selection is a constant.
-///   renormalized: ds_l = dw_l / D - (sum_i dw_i s_i) / D^2, D = sum s + eps
-///   topk_then_softmax: dz_j = p_j (dw_j - sum_i p_i dw_i) on the selected logits
-///   then dz = s (ds - <s, ds>) (softmax) or ds s (1 - s) (sigmoid)
+/// Checks a selection bias: [E] or empty, finite.
 template <class S>
-RowMatrix<S> select_experts_backward(const RouterConfig& config, const ConstMatrixRef<S>& logits,
-                                     const Routing<S>& routing, const ConstMatrixRef<S>& grad_gates,
-                                     const ConstMatrixRef<S>& grad_scores) {
+void require_selection_bias(const ConstVectorRef<S>& bias, Index experts, const char* argument) {
+  require(bias.size() == 0 || bias.size() == experts, argument,
+          concat("size 0 or ", experts, " (E)"), bias.size());
+  require_finite(bias, argument);
+}
+
+}  // namespace detail
+
+/// Scores over all experts, the top-k experts and their gate weights, from the logits the router
+/// scores with. `selection_bias` ([E] or empty) shifts which experts win, never the gate weights
+/// (Wang et al. 2024; DeepSeek-V3's e_score_correction_bias).
+///   softmax_then_topk: w = s[top-k(s + b)], optionally w /= (sum w + eps)
+///   topk_then_softmax: w = softmax(z[top-k(z + b)]) (Megatron-Core's default)
+///   sigmoid:           w = s[top-k(s + b)], optionally renormalized;  then w *= scaling_factor
+/// The config is validated, the logits and the bias must be finite (moe::Error otherwise).
+template <class S>
+void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
+                    const ConstVectorRef<S>& selection_bias, Routing<S>& out,
+                    RowMatrix<S>& selection) {
+  validate(config);
+  require_shape(logits, "logits", -1, config.num_experts);
+  require_finite(logits, "logits");
+  detail::require_selection_bias<S>(selection_bias, config.num_experts, "selection_bias");
+  detail::select_experts_unchecked<S>(config, logits, selection_bias, out, selection);
+}
+
+namespace detail {
+
+/// select_experts_backward without its argument checks (Router::backward makes them).
+template <class S>
+RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
+                                               const ConstMatrixRef<S>& logits,
+                                               const Routing<S>& routing,
+                                               const ConstMatrixRef<S>& grad_gates,
+                                               const ConstMatrixRef<S>& grad_scores) {
   const Index tokens = logits.rows(), experts = logits.cols(), k = config.top_k;
-  require_shape(grad_gates, "grad_gates", tokens, k);
-  if (grad_scores.size() != 0) require_shape(grad_scores, "grad_scores", tokens, experts);
   const bool by_logits = config.score == ScoreFunction::softmax &&
                          config.softmax_order == SoftmaxOrder::topk_then_softmax;
+  const bool sigmoid_ratio =
+      config.score == ScoreFunction::sigmoid && config.renormalize;
   const S scale = static_cast<S>(config.scaling_factor);
 
   RowMatrix<S> d_scores =
       grad_scores.size() != 0 ? RowMatrix<S>(grad_scores) : RowMatrix<S>::Zero(tokens, experts);
-  RowMatrix<S> d_logits = RowMatrix<S>::Zero(tokens, by_logits ? experts : 0);
+  // Gradients that reach the logits without going through the score transform.
+  RowMatrix<S> d_logits = RowMatrix<S>::Zero(tokens, by_logits || sigmoid_ratio ? experts : 0);
   kernels::parallel_for(0, tokens, [&](Index t) {
     const ExpertId* ids = routing.expert_ids.row(t).data();
     if (by_logits) {
@@ -150,16 +203,60 @@ RowMatrix<S> select_experts_backward(const RouterConfig& config, const ConstMatr
       inner += scale * grad_gates(t, j) * routing.scores(t, ids[j]);
     }
     const S denominator = sum + static_cast<S>(config.renormalize_epsilon);
+    if (!sigmoid_ratio || denominator * denominator >= std::numeric_limits<S>::min()) {
+      for (Index j = 0; j < k; ++j)
+        d_scores(t, ids[j]) +=
+            scale * grad_gates(t, j) / denominator - inner / (denominator * denominator);
+      return;
+    }
+    constexpr Index kMaxStack = 64;
+    S stack[kMaxStack];
+    std::vector<S> heap(static_cast<std::size_t>(k > kMaxStack ? k : 0));
+    S* r = k > kMaxStack ? heap.data() : stack;
+    detail::sigmoid_ratios<S>(
+        k, [&](Index j) { return routing.scores(t, ids[j]); },
+        [&](Index j) { return logits(t, ids[j]); }, config.renormalize_epsilon, r);
+    S weighted = 0;
+    for (Index j = 0; j < k; ++j) weighted += scale * grad_gates(t, j) * r[j];
     for (Index j = 0; j < k; ++j)
-      d_scores(t, ids[j]) +=
-          scale * grad_gates(t, j) / denominator - inner / (denominator * denominator);
+      d_logits(t, ids[j]) +=
+          r[j] * (S(1) - routing.scores(t, ids[j])) * (scale * grad_gates(t, j) - weighted);
   });
 
   RowMatrix<S> through_scores = config.score == ScoreFunction::softmax
                                     ? softmax_rows_backward<S>(routing.scores, d_scores)
                                     : sigmoid_backward<S>(routing.scores, d_scores);
-  if (by_logits) through_scores += d_logits;
+  if (d_logits.size() != 0) through_scores += d_logits;
   return through_scores;
+}
+
+}  // namespace detail
+
+/// Backward of select_experts: d loss / d logits from d loss / d gates ([T, k]) and, optionally,
+/// d loss / d scores ([T, E], e.g. from an aux loss; empty when absent). Selection is a constant.
+///   renormalized: ds_l = dw_l / D - (sum_i dw_i s_i) / D^2, D = sum s + eps
+///   sigmoid, renormalized, D^2 subnormal: dz_l = r_l (1 - s_l) (dw_l - sum_i dw_i r_i) with
+///     r = s / D from sigmoid_ratios: the same derivative, finite for every finite logit
+///   topk_then_softmax: dz_j = p_j (dw_j - sum_i p_i dw_i) on the selected logits
+///   then dz = s (ds - <s, ds>) (softmax) or ds s (1 - s) (sigmoid)
+template <class S>
+RowMatrix<S> select_experts_backward(const RouterConfig& config, const ConstMatrixRef<S>& logits,
+                                     const Routing<S>& routing, const ConstMatrixRef<S>& grad_gates,
+                                     const ConstMatrixRef<S>& grad_scores) {
+  validate(config);
+  const Index tokens = logits.rows();
+  require_shape(logits, "logits", -1, config.num_experts);
+  require_finite(logits, "logits");
+  require_shape(routing.expert_ids, "routing.expert_ids", tokens, config.top_k);
+  require_shape(routing.scores, "routing.scores", tokens, config.num_experts);
+  require_shape(grad_gates, "grad_gates", tokens, config.top_k);
+  require_finite(grad_gates, "grad_gates");
+  if (grad_scores.size() != 0) {
+    require_shape(grad_scores, "grad_scores", tokens, config.num_experts);
+    require_finite(grad_scores, "grad_scores");
+  }
+  return detail::select_experts_backward_unchecked<S>(config, logits, routing, grad_gates,
+                                                      grad_scores);
 }
 
 /// What forward saved for backward. The caller owns it; reusing it across steps reuses its memory.
@@ -173,6 +270,7 @@ struct RouterContext {
   RowMatrix<S> noise_stddev;  ///< [T, E] softplus(x W_noise^T) + noise_epsilon
   RowMatrix<S> noisy_logits;  ///< [T, E] logits + noise * noise_stddev: what was scored
   RowMatrix<S> selection;     ///< [T, E] scratch for biased / group-masked selection scores
+  Index hidden = 0;           ///< d of the router whose forward filled this context
 
   bool jittered() const noexcept { return jitter.size() != 0; }
   bool noisy() const noexcept { return noisy_logits.size() != 0; }
@@ -282,6 +380,7 @@ class Router : public ParameterSet<RouterSlots<S>> {
   /// weight ~ N(0, stddev^2) from `seed` (Switch Transformer initializes with stddev 0.1 /
   /// sqrt(d)).
   void init_weights(std::uint64_t seed, double stddev) {
+    require(std::isfinite(stddev) && stddev >= 0, "stddev", "a finite value >= 0", stddev);
     const CounterRng rng = make_rng(seed, RandomStream::init);
     for (Index i = 0; i < weight.size(); ++i)
       weight.data()[i] = static_cast<S>(stddev * rng.normal(static_cast<std::uint64_t>(i)));
@@ -295,6 +394,7 @@ class Router : public ParameterSet<RouterSlots<S>> {
     check_parameters();
     require_shape(x, "x", -1, config.hidden);
     ctx.mode = mode;
+    ctx.hidden = config.hidden;
     const bool jitter =
         mode == Mode::train && config.noise == Noise::jitter && config.jitter_epsilon > 0;
     const bool noisy = mode == Mode::train && config.noise == Noise::noisy_topk;
@@ -312,7 +412,7 @@ class Router : public ParameterSet<RouterSlots<S>> {
       kernels::fixed_block_product(out.logits, x, weight.transpose());
     }
     if (config.linear_bias) out.logits.rowwise() += bias.transpose();
-    require_finite(out.logits, "logits");
+    if (!detail::all_finite(out.logits)) name_non_finite_logits(x, out.logits);
 
     if (noisy) {
       // H = x W^T + N(0, 1) * (softplus(x W_noise^T) + eps) (Shazeer et al. 2017)
@@ -330,7 +430,7 @@ class Router : public ParameterSet<RouterSlots<S>> {
       ctx.noisy_logits.resize(0, 0);
     }
     const RowMatrix<S>& scored = noisy ? ctx.noisy_logits : out.logits;
-    select_experts<S>(config, scored, selection_bias, out, ctx.selection);
+    detail::select_experts_unchecked<S>(config, scored, selection_bias, out, ctx.selection);
     return out;
   }
 
@@ -348,10 +448,13 @@ class Router : public ParameterSet<RouterSlots<S>> {
   void backward(const ConstMatrixRef<S>& x, const RouterContext<S>& ctx,
                 const RouterUpstream<S>& upstream, RouterGradients<S>& grads) const {
     const Routing<S>& routing = ctx.routing;
+    check_parameters();
+    require_context(ctx, x.rows());
     require_shape(x, "x", routing.num_tokens(), config.hidden);
+    require_upstream(upstream, routing.num_tokens());
     const RowMatrix<S>& scored = ctx.noisy() ? ctx.noisy_logits : routing.logits;
     const RowMatrix<S> no_gates = RowMatrix<S>::Zero(routing.num_tokens(), config.top_k);
-    RowMatrix<S> d_scored = select_experts_backward<S>(
+    RowMatrix<S> d_scored = detail::select_experts_backward_unchecked<S>(
         config, scored, routing, upstream.gates.size() != 0 ? upstream.gates : no_gates,
         upstream.scores);
 
@@ -362,10 +465,7 @@ class Router : public ParameterSet<RouterSlots<S>> {
           (d_scored.array() * ctx.noise.array() * ctx.noise_logits.array().logistic()).matrix();
     }
     RowMatrix<S>& d_logits = d_scored;  // dH/d logits = 1
-    if (upstream.logits.size() != 0) {
-      require_shape(upstream.logits, "upstream.logits", routing.num_tokens(), config.num_experts);
-      d_logits += upstream.logits;
-    }
+    if (upstream.logits.size() != 0) d_logits += upstream.logits;
 
     const RowMatrix<S> x_seen =
         ctx.jittered() ? RowMatrix<S>(x.cwiseProduct(ctx.jitter)) : RowMatrix<S>(x);
@@ -404,16 +504,52 @@ class Router : public ParameterSet<RouterSlots<S>> {
     return c;
   }
 
+  /// Logits that are not finite: the first of x, the weights and the bias that is not finite is
+  /// named, else the product overflowed.
+  void name_non_finite_logits(const ConstMatrixRef<S>& x, const RowMatrix<S>& logits) const {
+    require_finite(x, "x");
+    require_finite(weight, "Router::weight");
+    if (config.linear_bias) require_finite(bias, "Router::bias");
+    require_finite(logits, "logits");
+  }
+
+  /// Upstream gradients of the shapes of the routing of `tokens` tokens (or empty), finite.
+  void require_upstream(const RouterUpstream<S>& up, Index tokens) const {
+    const auto check = [](const RowMatrix<S>& g, const char* name, Index rows, Index cols) {
+      if (g.size() == 0) return;
+      require_shape(g, name, rows, cols);
+      require_finite(g, name);
+    };
+    check(up.gates, "upstream.gates", tokens, config.top_k);
+    check(up.scores, "upstream.scores", tokens, config.num_experts);
+    check(up.logits, "upstream.logits", tokens, config.num_experts);
+  }
+
+  /// A context filled by a forward of this router's shapes over `tokens` tokens.
+  void require_context(const RouterContext<S>& ctx, Index tokens) const {
+    const Routing<S>& r = ctx.routing;
+    const bool filled = r.expert_ids.cols() == config.top_k &&
+                        r.scores.cols() == config.num_experts &&
+                        r.logits.cols() == config.num_experts && ctx.hidden == config.hidden &&
+                        r.gates.rows() == r.num_tokens() && r.scores.rows() == r.num_tokens() &&
+                        r.logits.rows() == r.num_tokens();
+    require(filled || (tokens == 0 && r.num_tokens() == 0), "ctx",
+            detail::concat("a context filled by this router's forward (E = ", config.num_experts,
+                           ", d = ", config.hidden, ", k = ", config.top_k, ")"),
+            detail::concat("a context of E = ", r.scores.cols(), ", d = ", ctx.hidden,
+                           ", k = ", r.expert_ids.cols()));
+  }
+
   void check_parameters() const {
+    validate(config);
     require_shape(weight, "Router::weight", config.num_experts, config.hidden);
     if (config.linear_bias)
       require(bias.size() == config.num_experts, "Router::bias",
               detail::concat("size ", config.num_experts), bias.size());
     if (config.noise == Noise::noisy_topk)
       require_shape(noise_weight, "Router::noise_weight", config.num_experts, config.hidden);
-    require(selection_bias.size() == 0 || selection_bias.size() == config.num_experts,
-            "Router::selection_bias", detail::concat("size 0 or ", config.num_experts),
-            selection_bias.size());
+    detail::require_selection_bias<S>(selection_bias, config.num_experts,
+                                      "Router::selection_bias");
   }
 
   void draw_jitter(Index tokens, std::uint64_t seed, RowMatrix<S>& jitter) const {

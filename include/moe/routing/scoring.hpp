@@ -7,6 +7,7 @@
 
 #include <Eigen/Core>
 
+#include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/kernels/parallel.hpp"
 #include "moe/kernels/simd.hpp"
@@ -70,12 +71,14 @@ void softmax_row(const S* logits, Index n, S* scores) {
     s /= s.sum();
     return;
   }
-  // A short row is padded to whole packets with the lowest value, whose exp underflows to 0 and
-  // leaves the max and the sum alone (with 16-float AVX-512 packets, a row of 8 experts would
-  // otherwise be all remainder, one libm call per value).
+  // A short row is padded to whole packets with -inf, which leaves the max alone and whose exp
+  // (clamped by Eigen's exp to its lowest argument) adds less than 1e-38 to a sum of at least 1
+  // (with 16-float AVX-512 packets, a row of 8 experts would otherwise be all remainder, one libm
+  // call per value). Padding with the lowest finite value would count a row of lowest() values
+  // twice over.
   alignas(64) S buffer[kPaddedSoftmaxMax];
-  const auto lowest = simd::broadcast(std::numeric_limits<S>::lowest());
-  for (Index i = 0; i < padded; i += packet) simd::store(buffer + i, lowest);
+  const auto minus_infinity = simd::broadcast(-std::numeric_limits<S>::infinity());
+  for (Index i = 0; i < padded; i += packet) simd::store(buffer + i, minus_infinity);
   std::copy(logits, logits + n, buffer);
   softmax_packets<true>(buffer, padded / packet, buffer);
   std::copy(buffer, buffer + n, scores);
@@ -107,6 +110,7 @@ void softmax_rows_block(const S* logits, Index logit_stride, Index rows, Index e
 /// of rows (softmax_rows_block). Allocates nothing once `scores` has its size.
 template <class S>
 void softmax_rows(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
+  require_finite(logits, "logits");
   scores.resize(logits.rows(), logits.cols());
   constexpr Index block = simd::kLanes<S>;
   const Index tokens = logits.rows();
@@ -124,6 +128,7 @@ void softmax_rows(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
 /// s = 1 / (1 + exp(-z)) (DeepSeek-V3, Megatron-Core `sigmoid`).
 template <class S>
 void sigmoid(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
+  require_finite(logits, "logits");
   scores = logits.array().logistic().matrix();
 }
 

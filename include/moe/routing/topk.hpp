@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -168,33 +169,29 @@ void top_k_lanes(Column&& column, Index num_experts, ExpertId* ids, Index ids_st
     }
 }
 
-}  // namespace detail
-
-/// The k largest of `values[0..E)` in descending order, ties to the lower index
-/// (torch.topk's ordering with the tie rule pinned down; argmax for k = 1).
-/// Values may be -inf (masked experts); they must not be NaN.
+/// top_k without its checks: 1 <= k <= num_experts, no NaN among the values.
 template <class S>
-void top_k(const S* values, Index num_experts, Index k, ExpertId* ids, S* selected) {
+void top_k_unchecked(const S* values, Index num_experts, Index k, ExpertId* ids, S* selected) {
   switch (k) {
     case 1:
-      return detail::top_k_filtered<1>(values, num_experts, ids, selected);
+      return top_k_filtered<1>(values, num_experts, ids, selected);
     case 2:
-      return detail::top_k_filtered<2>(values, num_experts, ids, selected);
+      return top_k_filtered<2>(values, num_experts, ids, selected);
     case 4:
-      return detail::top_k_filtered<4>(values, num_experts, ids, selected);
+      return top_k_filtered<4>(values, num_experts, ids, selected);
     case 6:
-      return detail::top_k_filtered<6>(values, num_experts, ids, selected);
+      return top_k_filtered<6>(values, num_experts, ids, selected);
     case 8:
-      return detail::top_k_filtered<8>(values, num_experts, ids, selected);
+      return top_k_filtered<8>(values, num_experts, ids, selected);
     default:
-      if (k <= 16) return detail::top_k_insertion_any(values, num_experts, k, ids, selected);
-      return detail::top_k_sort(values, num_experts, k, ids, selected);
+      if (k <= 16) return top_k_insertion_any(values, num_experts, k, ids, selected);
+      return top_k_sort(values, num_experts, k, ids, selected);
   }
 }
 
 /// top_k of `rows` rows starting at `values` (consecutive rows `row_stride` apart) into rows of
-/// `ids` and `selected`. A whole block of simd::kLanes<S> rows with k <= 8 runs lane-parallel,
-/// anything else row by row; the result is the same either way.
+/// `ids` and `selected`, without checks. A whole block of simd::kLanes<S> rows with k <= 8 runs
+/// lane-parallel, anything else row by row; the result is the same either way.
 template <class S>
 void top_k_rows_block(const S* values, Index row_stride, Index rows, Index num_experts, Index k,
                       ExpertId* ids, Index ids_stride, S* selected, Index selected_stride) {
@@ -203,10 +200,9 @@ void top_k_rows_block(const S* values, Index row_stride, Index rows, Index num_e
   if (rows == simd::kLanes<S> && k <= 8 && ids_exact) {
     const auto column = [&](Index e) { return simd::gather(values + e, row_stride); };
     switch (k) {
-#define MOE_TOP_K_LANES_CASE(K)                                                      \
-  case K:                                                                            \
-    return detail::top_k_lanes<K, S>(column, num_experts, ids, ids_stride, selected, \
-                                     selected_stride);
+#define MOE_TOP_K_LANES_CASE(K) \
+  case K:                       \
+    return top_k_lanes<K, S>(column, num_experts, ids, ids_stride, selected, selected_stride);
       MOE_TOP_K_LANES_CASE(1)
       MOE_TOP_K_LANES_CASE(2)
       MOE_TOP_K_LANES_CASE(3)
@@ -221,23 +217,48 @@ void top_k_rows_block(const S* values, Index row_stride, Index rows, Index num_e
     }
   }
   for (Index r = 0; r < rows; ++r)
-    top_k(values + r * row_stride, num_experts, k, ids + r * ids_stride,
-          selected + r * selected_stride);
+    top_k_unchecked(values + r * row_stride, num_experts, k, ids + r * ids_stride,
+                    selected + r * selected_stride);
+}
+
+/// Checks the arguments of a top-k over E values.
+inline void require_top_k(Index num_experts, Index k) {
+  require(num_experts >= 1, "num_experts", ">= 1", num_experts);
+  require(k >= 1 && k <= num_experts, "k", concat("1 <= k <= num_experts (", num_experts, ")"), k);
+}
+
+}  // namespace detail
+
+/// The k largest of `values[0..E)` in descending order, ties to the lower index
+/// (torch.topk's ordering with the tie rule pinned down; argmax for k = 1).
+/// Values may be -inf (masked experts), not NaN; 1 <= k <= E (moe::Error otherwise).
+template <class S>
+void top_k(const S* values, Index num_experts, Index k, ExpertId* ids, S* selected) {
+  detail::require_top_k(num_experts, k);
+  for (Index e = 0; e < num_experts; ++e)
+    if (std::isnan(values[e]))
+      detail::fail("values", "values that are not NaN", detail::concat("nan at ", e));
+  detail::top_k_unchecked(values, num_experts, k, ids, selected);
 }
 
 /// Row-wise top-k of a `[T, E]` matrix into `ids` and `selected`, both `[T, k]`.
 template <class S>
 void top_k_rows(const ConstMatrixRef<S>& values, Index k, ExpertIdMatrix& ids,
                 RowMatrix<S>& selected) {
-  require(k >= 1 && k <= values.cols(), "k", detail::concat("1 <= k <= E (", values.cols(), ")"),
-          k);
+  detail::require_top_k(values.cols(), k);
+  for (Index r = 0; r < values.rows(); ++r)
+    for (Index e = 0; e < values.cols(); ++e)
+      if (std::isnan(values(r, e)))
+        detail::fail("values", "values that are not NaN",
+                     detail::concat("nan at row ", r, ", column ", e));
   ids.resize(values.rows(), k);
   selected.resize(values.rows(), k);
   constexpr Index block = simd::kLanes<S>;
   for (Index t = 0; t < values.rows(); t += block)
-    top_k_rows_block(values.row(t).data(), values.outerStride(), std::min(block, values.rows() - t),
-                     values.cols(), k, ids.row(t).data(), ids.outerStride(), selected.row(t).data(),
-                     selected.outerStride());
+    detail::top_k_rows_block(values.row(t).data(), values.outerStride(),
+                             std::min(block, values.rows() - t), values.cols(), k,
+                             ids.row(t).data(), ids.outerStride(), selected.row(t).data(),
+                             selected.outerStride());
 }
 
 }  // namespace moe

@@ -35,7 +35,7 @@ void for_each_row_block(Index rows, Index cols, Body&& body) {
 /// True when every entry is finite: x - x is 0 for finite x and NaN otherwise, and a sum of
 /// packets is vectorized where Eigen 3.4's allFinite() walks coefficient by coefficient.
 template <class A>
-bool all_finite(const A& a) {
+bool sums_finite(const A& a) {
   return (a - a).sum() == typename A::Scalar(0);
 }
 
