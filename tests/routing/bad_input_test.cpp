@@ -305,6 +305,32 @@ TEST_CASE("routing at the edges of finite input stays finite", "[routing][numeri
       CHECK(g.x.allFinite());
     }
   }
+  SECTION("softmax scores renormalized without epsilon, chosen by a bias far below the best") {
+    // Scores e^-800 and e^-801 underflow; renormalized they are the softmax of the two chosen
+    // logits, which z_0 does not change: dz_0 = 0, dz_j = p_j (dw_j - sum_i p_i dw_i).
+    moe::RouterConfig c;
+    c.num_experts = 3;
+    c.hidden = 1;
+    c.top_k = 2;
+    c.renormalize = true;
+    const Matrix logits = (Matrix(1, 3) << 0.0, -800.0, -801.0).finished();
+    const moe::Vector<double> bias = (moe::Vector<double>(3) << -10.0, 0.0, 0.0).finished();
+    moe::Routing<double> routing;
+    Matrix selection;
+    moe::select_experts<double>(c, logits, bias, routing, selection);
+    REQUIRE(routing.expert_ids(0, 0) == 1);
+    REQUIRE(routing.expert_ids(0, 1) == 2);
+    const double p1 = 1.0 / (1.0 + std::exp(-1.0)), p2 = 1.0 - p1;
+    CHECK(routing.gates(0, 0) == Approx(p1).epsilon(1e-14));
+    CHECK(routing.gates(0, 1) == Approx(p2).epsilon(1e-14));
+    routing.logits = logits;
+    const Matrix dw = (Matrix(1, 2) << 0.75, -0.5).finished();
+    const Matrix dz = moe::select_experts_backward<double>(c, logits, routing, dw, Matrix());
+    const double inner = p1 * 0.75 + p2 * -0.5;
+    CHECK(std::abs(dz(0, 0)) <= 1e-15);
+    CHECK(dz(0, 1) == Approx(p1 * (0.75 - inner)).epsilon(1e-12));
+    CHECK(dz(0, 2) == Approx(p2 * (-0.5 - inner)).epsilon(1e-12));
+  }
   SECTION("a softmax row of lowest() values is uniform") {
     for (Index experts : {Index(3), Index(8), Index(20)}) {
       const Matrix logits = Matrix::Constant(2, experts, std::numeric_limits<double>::lowest());

@@ -41,7 +41,8 @@ struct HealthCounts {
 
   /// Adds one report's counts (the report's E must match).
   void add(const HealthReport& r) {
-    require(r.experts == experts(), "report.experts", experts(), r.experts);
+    require(r.experts == experts(), "report.experts",
+            detail::concat(experts(), " (the counts' experts)"), r.experts);
     ++steps;
     tokens += r.tokens;
     assignments += r.tokens * r.top_k;
@@ -61,7 +62,8 @@ struct HealthCounts {
 
   /// Plain element-wise sum: merging in any order gives the same counts.
   void merge(const HealthCounts& o) {
-    require(o.experts() == experts(), "other.experts()", experts(), o.experts());
+    require(o.experts() == experts(), "other",
+            detail::concat("counts over ", experts(), " experts (this one's)"), o.experts());
     steps += o.steps;
     tokens += o.tokens;
     assignments += o.assignments;
@@ -120,6 +122,8 @@ struct HealthCounts {
   /// Balance of the summed hard loads: the global MaxVio of Wang et al. 2024 when the counts
   /// span many steps or processes. Average load: assignments / E (or tokens / E, per_token).
   LoadStats hard_stats(const HealthConfig& config = {}) const {
+    require(experts() >= 1, "HealthCounts", "counts over at least one expert (HealthCounts(E))",
+            experts());
     const double total =
         config.average == AverageLoad::per_choice ? double(assignments) : double(tokens);
     return load_stats(hard_load.cast<double>(), total / static_cast<double>(experts()), config);

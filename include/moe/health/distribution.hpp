@@ -65,14 +65,16 @@ void accumulate_distribution(const A& a, bool token_entropy, Eigen::Ref<Eigen::R
 /// mean_t max_e p_te (flaxformer `router_confidence` over top-1). Rows with a NaN or infinite
 /// entry are counted in skipped_tokens and left out; a negative entry raises moe::Error.
 /// `token_entropy = false` skips the one logarithm per entry (mean_token_entropy is then NaN),
-/// for callers that take the entropy from the logits (logit_stats) instead.
+/// for callers that take the entropy from the logits (logit_stats) instead. `argument` names the
+/// probabilities in messages.
 template <class P>
 DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities,
-                                     bool token_entropy = true) {
+                                     bool token_entropy = true,
+                                     const char* argument = "probabilities") {
   using S = typename P::Scalar;
   const auto& p = probabilities.derived();
   const Index rows = p.rows(), experts = p.cols();
-  require(experts >= 1, "probabilities", "at least one column (expert)", experts);
+  require(experts >= 1, argument, "at least one column (expert)", experts);
 
   const Index blocks = detail::health_block_count(rows);
   Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> colsums(blocks, experts);
@@ -114,7 +116,7 @@ DistributionStats distribution_stats(const Eigen::DenseBase<P>& probabilities,
       const Index r = part.negative_row;
       Index c = 0;
       while (c + 1 < experts && !(p(r, c) < S(0))) ++c;
-      detail::fail("probabilities", "entries >= 0",
+      detail::fail(argument, "entries >= 0",
                    detail::concat(p(r, c), " at row ", r, ", column ", c));
     }
     s.soft_load += colsums.row(b).transpose();

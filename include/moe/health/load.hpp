@@ -81,9 +81,11 @@ inline LoadStats load_stats(const Eigen::Ref<const Eigen::VectorXd>& load, doubl
 }
 
 /// Hard load c_e = #{(t, j) : expert_ids(t, j) = e}, the top-k assignment counts before any
-/// capacity drop (DeepSpeed `exp_counts`, Tutel `dispatch_count`).
+/// capacity drop (DeepSpeed `exp_counts`, Tutel `dispatch_count`). `argument` names the ids in
+/// messages.
 template <class Ids>
-IndexVector hard_load(const Eigen::DenseBase<Ids>& expert_ids, Index num_experts) {
+IndexVector hard_load(const Eigen::DenseBase<Ids>& expert_ids, Index num_experts,
+                      const char* argument = "expert_ids") {
   require(num_experts >= 1, "num_experts", ">= 1", num_experts);
   IndexVector counts = IndexVector::Zero(num_experts);
   const auto& ids = expert_ids.derived();
@@ -91,7 +93,7 @@ IndexVector hard_load(const Eigen::DenseBase<Ids>& expert_ids, Index num_experts
     for (Index j = 0; j < ids.cols(); ++j) {
       const auto e = static_cast<Index>(ids(t, j));
       if (e < 0 || e >= num_experts)
-        detail::fail("expert_ids", detail::concat("ids in [0, ", num_experts, ")"),
+        detail::fail(argument, detail::concat("ids in [0, ", num_experts, ")"),
                      detail::concat(e, " at row ", t, ", column ", j));
       ++counts[e];
     }

@@ -16,7 +16,9 @@ namespace moe {
 
 struct LogitStats {
   double mean_logsumexp = 0.0;          ///< mean_t log sum_e exp z_te
-  double mean_squared_logsumexp = 0.0;  ///< mean_t lse(z_t)^2, the z-loss before its coefficient
+  /// mean_t lse(z_t)^2, the z-loss before its coefficient; +inf (its correct rounding) once it
+  /// passes DBL_MAX, i.e. |lse| beyond about 1.3e154 (router_z_loss refuses such logits).
+  double mean_squared_logsumexp = 0.0;
   double mean_entropy = 0.0;            ///< mean_t H(softmax(z_t)) in nats (fairseq entropy_gating)
   Index nonfinite = 0;                  ///< count of NaN or infinite logits
   Index tokens = 0;                     ///< T
@@ -30,6 +32,11 @@ struct LogitPartial {
   Index nonfinite = 0, skipped = 0;
 };
 
+/// lse is summed scaled by 2^-32: a power of two changes no bit of the sum or of the mean taken
+/// from it, and the sum of T finite lse no longer overflows where their mean is finite (logits
+/// near -DBL_MAX).
+inline constexpr double kLseSumScale = 1.0 / 4294967296.0;
+
 /// Adds lse and entropy of each row from e = exp(z - shift) with s = sum e: lse = shift + log s,
 /// H(softmax z) = log s - sum e (z - shift) / s (the same exponentials give both).
 template <class S>
@@ -37,9 +44,24 @@ void add_row_sums(const BlockColumn<S>& shift, const BlockColumn<S>& sum, const 
                   LogitPartial& out) {
   const BlockColumn<S> log_sum = sum.log();
   const Eigen::ArrayXd lse = (shift + log_sum).template cast<double>();
-  out.lse = lse.sum();
+  out.lse = (lse * kLseSumScale).sum();
   out.lse2 = lse.square().sum();
   out.entropy = (log_sum - dot / sum).template cast<double>().sum();
+}
+
+/// e = exp(u) and e u for the shifted logits u = z - max, both 0 where u < log(smallest normal):
+/// exp(u) u -> 0 as u -> -inf, but a vectorized exp returns about exp(log min) for any u below
+/// that, and that times a huge |u| (u = -inf when z - max overflows: a row holding -DBL_MAX and
+/// DBL_MAX) would be a large or NaN term of the entropy.
+template <class U>
+auto exp_or_zero(const U& u) {
+  using S = typename U::Scalar;
+  return (u < std::log(std::numeric_limits<S>::min())).select(S(0), u.exp());
+}
+template <class U, class E>
+auto exp_times_or_zero(const U& u, const E& e) {
+  using S = typename U::Scalar;
+  return (u < std::log(std::numeric_limits<S>::min())).select(S(0), e * u);
 }
 
 /// Fast path: one shift for the whole block (its maximum), so subtraction and exp run over the
@@ -54,9 +76,11 @@ bool add_logit_block(const A& z, LogitPartial& out) {
   const S shift = z.maxCoeff();
   // (z - shift) is recomputed rather than stored: one block-sized temporary keeps the block and
   // its exponentials within L2.
-  const Block e = (z - shift).exp();
+  // NaN and +inf give a NaN sum below; -inf would give a 0 term, so it is looked for here.
+  if (!(z.minCoeff() > -std::numeric_limits<S>::infinity())) return false;
+  const Block e = exp_or_zero(z - shift);
   const BlockColumn<S> sum = e.rowwise().sum();
-  const BlockColumn<S> dot = (e * (z - shift)).rowwise().sum();
+  const BlockColumn<S> dot = exp_times_or_zero(z - shift, e).rowwise().sum();
   // Sums above min/epsilon keep every term that matters far from the subnormal range.
   const S smallest = std::numeric_limits<S>::min() / std::numeric_limits<S>::epsilon();
   if (!(sum.minCoeff() >= smallest) || !sums_finite(dot)) return false;
@@ -78,9 +102,9 @@ void add_logit_rows(const A& z, const BlockColumn<bool>& skip, LogitPartial& out
     }
     max[r] = z.row(r).maxCoeff();
     shifted = z.row(r) - max[r];
-    e = shifted.exp();
+    e = exp_or_zero(shifted);
     sum[r] = e.sum();
-    dot[r] = (e * shifted).sum();
+    dot[r] = exp_times_or_zero(shifted, e).sum();
   }
   add_row_sums(max, sum, dot, out);
 }
@@ -101,8 +125,8 @@ LogitStats logit_stats(const Eigen::DenseBase<Z>& logits) {
   detail::for_each_row_block(rows, z.cols(), [&](Index b, Index first, Index count) {
     auto block = z.middleRows(first, count).array();
     auto& out = partial[static_cast<std::size_t>(b)];
-    // A NaN or infinity gives a NaN sum (inf - inf, 0 * -inf) and a finite row never does, so
-    // the fast path needs no separate finiteness sweep.
+    // The fast path refuses a block holding a NaN or infinity (see add_logit_block); the rows
+    // are then taken one by one and the non-finite ones counted.
     if (detail::add_logit_block(block, out)) return;
     detail::BlockColumn<bool> skip(count);
     for (Index r = 0; r < count; ++r) {
@@ -126,7 +150,7 @@ LogitStats logit_stats(const Eigen::DenseBase<Z>& logits) {
     s.skipped_tokens += part.skipped;
   }
   const auto counted = static_cast<double>(rows - s.skipped_tokens);
-  s.mean_logsumexp = lse / counted;
+  s.mean_logsumexp = lse / counted / detail::kLseSumScale;
   s.mean_squared_logsumexp = lse2 / counted;
   s.mean_entropy = entropy / counted;
   return s;

@@ -115,6 +115,8 @@ class HealthMonitor {
     if (!l.history.empty())
       require(step > l.history.back().step, "step",
               detail::concat("> the layer's last step (", l.history.back().step, ")"), step);
+    require(report.experts >= 1, "report.experts", ">= 1 (a report of a routing step)",
+            report.experts);
     if (l.counts.experts() == 0) {
       l.counts = HealthCounts(report.experts);
       l.cold_streak.assign(static_cast<std::size_t>(report.experts), 0);
@@ -204,6 +206,9 @@ class HealthMonitor {
   /// Consecutive steps (up to now) at which `expert` of `layer` was cold.
   Index cold_streak(Index layer, ExpertId expert) const {
     const auto& s = at(layer).cold_streak;
+    require(!s.empty(), "expert",
+            detail::concat("an expert of a recorded layer (layer ", layer, " has no report yet)"),
+            expert);
     require(expert >= 0 && static_cast<std::size_t>(expert) < s.size(), "expert",
             detail::concat("in [0, ", s.size(), ")"), expert);
     return s[static_cast<std::size_t>(expert)];

@@ -34,9 +34,10 @@ namespace detail {
 
 template <class P>
 HealthReport report_from(const Eigen::DenseBase<P>& probabilities, const IndexVector& hard_counts,
-                         Index top_k, const HealthConfig& config, bool token_entropy = true) {
+                         Index top_k, const HealthConfig& config, bool token_entropy = true,
+                         const char* probabilities_name = "probabilities") {
   const Index tokens = probabilities.rows(), experts = probabilities.cols();
-  DistributionStats d = distribution_stats(probabilities, token_entropy);
+  DistributionStats d = distribution_stats(probabilities, token_entropy, probabilities_name);
   HealthReport r;
   r.tokens = tokens;
   r.experts = experts;
@@ -92,8 +93,9 @@ HealthReport health_report(const Routing<S>& routing, const HealthConfig& config
   require_shape(routing.expert_ids, "routing.expert_ids", p.rows(), -1);
   const bool with_logits = routing.logits.size() > 0;
   if (with_logits) require_shape(routing.logits, "routing.logits", p.rows(), p.cols());
-  HealthReport r = detail::report_from(p, hard_load(routing.expert_ids, p.cols()),
-                                       routing.expert_ids.cols(), config, !with_logits);
+  HealthReport r =
+      detail::report_from(p, hard_load(routing.expert_ids, p.cols(), "routing.expert_ids"),
+                          routing.expert_ids.cols(), config, !with_logits, "routing.scores");
   if (with_logits) {
     r.logits = logit_stats(routing.logits);
     r.mean_token_entropy = r.logits->mean_entropy;

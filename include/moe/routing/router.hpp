@@ -31,12 +31,14 @@ S log_sigmoid(S z) {
   return std::min(z, S(0)) - std::log1p(std::exp(-std::abs(z)));
 }
 
-/// r_j = s_j / (sum_i s_i + eps) over a token's k selected sigmoid scores s = sigmoid(z): the
-/// quotient itself while the sum is a normal number (what PyTorch computes), and, when it is not
-/// (eps = 0 and every chosen logit below about -87 in float), exp(log s_j - logsumexp_i log s_i),
-/// the same ratio computed in log space so that it stays finite and sums to 1.
-template <class S, class Score, class Logit>
-void sigmoid_ratios(Index k, const Score& s, const Logit& z, double eps, S* r) {
+/// r_j = s_j / (sum_i s_i + eps) over a token's k selected scores: the quotient itself while the
+/// sum is a normal number (what PyTorch computes), and, when it is not (eps = 0 and chosen scores
+/// that underflow: sigmoid logits below about -87 in float, or softmax scores picked by a bias or a
+/// group limit far below the row's best), exp(log s_j - logsumexp_i log s_i), the same ratio in
+/// log space, finite and summing to 1. `log_s(j)` is log s_j up to a constant shared by the token:
+/// log sigmoid(z_j) for sigmoid scores, z_j itself for softmax scores (log s_j = z_j - lse(z)).
+template <class S, class Score, class LogScore>
+void renormalized_ratios(Index k, const Score& s, const LogScore& log_s, double eps, S* r) {
   S sum = 0;
   for (Index j = 0; j < k; ++j) sum += s(j);
   const S denominator = sum + static_cast<S>(eps);
@@ -44,11 +46,17 @@ void sigmoid_ratios(Index k, const Score& s, const Logit& z, double eps, S* r) {
     for (Index j = 0; j < k; ++j) r[j] = s(j) / denominator;
     return;
   }
-  S max_log = log_sigmoid(z(0));
-  for (Index j = 1; j < k; ++j) max_log = std::max(max_log, log_sigmoid(z(j)));
+  S max_log = log_s(0);
+  for (Index j = 1; j < k; ++j) max_log = std::max(max_log, log_s(j));
   S total = 0;
-  for (Index j = 0; j < k; ++j) total += r[j] = std::exp(log_sigmoid(z(j)) - max_log);
+  for (Index j = 0; j < k; ++j) total += r[j] = std::exp(log_s(j) - max_log);
   for (Index j = 0; j < k; ++j) r[j] /= total;
+}
+
+/// log s_j of a selected score, up to a constant per token (see renormalized_ratios).
+template <class S>
+S log_score(ScoreFunction score, S logit) {
+  return score == ScoreFunction::sigmoid ? log_sigmoid(logit) : logit;
 }
 
 /// select_experts without its argument checks, for callers that made them (Router::forward).
@@ -109,18 +117,13 @@ void select_experts_unchecked(const RouterConfig& config, const ConstMatrixRef<S
             S sum = 0;
             for (Index j = 0; j < k; ++j) sum += gates[j] = std::exp(logits(t, ids[j]) - max_logit);
             for (Index j = 0; j < k; ++j) gates[j] /= sum;
-          } else if (config.renormalize && config.score == ScoreFunction::sigmoid) {
-            sigmoid_ratios<S>(
+          } else if (config.renormalize) {
+            renormalized_ratios<S>(
                 k, [&](Index j) { return out.scores(t, ids[j]); },
-                [&](Index j) { return logits(t, ids[j]); }, config.renormalize_epsilon, gates);
+                [&](Index j) { return log_score(config.score, logits(t, ids[j])); },
+                config.renormalize_epsilon, gates);
           } else {
-            // Softmax probabilities: the k best sum to at least 1/E, never to a subnormal.
-            S sum = 0;
-            for (Index j = 0; j < k; ++j) sum += gates[j] = out.scores(t, ids[j]);
-            if (config.renormalize) {
-              const S denominator = sum + static_cast<S>(config.renormalize_epsilon);
-              for (Index j = 0; j < k; ++j) gates[j] /= denominator;
-            }
+            for (Index j = 0; j < k; ++j) gates[j] = out.scores(t, ids[j]);
           }
           if (config.scaling_factor != 1.0)
             for (Index j = 0; j < k; ++j) gates[j] *= static_cast<S>(config.scaling_factor);
@@ -169,14 +172,15 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
   const Index tokens = logits.rows(), experts = logits.cols(), k = config.top_k;
   const bool by_logits = config.score == ScoreFunction::softmax &&
                          config.softmax_order == SoftmaxOrder::topk_then_softmax;
-  const bool sigmoid_ratio =
-      config.score == ScoreFunction::sigmoid && config.renormalize;
   const S scale = static_cast<S>(config.scaling_factor);
 
   RowMatrix<S> d_scores =
       grad_scores.size() != 0 ? RowMatrix<S>(grad_scores) : RowMatrix<S>::Zero(tokens, experts);
   // Gradients that reach the logits without going through the score transform.
-  RowMatrix<S> d_logits = RowMatrix<S>::Zero(tokens, by_logits || sigmoid_ratio ? experts : 0);
+  RowMatrix<S> d_logits = RowMatrix<S>::Zero(tokens, by_logits ? experts : 0);
+  // Tokens whose renormalizing sum D is so small that D^2 underflows: their gate gradient is added
+  // to the logits' gradient after the score transform (see select_experts_backward).
+  std::vector<char> in_log_space(static_cast<std::size_t>(config.renormalize ? tokens : 0), 0);
   kernels::parallel_for(0, tokens, [&](Index t) {
     const ExpertId* ids = routing.expert_ids.row(t).data();
     if (by_logits) {
@@ -203,30 +207,45 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
       inner += scale * grad_gates(t, j) * routing.scores(t, ids[j]);
     }
     const S denominator = sum + static_cast<S>(config.renormalize_epsilon);
-    if (!sigmoid_ratio || denominator * denominator >= std::numeric_limits<S>::min()) {
-      for (Index j = 0; j < k; ++j)
-        d_scores(t, ids[j]) +=
-            scale * grad_gates(t, j) / denominator - inner / (denominator * denominator);
+    if (denominator * denominator < std::numeric_limits<S>::min()) {
+      in_log_space[static_cast<std::size_t>(t)] = 1;
       return;
     }
-    constexpr Index kMaxStack = 64;
-    S stack[kMaxStack];
-    std::vector<S> heap(static_cast<std::size_t>(k > kMaxStack ? k : 0));
-    S* r = k > kMaxStack ? heap.data() : stack;
-    detail::sigmoid_ratios<S>(
-        k, [&](Index j) { return routing.scores(t, ids[j]); },
-        [&](Index j) { return logits(t, ids[j]); }, config.renormalize_epsilon, r);
-    S weighted = 0;
-    for (Index j = 0; j < k; ++j) weighted += scale * grad_gates(t, j) * r[j];
     for (Index j = 0; j < k; ++j)
-      d_logits(t, ids[j]) +=
-          r[j] * (S(1) - routing.scores(t, ids[j])) * (scale * grad_gates(t, j) - weighted);
+      d_scores(t, ids[j]) +=
+          scale * grad_gates(t, j) / denominator - inner / (denominator * denominator);
   });
 
   RowMatrix<S> through_scores = config.score == ScoreFunction::softmax
                                     ? softmax_rows_backward<S>(routing.scores, d_scores)
                                     : sigmoid_backward<S>(routing.scores, d_scores);
   if (d_logits.size() != 0) through_scores += d_logits;
+
+  // The tokens left above: q_j = s_j ds_j = r_j (dw_j - sum_i dw_i r_i), with r from
+  // renormalized_ratios, is finite where ds_j = dw_j / D - ... is not; then
+  // dz_j += q_j (1 - s_j) (sigmoid) or dz_e += q_e [e chosen] - s_e sum_j q_j (softmax).
+  std::vector<S> r(static_cast<std::size_t>(k)), q(r);
+  for (Index t = 0; t < static_cast<Index>(in_log_space.size()); ++t) {
+    if (!in_log_space[static_cast<std::size_t>(t)]) continue;
+    const ExpertId* ids = routing.expert_ids.row(t).data();
+    renormalized_ratios<S>(
+        k, [&](Index j) { return routing.scores(t, ids[j]); },
+        [&](Index j) { return log_score(config.score, logits(t, ids[j])); },
+        config.renormalize_epsilon, r.data());
+    S weighted = 0, q_sum = 0;
+    for (Index j = 0; j < k; ++j) weighted += scale * grad_gates(t, j) * r[static_cast<std::size_t>(j)];
+    for (Index j = 0; j < k; ++j) {
+      const auto u = static_cast<std::size_t>(j);
+      q_sum += q[u] = r[u] * (scale * grad_gates(t, j) - weighted);
+    }
+    if (config.score == ScoreFunction::sigmoid) {
+      for (Index j = 0; j < k; ++j)
+        through_scores(t, ids[j]) += q[static_cast<std::size_t>(j)] * (S(1) - routing.scores(t, ids[j]));
+    } else {
+      for (Index j = 0; j < k; ++j) through_scores(t, ids[j]) += q[static_cast<std::size_t>(j)];
+      through_scores.row(t) -= q_sum * routing.scores.row(t);
+    }
+  }
   return through_scores;
 }
 
@@ -235,8 +254,9 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
 /// Backward of select_experts: d loss / d logits from d loss / d gates ([T, k]) and, optionally,
 /// d loss / d scores ([T, E], e.g. from an aux loss; empty when absent). Selection is a constant.
 ///   renormalized: ds_l = dw_l / D - (sum_i dw_i s_i) / D^2, D = sum s + eps
-///   sigmoid, renormalized, D^2 subnormal: dz_l = r_l (1 - s_l) (dw_l - sum_i dw_i r_i) with
-///     r = s / D from sigmoid_ratios: the same derivative, finite for every finite logit
+///   renormalized, D^2 subnormal: with q_l = s_l ds_l = r_l (dw_l - sum_i dw_i r_i) and r = s / D
+///     from renormalized_ratios, dz_l = q_l (1 - s_l) (sigmoid) or dz_e = q_e - s_e sum_l q_l
+///     (softmax): the same derivative, finite for every finite logit
 ///   topk_then_softmax: dz_j = p_j (dw_j - sum_i p_i dw_i) on the selected logits
 ///   then dz = s (ds - <s, ds>) (softmax) or ds s (1 - s) (sigmoid)
 template <class S>

@@ -77,14 +77,23 @@ inline void write_svg_heatmap(std::ostream& out, const std::vector<HealthRecord>
   for (const auto& r : records)
     if (r.layer == options.layer) rows.push_back(&r);
   const Index experts = rows.empty() ? 0 : rows.front()->report.experts;
-  for (const HealthRecord* r : rows)
+  for (const HealthRecord* r : rows) {
     require(r->report.experts == experts, "records",
             detail::concat(experts, " experts in every record of the layer"), r->report.experts);
-  const int cell = options.cell;
-  const int left = 64, top = 36, bottom = 64, right = 16;
-  const auto steps = static_cast<int>(rows.size());
-  const int width = left + std::max(steps * cell, 240) + right;
-  const int height = top + static_cast<int>(experts) * cell + bottom;
+    const LoadStats& load = options.hard ? r->report.hard : r->report.soft;
+    require(load.load.size() == experts, "records",
+            detail::concat("loads of ", experts, " experts (report.experts) in every record"),
+            load.load.size());
+  }
+  const Index cell = options.cell;
+  const Index left = 64, top = 36, bottom = 64, right = 16;
+  const auto steps = static_cast<Index>(rows.size());
+  const Index width = checked_add(
+      left + right, std::max<Index>(checked_mul(steps, cell, "SvgHeatmapOptions::cell"), 240),
+      "SvgHeatmapOptions::cell");
+  const Index height =
+      checked_add(top + bottom, checked_mul(experts, cell, "SvgHeatmapOptions::cell"),
+                  "SvgHeatmapOptions::cell");
   const std::string kind = options.hard ? "hard" : "soft";
   const std::string title = options.title.empty() ? detail::concat("layer ", options.layer, ": ",
                                                                    kind, " load / average load")
@@ -102,14 +111,14 @@ inline void write_svg_heatmap(std::ostream& out, const std::vector<HealthRecord>
   for (Index e = 0; e < experts; e += expert_every)
     out << "<text x=\"" << left - 4 << "\" y=\"" << top + e * cell + cell - 2
         << "\" text-anchor=\"end\">" << e << "</text>\n";
-  const int step_every = std::max(1, (steps + 9) / 10);
-  for (int s = 0; s < steps; s += step_every)
+  const Index step_every = std::max<Index>(1, (steps + 9) / 10);
+  for (Index s = 0; s < steps; s += step_every)
     out << "<text x=\"" << left + s * cell << "\" y=\"" << top + experts * cell + 12 << "\">"
         << rows[static_cast<std::size_t>(s)]->step << "</text>\n";
   out << "<text x=\"" << left << "\" y=\"" << top + experts * cell + 26 << "\">step</text>\n";
 
   out << "<g stroke-width=\"1.5\">\n";
-  for (int s = 0; s < steps; ++s) {
+  for (Index s = 0; s < steps; ++s) {
     const HealthRecord& rec = *rows[static_cast<std::size_t>(s)];
     const LoadStats& load = options.hard ? rec.report.hard : rec.report.soft;
     for (Index e = 0; e < experts; ++e) {
@@ -132,7 +141,7 @@ inline void write_svg_heatmap(std::ostream& out, const std::vector<HealthRecord>
   out << "</g>\n";
 
   // Legend: the colour scale from 1/4 to 4 times the average, then the two outlines.
-  const int ly = top + static_cast<int>(experts) * cell + 34;
+  const Index ly = top + experts * cell + 34;
   out << "<defs><linearGradient id=\"ratio\" x1=\"0\" x2=\"1\" y1=\"0\" y2=\"0\">"
       << "<stop offset=\"0\" stop-color=\"" << detail::ratio_colour(0.25) << "\"/>"
       << "<stop offset=\"0.5\" stop-color=\"#ffffff\"/>"
