@@ -208,6 +208,10 @@ TEST_CASE("dropless plans and permutes refuse bad input", "[dispatch][errors]") 
   const Matrix gates = Matrix::Constant(3, 2, 0.5);
   require_rejects([&] { moe::dropless_unpermute<double>(out, Matrix::Zero(3, 3), plan, y); },
                   "gates", "shape [3, 2]", "[3, 3]");
+  Matrix nan_gates = gates;
+  nan_gates(2, 1) = std::numeric_limits<double>::quiet_NaN();
+  require_rejects([&] { moe::dropless_unpermute<double>(out, nan_gates, plan, y); }, "gates",
+                  "finite values", "nan at row 2, column 1");
   require_rejects([&] { moe::dropless_unpermute<double>(shared, gates, plan, shared.topRows(3)); },
                   "out", "memory that does not overlap y", "a matrix overlapping y");
   Matrix grad_y(plan.padded_rows(), 4), grad_gates(3, 2);
@@ -216,6 +220,9 @@ TEST_CASE("dropless plans and permutes refuse bad input", "[dispatch][errors]") 
         moe::dropless_unpermute_backward<double>(y, out, gates, plan, grad_y, thin_gates);
       },
       "grad_gates", "shape [3, 2]", "[3, 1]");
+  require_rejects(
+      [&] { moe::dropless_unpermute_backward<double>(y, out, nan_gates, plan, grad_y, grad_gates); },
+      "gates", "finite values", "nan at row 2, column 1");
   require_rejects(
       [&] { moe::dropless_unpermute_backward<double>(y, grad_y, gates, plan, grad_y, grad_gates); },
       "grad_y", "memory that does not overlap y", "a matrix overlapping y");

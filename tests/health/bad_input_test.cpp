@@ -7,11 +7,9 @@
 #include <string>
 #include <vector>
 
-#include <unsupported/Eigen/CXX11/Tensor>
 
 #include "moe/health/export.hpp"
 #include "moe/health/health.hpp"
-#include "moe/health/tensor.hpp"
 #include "support/bad_input.hpp"
 #include "support/catch.hpp"
 
@@ -99,10 +97,6 @@ TEST_CASE("health reports refuse bad probabilities, ids and configs", "[health][
   require_rejects(
       [&] { moe::health_report(RowMatrix<double>(8, 0), moe::ExpertIdMatrix::Zero(8, 1)); },
       "probabilities", "at least one column (expert)", "0");
-  // The tensor overload checks through the matrix one.
-  const Eigen::Tensor<float, 2, Eigen::RowMajor> empty(3, 0);
-  require_rejects([&] { moe::health_report(empty, 1); }, "probabilities",
-                  "at least one column (expert)", "0");
 
   // HealthConfig, where every report checks it.
   const auto report = [&](const moe::HealthConfig& c) {

@@ -1,6 +1,10 @@
 // The bad-input catalogue of the layer: its config (also when edited after construction), the
 // forward's input, the backward's context and upstream gradient, mapped buffers, assignment into
-// them, the balancer and loading from another layer.
+// them, the balancer and loading from another layer. Then the edges that must work, under both
+// dispatchers: no tokens, every expert chosen (k = E), one expert, and a capacity of 0 that drops
+// every choice; forward against plain loops, backward for shapes, zeros and finiteness, in double.
+// (One file: the two share the layer's instantiations, the larger part of their compile time.)
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -8,6 +12,8 @@
 
 #include "support/bad_input.hpp"
 #include "support/catch.hpp"
+#include "support/dropless_reference.hpp"
+#include "support/finite_difference.hpp"  // relative_error
 #include "support/random_matrix.hpp"
 
 namespace {
@@ -41,7 +47,7 @@ moe::MoELayerConfig with(Change change) {
 
 TEST_CASE("bad layer configs are refused where the layer is built", "[layer][errors]") {
   using C = moe::MoELayerConfig;
-  const auto build = [](const moe::MoELayerConfig& c) { return [c] { moe::MoELayer<float> l(c); }; };
+  const auto build = [](const moe::MoELayerConfig& c) { return [c] { moe::MoELayer<double> l(c); }; };
   require_rejects(build(with([](C& c) { c.block_size = 0; })), "MoELayerConfig::block_size", ">= 1",
                   "0");
   require_rejects(build(with([](C& c) { c.z_loss_coefficient = -1; })),
@@ -142,4 +148,296 @@ TEST_CASE("a layer over caller buffers refuses buffers it would not use and assi
   }));
   require_rejects([&] { mapped = wider; }, "MoELayer::experts.w1 (assigned into caller buffers)",
                   "shape [24, 3]", "[24, 4]");
+}
+
+namespace {
+
+using moe::Index;
+using moe::test::random_matrix;
+using Matrix = moe::RowMatrix<double>;
+
+constexpr Index kHidden = 5;
+constexpr double kAuxCoefficient = 0.1;
+
+const char* name(moe::DispatchKind d) {
+  return d == moe::DispatchKind::dropless ? "dropless" : "capacity";
+}
+
+/// E experts, top-k, softmax then renormalize, SwiGLU experts with biases, aux and z losses on;
+/// capacity: Megatron's ceil(T k / E * 1.0).
+moe::MoELayerConfig edge_config(moe::DispatchKind dispatch, Index experts, Index top_k,
+                                bool shared) {
+  moe::MoELayerConfig c;
+  c.router.num_experts = experts;
+  c.router.hidden = kHidden;
+  c.router.top_k = top_k;
+  c.router.renormalize = true;
+  c.ffn_hidden = 3;
+  c.activation = moe::Activation::swiglu;
+  c.expert_bias = true;
+  c.dispatch = dispatch;
+  c.block_size = 4;
+  c.capacity.train_factor = 1.0;
+  c.capacity.eval_factor = 1.0;
+  c.aux_loss = moe::aux_presets::megatron(top_k, kAuxCoefficient);
+  c.z_loss_coefficient = 0.01;
+  if (shared) c.shared = {4, true};
+  return c;
+}
+
+moe::MoELayer<double> random_layer(const moe::MoELayerConfig& c) {
+  moe::MoELayer<double> layer(c);
+  layer.init_weights(3);
+  layer.router.weight = random_matrix(c.router.num_experts, c.router.hidden, 4);  // spread routing
+  layer.experts.b1 = random_matrix(layer.experts.b1.rows(), layer.experts.b1.cols(), 5, 0.3);
+  layer.experts.b2 = random_matrix(layer.experts.b2.rows(), layer.experts.b2.cols(), 6, 0.3);
+  if (c.shared.gated) layer.shared_gate_weight = random_matrix(c.router.hidden, 1, 7);
+  return layer;
+}
+
+/// softmax(x_t W^T) by loops: the router's scores (no bias, no noise).
+Matrix reference_scores(const moe::MoELayer<double>& layer, const Matrix& x) {
+  const Index T = x.rows(), E = layer.config.router.num_experts;
+  Matrix s(T, E);
+  for (Index t = 0; t < T; ++t) {
+    std::vector<double> z(static_cast<std::size_t>(E), 0.0);
+    double max = -HUGE_VAL, sum = 0.0;
+    for (Index e = 0; e < E; ++e) {
+      for (Index i = 0; i < x.cols(); ++i) z[e] += x(t, i) * layer.router.weight(e, i);
+      max = std::max(max, z[e]);
+    }
+    for (Index e = 0; e < E; ++e) sum += std::exp(z[e] - max);
+    for (Index e = 0; e < E; ++e) s(t, e) = std::exp(z[e] - max) / sum;
+  }
+  return s;
+}
+
+/// sigmoid(x_t . w_gate) FFN_shared(x_t) by loops; zero without a shared expert.
+Matrix reference_shared(const moe::MoELayer<double>& layer, const Matrix& x) {
+  Matrix y = Matrix::Zero(x.rows(), x.cols());
+  if (layer.config.shared.ffn_hidden == 0) return y;
+  for (Index t = 0; t < x.rows(); ++t) {
+    double u = 0.0;
+    for (Index i = 0; i < x.cols(); ++i) u += x(t, i) * layer.shared_gate_weight[i];
+    const double g = layer.config.shared.gated ? 1.0 / (1.0 + std::exp(-u)) : 1.0;
+    const auto row = moe::test::reference_expert_row(layer.shared, 0, x.row(t).data());
+    for (Index i = 0; i < x.cols(); ++i) y(t, i) = g * row.o[i];
+  }
+  return y;
+}
+
+/// With k = E every expert is chosen: y_t = sum_e gate_te FFN_e(x_t) (+ shared), the gates being
+/// the softmax scores renormalized over all E, i.e. divided by their sum.
+Matrix reference_all_experts(const moe::MoELayer<double>& layer, const Matrix& x) {
+  const Matrix s = reference_scores(layer, x);
+  Matrix y = reference_shared(layer, x);
+  for (Index t = 0; t < x.rows(); ++t) {
+    const double sum = s.row(t).sum();
+    for (Index e = 0; e < s.cols(); ++e) {
+      const auto row = moe::test::reference_expert_row(layer.experts, e, x.row(t).data());
+      for (Index i = 0; i < x.cols(); ++i) y(t, i) += s(t, e) / sum * row.o[i];
+    }
+  }
+  return y;
+}
+
+bool all_finite(const moe::MoEGradients<double>& g) {
+  const auto& e = g.experts;
+  const auto& s = g.shared;
+  return g.x.allFinite() && g.router.weight.allFinite() && g.router.bias.allFinite() &&
+         e.w1.allFinite() && e.w3.allFinite() && e.w2.allFinite() && e.b1.allFinite() &&
+         e.b3.allFinite() && e.b2.allFinite() && s.w1.allFinite() && s.w3.allFinite() &&
+         s.w2.allFinite() && s.b1.allFinite() && s.b3.allFinite() && s.b2.allFinite() &&
+         g.shared_gate.allFinite();
+}
+
+/// Every routed expert's gradient is zero, in the shapes of the layer's experts.
+void check_zero_expert_gradients(const moe::MoELayer<double>& layer,
+                                 const moe::ExpertGradients<double>& g) {
+  const auto& w = layer.experts;
+  REQUIRE(g.w1.rows() == w.w1.rows());
+  REQUIRE(g.w1.cols() == w.w1.cols());
+  REQUIRE(g.w3.rows() == w.w3.rows());
+  REQUIRE(g.w3.cols() == w.w3.cols());
+  REQUIRE(g.w2.rows() == w.w2.rows());
+  REQUIRE(g.w2.cols() == w.w2.cols());
+  REQUIRE(g.b1.rows() == w.b1.rows());
+  REQUIRE(g.b1.cols() == w.b1.cols());
+  REQUIRE(g.b2.rows() == w.b2.rows());
+  REQUIRE(g.b2.cols() == w.b2.cols());
+  CHECK(g.w1.isZero(0));
+  CHECK(g.w3.isZero(0));
+  CHECK(g.w2.isZero(0));
+  CHECK(g.b1.isZero(0));
+  CHECK(g.b3.isZero(0));
+  CHECK(g.b2.isZero(0));
+}
+
+}  // namespace
+
+TEST_CASE("the layer at its edges: no tokens, k = E, one expert, every choice dropped",
+          "[layer][edge]") {
+  SECTION("T = 0: empty output, zero losses, zero gradients of the right shapes") {
+    for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
+      INFO(name(dispatch));
+      for (bool shared : {false, true}) {
+        INFO("shared " << shared);
+        auto layer = random_layer(edge_config(dispatch, 4, 2, shared));
+        const Matrix x(0, kHidden);
+        moe::MoELayerContext<double> ctx;
+        const auto out = layer.forward(x, ctx, moe::Mode::train);
+        CHECK(out.y.rows() == 0);
+        CHECK(out.y.cols() == kHidden);
+        // No token: the aux loss has no domain with a real token (each adds 0) and the z-loss
+        // divides its empty sum by max(1, T): both are exactly 0.
+        CHECK(out.aux_loss == 0.0);
+        CHECK(out.z_loss == 0.0);
+        CHECK(out.health.tokens == 0);
+        CHECK(out.health.experts == 4);
+        if (dispatch == moe::DispatchKind::capacity) {
+          REQUIRE(out.health.capacity.has_value());
+          CHECK(out.health.capacity->capacity == 0);  // ceil(0 * 2 / 4 * 1.0)
+          CHECK(out.health.capacity->kept.sum() == 0);
+          CHECK(out.health.capacity->dropped.sum() == 0);
+        } else {
+          CHECK_FALSE(out.health.capacity.has_value());
+        }
+
+        const auto grads = layer.backward(x, ctx, Matrix(0, kHidden));
+        CHECK(grads.x.rows() == 0);
+        CHECK(grads.x.cols() == kHidden);
+        check_zero_expert_gradients(layer, grads.experts);
+        CHECK(grads.router.weight.rows() == 4);
+        CHECK(grads.router.weight.cols() == kHidden);
+        CHECK(grads.router.weight.isZero(0));
+        if (shared) {
+          CHECK(grads.shared.w1.rows() == layer.shared.w1.rows());
+          CHECK(grads.shared.w1.cols() == layer.shared.w1.cols());
+          CHECK(grads.shared.w1.isZero(0));
+          CHECK(grads.shared.w2.isZero(0));
+          CHECK(grads.shared.w3.isZero(0));
+          CHECK(grads.shared_gate.size() == kHidden);
+          CHECK(grads.shared_gate.isZero(0));
+        }
+        CHECK(all_finite(grads));
+      }
+    }
+  }
+
+  SECTION("k = E = 4: every expert's output, weighted by its gate") {
+    for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
+      INFO(name(dispatch));
+      // Capacity: C = ceil(T * 4 / 4 * 1.0) = T, and every expert receives exactly T entries (one
+      // per token), so nothing drops.
+      for (bool shared : {false, true}) {
+        INFO("shared " << shared);
+        auto layer = random_layer(edge_config(dispatch, 4, 4, shared));
+        const Matrix x = random_matrix(12, kHidden, 8);
+        moe::MoELayerContext<double> ctx;
+        const auto out = layer.forward(x, ctx, moe::Mode::train);
+        REQUIRE(out.y.rows() == 12);
+        REQUIRE(out.y.cols() == kHidden);
+        CHECK(moe::test::relative_error(out.y, reference_all_experts(layer, x)) <= 1e-12);
+        CHECK(out.y.allFinite());
+        // Recomputed top-k with k = E counts every token for every expert: c_e = T, and Megatron's
+        // E / (k T^2) sum_e c_e sum_t s_te = (1 / T) sum_t sum_e s_te = 1.
+        CHECK(out.aux_loss == Approx(kAuxCoefficient).epsilon(1e-12));
+        CHECK(std::isfinite(out.z_loss));
+        CHECK(out.z_loss > 0.0);
+        CHECK(out.health.hard.load == Eigen::VectorXd::Constant(4, 12.0));
+        if (dispatch == moe::DispatchKind::capacity) {
+          REQUIRE(out.health.capacity.has_value());
+          CHECK(out.health.capacity->capacity == 12);
+          CHECK(out.health.capacity->dropped.sum() == 0);
+          CHECK(out.health.capacity->kept.sum() == 48);
+        }
+        const auto grads = layer.backward(x, ctx, random_matrix(12, kHidden, 9));
+        CHECK(all_finite(grads));
+        CHECK(grads.x.rows() == 12);
+      }
+    }
+  }
+
+  SECTION("E = 1, k = 1: the gate is 1 and y is that expert's FFN") {
+    for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
+      INFO(name(dispatch));
+      auto layer = random_layer(edge_config(dispatch, 1, 1, false));
+      const Matrix x = random_matrix(12, kHidden, 10);
+      moe::MoELayerContext<double> ctx;
+      const auto out = layer.forward(x, ctx, moe::Mode::train);
+      const moe::Routing<double>& routing = ctx.router.routing;
+      CHECK((routing.expert_ids.array() == 0).all());
+      CHECK((routing.scores.array() == 1.0).all());  // softmax over one logit
+      CHECK((routing.gates.array() == 1.0).all());   // renormalized: 1 / (1 + 0)
+      Matrix expected(12, kHidden);
+      for (Index t = 0; t < 12; ++t) {
+        const auto row = moe::test::reference_expert_row(layer.experts, 0, x.row(t).data());
+        for (Index i = 0; i < kHidden; ++i) expected(t, i) = row.o[i];
+      }
+      CHECK(moe::test::relative_error(out.y, expected) <= 1e-12);
+      // c_0 = T and s_t0 = 1: the aux loss is its coefficient. The z-loss is the mean of
+      // lse(z_t)^2 = z_t^2 (one logit) times its coefficient.
+      CHECK(out.aux_loss == Approx(kAuxCoefficient).epsilon(1e-12));
+      double z2 = 0.0;
+      for (Index t = 0; t < 12; ++t) z2 += routing.logits(t, 0) * routing.logits(t, 0);
+      CHECK(out.z_loss == Approx(0.01 * z2 / 12).epsilon(1e-12));
+      CHECK(out.health.normalized_entropy == 1.0);
+      if (dispatch == moe::DispatchKind::capacity) {
+        REQUIRE(out.health.capacity.has_value());
+        CHECK(out.health.capacity->capacity == 12);  // ceil(12 * 1 / 1 * 1.0)
+        CHECK(out.health.capacity->dropped.sum() == 0);
+      }
+      const auto grads = layer.backward(x, ctx, random_matrix(12, kHidden, 11));
+      CHECK(all_finite(grads));
+      // The gate is constant 1, so the router's gradient comes from the z-loss alone: the aux
+      // loss does not depend on the logits (its scores are all 1) and neither do the gates.
+      Matrix z_grad = Matrix::Zero(1, kHidden);
+      for (Index t = 0; t < 12; ++t)
+        z_grad += (0.01 * 2.0 * routing.logits(t, 0) / 12.0) * x.row(t);
+      CHECK(moe::test::relative_error(grads.router.weight, z_grad) <= 1e-10);
+    }
+  }
+
+  SECTION("capacity 0 (CapacityRounding::fixed): every choice dropped") {
+    for (bool shared : {false, true}) {
+      INFO("shared " << shared);
+      auto c = edge_config(moe::DispatchKind::capacity, 4, 2, shared);
+      c.capacity.rounding = moe::CapacityRounding::fixed;
+      c.capacity.fixed_capacity = 0;  // allowed: CapacityConfig::fixed_capacity >= 0
+      auto layer = random_layer(c);
+      const Index T = 12, k = 2;
+      const Matrix x = random_matrix(T, kHidden, 12);
+      moe::MoELayerContext<double> ctx;
+      const auto out = layer.forward(x, ctx, moe::Mode::train);
+      // Nothing reaches a routed expert: y is the shared expert's output, or 0 without one.
+      if (shared)
+        CHECK(moe::test::relative_error(out.y, reference_shared(layer, x)) <= 1e-12);
+      else
+        CHECK(out.y.isZero(0));
+      CHECK(out.y.allFinite());
+      CHECK(std::isfinite(out.aux_loss));
+      CHECK(std::isfinite(out.z_loss));
+      CHECK(ctx.exchange.capacity_plan.capacity == 0);
+      CHECK(ctx.exchange.capacity_plan.total_kept == 0);
+      CHECK(ctx.exchange.capacity_plan.total_dropped == T * k);
+      CHECK(ctx.exchange.capacity_plan.tokens_without_expert == T);
+      REQUIRE(out.health.capacity.has_value());
+      const moe::CapacityReport& cap = *out.health.capacity;
+      CHECK(cap.capacity == 0);
+      CHECK(cap.kept.sum() == 0);
+      CHECK(cap.dropped.sum() == T * k);
+      CHECK(cap.drop_rate == 1.0);
+      CHECK(cap.tokens_without_expert == T);
+      CHECK(cap.tokens_left_behind == 1.0);
+      CHECK(std::isnan(cap.capacity_utilization));  // sum kept / (E C) = 0 / 0
+      // The hard load counts the choices before the drop.
+      CHECK(out.health.hard.load.sum() == double(T * k));
+
+      const auto grads = layer.backward(x, ctx, random_matrix(T, kHidden, 13));
+      check_zero_expert_gradients(layer, grads.experts);
+      CHECK(all_finite(grads));
+      CHECK(grads.x.rows() == T);
+      CHECK(grads.x.cols() == kHidden);
+    }
+  }
 }

@@ -77,6 +77,7 @@ void dropless_unpermute(ConstMatrixRef<S> y, ConstMatrixRef<S> gates, const Drop
   detail::require_dropless_plan(plan);
   require_shape(y, "y", plan.padded_rows(), -1);
   require_shape(gates, "gates", plan.num_tokens, plan.top_k);
+  require_finite(gates, "gates");
   require_shape(out, "out", plan.num_tokens, y.cols());
   require_disjoint(out, "out", y, "y");
   require_disjoint(out, "out", gates, "gates");
@@ -102,6 +103,7 @@ void dropless_unpermute_backward(ConstMatrixRef<S> grad_out, ConstMatrixRef<S> y
   require_shape(grad_out, "grad_out", plan.num_tokens, -1);
   require_shape(y, "y", plan.padded_rows(), grad_out.cols());
   require_shape(gates, "gates", plan.num_tokens, plan.top_k);
+  require_finite(gates, "gates");
   require_shape(grad_y, "grad_y", plan.padded_rows(), grad_out.cols());
   require_shape(grad_gates, "grad_gates", plan.num_tokens, plan.top_k);
   require_disjoint(grad_y, "grad_y", grad_out, "grad_out");
