@@ -47,8 +47,8 @@ void check_plan(const moe::CapacityPlan<double>& plan, const moe::ExpertIdMatrix
       ++kept[static_cast<std::size_t>(e)];
       ++group_kept[static_cast<std::size_t>(e * plan.num_groups + t / group_tokens)];
       ++kept_here;
-      const double w = renormalized ? gates(t, j) / std::max(kept_gates, 2.220446049250313e-16)
-                                    : gates(t, j);
+      const double w =
+          renormalized ? gates(t, j) / std::max(kept_gates, 2.220446049250313e-16) : gates(t, j);
       MOE_FUZZ_CHECK(moe::fuzz::close(plan.entry_weight[i], w, 1e-12));
     }
     without_expert += kept_here == 0;

@@ -81,14 +81,13 @@ void check_round_trip(const moe::DroplessPlan& plan, moe::fuzz::FuzzInput& in, I
   moe::dropless_unpermute_backward<double>(grad_y, permuted, gates, plan, grad_rows, grad_gates);
   for (Index t = 0; t < T; ++t)
     for (Index j = 0; j < k; ++j)
-      MOE_FUZZ_CHECK(moe::fuzz::close(grad_gates(t, j),
-                                      permuted.row(plan.pair_row[t * k + j]).dot(grad_y.row(t)),
-                                      1e-12));
+      MOE_FUZZ_CHECK(moe::fuzz::close(
+          grad_gates(t, j), permuted.row(plan.pair_row[t * k + j]).dot(grad_y.row(t)), 1e-12));
   MOE_FUZZ_CHECK(moe::fuzz::close(y.cwiseProduct(grad_y).sum(),
                                   permuted.cwiseProduct(grad_rows).sum(), 1e-10));
   moe::dropless_permute_backward<double>(permuted, plan, grad_x);
-  MOE_FUZZ_CHECK(moe::fuzz::close(permuted.cwiseProduct(permuted).sum(),
-                                  x.cwiseProduct(grad_x).sum(), 1e-10));
+  MOE_FUZZ_CHECK(
+      moe::fuzz::close(permuted.cwiseProduct(permuted).sum(), x.cwiseProduct(grad_x).sum(), 1e-10));
 }
 
 }  // namespace
@@ -99,7 +98,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   static constexpr Index kBlocks[] = {1, 2, 3, 4, 8, 16, 128, 0};
   const Index B = kBlocks[in.byte() % 8];
   moe::ExpertIdMatrix ids(T, k);
-  for (Index i = 0; i < ids.size(); ++i) ids.data()[i] = static_cast<moe::ExpertId>(in.range(0, E - 1));
+  for (Index i = 0; i < ids.size(); ++i)
+    ids.data()[i] = static_cast<moe::ExpertId>(in.range(0, E - 1));
   moe::DroplessPlan plan;
   try {
     plan = moe::make_dropless_plan(ids, E, B);

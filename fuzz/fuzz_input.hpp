@@ -13,12 +13,12 @@
 #include <moe/core/types.hpp>
 
 /// Stops the fuzzer on a broken invariant: libFuzzer saves the input that broke it.
-#define MOE_FUZZ_CHECK(condition)                                                       \
-  do {                                                                                  \
-    if (!(condition)) {                                                                 \
+#define MOE_FUZZ_CHECK(condition)                                                            \
+  do {                                                                                       \
+    if (!(condition)) {                                                                      \
       std::fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__, __LINE__, #condition); \
-      std::abort();                                                                     \
-    }                                                                                   \
+      std::abort();                                                                          \
+    }                                                                                        \
   } while (0)
 
 namespace moe::fuzz {
@@ -60,15 +60,33 @@ class FuzzInput {
     const std::uint8_t kind = byte();
     S v;
     switch (kind % 16) {
-      case 0: v = previous<S>(); break;
-      case 1: v = S(0); break;
-      case 2: v = L::denorm_min(); break;
-      case 3: v = -L::min() / S(2); break;
-      case 4: v = L::max(); break;
-      case 5: v = L::lowest(); break;
-      case 6: v = S(-60); break;   // sigmoid below float's normal range once summed
-      case 7: v = S(-750); break;  // exp underflows in double
-      case 8: v = S(1e30); break;
+      case 0:
+        v = previous<S>();
+        break;
+      case 1:
+        v = S(0);
+        break;
+      case 2:
+        v = L::denorm_min();
+        break;
+      case 3:
+        v = -L::min() / S(2);
+        break;
+      case 4:
+        v = L::max();
+        break;
+      case 5:
+        v = L::lowest();
+        break;
+      case 6:
+        v = S(-60);
+        break;  // sigmoid below float's normal range once summed
+      case 7:
+        v = S(-750);
+        break;  // exp underflows in double
+      case 8:
+        v = S(1e30);
+        break;
       default:
         v = static_cast<S>((static_cast<double>(u32()) / 4294967295.0 - 0.5) * 16.0);
     }

@@ -22,10 +22,14 @@ using Matrix = moe::RowMatrix<double>;
 
 double maybe_nonfinite(moe::fuzz::FuzzInput& in, double v) {
   switch (in.byte() % 32) {
-    case 0: return std::numeric_limits<double>::quiet_NaN();
-    case 1: return std::numeric_limits<double>::infinity();
-    case 2: return -std::numeric_limits<double>::infinity();
-    default: return v;
+    case 0:
+      return std::numeric_limits<double>::quiet_NaN();
+    case 1:
+      return std::numeric_limits<double>::infinity();
+    case 2:
+      return -std::numeric_limits<double>::infinity();
+    default:
+      return v;
   }
 }
 
@@ -35,8 +39,10 @@ moe::HealthReport step_report(moe::fuzz::FuzzInput& in, Index T, Index E, Index 
   r.logits.resize(in.flag() ? T : 0, E);
   r.expert_ids.resize(T, k);
   r.gates = Matrix::Zero(T, k);
-  for (Index i = 0; i < r.scores.size(); ++i) r.scores.data()[i] = maybe_nonfinite(in, in.unit<double>());
-  for (Index i = 0; i < r.logits.size(); ++i) r.logits.data()[i] = maybe_nonfinite(in, in.value<double>());
+  for (Index i = 0; i < r.scores.size(); ++i)
+    r.scores.data()[i] = maybe_nonfinite(in, in.unit<double>());
+  for (Index i = 0; i < r.logits.size(); ++i)
+    r.logits.data()[i] = maybe_nonfinite(in, in.value<double>());
   for (Index i = 0; i < r.expert_ids.size(); ++i)
     r.expert_ids.data()[i] = static_cast<moe::ExpertId>(in.range(0, E - 1));
 
@@ -54,7 +60,8 @@ moe::HealthReport step_report(moe::fuzz::FuzzInput& in, Index T, Index E, Index 
     soft += r.scores.row(t).transpose();
   }
   MOE_FUZZ_CHECK(report.skipped_tokens == skipped);
-  for (Index e = 0; e < E; ++e) MOE_FUZZ_CHECK(moe::fuzz::close(report.soft.load[e], soft[e], 1e-12));
+  for (Index e = 0; e < E; ++e)
+    MOE_FUZZ_CHECK(moe::fuzz::close(report.soft.load[e], soft[e], 1e-12));
   if (skipped < T && soft.sum() > 0) {
     MOE_FUZZ_CHECK(report.normalized_entropy >= -1e-12 && report.normalized_entropy <= 1 + 1e-12);
     MOE_FUZZ_CHECK(std::isfinite(report.mean_top1));

@@ -90,9 +90,11 @@ void run(moe::fuzz::FuzzInput& in) {
     for (Index g = 2; g <= c.num_experts; ++g)
       if (c.num_experts % g == 0) divisors.push_back(g);
     if (!divisors.empty()) {
-      c.num_groups = divisors[static_cast<std::size_t>(in.range(0, static_cast<Index>(divisors.size()) - 1))];
+      c.num_groups =
+          divisors[static_cast<std::size_t>(in.range(0, static_cast<Index>(divisors.size()) - 1))];
       const Index per_group = c.num_experts / c.num_groups;
-      c.groups_selected = std::min(c.num_groups, in.range((c.top_k + per_group - 1) / per_group, c.num_groups));
+      c.groups_selected =
+          std::min(c.num_groups, in.range((c.top_k + per_group - 1) / per_group, c.num_groups));
       c.group_score = per_group >= 2 ? in.pick<moe::GroupScore>(2) : moe::GroupScore::max;
       c.group_mask = in.pick<moe::GroupMask>(2);
     }

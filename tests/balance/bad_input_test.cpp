@@ -71,8 +71,8 @@ TEST_CASE("the balancing losses refuse bad configs, scores, ids and masks", "[ba
 }
 
 TEST_CASE("the z-loss refuses bad input, and values past the scalar's range", "[balance][errors]") {
-  require_rejects([] { moe::router_z_loss(kScores, kNaN); }, "coefficient",
-                  "a finite value >= 0", "nan");
+  require_rejects([] { moe::router_z_loss(kScores, kNaN); }, "coefficient", "a finite value >= 0",
+                  "nan");
   require_rejects([] { moe::router_z_loss(kScores, -0.5); }, "coefficient", "a finite value >= 0",
                   "-0.5");
   require_rejects([] { moe::router_z_loss(Matrix(3, 0), 1e-3); }, "logits",
@@ -92,10 +92,16 @@ TEST_CASE("the z-loss refuses bad input, and values past the scalar's range", "[
 
 TEST_CASE("the bias balancer refuses bad input", "[balance][errors]") {
   require_rejects([] { moe::BiasBalancer<float> b(0); }, "num_experts", ">= 1", "0");
-  require_rejects([] { moe::BiasBalancer<float> b(4, {kNaN, moe::BiasUpdateRule::sign}); },
-                  "BiasBalancerOptions::update_rate", "a finite value >= 0", "nan");
-  require_rejects([] { moe::BiasBalancer<float> b(4, {-1e-3, moe::BiasUpdateRule::sign}); },
-                  "BiasBalancerOptions::update_rate", "a finite value >= 0", "-0.001");
+  require_rejects(
+      [] {
+        moe::BiasBalancer<float> b(4, {kNaN, moe::BiasUpdateRule::sign});
+      },
+      "BiasBalancerOptions::update_rate", "a finite value >= 0", "nan");
+  require_rejects(
+      [] {
+        moe::BiasBalancer<float> b(4, {-1e-3, moe::BiasUpdateRule::sign});
+      },
+      "BiasBalancerOptions::update_rate", "a finite value >= 0", "-0.001");
   moe::BiasBalancer<double> balancer(4);
   require_rejects([&] { balancer.accumulate(-1, kIds); }, "micro_batch", ">= 0", "-1");
   moe::ExpertIdMatrix ids = kIds;
@@ -106,8 +112,9 @@ TEST_CASE("the bias balancer refuses bad input", "[balance][errors]") {
                   "one per token", "2");
   require_rejects([&] { balancer.accumulate_counts(0, moe::IndexVector::Zero(3)); }, "counts",
                   "4 entries (one per expert)", "3");
-  require_rejects([&] { balancer.accumulate_counts(0, (moe::IndexVector(4) << 1, -1, 0, 0).finished()); },
-                  "counts", "non-negative counts", "a negative count");
+  require_rejects(
+      [&] { balancer.accumulate_counts(0, (moe::IndexVector(4) << 1, -1, 0, 0).finished()); },
+      "counts", "non-negative counts", "a negative count");
   moe::RouterConfig rc;
   rc.num_experts = 6;
   rc.hidden = 2;

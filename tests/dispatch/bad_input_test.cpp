@@ -24,8 +24,8 @@ constexpr Index kMaxIndex = std::numeric_limits<Index>::max();
 
 /// 6 tokens, top-2 over 4 experts, every expert over capacity 2.
 struct Planned {
-  moe::ExpertIdMatrix ids = (moe::ExpertIdMatrix(6, 2) << 0, 1, 1, 2, 2, 3, 3, 0, 0, 2, 1, 3)
-                                .finished();
+  moe::ExpertIdMatrix ids =
+      (moe::ExpertIdMatrix(6, 2) << 0, 1, 1, 2, 2, 3, 3, 0, 0, 2, 1, 3).finished();
   Matrix gates = Matrix::Constant(6, 2, 0.5);
   moe::CapacityConfig config = [] {
     moe::CapacityConfig c;
@@ -33,8 +33,8 @@ struct Planned {
     c.fixed_capacity = 2;
     return c;
   }();
-  moe::CapacityPlan<double> plan = moe::make_capacity_plan<double>(ids, gates, 4, config,
-                                                                    moe::Mode::train);
+  moe::CapacityPlan<double> plan =
+      moe::make_capacity_plan<double>(ids, gates, 4, config, moe::Mode::train);
   Matrix x = moe::test::random_matrix(6, 3, 1);
 };
 
@@ -104,8 +104,8 @@ TEST_CASE("capacity configs and plans refuse bad input", "[dispatch][errors]") {
   require_rejects([&] { moe::capacity_plan_backward<double>(p.plan, grad_weight.head(5)); },
                   "grad_weight", "size 12", "5");
   grad_weight[7] = kNaN;
-  require_rejects([&] { moe::capacity_plan_backward<double>(p.plan, grad_weight); },
-                  "grad_weight", "finite values", "nan at row 7");
+  require_rejects([&] { moe::capacity_plan_backward<double>(p.plan, grad_weight); }, "grad_weight",
+                  "finite values", "nan at row 7");
 }
 
 TEST_CASE("dispatch and combine refuse wrong shapes, edited plans and overlapping outputs",
@@ -200,8 +200,8 @@ TEST_CASE("dropless plans and permutes refuse bad input", "[dispatch][errors]") 
   Matrix out(plan.padded_rows(), 4), y(3, 4), short_out(2, 4), thin_gates(3, 1);
   require_rejects([&] { moe::dropless_permute<double>(Matrix::Zero(4, 4), plan, out); }, "x",
                   "3 rows (the plan's tokens)", "4");
-  require_rejects([&] { moe::dropless_permute<double>(x, plan, short_out); }, "out",
-                  "shape [6, 4]", "[2, 4]");
+  require_rejects([&] { moe::dropless_permute<double>(x, plan, short_out); }, "out", "shape [6, 4]",
+                  "[2, 4]");
   Matrix shared = Matrix::Zero(plan.padded_rows(), 4);
   require_rejects([&] { moe::dropless_permute<double>(shared.bottomRows(3), plan, shared); }, "out",
                   "memory that does not overlap x", "a matrix overlapping x");
@@ -216,12 +216,12 @@ TEST_CASE("dropless plans and permutes refuse bad input", "[dispatch][errors]") 
                   "out", "memory that does not overlap y", "a matrix overlapping y");
   Matrix grad_y(plan.padded_rows(), 4), grad_gates(3, 2);
   require_rejects(
-      [&] {
-        moe::dropless_unpermute_backward<double>(y, out, gates, plan, grad_y, thin_gates);
-      },
+      [&] { moe::dropless_unpermute_backward<double>(y, out, gates, plan, grad_y, thin_gates); },
       "grad_gates", "shape [3, 2]", "[3, 1]");
   require_rejects(
-      [&] { moe::dropless_unpermute_backward<double>(y, out, nan_gates, plan, grad_y, grad_gates); },
+      [&] {
+        moe::dropless_unpermute_backward<double>(y, out, nan_gates, plan, grad_y, grad_gates);
+      },
       "gates", "finite values", "nan at row 2, column 1");
   require_rejects(
       [&] { moe::dropless_unpermute_backward<double>(y, grad_y, gates, plan, grad_y, grad_gates); },

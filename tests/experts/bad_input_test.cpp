@@ -65,10 +65,16 @@ TEST_CASE("expert configs, weights and their initialization refuse bad input",
   moe::ExpertWeights<double> w(config());
   require_rejects([&] { w.init_weights(1, kNaN); }, "stddev", "a finite value >= 0", "nan");
   require_rejects([&] { w.init_weights(1, -1.0); }, "stddev", "a finite value >= 0", "-1");
-  require_rejects([&] { w.init_weights(1, 0.1, {0, 1}, 3); }, "global_ids",
-                  "3 ids (config.num_experts)", "2");
-  require_rejects([&] { w.init_weights(1, 0.1, {0, 1, 7}, 4); }, "global_ids", "ids in [0, 4)",
-                  "7");
+  require_rejects(
+      [&] {
+        w.init_weights(1, 0.1, {0, 1}, 3);
+      },
+      "global_ids", "3 ids (config.num_experts)", "2");
+  require_rejects(
+      [&] {
+        w.init_weights(1, 0.1, {0, 1, 7}, 4);
+      },
+      "global_ids", "ids in [0, 4)", "7");
 
   std::vector<double> w1(60), w3(60), w2(60);
   moe::ExpertBuffers<double> b{{w1.data(), 59}, {w3.data(), 60}, {w2.data(), 60}, {}, {}, {}};
@@ -128,19 +134,17 @@ TEST_CASE("the dropless FFN refuses bad input, foreign contexts and overlapping 
   const auto backward = [&](const moe::ExpertWeights<double>& weights,
                             moe::DroplessFFNContext<double>& ctx, const Matrix& grad_out) {
     return [&, grad_out] {
-      moe::dropless_ffn_backward<double>(weights, grad_out, d.plan, ctx, grads, grad_x,
-                                         grad_gates);
+      moe::dropless_ffn_backward<double>(weights, grad_out, d.plan, ctx, grads, grad_x, grad_gates);
     };
   };
   moe::DroplessFFNContext<double> empty;
-  require_rejects(backward(d.weights, empty, d.y), "ctx", "a context filled by dropless_ffn_forward",
-                  "an empty context");
-  moe::ExpertWeights<double> gelu(
-      [] {
-        auto c = config();
-        c.activation = moe::Activation::gelu;
-        return c;
-      }());
+  require_rejects(backward(d.weights, empty, d.y), "ctx",
+                  "a context filled by dropless_ffn_forward", "an empty context");
+  moe::ExpertWeights<double> gelu([] {
+    auto c = config();
+    c.activation = moe::Activation::gelu;
+    return c;
+  }());
   require_rejects(backward(gelu, d.ctx, d.y), "ctx",
                   "a context filled by the forward of these weights", "swiglu");
   Matrix grad_out = d.y;

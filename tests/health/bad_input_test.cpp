@@ -7,11 +7,11 @@
 #include <string>
 #include <vector>
 
-
 #include "moe/health/export.hpp"
 #include "moe/health/health.hpp"
 #include "support/bad_input.hpp"
 #include "support/catch.hpp"
+#include "support/seed_probabilities.hpp"
 
 namespace {
 
@@ -21,19 +21,7 @@ using moe::test::require_rejects;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// Rows sum to one; column sums are [4.0, 2.5, 1.4, 0.1] (T = 8, E = 4).
-RowMatrix<double> seed_probs() {
-  RowMatrix<double> p(8, 4);
-  p << 1, 0, 0, 0,    //
-      1, 0, 0, 0,     //
-      1, 0, 0, 0,     //
-      .5, .5, 0, 0,   //
-      .5, .5, 0, 0,   //
-      0, .5, .5, 0,   //
-      0, .5, .4, .1,  //
-      0, .5, .5, 0;
-  return p;
-}
+using moe::test::seed_probs;
 
 /// seed_probs() routed to expert 0 (k = 1) with zero logits.
 moe::Routing<double> seed_routing() {
@@ -309,8 +297,8 @@ TEST_CASE("counts and exporters refuse bad input", "[health][errors]") {
                   "9 + 4 E values", "11");
   moe::HealthCounts two(2), three(3);
   require_rejects([&] { two.merge(three); }, "other", "counts over 2 experts (this one's)", "3");
-  require_rejects([&] { two.add(balanced_report(3)); }, "report.experts",
-                  "2 (the counts' experts)", "3");
+  require_rejects([&] { two.add(balanced_report(3)); }, "report.experts", "2 (the counts' experts)",
+                  "3");
   require_rejects([] { moe::HealthCounts().hard_stats(); }, "HealthCounts",
                   "counts over at least one expert", "0");
 

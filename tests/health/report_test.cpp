@@ -16,25 +16,14 @@
 #include "moe/health/tensor.hpp"
 #include "support/catch.hpp"
 #include "support/health_reference.hpp"
+#include "support/seed_probabilities.hpp"
 
 using moe::Index;
 using moe::RowMatrix;
 
 namespace {
 
-// Rows sum to one; column sums are [4.0, 2.5, 1.4, 0.1] (T = 8, E = 4, avg_load = 2).
-RowMatrix<double> seed_probs() {
-  RowMatrix<double> p(8, 4);
-  p << 1, 0, 0, 0,    //
-      1, 0, 0, 0,     //
-      1, 0, 0, 0,     //
-      .5, .5, 0, 0,   //
-      .5, .5, 0, 0,   //
-      0, .5, .5, 0,   //
-      0, .5, .4, .1,  //
-      0, .5, .5, 0;
-  return p;
-}
+using moe::test::seed_probs;
 
 std::vector<int> ids(const std::vector<moe::ExpertId>& v) {
   return std::vector<int>(v.begin(), v.end());

@@ -47,7 +47,9 @@ moe::MoELayerConfig with(Change change) {
 
 TEST_CASE("bad layer configs are refused where the layer is built", "[layer][errors]") {
   using C = moe::MoELayerConfig;
-  const auto build = [](const moe::MoELayerConfig& c) { return [c] { moe::MoELayer<double> l(c); }; };
+  const auto build = [](const moe::MoELayerConfig& c) {
+    return [c] { moe::MoELayer<double> l(c); };
+  };
   require_rejects(build(with([](C& c) { c.block_size = 0; })), "MoELayerConfig::block_size", ">= 1",
                   "0");
   require_rejects(build(with([](C& c) { c.z_loss_coefficient = -1; })),
@@ -120,9 +122,10 @@ TEST_CASE("the layer's forward and backward check their input, context and edite
                   "another shape");
 }
 
-TEST_CASE("a layer over caller buffers refuses buffers it would not use and assignments of other "
-          "shapes",
-          "[layer][errors][parameters]") {
+TEST_CASE(
+    "a layer over caller buffers refuses buffers it would not use and assignments of other "
+    "shapes",
+    "[layer][errors][parameters]") {
   auto plain = config();
   plain.shared = {};
   std::vector<double> router_w(24), w1(72), w3(72), w2(72), spare(30);

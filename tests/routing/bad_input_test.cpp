@@ -51,8 +51,8 @@ struct Routed {
 TEST_CASE("bad router configurations are refused where the router is built", "[routing][errors]") {
   using C = moe::RouterConfig;
   const auto build = [](const moe::RouterConfig& c) { return [c] { moe::Router<float> r(c); }; };
-  require_rejects(build(with([](C& c) { c.num_experts = 0; })), "RouterConfig::num_experts",
-                  ">= 1", "0");
+  require_rejects(build(with([](C& c) { c.num_experts = 0; })), "RouterConfig::num_experts", ">= 1",
+                  "0");
   require_rejects(build(with([](C& c) { c.hidden = 0; })), "RouterConfig::hidden", ">= 1", "0");
   require_rejects(build(with([](C& c) { c.top_k = 0; })), "RouterConfig::top_k",
                   "1 <= top_k <= num_experts (8)", "0");
@@ -67,8 +67,7 @@ TEST_CASE("bad router configurations are refused where the router is built", "[r
   require_rejects(build(with([](C& c) { c.num_groups = 4, c.groups_selected = 0; })),
                   "RouterConfig::groups_selected", "1 <= groups_selected <= num_groups (4)", "0");
   require_rejects(build(with([](C& c) { c.num_groups = 8, c.groups_selected = 2; })),
-                  "RouterConfig::group_score", "max when a group has a single expert",
-                  "sum_top2");
+                  "RouterConfig::group_score", "max when a group has a single expert", "sum_top2");
   require_rejects(build(with([](C& c) {
                     c.num_groups = 8, c.groups_selected = 1, c.group_score = moe::GroupScore::max;
                   })),
@@ -130,8 +129,8 @@ TEST_CASE("the router's forward checks its input, its parameters and its edited 
   require_rejects(forward(huge, Matrix::Ones(2, 4)), "logits", "finite values", "inf at row 0");
   moe::Router<double> nan_bias = r.router;
   nan_bias.selection_bias[2] = kNaN;
-  require_rejects(forward(nan_bias, Matrix::Ones(2, 4)), "Router::selection_bias",
-                  "finite values", "nan at row 2");
+  require_rejects(forward(nan_bias, Matrix::Ones(2, 4)), "Router::selection_bias", "finite values",
+                  "nan at row 2");
 
   // The config is a public member: an edit is checked at the next use.
   moe::Router<double> edited = r.router;
@@ -209,7 +208,8 @@ TEST_CASE("select_experts and its backward check what they are given", "[routing
   const moe::Vector<double> none;
   const auto select = [&](const moe::RouterConfig& c, const Matrix& logits,
                           const moe::Vector<double>& bias) {
-    return [&, c, logits, bias] { moe::select_experts<double>(c, logits, bias, routing, selection); };
+    return
+        [&, c, logits, bias] { moe::select_experts<double>(c, logits, bias, routing, selection); };
   };
   Matrix logits = Matrix::Zero(3, 8);
   require_rejects(select(good_config(), Matrix::Zero(3, 7), none), "logits", "shape [*, 8]",
@@ -246,9 +246,9 @@ TEST_CASE("select_experts and its backward check what they are given", "[routing
                   "inf");
   require_rejects(backward(good_config(), Matrix::Zero(3, 2), Matrix::Zero(2, 8)), "grad_scores",
                   "shape [3, 8]", "[2, 8]");
-  require_rejects(backward(with([](moe::RouterConfig& c) { c.top_k = 3; }), Matrix::Zero(3, 3),
-                           Matrix()),
-                  "routing.expert_ids", "shape [3, 3]", "[3, 2]");
+  require_rejects(
+      backward(with([](moe::RouterConfig& c) { c.top_k = 3; }), Matrix::Zero(3, 3), Matrix()),
+      "routing.expert_ids", "shape [3, 3]", "[3, 2]");
 }
 
 TEST_CASE("top-k and the score functions check their arguments", "[routing][errors]") {
@@ -291,7 +291,8 @@ TEST_CASE("routing at the edges of finite input stays finite", "[routing][numeri
       REQUIRE(r.gates.allFinite());
       // sigmoid(z) ~ exp(z) this far down: the gates are softmax(z) over the chosen four.
       double sum = 0;
-      for (Index j = 0; j < 4; ++j) sum += std::exp(double(router.weight(j, 0) - router.weight(0, 0)));
+      for (Index j = 0; j < 4; ++j)
+        sum += std::exp(double(router.weight(j, 0) - router.weight(0, 0)));
       for (Index j = 0; j < 4; ++j) {
         const double expected =
             c.scaling_factor * std::exp(double(router.weight(j, 0) - router.weight(0, 0))) / sum;

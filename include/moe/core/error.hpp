@@ -151,8 +151,8 @@ void require_disjoint(const Out& out, const char* out_name, const In& in, const 
   const auto [out_first, out_last] = detail::span_of(out);
   const auto [in_first, in_last] = detail::span_of(in);
   const auto before = [](const void* a, const void* b) { return std::less<const void*>()(a, b); };
-  const bool overlap = out_first != out_last && in_first != in_last &&
-                       before(out_first, in_last) && before(in_first, out_last);
+  const bool overlap = out_first != out_last && in_first != in_last && before(out_first, in_last) &&
+                       before(in_first, out_last);
   if (overlap)
     detail::fail(out_name, detail::concat("memory that does not overlap ", in_name),
                  detail::concat("a matrix overlapping ", in_name));

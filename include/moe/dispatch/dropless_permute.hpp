@@ -3,10 +3,10 @@
 // order, so results are the same bits at any thread count (no atomics).
 #pragma once
 
-#include "moe/kernels/parallel.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/dispatch/dropless_plan.hpp"
+#include "moe/kernels/parallel.hpp"
 
 namespace moe {
 

@@ -7,9 +7,9 @@
 
 #include <Eigen/Core>
 
-#include "moe/kernels/parallel.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
+#include "moe/kernels/parallel.hpp"
 
 namespace moe {
 
@@ -55,8 +55,8 @@ namespace detail {
 /// the caller may have built or edited.
 inline void require_dropless_plan(const DroplessPlan& plan) {
   const Index experts = plan.num_experts;
-  require(plan.num_tokens >= 0 && plan.top_k >= 0 && experts >= 1 && plan.block_size >= 1,
-          "plan", "a plan from make_dropless_plan (T, k >= 0; E, block_size >= 1)",
+  require(plan.num_tokens >= 0 && plan.top_k >= 0 && experts >= 1 && plan.block_size >= 1, "plan",
+          "a plan from make_dropless_plan (T, k >= 0; E, block_size >= 1)",
           concat("T ", plan.num_tokens, ", k ", plan.top_k, ", E ", experts, ", block ",
                  plan.block_size));
   const Index pairs = checked_mul(plan.num_tokens, plan.top_k, "plan.num_tokens");

@@ -63,8 +63,7 @@ void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, 
             detail::concat("0 <= filled <= capacity (", capacity, ") for expert ", e), rows[e]);
   }
   // Only the filled slots are read: a NaN in an empty one is the dispatcher's padding, not input.
-  for (Index e = 0; e < experts; ++e)
-    require_finite(x.middleRows(e * capacity, rows[e]), "x");
+  for (Index e = 0; e < experts; ++e) require_finite(x.middleRows(e * capacity, rows[e]), "x");
   ctx.capacity = capacity;
   ctx.experts = c;
   ctx.topology = make_topology(offsets, rows, 1, c.ffn_hidden, c.block_cols);

@@ -15,14 +15,14 @@
 namespace moe {
 
 struct LogitStats {
-  double mean_logsumexp = 0.0;          ///< mean_t log sum_e exp z_te
+  double mean_logsumexp = 0.0;  ///< mean_t log sum_e exp z_te
   /// mean_t lse(z_t)^2, the z-loss before its coefficient; +inf (its correct rounding) once it
   /// passes DBL_MAX, i.e. |lse| beyond about 1.3e154 (router_z_loss refuses such logits).
   double mean_squared_logsumexp = 0.0;
-  double mean_entropy = 0.0;            ///< mean_t H(softmax(z_t)) in nats (fairseq entropy_gating)
-  Index nonfinite = 0;                  ///< count of NaN or infinite logits
-  Index tokens = 0;                     ///< T
-  Index skipped_tokens = 0;             ///< rows with a non-finite logit, left out of the means
+  double mean_entropy = 0.0;  ///< mean_t H(softmax(z_t)) in nats (fairseq entropy_gating)
+  Index nonfinite = 0;        ///< count of NaN or infinite logits
+  Index tokens = 0;           ///< T
+  Index skipped_tokens = 0;   ///< rows with a non-finite logit, left out of the means
 };
 
 namespace detail {

@@ -103,10 +103,9 @@ class LocalExchange {
   /// Checks that `ctx` holds the forward of `tokens` tokens.
   template <class S>
   void require_forward(const Context<S>& ctx, DispatchKind kind, Index tokens) const {
-    const Index planned = kind == DispatchKind::dropless ? ctx.dropless.num_tokens
-                                                         : (ctx.capacity_ffn.capacity < 0
-                                                                ? -1
-                                                                : ctx.capacity_plan.num_tokens);
+    const Index planned = kind == DispatchKind::dropless
+                              ? ctx.dropless.num_tokens
+                              : (ctx.capacity_ffn.capacity < 0 ? -1 : ctx.capacity_plan.num_tokens);
     require(planned == tokens, "ctx",
             detail::concat("a context filled by the forward of ", tokens, " tokens"),
             detail::concat("a context of ", std::max<Index>(planned, 0), " tokens"));

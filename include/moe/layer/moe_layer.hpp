@@ -346,19 +346,19 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
                                    : detail::same_shapes(experts.config, routed),
             "MoELayer::config", "the shapes of the experts it was built with",
             detail::concat("E = ", routed.num_experts, ", d = ", routed.hidden,
-                           ", f = ", routed.ffn_hidden, " against experts of E = ",
-                           experts.config.num_experts, ", d = ", experts.config.hidden,
-                           ", f = ", experts.config.ffn_hidden));
+                           ", f = ", routed.ffn_hidden,
+                           " against experts of E = ", experts.config.num_experts,
+                           ", d = ", experts.config.hidden, ", f = ", experts.config.ffn_hidden));
     const bool shared_ok = config.shared.ffn_hidden > 0
                                ? detail::same_shapes(shared.config, config.shared_experts())
                                : shared.w1.size() == 0;
-    require(shared_ok && shared_gate_weight.size() == (config.shared.gated ? config.router.hidden : 0),
-            "MoELayer::config.shared", "the shapes of the shared expert it was built with",
-            detail::concat("ffn_hidden ", config.shared.ffn_hidden,
-                           config.shared.gated ? ", gated" : ""));
-    require(!balancer || balancer->num_experts() == config.router.num_experts,
-            "MoELayer::balancer", detail::concat("a balancer of ", config.router.num_experts,
-                                                 " experts"),
+    require(
+        shared_ok && shared_gate_weight.size() == (config.shared.gated ? config.router.hidden : 0),
+        "MoELayer::config.shared", "the shapes of the shared expert it was built with",
+        detail::concat("ffn_hidden ", config.shared.ffn_hidden,
+                       config.shared.gated ? ", gated" : ""));
+    require(!balancer || balancer->num_experts() == config.router.num_experts, "MoELayer::balancer",
+            detail::concat("a balancer of ", config.router.num_experts, " experts"),
             balancer ? balancer->num_experts() : 0);
   }
 

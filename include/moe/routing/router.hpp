@@ -233,14 +233,16 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
         [&](Index j) { return log_score(config.score, logits(t, ids[j])); },
         config.renormalize_epsilon, r.data());
     S weighted = 0, q_sum = 0;
-    for (Index j = 0; j < k; ++j) weighted += scale * grad_gates(t, j) * r[static_cast<std::size_t>(j)];
+    for (Index j = 0; j < k; ++j)
+      weighted += scale * grad_gates(t, j) * r[static_cast<std::size_t>(j)];
     for (Index j = 0; j < k; ++j) {
       const auto u = static_cast<std::size_t>(j);
       q_sum += q[u] = r[u] * (scale * grad_gates(t, j) - weighted);
     }
     if (config.score == ScoreFunction::sigmoid) {
       for (Index j = 0; j < k; ++j)
-        through_scores(t, ids[j]) += q[static_cast<std::size_t>(j)] * (S(1) - routing.scores(t, ids[j]));
+        through_scores(t, ids[j]) +=
+            q[static_cast<std::size_t>(j)] * (S(1) - routing.scores(t, ids[j]));
     } else {
       for (Index j = 0; j < k; ++j) through_scores(t, ids[j]) += q[static_cast<std::size_t>(j)];
       through_scores.row(t) -= q_sum * routing.scores.row(t);
@@ -568,8 +570,7 @@ class Router : public ParameterSet<RouterSlots<S>> {
               detail::concat("size ", config.num_experts), bias.size());
     if (config.noise == Noise::noisy_topk)
       require_shape(noise_weight, "Router::noise_weight", config.num_experts, config.hidden);
-    detail::require_selection_bias<S>(selection_bias, config.num_experts,
-                                      "Router::selection_bias");
+    detail::require_selection_bias<S>(selection_bias, config.num_experts, "Router::selection_bias");
   }
 
   void draw_jitter(Index tokens, std::uint64_t seed, RowMatrix<S>& jitter) const {

@@ -19,7 +19,8 @@ inline Index plan_capacity(Index num_experts, Index num_groups, Index group_capa
 
 /// Sets `vector` to `size` values of `value`, a failed allocation named as the slots of E experts
 /// at capacity C.
-inline void fill_slots(IndexVector& vector, Index size, Index value, Index experts, Index capacity) {
+inline void fill_slots(IndexVector& vector, Index size, Index value, Index experts,
+                       Index capacity) {
   try {
     vector.setConstant(size, value);
   } catch (const std::bad_alloc&) {
@@ -68,8 +69,8 @@ void require_capacity_plan(const CapacityPlan<S>& plan) {
   require(plan.token_offsets.size() == tokens + 1, "plan.token_offsets",
           concat("size T + 1 = ", tokens + 1), plan.token_offsets.size());
   const Index entries = plan.num_entries();
-  require(plan.token_offsets[0] == 0 && plan.token_offsets[tokens] == entries,
-          "plan.token_offsets", concat("offsets from 0 to the entries (", entries, ")"),
+  require(plan.token_offsets[0] == 0 && plan.token_offsets[tokens] == entries, "plan.token_offsets",
+          concat("offsets from 0 to the entries (", entries, ")"),
           concat(plan.token_offsets[0], " to ", plan.token_offsets[tokens]));
   for (Index t = 0; t < tokens; ++t)
     if (plan.token_offsets[t + 1] < plan.token_offsets[t])

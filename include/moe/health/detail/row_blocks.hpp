@@ -5,8 +5,8 @@
 
 #include <algorithm>
 
-#include "moe/kernels/parallel.hpp"
 #include "moe/core/types.hpp"
+#include "moe/kernels/parallel.hpp"
 
 namespace moe::detail {
 
