@@ -15,7 +15,9 @@
 #include "moe/kernels/gemm.hpp"
 
 #include "moe/routing/config.hpp"
+#include "moe/routing/hash.hpp"
 #include "moe/routing/presets.hpp"
+#include "moe/routing/replay.hpp"
 #include "moe/routing/router.hpp"
 #include "moe/routing/routing.hpp"
 #include "moe/routing/topk.hpp"

@@ -116,20 +116,23 @@ TEST_CASE("aux loss: perfect balance gives a for the /k forms and a*k for HF's",
   }
 }
 
-TEST_CASE("aux loss: Megatron aux_loss matches moe_utils, softmax and sigmoid, with padding",
-          "[balance][aux]") {
+TEST_CASE(
+    "aux loss: Megatron aux_loss matches moe_utils, softmax, sigmoid and sqrtsoftplus, with "
+    "padding",
+    "[balance][aux]") {
   const Index T = 13, E = 6;
   const int k = 2;
   const Mat z = random_matrix(T, E, 1);
   const TokenMask mask = mask_every(T, 4);
-  for (bool sigmoid : {false, true}) {
-    const auto fn = sigmoid ? moe::ScoreFunction::sigmoid : moe::ScoreFunction::softmax;
+  for (int score : {0, 1, 2}) {
+    const auto fn = score == 0   ? moe::ScoreFunction::softmax
+                    : score == 1 ? moe::ScoreFunction::sigmoid
+                                 : moe::ScoreFunction::sqrt_softplus;
     const auto config = moe::aux_presets::megatron(k, 0.01, fn);
     for (bool masked : {false, true}) {
       const TokenMask m = masked ? mask : TokenMask();
       const auto out = moe::load_balancing_loss_from_logits(z, fn, ExpertIdMatrix(), config, m);
-      const double expected =
-          moe::ref::megatron_aux_loss(to_ref(z), k, 0.01, sigmoid, to_vector(m));
+      const double expected = moe::ref::megatron_aux_loss(to_ref(z), k, 0.01, score, to_vector(m));
       CHECK(out.value == Approx(expected).epsilon(tight));
 
       Mat zz = z;

@@ -2,8 +2,10 @@
 // its gradients against central finite differences, in double.
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include <moe/layer/moe_layer.hpp>
+#include <moe/routing/replay.hpp>
 
 #include "support/catch.hpp"
 #include "support/dispatch_reference.hpp"
@@ -50,12 +52,14 @@ moe::MoELayer<double> random_layer(const moe::MoELayerConfig& c) {
   return layer;
 }
 
-// y_t = sum over kept choices of g_tj FFN_e(x_t) + sigmoid(x_t . w) FFN_shared(x_t), by loops.
-Matrix reference_forward(const moe::MoELayer<double>& layer, const Matrix& x, moe::Mode mode) {
+// y_t = sum over kept choices of g_tj FFN_e(x_t) + sigmoid(x_t . w) FFN_shared(x_t), by loops;
+// with `replayed`, the choices are those ids (routing replay).
+Matrix reference_forward(const moe::MoELayer<double>& layer, const Matrix& x, moe::Mode mode,
+                         const std::vector<std::vector<int>>* replayed = nullptr) {
   const auto& c = layer.config;
   const auto routing = moe::test::reference_route(
       c.router, x, layer.router.weight, layer.router.bias, layer.router.noise_weight,
-      layer.router.selection_bias, mode == moe::Mode::train, 0);
+      layer.router.selection_bias, mode == moe::Mode::train, 0, replayed);
   const Index T = x.rows(), k = c.router.top_k, E = c.router.num_experts;
   moe::ExpertIdMatrix ids(T, k);
   Matrix gates(T, k);
@@ -218,4 +222,79 @@ TEST_CASE("MoELayer rejects bad configuration and input", "[layer][errors]") {
   CHECK_THROWS_AS(layer.forward(Matrix::Zero(3, 4), ctx, moe::Mode::eval), moe::Error);
   layer.forward(Matrix::Zero(3, 5), ctx, moe::Mode::eval);
   CHECK_THROWS_AS(layer.backward(Matrix::Zero(3, 5), ctx, Matrix::Zero(2, 5)), moe::Error);
+}
+
+TEST_CASE("MoELayer replay routes to the recorded experts and reproduces a recorded step",
+          "[layer][replay]") {
+  for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
+    INFO(name(dispatch));
+    moe::MoELayerConfig config = small_config(dispatch, moe::Activation::swiglu, true);
+    config.router.noise = moe::Noise::jitter;  // the replay draws the same noise from the seed
+    config.bias_balancer = moe::BiasBalancerOptions{};
+    auto recorder = random_layer(config);
+    auto replayer = random_layer(config);
+    const Matrix x = random_matrix(12, 5, 31);
+    const Matrix grad_y = random_matrix(12, 5, 32);
+
+    // Bit for bit: the same weights, input, mode and seed, the recorded choices replayed.
+    moe::MoELayerContext<double> recorded_ctx, replayed_ctx;
+    const auto recorded = recorder.forward(x, recorded_ctx, moe::Mode::train, 5);
+    moe::RoutingRecord record;
+    record.append(recorded_ctx.router.routing);
+    const auto replayed =
+        replayer.replay(x, record.layers[0].expert_ids, replayed_ctx, moe::Mode::train, 5);
+    CHECK(replayed.y == recorded.y);
+    CHECK(replayed.aux_loss == recorded.aux_loss);
+    CHECK(replayed.z_loss == recorded.z_loss);
+    CHECK(replayed.health.hard.load == recorded.health.hard.load);
+    CHECK(replayed.health.capacity.has_value() == recorded.health.capacity.has_value());
+    const auto recorded_grads = recorder.backward(x, recorded_ctx, grad_y);
+    const auto replayed_grads = replayer.backward(x, replayed_ctx, grad_y);
+    CHECK(replayed_grads.x == recorded_grads.x);
+    CHECK(replayed_grads.router.weight == recorded_grads.router.weight);
+    CHECK(replayed_grads.experts.w1 == recorded_grads.experts.w1);
+    CHECK(replayed_grads.experts.w2 == recorded_grads.experts.w2);
+    CHECK(replayed_grads.shared.w1 == recorded_grads.shared.w1);
+    recorder.step_balancer();
+    replayer.step_balancer();
+    CHECK(replayer.router.selection_bias == recorder.router.selection_bias);
+
+    // Other ids: the layer routes to them, with gates from the live router (loop reference);
+    // loads follow the replayed ids, the Megatron aux loss counts the live top-k.
+    const moe::ExpertIdMatrix other = moe::test::random_expert_ids(12, 2, 4, 33);
+    std::vector<std::vector<int>> rows(12);
+    for (Index t = 0; t < 12; ++t) rows[t] = {other(t, 0), other(t, 1)};
+    for (auto mode : {moe::Mode::train, moe::Mode::eval}) {
+      moe::MoELayerConfig quiet = config;
+      quiet.router.noise = moe::Noise::none;
+      auto layer = random_layer(quiet);
+      moe::MoELayerContext<double> ctx, live_ctx;
+      const auto out = layer.replay(x, other, ctx, mode);
+      CHECK(moe::test::relative_error(out.y, reference_forward(layer, x, mode, &rows)) <= 1e-12);
+      Eigen::VectorXd counts = Eigen::VectorXd::Zero(4);
+      for (Index i = 0; i < other.size(); ++i) counts[other.data()[i]] += 1;
+      CHECK(out.health.hard.load == counts);
+      const auto live = layer.forward(x, live_ctx, mode);
+      CHECK(out.aux_loss == live.aux_loss);
+    }
+
+    // Gradients through the replayed choices, against central differences.
+    moe::MoELayerConfig quiet = config;
+    quiet.router.noise = moe::Noise::none;
+    auto layer = random_layer(quiet);
+    Matrix x_var = x;
+    auto loss = [&] {
+      moe::MoELayerContext<double> ctx;
+      const auto out = layer.replay(x_var, other, ctx, moe::Mode::train);
+      return out.y.cwiseProduct(grad_y).sum() + out.aux_loss + out.z_loss;
+    };
+    moe::MoELayerContext<double> ctx;
+    layer.replay(x_var, other, ctx, moe::Mode::train);
+    const auto g = layer.backward(x_var, ctx, grad_y);
+    using moe::test::numerical_gradient;
+    using moe::test::relative_error;
+    CHECK(relative_error(g.x, numerical_gradient(x_var, loss)) <= 1e-6);
+    CHECK(relative_error(g.router.weight, numerical_gradient(layer.router.weight, loss)) <= 1e-6);
+    CHECK(relative_error(g.experts.w1, numerical_gradient(layer.experts.w1, loss)) <= 1e-6);
+  }
 }

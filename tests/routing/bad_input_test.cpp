@@ -3,7 +3,9 @@
 #include <cmath>
 #include <limits>
 
+#include <moe/routing/hash.hpp>
 #include <moe/routing/presets.hpp>
+#include <moe/routing/replay.hpp>
 #include <moe/routing/router.hpp>
 #include <moe/routing/scoring.hpp>
 #include <moe/routing/topk.hpp>
@@ -94,8 +96,8 @@ TEST_CASE("bad router configurations are refused where the router is built", "[r
                     c.score = moe::ScoreFunction::sigmoid;
                     c.softmax_order = moe::SoftmaxOrder::topk_then_softmax;
                   })),
-                  "RouterConfig::softmax_order", "softmax_then_topk with a sigmoid score",
-                  "topk_then_softmax");
+                  "RouterConfig::softmax_order",
+                  "softmax_then_topk with a sigmoid or sqrt_softplus score", "topk_then_softmax");
   // Presets take their sizes from the caller: a bad one is refused by the router built on it.
   require_rejects(build(moe::presets::mixtral(/*hidden=*/0)), "RouterConfig::hidden", ">= 1", "0");
   require_rejects(build(moe::presets::switch_transformer(/*experts=*/0, 16)),
@@ -340,4 +342,98 @@ TEST_CASE("routing at the edges of finite input stays finite", "[routing][numeri
       for (Index e = 0; e < experts; ++e) CHECK(scores(1, e) == Approx(1.0 / double(experts)));
     }
   }
+}
+
+TEST_CASE("routing replay checks the recorded ids and the record bytes", "[routing][errors]") {
+  Routed r;
+  moe::RouterContext<double> ctx;
+  const auto replay = [&](moe::ExpertIdMatrix ids) {
+    return [&r, &ctx, ids] { r.router.replay(r.x, ids, ctx, moe::Mode::eval); };
+  };
+  moe::ExpertIdMatrix ids(3, 2);
+  ids << 0, 1, 2, 3, 4, 5;
+  require_rejects(replay(ids.topRows(2)), "recorded_ids", "shape [3, 2]", "[2, 2]");
+  require_rejects(replay(ids.leftCols(1)), "recorded_ids", "shape [3, 2]", "[3, 1]");
+  moe::ExpertIdMatrix bad = ids;
+  bad(2, 1) = 8;
+  require_rejects(replay(bad), "recorded_ids", "expert ids in [0, 8)", "8 at row 2, column 1");
+  bad(2, 1) = -1;
+  require_rejects(replay(bad), "recorded_ids", "expert ids in [0, 8)", "-1 at row 2");
+  bad(2, 1) = 4;
+  require_rejects(replay(bad), "recorded_ids", "distinct expert ids in each row", "expert 4 twice");
+  moe::Routing<double> out;
+  require_rejects([&] { moe::replay_experts<double>(good_config(), Matrix::Zero(3, 8), bad, out); },
+                  "recorded_ids", "distinct expert ids in each row", "expert 4 twice in row 2");
+  require_rejects([&] { moe::replay_experts<double>(good_config(), Matrix::Zero(3, 7), ids, out); },
+                  "logits", "shape [*, 8]", "[3, 7]");
+
+  using C = moe::RouterConfig;
+  const auto build = [](const moe::RouterConfig& c) { return [c] { moe::Router<float> r(c); }; };
+  require_rejects(build(with([](C& c) {
+                    c.num_groups = 4, c.groups_selected = 4, c.top_k = 2;
+                    c.group_score = moe::GroupScore::sum_top_k_per_selected_group;
+                  })),
+                  "RouterConfig::groups_selected",
+                  "top_k / groups_selected between 1 and the experts per group (2)", "4");
+  require_rejects(build(with([](C& c) {
+                    c.num_groups = 4, c.groups_selected = 1, c.top_k = 3;
+                    c.group_score = moe::GroupScore::sum_top_k_per_selected_group;
+                  })),
+                  "RouterConfig::groups_selected", "between 1 and the experts per group (2)", "1");
+
+  moe::RoutingRecord record;
+  record.layers.push_back({8, ids});
+  const std::vector<std::uint8_t> good = record.to_bytes();
+  const auto parse = [](std::vector<std::uint8_t> bytes) {
+    return [bytes] { moe::RoutingRecord::from_bytes(bytes.data(), bytes.size()); };
+  };
+  auto edited = [&](std::size_t at, std::uint8_t value) {
+    std::vector<std::uint8_t> b = good;
+    b[at] = value;
+    return b;
+  };
+  require_rejects(parse(edited(0, 'X')), "bytes", "a routing record starting with \"MOEROUTE\"",
+                  "other bytes");
+  require_rejects(parse(edited(8, 2)), "bytes", "format version 1", "2");
+  require_rejects(parse(edited(16, 0)), "bytes", "1 <= top_k <= num_experts", "num_experts 0");
+  require_rejects(parse(edited(20, 9)), "bytes", "1 <= top_k <= num_experts", "top_k 9");
+  require_rejects(parse(edited(32, 2)), "bytes", "1-byte ids for 8 experts in layer 0", "2");
+  require_rejects(parse(edited(24, 4)), "bytes", "4 tokens of 2 ids in layer 0", "6 bytes left");
+  require_rejects(parse(edited(33, 8)), "bytes[0]", "expert ids in [0, 8)", "8 at row 0, column 0");
+  require_rejects(parse(edited(34, 0)), "bytes[0]", "distinct expert ids in each row",
+                  "expert 0 twice in row 0");
+  require_rejects(parse({good.begin(), good.begin() + 20}), "bytes",
+                  "a routing record with its top_k", "truncated bytes");
+  std::vector<std::uint8_t> longer = good;
+  longer.push_back(0);
+  require_rejects(parse(longer), "bytes", "no bytes after the last layer", "1 more bytes");
+  moe::RoutingRecord wrong;
+  wrong.layers.push_back({4, ids});
+  require_rejects([&] { wrong.to_bytes(); }, "RoutingRecord::layers[0]", "expert ids in [0, 4)",
+                  "4 at row 2, column 0");
+  require_rejects([] { moe::RoutingRecord::load("/nonexistent/record.bin"); }, "path",
+                  "a readable file", "/nonexistent/record.bin");
+  require_rejects([&] { record.save("/nonexistent/record.bin"); }, "path", "a writable file",
+                  "/nonexistent/record.bin");
+}
+
+TEST_CASE("hash routing checks its table and the token ids", "[routing][errors]") {
+  moe::ExpertIdMatrix table(3, 2);
+  table << 0, 1, 2, 3, 1, 0;
+  require_rejects([&] { moe::HashTable(0, table); }, "num_experts", ">= 1", "0");
+  require_rejects([&] { moe::HashTable(3, table); }, "experts", "expert ids in [0, 3)",
+                  "3 at row 1, column 1");
+  moe::ExpertIdMatrix repeated = table;
+  repeated(2, 1) = 1;
+  require_rejects([&] { moe::HashTable(4, repeated); }, "experts",
+                  "distinct expert ids in each row", "expert 1 twice in row 2");
+  require_rejects([&] { moe::HashTable(4, moe::ExpertIdMatrix(0, 2)); }, "experts",
+                  "a table of at least one token id and one expert", "[0, 2]");
+  const moe::HashTable hash(4, table);
+  moe::TokenIds tokens(3);
+  tokens << 0, 3, 1;
+  require_rejects([&] { hash.expert_ids(tokens); }, "token_ids", "ids in [0, 3) (the vocabulary)",
+                  "3 at token 1");
+  tokens(1) = -1;
+  require_rejects([&] { hash.expert_ids(tokens); }, "token_ids", "ids in [0, 3)", "-1 at token 1");
 }

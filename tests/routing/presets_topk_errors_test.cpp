@@ -80,6 +80,16 @@ TEST_CASE("presets route hand-worked cases", "[router][presets]") {
     check_token(route_logits(config, z, bias), {4, 5, 2},
                 {0.8 / 2.1 * 2.5, 0.7 / 2.1 * 2.5, 0.6 / 2.1 * 2.5});
   }
+  SECTION("DeepSeek-V4: sqrt(softplus), bias-steered top-6 style selection, renormalized, x1.5") {
+    const auto config = moe::presets::deepseek_v4(1, 4, 2);
+    // z = softplus^-1(s^2) = log(expm1(s^2)) gives the scores s = 1, 2, 0.5, 1.5
+    const auto z_of = [](double s) { return std::log(std::expm1(s * s)); };
+    const std::initializer_list<double> z = {z_of(1), z_of(2), z_of(0.5), z_of(1.5)};
+    check_token(route_logits(config, z), {1, 3}, {2 / 3.5 * 1.5, 1.5 / 3.5 * 1.5});
+    moe::Vector<double> bias = moe::Vector<double>::Zero(4);
+    bias(1) = -1.2;  // biased 1, 0.8, 0.5, 1.5: expert 1 loses to expert 0, weights stay unbiased
+    check_token(route_logits(config, z, bias), {3, 0}, {1.5 / 2.5 * 1.5, 1 / 2.5 * 1.5});
+  }
   SECTION("HF DeepSeek-V3's zero mask lets a masked expert win when kept scores are negative") {
     auto config = moe::presets::deepseek_v3(1, 4, 2, 2, 1);
     moe::Vector<double> bias = moe::Vector<double>::Constant(4, -1.0);
@@ -99,6 +109,22 @@ TEST_CASE("presets route hand-worked cases", "[router][presets]") {
     check_token(route_logits(moe::presets::megatron_sigmoid(4, 1, 2),
                              {logit(0.2), logit(0.5), logit(0.8), logit(0.6)}),
                 {2, 3}, {0.8 / 1.4, 0.6 / 1.4});
+  }
+  SECTION("Qwen3-MoE renormalizes, OLMoE keeps raw probabilities") {
+    check_token(route_logits(moe::presets::qwen3_moe(1, 4, 2), {ln(1), ln(2), ln(3), ln(4)}),
+                {3, 2}, {4.0 / 7, 3.0 / 7});
+    check_token(route_logits(moe::presets::olmoe(1, 4, 2), {ln(1), ln(2), ln(3), ln(4)}), {3, 2},
+                {0.4, 0.3});
+  }
+  SECTION("GPT-OSS: biased logits, top-k, softmax over the k") {
+    moe::RouterConfig c = moe::presets::gpt_oss(1, 4, 2);
+    c.hidden = 1;
+    moe::Router<double> router(c);
+    router.weight << ln(1), ln(2), ln(3), ln(4);
+    router.bias << ln(5), 0, 0, 0;  // expert 0's logit becomes ln 5, the best
+    moe::RouterContext<double> ctx;
+    check_token(router.forward(Matrix::Ones(1, 1), ctx, moe::Mode::eval), {0, 3},
+                {5.0 / 9, 4.0 / 9});
   }
   SECTION("DeepSpeed top-2: raw probabilities of the two best") {
     check_token(route_logits(moe::presets::deepspeed_top2(4, 1), {ln(1), ln(2), ln(3), ln(4)}),

@@ -70,7 +70,7 @@ void check_gradients(const moe::RouterConfig& c, bool with_scores, moe::Mode mod
 }  // namespace
 
 TEST_CASE("router gradients match central finite differences", "[router][backward]") {
-  for (int score = 0; score < 3; ++score)
+  for (int score = 0; score < 4; ++score)
     for (bool renorm : {false, true})
       for (bool groups : {false, true})
         for (int noise = 0; noise < 3; ++noise)
@@ -79,7 +79,9 @@ TEST_CASE("router gradients match central finite differences", "[router][backwar
             c.num_experts = 8;
             c.hidden = 5;
             c.top_k = 3;
-            c.score = score == 2 ? moe::ScoreFunction::sigmoid : moe::ScoreFunction::softmax;
+            c.score = score == 2   ? moe::ScoreFunction::sigmoid
+                      : score == 3 ? moe::ScoreFunction::sqrt_softplus
+                                   : moe::ScoreFunction::softmax;
             c.softmax_order = score == 1 ? moe::SoftmaxOrder::topk_then_softmax
                                          : moe::SoftmaxOrder::softmax_then_topk;
             c.renormalize = renorm;

@@ -20,7 +20,7 @@ using moe::RouterConfig;
 // Every router option, one combination per entry, each with a readable name.
 std::vector<std::pair<std::string, RouterConfig>> option_grid(Index experts, Index hidden) {
   std::vector<std::pair<std::string, RouterConfig>> grid;
-  for (int score = 0; score < 3; ++score)
+  for (int score = 0; score < 4; ++score)
     for (bool renorm : {false, true})
       for (int groups = 0; groups < 3; ++groups)
         for (int noise = 0; noise < 3; ++noise)
@@ -29,7 +29,9 @@ std::vector<std::pair<std::string, RouterConfig>> option_grid(Index experts, Ind
             c.num_experts = experts;
             c.hidden = hidden;
             c.top_k = 3;
-            c.score = score == 2 ? moe::ScoreFunction::sigmoid : moe::ScoreFunction::softmax;
+            c.score = score == 2   ? moe::ScoreFunction::sigmoid
+                      : score == 3 ? moe::ScoreFunction::sqrt_softplus
+                                   : moe::ScoreFunction::softmax;
             c.softmax_order = score == 1 ? moe::SoftmaxOrder::topk_then_softmax
                                          : moe::SoftmaxOrder::softmax_then_topk;
             c.renormalize = renorm;

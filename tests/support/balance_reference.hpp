@@ -52,18 +52,23 @@ inline double megatron_switch_loss(const Mat& probs, const std::vector<double>& 
   return acc * (static_cast<double>(E) * coeff / (topk * total_tokens * total_tokens));
 }
 
-/// Megatron aux_loss: probs = softmax(logits) (or sigmoid / sum), routing map = top-k of probs;
+/// Megatron aux_loss: probs = softmax(logits) (or sigmoid or sqrtsoftplus / sum), routing map =
+/// top-k of probs;
 /// with a padding mask, padded rows are zeroed in probs and map, T = sum(map) / k.
-inline double megatron_aux_loss(const Mat& logits, int k, double coeff, bool sigmoid_scores,
+/// `score`: 0 softmax, 1 sigmoid, 2 sqrt(softplus) (the last two divided by their row sum).
+inline double megatron_aux_loss(const Mat& logits, int k, double coeff, int score,
                                 const std::vector<bool>& valid) {
   const std::size_t T = logits.size(), E = logits[0].size();
   Mat probs = zeros(T, E);
   std::vector<double> tpe(E, 0.0);
   for (std::size_t t = 0; t < T; ++t) {
     std::vector<double> s(E);
-    if (sigmoid_scores) {
+    if (score != 0) {
       double sum = 0;
-      for (std::size_t e = 0; e < E; ++e) sum += (s[e] = sigmoid(logits[t][e]));
+      for (std::size_t e = 0; e < E; ++e) {
+        const double z = logits[t][e];
+        sum += (s[e] = score == 1 ? sigmoid(z) : std::sqrt(std::log1p(std::exp(z))));
+      }
       for (double& v : s) v /= sum;
     } else {
       s = softmax(logits[t]);

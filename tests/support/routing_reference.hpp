@@ -29,10 +29,35 @@ inline std::vector<int> reference_top_k(const std::vector<double>& v, long k) {
   return order;
 }
 
+// Gate weights of the chosen `ids` from a token's scored logits h and scores s: softmax over
+// h[ids] (top-k then softmax), else s[ids], optionally over their sum + eps; times the scale.
+inline std::vector<double> reference_gates(const RouterConfig& c, const std::vector<double>& h,
+                                           const std::vector<double>& s,
+                                           const std::vector<int>& ids) {
+  const auto k = ids.size();
+  std::vector<double> gates(k);
+  if (c.score == ScoreFunction::softmax && c.softmax_order == SoftmaxOrder::topk_then_softmax) {
+    double m = -std::numeric_limits<double>::infinity(), sum = 0;
+    for (int e : ids) m = std::max(m, h[e]);
+    for (int e : ids) sum += std::exp(h[e] - m);
+    for (std::size_t j = 0; j < k; ++j) gates[j] = std::exp(h[ids[j]] - m) / sum;
+  } else {
+    double sum = 0;
+    for (std::size_t j = 0; j < k; ++j) sum += gates[j] = s[ids[j]];
+    if (c.renormalize)
+      for (std::size_t j = 0; j < k; ++j) gates[j] /= sum + c.renormalize_epsilon;
+  }
+  for (double& g : gates) g *= c.scaling_factor;
+  return gates;
+}
+
+// The router by loops. With `replayed` ([T][k]) those ids replace the top-k selection (routing
+// replay) and the gates are taken at them.
 template <class X, class W, class B, class WN, class SB>
 ReferenceRouting reference_route(const RouterConfig& c, const X& x, const W& w, const B& bias,
                                  const WN& noise_w, const SB& selection_bias, bool train,
-                                 std::uint64_t seed) {
+                                 std::uint64_t seed,
+                                 const std::vector<std::vector<int>>* replayed = nullptr) {
   const long T = static_cast<long>(x.rows()), d = c.hidden, E = c.num_experts, k = c.top_k;
   ReferenceRouting r;
   const CounterRng jitter_rng = make_rng(seed, RandomStream::jitter);
@@ -66,8 +91,11 @@ ReferenceRouting reference_route(const RouterConfig& c, const X& x, const W& w, 
       double sum = 0;
       for (long e = 0; e < E; ++e) sum += std::exp(h[e] - m);
       for (long e = 0; e < E; ++e) s[e] = std::exp(h[e] - m) / sum;
-    } else {
+    } else if (c.score == ScoreFunction::sigmoid) {
       for (long e = 0; e < E; ++e) s[e] = 1.0 / (1.0 + std::exp(-h[e]));
+    } else {  // sqrt(softplus(h)), softplus(h) = log(1 + e^h) written stably
+      for (long e = 0; e < E; ++e)
+        s[e] = std::sqrt(std::max(h[e], 0.0) + std::log1p(std::exp(-std::abs(h[e]))));
     }
     const bool by_logits =
         c.score == ScoreFunction::softmax && c.softmax_order == SoftmaxOrder::topk_then_softmax;
@@ -80,7 +108,12 @@ ReferenceRouting reference_route(const RouterConfig& c, const X& x, const W& w, 
       for (long g = 0; g < c.num_groups; ++g) {
         std::vector<double> members(sel.begin() + g * per, sel.begin() + (g + 1) * per);
         std::sort(members.begin(), members.end(), std::greater<double>());
-        group_score[g] = c.group_score == GroupScore::max ? members[0] : members[0] + members[1];
+        // max: the best; sum_top2: the two best; Megatron: the best top_k / groups_selected
+        const long terms = c.group_score == GroupScore::max        ? 1
+                           : c.group_score == GroupScore::sum_top2 ? 2
+                                                                   : c.top_k / c.groups_selected;
+        group_score[g] = 0;
+        for (long j = 0; j < terms; ++j) group_score[g] += members[j];
       }
       const auto kept = reference_top_k(group_score, c.groups_selected);
       for (long g = 0; g < c.num_groups; ++g)
@@ -89,22 +122,10 @@ ReferenceRouting reference_route(const RouterConfig& c, const X& x, const W& w, 
             sel[e] =
                 c.group_mask == GroupMask::neg_inf ? -std::numeric_limits<double>::infinity() : 0.0;
     }
-    const auto ids = reference_top_k(sel, k);
-    std::vector<double> gates(k);
-    if (by_logits) {
-      double m = -std::numeric_limits<double>::infinity(), sum = 0;
-      for (int e : ids) m = std::max(m, h[e]);
-      for (int e : ids) sum += std::exp(h[e] - m);
-      for (long j = 0; j < k; ++j) gates[j] = std::exp(h[ids[j]] - m) / sum;
-    } else {
-      double sum = 0;
-      for (long j = 0; j < k; ++j) sum += gates[j] = s[ids[j]];
-      if (c.renormalize)
-        for (long j = 0; j < k; ++j) gates[j] /= sum + c.renormalize_epsilon;
-    }
-    for (double& g : gates) g *= c.scaling_factor;
+    const auto ids =
+        replayed != nullptr ? (*replayed)[static_cast<std::size_t>(t)] : reference_top_k(sel, k);
     r.ids.push_back(ids);
-    r.gates.push_back(gates);
+    r.gates.push_back(reference_gates(c, h, s, ids));
     r.scores.push_back(s);
     r.logits.push_back(z);
   }

@@ -104,14 +104,15 @@ inline AuxLossConfig hf_mixtral(Index top_k, double coefficient = 1e-3) {
 }
 
 /// Megatron-Core aux_loss: a E / (k T^2) sum_e (sum_t s_te) c_e over the micro-batch, counts of the
-/// unbiased, not group-limited top-k; sigmoid scores are divided by their row sum.
+/// unbiased, not group-limited top-k; sigmoid and sqrt_softplus scores are divided by their row
+/// sum (Megatron-Core `compute_routing_scores_for_aux_loss`).
 inline AuxLossConfig megatron(Index top_k, double coefficient = 1e-2,
                               ScoreFunction score = ScoreFunction::softmax) {
   AuxLossConfig c;
   c.coefficient = coefficient;
   c.top_k = top_k;
   c.selection = AuxSelection::recomputed;
-  c.scores = score == ScoreFunction::sigmoid ? AuxScores::sum_normalized : AuxScores::as_given;
+  c.scores = score == ScoreFunction::softmax ? AuxScores::as_given : AuxScores::sum_normalized;
   return c;
 }
 

@@ -218,41 +218,20 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
   /// same on every process of an exchange).
   MoEOutput<S> forward(const ConstMatrixRef<S>& x, Context& ctx, Mode mode, std::uint64_t seed = 0,
                        Index micro_batch = 0) {
-    ctx.mode = mode;
-    const Routing<S>* routed = nullptr;
-    exchange.agree([&] {
-      check_config();
-      routed = &router.forward(x, ctx.router, mode, exchange.router_seed(seed));
-    });
-    const Routing<S>& own = *routed;
-    const Routing<S>& batch = exchange.batch_routing(own, ctx.exchange);
+    return step(x, nullptr, ctx, mode, seed, micro_batch);
+  }
 
-    MoEOutput<S> out;
-    out.y.resize(x.rows(), config.router.hidden);
-    const std::optional<CapacityStats> capacity = exchange.template forward<S>(
-        config, experts, x, own, batch, mode, seed, ctx.exchange, out.y);
-    if (config.shared.ffn_hidden > 0)
-      shared_expert_forward<S>(shared, shared_gate_weight, config.shared.gated, config.block_size,
-                               x, ctx.shared, out.y, mode);
-
-    ctx.aux = LossGradient<S>();
-    ctx.z = LossGradient<S>();
-    if (mode == Mode::train) {
-      detail::routing_losses(config, batch, ctx.aux, ctx.z);
-      exchange.keep_own_rows(ctx.aux, ctx.exchange);
-      exchange.keep_own_rows(ctx.z, ctx.exchange);
-      out.aux_loss = ctx.aux.value;
-      out.z_loss = ctx.z.value;
-      if (balancer) {
-        // loads after capacity drops (Megatron counts the final routing map)
-        if (capacity)
-          balancer->accumulate_counts(micro_batch, capacity->kept);
-        else
-          balancer->accumulate(micro_batch, batch.expert_ids);
-      }
-    }
-    out.health = capacity ? health_report(batch, *capacity) : health_report(batch);
-    return out;
+  /// Routing replay (Megatron-Core `RouterReplay`): forward with this process's tokens routed to
+  /// the recorded experts `recorded_ids` ([T, k], see Router::replay) instead of the router's
+  /// top-k. Gates come from the live router at those ids; dispatch, capacity, the balancer's counts
+  /// and health follow the recorded ids; an aux loss with AuxSelection::recomputed (Megatron,
+  /// Hugging Face) counts the live router's own top-k, as Megatron's does under replay, one with
+  /// AuxSelection::given counts the recorded ids. backward is the usual one. Replaying a forward's
+  /// own choices (ctx.router.routing.expert_ids) with the same weights, x, mode, seed and
+  /// micro_batch reproduces that step bit for bit.
+  MoEOutput<S> replay(const ConstMatrixRef<S>& x, const ExpertIdMatrix& recorded_ids, Context& ctx,
+                      Mode mode, std::uint64_t seed = 0, Index micro_batch = 0) {
+    return step(x, &recorded_ids, ctx, mode, seed, micro_batch);
   }
 
   /// Gradients of <grad_y, y> + aux_loss + z_loss with respect to x and every parameter held here
@@ -312,6 +291,48 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
   }
 
  private:
+  /// forward (recorded_ids null) and replay.
+  MoEOutput<S> step(const ConstMatrixRef<S>& x, const ExpertIdMatrix* recorded_ids, Context& ctx,
+                    Mode mode, std::uint64_t seed, Index micro_batch) {
+    ctx.mode = mode;
+    const Routing<S>* routed = nullptr;
+    exchange.agree([&] {
+      check_config();
+      const std::uint64_t router_seed = exchange.router_seed(seed);
+      routed = recorded_ids != nullptr
+                   ? &router.replay(x, *recorded_ids, ctx.router, mode, router_seed)
+                   : &router.forward(x, ctx.router, mode, router_seed);
+    });
+    const Routing<S>& own = *routed;
+    const Routing<S>& batch = exchange.batch_routing(own, ctx.exchange);
+
+    MoEOutput<S> out;
+    out.y.resize(x.rows(), config.router.hidden);
+    const std::optional<CapacityStats> capacity = exchange.template forward<S>(
+        config, experts, x, own, batch, mode, seed, ctx.exchange, out.y);
+    if (config.shared.ffn_hidden > 0)
+      shared_expert_forward<S>(shared, shared_gate_weight, config.shared.gated, config.block_size,
+                               x, ctx.shared, out.y, mode);
+
+    ctx.aux = LossGradient<S>();
+    ctx.z = LossGradient<S>();
+    if (mode == Mode::train) {
+      detail::routing_losses(config, batch, ctx.aux, ctx.z);
+      exchange.keep_own_rows(ctx.aux, ctx.exchange);
+      exchange.keep_own_rows(ctx.z, ctx.exchange);
+      out.aux_loss = ctx.aux.value;
+      out.z_loss = ctx.z.value;
+      if (balancer) {
+        // loads after capacity drops (Megatron counts the final routing map)
+        if (capacity)
+          balancer->accumulate_counts(micro_batch, capacity->kept);
+        else
+          balancer->accumulate(micro_batch, batch.expert_ids);
+      }
+    }
+    out.health = capacity ? health_report(batch, *capacity) : health_report(batch);
+    return out;
+  }
   struct Mapped {};
 
   template <class... ExchangeArgs>

@@ -27,6 +27,10 @@ inline MPI_Datatype mpi_type<double>() {
   return MPI_DOUBLE;
 }
 template <>
+inline MPI_Datatype mpi_type<std::uint8_t>() {
+  return MPI_UINT8_T;
+}
+template <>
 inline MPI_Datatype mpi_type<std::int32_t>() {
   return MPI_INT32_T;
 }

@@ -5,6 +5,7 @@
 
 #include "moe/layer/moe_layer.hpp"
 #include "moe/parallel/all_to_all_exchange.hpp"
+#include "moe/parallel/routing_record_exchange.hpp"
 
 namespace moe {
 

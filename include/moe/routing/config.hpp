@@ -7,17 +7,23 @@
 
 namespace moe {
 
-/// How logits become scores. sigmoid as in DeepSeek-V3 and Megatron-Core's `sigmoid`.
-enum class ScoreFunction { softmax, sigmoid };
+/// How logits become scores: softmax over the experts; sigmoid as in DeepSeek-V3 and
+/// Megatron-Core's `sigmoid`; sqrt_softplus, s = sqrt(softplus(z)), as in DeepSeek-V4
+/// (Megatron-Core and Hugging Face `sqrtsoftplus`).
+enum class ScoreFunction { softmax, sigmoid, sqrt_softplus };
 
 /// Where softmax sits relative to top-k (Megatron-Core `moe_router_pre_softmax`).
 ///  - softmax_then_topk: p = softmax over all E, keep the top k (Switch, Mixtral, Qwen, DeepSpeed).
 ///  - topk_then_softmax: top k of the logits, softmax over those k (Megatron-Core's default).
 enum class SoftmaxOrder { softmax_then_topk, topk_then_softmax };
 
-/// Score of a group in group-limited routing: DeepSeek-V3 sums the group's top-2 scores, its
-/// bias-free variant and Megatron's num_groups == topk_group take the max.
-enum class GroupScore { sum_top2, max };
+/// Score of a group in group-limited routing, from its members' selection scores:
+///  - sum_top2: the sum of the group's two best (DeepSeek-V3 `Gate`, Hugging Face DeepSeek-V3);
+///  - max: the group's best (DeepSeek-V3's official `Gate` without a correction bias);
+///  - sum_top_k_per_selected_group: the sum of the group's top (top_k / groups_selected), integer
+///    division (Megatron-Core `moe_utils.group_limited_topk`; equal to sum_top2 for DeepSeek-V3's
+///    k = 8 over 4 groups, and to max whenever top_k < 2 * groups_selected).
+enum class GroupScore { sum_top2, max, sum_top_k_per_selected_group };
 
 /// What replaces the scores of experts in unselected groups: -inf (DeepSeek-V3, Megatron,
 /// torchtitan) or 0 (Hugging Face DeepSeek-V3, where a masked expert can still win if every kept
@@ -59,6 +65,19 @@ struct RouterConfig {
   double noise_epsilon = 1e-2;   ///< floor of the noisy-top-k standard deviation
 
   bool groups_enabled() const noexcept { return num_groups > 1; }
+
+  /// How many of a group's best scores its group score sums (1 for GroupScore::max).
+  Index group_score_terms() const noexcept {
+    switch (group_score) {
+      case GroupScore::max:
+        return 1;
+      case GroupScore::sum_top2:
+        return 2;
+      case GroupScore::sum_top_k_per_selected_group:
+        return top_k / groups_selected;
+    }
+    return 1;
+  }
 };
 
 /// Checks a RouterConfig; every message names the field.
@@ -72,7 +91,7 @@ inline void validate(const RouterConfig& c) {
   require(std::isfinite(c.scaling_factor) && c.scaling_factor > 0.0, "RouterConfig::scaling_factor",
           "a finite value > 0", c.scaling_factor);
   require(c.score == ScoreFunction::softmax || c.softmax_order == SoftmaxOrder::softmax_then_topk,
-          "RouterConfig::softmax_order", "softmax_then_topk with a sigmoid score",
+          "RouterConfig::softmax_order", "softmax_then_topk with a sigmoid or sqrt_softplus score",
           "topk_then_softmax");
   require(c.num_groups >= 1, "RouterConfig::num_groups", ">= 1", c.num_groups);
   require(c.num_experts % c.num_groups == 0, "RouterConfig::num_groups",
@@ -84,6 +103,14 @@ inline void validate(const RouterConfig& c) {
     const Index per_group = c.num_experts / c.num_groups;
     require(c.group_score != GroupScore::sum_top2 || per_group >= 2, "RouterConfig::group_score",
             "max when a group has a single expert", "sum_top2");
+    if (c.group_score == GroupScore::sum_top_k_per_selected_group) {
+      const Index terms = c.top_k / c.groups_selected;
+      require(
+          terms >= 1 && terms <= per_group, "RouterConfig::groups_selected",
+          detail::concat("top_k / groups_selected between 1 and the experts per group (", per_group,
+                         ") with sum_top_k_per_selected_group (top_k = ", c.top_k, ")"),
+          c.groups_selected);
+    }
     require(c.groups_selected * per_group >= c.top_k, "RouterConfig::groups_selected",
             detail::concat("groups_selected * experts per group (", per_group, ") >= top_k (",
                            c.top_k, ")"),

@@ -9,25 +9,22 @@
 namespace moe {
 
 /// Keeps the `groups_selected` best of `num_groups` equal expert groups in one token's selection
-/// scores and masks the others with -inf (or 0, Hugging Face's variant). The group score is the sum
-/// of the group's two best scores (DeepSeek-V3 with bias) or its max; equal groups go to the lower
-/// group index. `group_scratch` needs room for 2 * num_groups values.
+/// scores and masks the others with -inf (or 0, Hugging Face's variant). A group's score is the
+/// sum of its config.group_score_terms() best scores, added best first (GroupScore); equal groups
+/// go to the lower group index. `group_scratch` needs room for 2 * num_groups + terms values,
+/// `group_ids` for max(num_groups, terms) ids.
 template <class S>
 void mask_unselected_groups(const RouterConfig& config, S* selection, S* group_scratch,
                             ExpertId* group_ids) {
   const Index groups = config.num_groups;
   const Index per_group = config.num_experts / groups;
-  S best[2] = {};
-  ExpertId best_ids[2] = {};
+  const Index terms = config.group_score_terms();
+  S* best = group_scratch + 2 * groups;
   for (Index g = 0; g < groups; ++g) {
-    const S* members = selection + g * per_group;
-    if (config.group_score == GroupScore::max) {
-      detail::top_k_unchecked(members, per_group, 1, best_ids, best);
-      group_scratch[g] = best[0];
-    } else {
-      detail::top_k_unchecked(members, per_group, 2, best_ids, best);
-      group_scratch[g] = best[0] + best[1];
-    }
+    detail::top_k_unchecked(selection + g * per_group, per_group, terms, group_ids, best);
+    S score = best[0];
+    for (Index j = 1; j < terms; ++j) score += best[j];
+    group_scratch[g] = score;
   }
   S* kept = group_scratch + groups;
   detail::top_k_unchecked(group_scratch, groups, config.groups_selected, group_ids, kept);

@@ -40,6 +40,27 @@ inline RouterConfig qwen_moe(Index num_experts, Index hidden, Index top_k, bool 
   return c;
 }
 
+/// Qwen3-MoE (HF `Qwen3MoeSparseMoeBlock`, Qwen3-30B-A3B / 235B-A22B checkpoints): softmax over
+/// 128 experts, top-8, renormalized (`norm_topk_prob` true), no shared expert.
+inline RouterConfig qwen3_moe(Index hidden, Index num_experts = 128, Index top_k = 8) {
+  return qwen_moe(num_experts, hidden, top_k, /*norm_topk_prob=*/true);
+}
+
+/// OLMoE (HF `OlmoeSparseMoeBlock`, OLMoE-1B-7B): softmax over 64 experts, top-8, the raw
+/// probabilities as weights (`norm_topk_prob` false).
+inline RouterConfig olmoe(Index hidden, Index num_experts = 64, Index top_k = 8) {
+  return qwen_moe(num_experts, hidden, top_k, /*norm_topk_prob=*/false);
+}
+
+/// GPT-OSS (HF `GptOssTopKRouter`, gpt-oss-120b; 32 experts in gpt-oss-20b): logits = x W^T + b,
+/// top-4 of the logits, softmax over the four.
+inline RouterConfig gpt_oss(Index hidden, Index num_experts = 128, Index top_k = 4) {
+  RouterConfig c = detail::base(num_experts, hidden, top_k);
+  c.linear_bias = true;
+  c.softmax_order = SoftmaxOrder::topk_then_softmax;
+  return c;
+}
+
 /// DeepSeek-V3 (official `Gate`): sigmoid scores, group-limited top-8 of 256 experts in 8 groups
 /// keeping 4 (group score = sum of the group's top-2 biased scores, other groups -inf), weights
 /// = unbiased scores renormalized with no epsilon, times routed_scaling_factor 2.5.
@@ -55,6 +76,20 @@ inline RouterConfig deepseek_v3(Index hidden, Index num_experts = 256, Index top
   c.groups_selected = groups_selected;
   c.group_score = GroupScore::sum_top2;
   c.group_mask = GroupMask::neg_inf;
+  return c;
+}
+
+/// DeepSeek-V4 (Hugging Face `DeepseekV4TopKRouter`, config of DeepSeek-V4-Flash): scores
+/// s = sqrt(softplus(z)), top-6 of 256 experts by s + the correction bias (Router::selection_bias,
+/// kept by a BiasBalancer), no group limit, weights = s over their sum + 1e-20, times 1.5.
+/// Its first three MoE layers route by a frozen token-id table instead (HashTable): the same
+/// config weights the table's experts.
+inline RouterConfig deepseek_v4(Index hidden, Index num_experts = 256, Index top_k = 6) {
+  RouterConfig c = detail::base(num_experts, hidden, top_k);
+  c.score = ScoreFunction::sqrt_softplus;
+  c.renormalize = true;
+  c.renormalize_epsilon = 1e-20;
+  c.scaling_factor = 1.5;
   return c;
 }
 

@@ -36,7 +36,8 @@ S log_sigmoid(S z) {
 /// that underflow: sigmoid logits below about -87 in float, or softmax scores picked by a bias or a
 /// group limit far below the row's best), exp(log s_j - logsumexp_i log s_i), the same ratio in
 /// log space, finite and summing to 1. `log_s(j)` is log s_j up to a constant shared by the token:
-/// log sigmoid(z_j) for sigmoid scores, z_j itself for softmax scores (log s_j = z_j - lse(z)).
+/// log sigmoid(z_j) for sigmoid scores, log softplus(z_j) / 2 for sqrt_softplus, z_j itself for
+/// softmax scores (log s_j = z_j - lse(z)).
 template <class S, class Score, class LogScore>
 void renormalized_ratios(Index k, const Score& s, const LogScore& log_s, double eps, S* r) {
   S sum = 0;
@@ -53,21 +54,40 @@ void renormalized_ratios(Index k, const Score& s, const LogScore& log_s, double 
   for (Index j = 0; j < k; ++j) r[j] /= total;
 }
 
-/// log s_j of a selected score, up to a constant per token (see renormalized_ratios).
+/// log softplus(z), finite for every finite z: softplus(z) = exp(z) (1 - exp(z) / 2 + ...) is
+/// exp(z) to double precision below z = -37 (where log(softplus) would also lose the digits).
+template <class S>
+S log_softplus(S z) {
+  return z < S(-37) ? z : std::log(std::max(z, S(0)) + std::log1p(std::exp(-std::abs(z))));
+}
+
+/// log s_j of a selected score, up to a constant per token (see renormalized_ratios):
+/// log sigmoid(z), log sqrt(softplus(z)) = log softplus(z) / 2, or z itself for softmax.
 template <class S>
 S log_score(ScoreFunction score, S logit) {
-  return score == ScoreFunction::sigmoid ? log_sigmoid(logit) : logit;
+  switch (score) {
+    case ScoreFunction::sigmoid:
+      return log_sigmoid(logit);
+    case ScoreFunction::sqrt_softplus:
+      return log_softplus(logit) / 2;
+    case ScoreFunction::softmax:
+      break;
+  }
+  return logit;
 }
 
 /// select_experts without its argument checks, for callers that made them (Router::forward).
+/// With `replayed` ([T, k], checked by the caller) its ids replace the top-k selection and the
+/// gates are computed from the logits at those ids exactly as for selected ones.
 template <class S>
 void select_experts_unchecked(const RouterConfig& config, const ConstMatrixRef<S>& logits,
                               const ConstVectorRef<S>& selection_bias, Routing<S>& out,
-                              RowMatrix<S>& selection) {
+                              RowMatrix<S>& selection, const ExpertIdMatrix* replayed = nullptr) {
   const Index tokens = logits.rows(), experts = logits.cols(), k = config.top_k;
   const bool by_logits = config.score == ScoreFunction::softmax &&
                          config.softmax_order == SoftmaxOrder::topk_then_softmax;
-  const bool rewrite = selection_bias.size() > 0 || config.groups_enabled();
+  const bool rewrite =
+      replayed == nullptr && (selection_bias.size() > 0 || config.groups_enabled());
   out.scores.resize(tokens, experts);
   if (rewrite) selection.resize(tokens, experts);
   out.expert_ids.resize(tokens, k);
@@ -87,9 +107,12 @@ void select_experts_unchecked(const RouterConfig& config, const ConstMatrixRef<S
         if (config.score == ScoreFunction::softmax)
           softmax_rows_block(logits.row(first).data(), logits.outerStride(), rows, experts,
                              out.scores.row(first).data(), experts);
-        else
+        else if (config.score == ScoreFunction::sigmoid)
           out.scores.middleRows(first, rows) =
               logits.middleRows(first, rows).array().logistic().matrix();
+        else
+          out.scores.middleRows(first, rows) =
+              softplus<S>(logits.middleRows(first, rows)).array().sqrt().matrix();
         for (Index t = first; rewrite && t < first + rows; ++t) {
           auto ranked = selection.row(t);
           if (by_logits)
@@ -100,14 +123,17 @@ void select_experts_unchecked(const RouterConfig& config, const ConstMatrixRef<S
           if (config.groups_enabled()) {
             thread_local std::vector<S> group_scores;
             thread_local std::vector<ExpertId> group_ids;
-            group_scores.resize(static_cast<std::size_t>(2 * config.num_groups));
-            group_ids.resize(static_cast<std::size_t>(config.num_groups));
+            const Index groups = config.num_groups, terms = config.group_score_terms();
+            group_scores.resize(static_cast<std::size_t>(2 * groups + terms));
+            group_ids.resize(static_cast<std::size_t>(std::max(groups, terms)));
             mask_unselected_groups(config, ranked.data(), group_scores.data(), group_ids.data());
           }
         }
-        // gates holds the selection values until rewritten below
-        top_k_rows_block(ranked_rows + first * ranked_stride, ranked_stride, rows, experts, k,
-                         out.expert_ids.row(first).data(), k, out.gates.row(first).data(), k);
+        if (replayed != nullptr)
+          out.expert_ids.middleRows(first, rows) = replayed->middleRows(first, rows);
+        else  // gates holds the selection values until rewritten below
+          top_k_rows_block(ranked_rows + first * ranked_stride, ranked_stride, rows, experts, k,
+                           out.expert_ids.row(first).data(), k, out.gates.row(first).data(), k);
         for (Index t = first; t < first + rows; ++t) {
           const ExpertId* ids = out.expert_ids.row(t).data();
           S* gates = out.gates.row(t).data();
@@ -147,7 +173,8 @@ void require_selection_bias(const ConstVectorRef<S>& bias, Index experts, const 
 /// (Wang et al. 2024; DeepSeek-V3's e_score_correction_bias).
 ///   softmax_then_topk: w = s[top-k(s + b)], optionally w /= (sum w + eps)
 ///   topk_then_softmax: w = softmax(z[top-k(z + b)]) (Megatron-Core's default)
-///   sigmoid:           w = s[top-k(s + b)], optionally renormalized;  then w *= scaling_factor
+///   sigmoid, sqrt_softplus: w = s[top-k(s + b)], optionally renormalized;  then w *=
+///   scaling_factor
 /// The config is validated, the logits and the bias must be finite (moe::Error otherwise).
 template <class S>
 void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
@@ -158,6 +185,26 @@ void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
   require_finite(logits, "logits");
   detail::require_selection_bias<S>(selection_bias, config.num_experts, "selection_bias");
   detail::select_experts_unchecked<S>(config, logits, selection_bias, out, selection);
+}
+
+/// Routing replay (Megatron-Core `RouterReplay`, REPLAY_FORWARD): the recorded experts
+/// `recorded_ids` ([T, k], e.g. the choices an inference engine made) replace the top-k selection,
+/// and the gates are computed from the live `logits` at those ids by the config's rule, as
+/// select_experts computes them for its own choices:
+///   w_j = s[e_j] (optionally / (sum s[e] + eps)), or softmax(z[e]) for topk_then_softmax; * scale
+/// so select_experts_backward sends gradients to the router through the recorded choices. The
+/// selection bias and the group limit steer only selection, so a replay ignores them. Replaying
+/// the ids a select_experts call chose, on the same logits, reproduces its gates bit for bit.
+template <class S>
+void replay_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
+                    const ExpertIdMatrix& recorded_ids, Routing<S>& out) {
+  validate(config);
+  require_shape(logits, "logits", -1, config.num_experts);
+  require_finite(logits, "logits");
+  detail::require_expert_ids(recorded_ids, logits.rows(), config.top_k, config.num_experts,
+                             "recorded_ids");
+  RowMatrix<S> unused;
+  detail::select_experts_unchecked<S>(config, logits, Vector<S>(), out, unused, &recorded_ids);
 }
 
 namespace detail {
@@ -216,14 +263,13 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
           scale * grad_gates(t, j) / denominator - inner / (denominator * denominator);
   });
 
-  RowMatrix<S> through_scores = config.score == ScoreFunction::softmax
-                                    ? softmax_rows_backward<S>(routing.scores, d_scores)
-                                    : sigmoid_backward<S>(routing.scores, d_scores);
+  RowMatrix<S> through_scores = score_rows_backward<S>(config.score, routing.scores, d_scores);
   if (d_logits.size() != 0) through_scores += d_logits;
 
   // The tokens left above: q_j = s_j ds_j = r_j (dw_j - sum_i dw_i r_i), with r from
   // renormalized_ratios, is finite where ds_j = dw_j / D - ... is not; then
-  // dz_j += q_j (1 - s_j) (sigmoid) or dz_e += q_e [e chosen] - s_e sum_j q_j (softmax).
+  // dz_j += q_j (1 - s_j) (sigmoid), q_j (ds_j/dz_j) / s_j (sqrt_softplus), or
+  // dz_e += q_e [e chosen] - s_e sum_j q_j (softmax).
   std::vector<S> r(static_cast<std::size_t>(k)), q(r);
   for (Index t = 0; t < static_cast<Index>(in_log_space.size()); ++t) {
     if (!in_log_space[static_cast<std::size_t>(t)]) continue;
@@ -243,6 +289,10 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
       for (Index j = 0; j < k; ++j)
         through_scores(t, ids[j]) +=
             q[static_cast<std::size_t>(j)] * (S(1) - routing.scores(t, ids[j]));
+    } else if (config.score == ScoreFunction::sqrt_softplus) {
+      for (Index j = 0; j < k; ++j)
+        through_scores(t, ids[j]) += q[static_cast<std::size_t>(j)] *
+                                     sqrt_softplus_relative_slope(routing.scores(t, ids[j]));
     } else {
       for (Index j = 0; j < k; ++j) through_scores(t, ids[j]) += q[static_cast<std::size_t>(j)];
       through_scores.row(t) -= q_sum * routing.scores.row(t);
@@ -257,10 +307,12 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
 /// d loss / d scores ([T, E], e.g. from an aux loss; empty when absent). Selection is a constant.
 ///   renormalized: ds_l = dw_l / D - (sum_i dw_i s_i) / D^2, D = sum s + eps
 ///   renormalized, D^2 subnormal: with q_l = s_l ds_l = r_l (dw_l - sum_i dw_i r_i) and r = s / D
-///     from renormalized_ratios, dz_l = q_l (1 - s_l) (sigmoid) or dz_e = q_e - s_e sum_l q_l
-///     (softmax): the same derivative, finite for every finite logit
+///     from renormalized_ratios, dz_l = q_l (1 - s_l) (sigmoid), q_l (-expm1(-s_l^2)) / (2 s_l^2)
+///     (sqrt_softplus) or dz_e = q_e - s_e sum_l q_l (softmax): the same derivative, finite for
+///     every finite logit
 ///   topk_then_softmax: dz_j = p_j (dw_j - sum_i p_i dw_i) on the selected logits
-///   then dz = s (ds - <s, ds>) (softmax) or ds s (1 - s) (sigmoid)
+///   then dz = s (ds - <s, ds>) (softmax), ds s (1 - s) (sigmoid) or ds (-expm1(-s^2)) / (2 s)
+///   (sqrt_softplus)
 template <class S>
 RowMatrix<S> select_experts_backward(const RouterConfig& config, const ConstMatrixRef<S>& logits,
                                      const Routing<S>& routing, const ConstMatrixRef<S>& grad_gates,
@@ -413,47 +465,18 @@ class Router : public ParameterSet<RouterSlots<S>> {
   /// Returns a reference into `ctx`, valid until ctx is reused.
   const Routing<S>& forward(const ConstMatrixRef<S>& x, RouterContext<S>& ctx, Mode mode,
                             std::uint64_t seed = 0) const {
-    check_parameters();
-    require_shape(x, "x", -1, config.hidden);
-    ctx.mode = mode;
-    ctx.hidden = config.hidden;
-    const bool jitter =
-        mode == Mode::train && config.noise == Noise::jitter && config.jitter_epsilon > 0;
-    const bool noisy = mode == Mode::train && config.noise == Noise::noisy_topk;
-    Routing<S>& out = ctx.routing;
+    return route(x, ctx, mode, seed, nullptr);
+  }
 
-    if (jitter) {
-      // x *= U(1 - eps, 1 + eps), one factor per element (HF Switch, DeepSpeed 'Jitter')
-      draw_jitter(x.rows(), seed, ctx.jitter);
-      out.logits.resize(x.rows(), config.num_experts);
-      kernels::fixed_block_product(out.logits, RowMatrix<S>(x.cwiseProduct(ctx.jitter)),
-                                   weight.transpose());
-    } else {
-      ctx.jitter.resize(0, 0);
-      out.logits.resize(x.rows(), config.num_experts);
-      kernels::fixed_block_product(out.logits, x, weight.transpose());
-    }
-    if (config.linear_bias) out.logits.rowwise() += bias.transpose();
-    if (!detail::all_finite(out.logits)) name_non_finite_logits(x, out.logits);
-
-    if (noisy) {
-      // H = x W^T + N(0, 1) * (softplus(x W_noise^T) + eps) (Shazeer et al. 2017)
-      ctx.noise_logits.resize(x.rows(), config.num_experts);
-      kernels::fixed_block_product(ctx.noise_logits, x, noise_weight.transpose());
-      ctx.noise_stddev =
-          softplus<S>(ctx.noise_logits).array() + static_cast<S>(config.noise_epsilon);
-      const CounterRng rng = make_rng(seed, RandomStream::gate_noise);
-      ctx.noise.resize(x.rows(), config.num_experts);
-      for (Index i = 0; i < ctx.noise.size(); ++i)
-        ctx.noise.data()[i] = static_cast<S>(rng.normal(static_cast<std::uint64_t>(i)));
-      ctx.noisy_logits = out.logits + ctx.noise.cwiseProduct(ctx.noise_stddev);
-      require_finite(ctx.noisy_logits, "noisy_logits");
-    } else {
-      ctx.noisy_logits.resize(0, 0);
-    }
-    const RowMatrix<S>& scored = noisy ? ctx.noisy_logits : out.logits;
-    detail::select_experts_unchecked<S>(config, scored, selection_bias, out, ctx.selection);
-    return out;
+  /// Routing replay: forward with the experts `recorded_ids` ([T, k], a RoutingRecord layer's
+  /// expert_ids or an inference engine's choices) in place of top-k selection; logits, noise and
+  /// scores are computed as in forward, and the gates from them at the recorded ids (see
+  /// replay_experts), so backward trains the router through the recorded choices. Replaying what a
+  /// forward chose, with the same weights, input, mode and seed, reproduces its routing bit for
+  /// bit.
+  const Routing<S>& replay(const ConstMatrixRef<S>& x, const ExpertIdMatrix& recorded_ids,
+                           RouterContext<S>& ctx, Mode mode, std::uint64_t seed = 0) const {
+    return route(x, ctx, mode, seed, &recorded_ids);
   }
 
   /// Gradients of x and every parameter from the upstream gradients of gates, scores and logits.
@@ -516,6 +539,56 @@ class Router : public ParameterSet<RouterSlots<S>> {
   }
 
  private:
+  /// forward (replayed null) and replay.
+  const Routing<S>& route(const ConstMatrixRef<S>& x, RouterContext<S>& ctx, Mode mode,
+                          std::uint64_t seed, const ExpertIdMatrix* replayed) const {
+    check_parameters();
+    require_shape(x, "x", -1, config.hidden);
+    if (replayed != nullptr)
+      detail::require_expert_ids(*replayed, x.rows(), config.top_k, config.num_experts,
+                                 "recorded_ids");
+    ctx.mode = mode;
+    ctx.hidden = config.hidden;
+    const bool jitter =
+        mode == Mode::train && config.noise == Noise::jitter && config.jitter_epsilon > 0;
+    const bool noisy = mode == Mode::train && config.noise == Noise::noisy_topk;
+    Routing<S>& out = ctx.routing;
+
+    if (jitter) {
+      // x *= U(1 - eps, 1 + eps), one factor per element (HF Switch, DeepSpeed 'Jitter')
+      draw_jitter(x.rows(), seed, ctx.jitter);
+      out.logits.resize(x.rows(), config.num_experts);
+      kernels::fixed_block_product(out.logits, RowMatrix<S>(x.cwiseProduct(ctx.jitter)),
+                                   weight.transpose());
+    } else {
+      ctx.jitter.resize(0, 0);
+      out.logits.resize(x.rows(), config.num_experts);
+      kernels::fixed_block_product(out.logits, x, weight.transpose());
+    }
+    if (config.linear_bias) out.logits.rowwise() += bias.transpose();
+    if (!detail::all_finite(out.logits)) name_non_finite_logits(x, out.logits);
+
+    if (noisy) {
+      // H = x W^T + N(0, 1) * (softplus(x W_noise^T) + eps) (Shazeer et al. 2017)
+      ctx.noise_logits.resize(x.rows(), config.num_experts);
+      kernels::fixed_block_product(ctx.noise_logits, x, noise_weight.transpose());
+      ctx.noise_stddev =
+          softplus<S>(ctx.noise_logits).array() + static_cast<S>(config.noise_epsilon);
+      const CounterRng rng = make_rng(seed, RandomStream::gate_noise);
+      ctx.noise.resize(x.rows(), config.num_experts);
+      for (Index i = 0; i < ctx.noise.size(); ++i)
+        ctx.noise.data()[i] = static_cast<S>(rng.normal(static_cast<std::uint64_t>(i)));
+      ctx.noisy_logits = out.logits + ctx.noise.cwiseProduct(ctx.noise_stddev);
+      require_finite(ctx.noisy_logits, "noisy_logits");
+    } else {
+      ctx.noisy_logits.resize(0, 0);
+    }
+    const RowMatrix<S>& scored = noisy ? ctx.noisy_logits : out.logits;
+    detail::select_experts_unchecked<S>(config, scored, selection_bias, out, ctx.selection,
+                                        replayed);
+    return out;
+  }
+
   Router(const RouterConfig& router_config, const RouterBuffers<S>& buffers,
          const std::string& name)
       : ParameterSet<RouterSlots<S>>(std::in_place, validated(router_config), buffers, name),

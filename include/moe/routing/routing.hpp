@@ -2,6 +2,7 @@
 // health metric.
 #pragma once
 
+#include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 
 namespace moe {
@@ -23,5 +24,26 @@ struct Routing {
   Index top_k() const noexcept { return expert_ids.cols(); }
   Index num_experts() const noexcept { return scores.cols(); }
 };
+
+namespace detail {
+
+/// expert_ids must be [T, k] with every id in [0, E) and no id twice in a row.
+inline void require_expert_ids(const ExpertIdMatrix& ids, Index num_tokens, Index top_k,
+                               Index num_experts, const char* argument) {
+  require_shape(ids, argument, num_tokens, top_k);
+  for (Index t = 0; t < ids.rows(); ++t)
+    for (Index j = 0; j < ids.cols(); ++j) {
+      const ExpertId id = ids(t, j);
+      if (id < 0 || id >= num_experts)
+        fail(argument, concat("expert ids in [0, ", num_experts, ")"),
+             concat(id, " at row ", t, ", column ", j));
+      for (Index i = 0; i < j; ++i)
+        if (ids(t, i) == id)
+          fail(argument, "distinct expert ids in each row",
+               concat("expert ", id, " twice in row ", t));
+    }
+}
+
+}  // namespace detail
 
 }  // namespace moe

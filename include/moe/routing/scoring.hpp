@@ -11,6 +11,7 @@
 #include "moe/core/types.hpp"
 #include "moe/kernels/parallel.hpp"
 #include "moe/kernels/simd.hpp"
+#include "moe/routing/config.hpp"
 
 namespace moe {
 
@@ -151,6 +152,67 @@ RowMatrix<S> sigmoid_backward(const ConstMatrixRef<S>& scores,
 template <class S>
 RowMatrix<S> softplus(const ConstMatrixRef<S>& z) {
   return (z.array().max(S(0)) + (-z.array().abs()).exp().log1p()).matrix();
+}
+
+/// s = sqrt(softplus(z)) (DeepSeek-V4 `sqrtsoftplus`, Hugging Face `DeepseekV4TopKRouter`).
+template <class S>
+void sqrt_softplus(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
+  require_finite(logits, "logits");
+  scores = softplus<S>(logits).array().sqrt().matrix();
+}
+
+namespace detail {
+
+/// (ds/dz) / s of s = sqrt(softplus(z)), from s alone: sigmoid(z) = 1 - exp(-softplus(z)) =
+/// -expm1(-s^2), so (ds/dz) / s = -expm1(-s^2) / (2 s^2), which tends to 1/2 as s^2 underflows.
+template <class S>
+S sqrt_softplus_relative_slope(S s) {
+  const S square = s * s;
+  return square >= std::numeric_limits<S>::min() ? -std::expm1(-square) / (2 * square) : S(0.5);
+}
+
+}  // namespace detail
+
+/// dz = ds s (ds/dz / s) = ds (-expm1(-s^2)) / (2 s): the backward of sqrt_softplus from its
+/// scores.
+template <class S>
+RowMatrix<S> sqrt_softplus_backward(const ConstMatrixRef<S>& scores,
+                                    const ConstMatrixRef<S>& grad_scores) {
+  RowMatrix<S> out(scores.rows(), scores.cols());
+  for (Index t = 0; t < scores.rows(); ++t)
+    for (Index e = 0; e < scores.cols(); ++e) {
+      const S s = scores(t, e);
+      out(t, e) = grad_scores(t, e) * s * detail::sqrt_softplus_relative_slope(s);
+    }
+  return out;
+}
+
+/// The scores of `fn` over every expert of each row: softmax_rows, sigmoid or sqrt_softplus.
+template <class S>
+void score_rows(ScoreFunction fn, const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
+  switch (fn) {
+    case ScoreFunction::softmax:
+      return softmax_rows<S>(logits, scores);
+    case ScoreFunction::sigmoid:
+      return sigmoid<S>(logits, scores);
+    case ScoreFunction::sqrt_softplus:
+      return sqrt_softplus<S>(logits, scores);
+  }
+}
+
+/// dL/dz from dL/ds through the scores of `fn` (each backward above).
+template <class S>
+RowMatrix<S> score_rows_backward(ScoreFunction fn, const ConstMatrixRef<S>& scores,
+                                 const ConstMatrixRef<S>& grad_scores) {
+  switch (fn) {
+    case ScoreFunction::softmax:
+      return softmax_rows_backward<S>(scores, grad_scores);
+    case ScoreFunction::sigmoid:
+      return sigmoid_backward<S>(scores, grad_scores);
+    case ScoreFunction::sqrt_softplus:
+      return sqrt_softplus_backward<S>(scores, grad_scores);
+  }
+  return RowMatrix<S>();
 }
 
 }  // namespace moe

@@ -11,6 +11,7 @@
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/routing/config.hpp"
+#include "moe/routing/routing.hpp"
 #include "moe/routing/scoring.hpp"
 #include "moe/routing/topk.hpp"
 
@@ -19,20 +20,15 @@ namespace moe::detail {
 /// Scores of `fn` over all experts, computed in double.
 template <class S>
 RowMatrix<double> score_rows(const ConstMatrixRef<S>& logits, ScoreFunction fn) {
-  const RowMatrix<double> z = logits.template cast<double>();
   RowMatrix<double> s;
-  if (fn == ScoreFunction::softmax)
-    moe::softmax_rows<double>(z, s);
-  else
-    moe::sigmoid<double>(z, s);
+  moe::score_rows<double>(fn, logits.template cast<double>(), s);
   return s;
 }
 
-/// dL/dz from dL/ds through s = softmax(z) or sigmoid(z), in place.
+/// dL/dz from dL/ds through the scores of `fn`, in place.
 inline void score_backward_inplace(const RowMatrix<double>& s, ScoreFunction fn,
                                    RowMatrix<double>& g) {
-  g = fn == ScoreFunction::softmax ? moe::softmax_rows_backward<double>(s, g)
-                                   : moe::sigmoid_backward<double>(s, g);
+  g = moe::score_rows_backward<double>(fn, s, g);
 }
 
 /// s'_te = s_te / sum_j s_tj (DeepSeek-V3's normalized affinities). A zero row stays zero.
@@ -70,23 +66,6 @@ ExpertIdMatrix top_k_rows(const ConstMatrixRef<S>& scores, Index k) {
   RowMatrix<S> selected;
   moe::top_k_rows<S>(scores, k, ids, selected);
   return ids;
-}
-
-/// expert_ids must be [T, k] with every id in [0, E) and no id twice in a row.
-inline void require_expert_ids(const ExpertIdMatrix& ids, Index num_tokens, Index top_k,
-                               Index num_experts, const char* argument) {
-  require_shape(ids, argument, num_tokens, top_k);
-  for (Index t = 0; t < ids.rows(); ++t)
-    for (Index j = 0; j < ids.cols(); ++j) {
-      const ExpertId id = ids(t, j);
-      if (id < 0 || id >= num_experts)
-        fail(argument, concat("expert ids in [0, ", num_experts, ")"),
-             concat(id, " at row ", t, ", column ", j));
-      for (Index i = 0; i < j; ++i)
-        if (ids(t, i) == id)
-          fail(argument, "distinct expert ids in each row",
-               concat("expert ", id, " twice in row ", t));
-    }
 }
 
 }  // namespace moe::detail
