@@ -116,6 +116,22 @@ TEST_CASE("the layer's forward and backward check their input, context and edite
   require_rejects([&] { layer.step_balancer(); }, "MoELayer::step_balancer",
                   "a layer configured with bias_balancer", "none");
 
+  // A token mask: one entry per row, no sequence-wise aux loss, its backward on the same batch.
+  const moe::TokenMask mask = moe::TokenMask::Constant(5, true);
+  require_rejects(
+      [&] { layer.forward(x, moe::TokenMask::Constant(4, true), ctx, moe::Mode::train); },
+      "token_mask", "5 entries (one per row of x)", "4");
+  moe::MoELayer<double> sequence_wise(
+      with([](moe::MoELayerConfig& c) { c.aux_loss = moe::aux_presets::megatron_sequence(2, 5); }));
+  require_rejects(
+      [&] { sequence_wise.forward(x, mask, ctx, moe::Mode::train); }, "MoELayerConfig::aux_loss",
+      "a loss over the whole batch (sequence_length 0) with a token mask", "sequence_length 5");
+  layer.forward(x, mask, ctx, moe::Mode::train);
+  require_rejects([&] { layer.backward(x.topRows(4), ctx, x.topRows(4)); }, "ctx",
+                  "the forward of 4 tokens", "a context of 5 (padded) tokens");
+  require_rejects([&] { layer.backward(x, ctx, Matrix::Zero(5, 5)); }, "grad_y", "shape [5, 6]",
+                  "[5, 5]");
+
   moe::MoELayer<double> other(with([](moe::MoELayerConfig& c) { c.ffn_hidden = 7; }));
   require_rejects([&] { layer.load_from(other); }, "whole",
                   "a layer holding every expert, with this layer's parameter shapes",

@@ -1,6 +1,7 @@
 // MoELayer against a plain per-token reference (router loops, expert loops, capacity slots), and
 // its gradients against central finite differences, in double.
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -297,4 +298,67 @@ TEST_CASE("MoELayer replay routes to the recorded experts and reproduces a recor
     CHECK(relative_error(g.router.weight, numerical_gradient(layer.router.weight, loss)) <= 1e-6);
     CHECK(relative_error(g.experts.w1, numerical_gradient(layer.experts.w1, loss)) <= 1e-6);
   }
+}
+
+TEST_CASE("MoELayer with a token mask: padding takes no work, adds nothing, gets zeros",
+          "[layer][mask]") {
+  const double kNaN = std::numeric_limits<double>::quiet_NaN();
+  for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity})
+    for (auto mode : {moe::Mode::train, moe::Mode::eval}) {
+      INFO(name(dispatch) << " train=" << (mode == moe::Mode::train));
+      auto layer = random_layer(small_config(dispatch, moe::Activation::swiglu, true));
+      moe::TokenMask mask(15);
+      mask << 1, 0, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1;  // 11 real tokens, 4 padding
+      Matrix x = random_matrix(15, 5, 41);
+      Matrix real_x(11, 5);
+      for (Index t = 0, r = 0; t < 15; ++t)
+        if (mask(t)) real_x.row(r++) = x.row(t);
+      for (Index t = 0; t < 15; ++t)
+        if (!mask(t)) x.row(t).setConstant(kNaN);  // padding is never read
+      moe::MoELayerContext<double> ctx, real_ctx;
+      const auto out = layer.forward(x, mask, ctx, mode);
+      const Matrix expected = reference_forward(layer, real_x, mode);
+      const auto real = layer.forward(real_x, real_ctx, mode);
+      for (Index t = 0, r = 0; t < 15; ++t) {
+        if (!mask(t)) {
+          CHECK(out.y.row(t).isZero(0.0));
+          continue;
+        }
+        CHECK((out.y.row(t) - expected.row(r)).cwiseAbs().maxCoeff() <= 1e-12);
+        ++r;
+      }
+      CHECK(out.aux_loss == real.aux_loss);  // the losses see the real tokens only
+      CHECK(out.z_loss == real.z_loss);
+      CHECK(out.health.tokens == 11);
+      CHECK(out.health.hard.load.sum() == 11 * 2);
+    }
+
+  // gradients: finite differences on the real rows, exact zeros on padding
+  auto layer =
+      random_layer(small_config(moe::DispatchKind::dropless, moe::Activation::swiglu, true));
+  moe::TokenMask mask(12);
+  mask << 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0;
+  Matrix x = random_matrix(12, 5, 42);
+  const Matrix grad_y = random_matrix(12, 5, 43);
+  auto loss = [&] {
+    moe::MoELayerContext<double> c;
+    const auto out = layer.forward(x, mask, c, moe::Mode::train);
+    return out.y.cwiseProduct(grad_y).sum() + out.aux_loss + out.z_loss;
+  };
+  moe::MoELayerContext<double> ctx;
+  layer.forward(x, mask, ctx, moe::Mode::train);
+  const auto g = layer.backward(x, ctx, grad_y);
+  using moe::test::numerical_gradient;
+  using moe::test::relative_error;
+  const Matrix numeric_x = numerical_gradient(x, loss);
+  CHECK(relative_error(g.x, numeric_x) <= 1e-6);
+  for (Index t = 0; t < 12; ++t)
+    if (!mask(t)) CHECK(g.x.row(t).isZero(0.0));
+  CHECK(relative_error(g.router.weight, numerical_gradient(layer.router.weight, loss)) <= 1e-6);
+  CHECK(relative_error(g.experts.w1, numerical_gradient(layer.experts.w1, loss)) <= 1e-6);
+  // every token padded: nothing routed, zero output and gradient
+  moe::MoELayerContext<double> none_ctx;
+  const auto none = layer.forward(x, moe::TokenMask::Zero(12), none_ctx, moe::Mode::train);
+  CHECK(none.y.isZero(0.0));
+  CHECK(layer.backward(x, none_ctx, grad_y).x.isZero(0.0));
 }

@@ -14,6 +14,7 @@
 
 #include "moe/balance/bias_balancer.hpp"
 #include "moe/balance/loss_result.hpp"
+#include "moe/balance/token_mask.hpp"
 #include "moe/core/parameters.hpp"
 #include "moe/experts/expert_weights.hpp"
 #include "moe/health/report.hpp"
@@ -34,6 +35,13 @@ struct MoELayerContext {
   SharedExpertContext<S> shared;
   LossGradient<S> aux, z;      ///< values and their gradients (empty when off)
   RouterUpstream<S> upstream;  ///< backward's scratch, kept across steps
+
+  /// A forward with a token mask ran on the real tokens only: their rows of the padded batch
+  /// (ascending), the padded batch's token count (-1 after a forward without a mask), and the
+  /// gathered rows backward reuses.
+  IndexVector real_tokens;
+  Index padded_tokens = -1;
+  RowMatrix<S> real_x, real_grad_y, real_grad_x;
 };
 
 template <class S>
@@ -218,7 +226,41 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
   /// same on every process of an exchange).
   MoEOutput<S> forward(const ConstMatrixRef<S>& x, Context& ctx, Mode mode, std::uint64_t seed = 0,
                        Index micro_batch = 0) {
+    ctx.padded_tokens = -1;
     return step(x, nullptr, ctx, mode, seed, micro_batch);
+  }
+
+  /// forward over a padded batch: `token_mask` [T] is true for real tokens. Padding takes no
+  /// capacity slot and no expert work, adds nothing to the losses, the balancer's loads or health,
+  /// and gets a zero output row and a zero gradient (Megatron-Core removes padding from the
+  /// routing map before capacity and dispatch). The step runs on the real tokens gathered in
+  /// order, so every count, capacity and loss normalization is that of the real tokens. A
+  /// sequence-wise aux loss (AuxLossConfig::sequence_length > 0) is refused with a mask: gathering
+  /// would move tokens across its sequences.
+  MoEOutput<S> forward(const ConstMatrixRef<S>& x, const TokenMask& token_mask, Context& ctx,
+                       Mode mode, std::uint64_t seed = 0, Index micro_batch = 0) {
+    exchange.agree([&] {
+      require(token_mask.size() == x.rows(), "token_mask",
+              detail::concat(x.rows(), " entries (one per row of x)"), token_mask.size());
+      require(!config.aux_loss || config.aux_loss->sequence_length == 0, "MoELayerConfig::aux_loss",
+              "a loss over the whole batch (sequence_length 0) with a token mask",
+              detail::concat("sequence_length ",
+                             config.aux_loss ? config.aux_loss->sequence_length : Index(0)));
+      require_shape(x, "x", -1, config.router.hidden);
+    });
+    ctx.padded_tokens = -1;  // until the step below succeeds
+    const Index real = detail::count_real_tokens(token_mask, x.rows());
+    ctx.real_tokens.resize(real);
+    for (Index t = 0, r = 0; t < x.rows(); ++t)
+      if (token_mask(t)) ctx.real_tokens[r++] = t;
+    ctx.real_x.resize(real, x.cols());
+    for (Index r = 0; r < real; ++r) ctx.real_x.row(r) = x.row(ctx.real_tokens[r]);
+    MoEOutput<S> out = step(ctx.real_x, nullptr, ctx, mode, seed, micro_batch);
+    ctx.padded_tokens = x.rows();
+    RowMatrix<S> y = RowMatrix<S>::Zero(x.rows(), x.cols());
+    for (Index r = 0; r < real; ++r) y.row(ctx.real_tokens[r]) = out.y.row(r);
+    out.y = std::move(y);
+    return out;
   }
 
   /// Routing replay (Megatron-Core `RouterReplay`): forward with this process's tokens routed to
@@ -231,6 +273,7 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
   /// micro_batch reproduces that step bit for bit.
   MoEOutput<S> replay(const ConstMatrixRef<S>& x, const ExpertIdMatrix& recorded_ids, Context& ctx,
                       Mode mode, std::uint64_t seed = 0, Index micro_batch = 0) {
+    ctx.padded_tokens = -1;
     return step(x, &recorded_ids, ctx, mode, seed, micro_batch);
   }
 
@@ -249,6 +292,43 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
   /// received no rows are zeroed). Shapes it on first use, or when they do not match the layer.
   void backward(const ConstMatrixRef<S>& x, Context& ctx, const ConstMatrixRef<S>& grad_y,
                 MoEGradients<S>& grads) {
+    if (ctx.padded_tokens < 0) return backward_of_step(x, ctx, grad_y, grads);
+    // After a forward with a token mask: the step's backward on the real rows, whose x gradient is
+    // scattered back into the padded batch (zero on padding).
+    exchange.agree([&] {
+      require(x.rows() == ctx.padded_tokens, "ctx",
+              detail::concat("a context filled by the forward of ", x.rows(), " tokens"),
+              detail::concat("a context of ", ctx.padded_tokens, " (padded) tokens"));
+      require_shape(grad_y, "grad_y", x.rows(), config.router.hidden);
+      require_shape(x, "x", -1, config.router.hidden);
+    });
+    const Index real = ctx.real_tokens.size();
+    ctx.real_x.resize(real, x.cols());
+    ctx.real_grad_y.resize(real, x.cols());
+    for (Index r = 0; r < real; ++r) {
+      ctx.real_x.row(r) = x.row(ctx.real_tokens[r]);
+      ctx.real_grad_y.row(r) = grad_y.row(ctx.real_tokens[r]);
+    }
+    backward_of_step(ctx.real_x, ctx, ctx.real_grad_y, grads);
+    ctx.real_grad_x.swap(grads.x);
+    grads.x.setZero(x.rows(), x.cols());
+    for (Index r = 0; r < real; ++r) grads.x.row(ctx.real_tokens[r]) = ctx.real_grad_x.row(r);
+  }
+
+  /// Once per optimizer step: the bias balancer updates from the loads of the step's micro-batches
+  /// (the whole batch's, under any exchange) and hands its bias to the router's selection (Wang et
+  /// al. 2024; DeepSeek-V3).
+  void step_balancer() {
+    require(balancer.has_value(), "MoELayer::step_balancer",
+            "a layer configured with bias_balancer", "none");
+    balancer->step();
+    balancer->apply_to(router);
+  }
+
+ private:
+  /// The backward of one step(), over the rows it ran on.
+  void backward_of_step(const ConstMatrixRef<S>& x, Context& ctx, const ConstMatrixRef<S>& grad_y,
+                        MoEGradients<S>& grads) {
     const Routing<S>& routing = ctx.router.routing;
     const Index tokens = routing.num_tokens(), d = config.router.hidden;
     exchange.agree([&] {
@@ -280,17 +360,6 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     grads.x += grads.router.x;
   }
 
-  /// Once per optimizer step: the bias balancer updates from the loads of the step's micro-batches
-  /// (the whole batch's, under any exchange) and hands its bias to the router's selection (Wang et
-  /// al. 2024; DeepSeek-V3).
-  void step_balancer() {
-    require(balancer.has_value(), "MoELayer::step_balancer",
-            "a layer configured with bias_balancer", "none");
-    balancer->step();
-    balancer->apply_to(router);
-  }
-
- private:
   /// forward (recorded_ids null) and replay.
   MoEOutput<S> step(const ConstMatrixRef<S>& x, const ExpertIdMatrix* recorded_ids, Context& ctx,
                     Mode mode, std::uint64_t seed, Index micro_batch) {
