@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # This library's MoE layer against PyTorch on the CPU, float32, the same thread count, in one go.
 #   bench/compare_torch.sh            (from the repository root or anywhere)
-# Builds bench_layer (Release preset), runs it, then runs bench/compare_torch.py on an optimized
-# BLAS (below) for each OpenBLAS kernel type this CPU runs, each in two settings (as installed,
-# and with the CPU settings PyTorch's performance guide recommends: OMP_WAIT_POLICY=passive and
+# Builds bench_layer (Release preset), runs it, then runs bench/compare_torch.py (installing
+# python3-torch when it can) on an optimized BLAS (below) for each OpenBLAS kernel type this CPU
+# runs, each in two settings (as installed, and with the CPU settings PyTorch's performance guide recommends: OMP_WAIT_POLICY=passive and
 # tcmalloc preloaded), and prints one table taking the fastest variant, setting and kernel type
 # per row, each named. Outputs stay in build/release/compare/; TABLE_ONLY=1 reprints the table
 # from them without running; CORETYPES="SkylakeX Zen" limits the kernel types tried. Arguments go
@@ -25,6 +25,11 @@ out="$root/build/release/compare"
 python=/usr/bin/python3
 cd "$root"
 have_torch=1
+if ! "$python" -c 'import torch' 2>/dev/null && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]
+then
+  echo "installing python3-torch (Debian's PyTorch) for the comparison" >&2
+  apt-get install -y python3-torch >/dev/null 2>&1 || true
+fi
 "$python" -c 'import torch' 2>/dev/null || have_torch=0
 
 blas_alternative=libblas.so.3-x86_64-linux-gnu
