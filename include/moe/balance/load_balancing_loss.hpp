@@ -66,6 +66,7 @@ struct AuxLossConfig {
   /// sequences (Megatron seq_aux_loss, DeepSeek-V3, HF Switch groups).
   Index sequence_length = 0;
   SequenceLayout layout = SequenceLayout::batch_major;
+  /// Per sequence (sequence_length > 0, or packed sequences): what each sequence is divided by.
   SequenceNormalization sequence_normalization = SequenceNormalization::own_length;
 };
 
