@@ -7,11 +7,13 @@ Variants, float32, the same thread count as the C++ benchmark:
   capacity (switch shape) top-1, position by cumsum, [E, C, d] buffer, batched matmul, gather.
 and the routing pieces alone (score+top-k, plan build, permute, unpermute+combine).
 
-Prints one JSON object per line: {"name": ..., "seconds": ...}; bench/compare_torch.sh runs it in
-two settings (as installed, and with passive OpenMP waiting + tcmalloc) and puts the faster one
-beside this library's benchmark.
+Prints the BLAS PyTorch runs on ({"blas": path, "core": OpenBLAS kernel type, "config": build}),
+then one JSON object per line: {"name": ..., "seconds": ..., "core": ...}. bench/compare_torch.sh
+runs it for each OpenBLAS kernel type this CPU can run and in two settings (as installed, and with
+passive OpenMP waiting + tcmalloc) and puts the fastest beside this library's benchmark.
 """
 import argparse
+import ctypes
 import json
 import sys
 import time
@@ -165,15 +167,41 @@ def pieces(p, k):
             "unpermute_combine": unpermute_combine}
 
 
+def blas_in_use():
+    """The BLAS library PyTorch's matmuls run in, read from this process's mappings after one
+    product, and for OpenBLAS the kernel type it picked (openblas_get_corename) and its build."""
+    torch.mm(torch.ones(64, 64), torch.ones(64, 64))
+    paths = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            if "blas" in path.rsplit("/", 1)[-1] and path not in paths:
+                paths.append(path)
+    info = {"blas": paths[0] if paths else "none found", "core": "", "config": ""}
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            lib.openblas_get_config.restype = ctypes.c_char_p
+        except (OSError, AttributeError):
+            continue
+        info = {"blas": path, "core": lib.openblas_get_corename().decode(),
+                "config": lib.openblas_get_config().decode().strip()}
+        break
+    return info
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    blas = blas_in_use()
+    print(json.dumps(blas), flush=True)
 
     def emit(name, seconds):
-        print(json.dumps({"name": name, "seconds": seconds}), flush=True)
+        print(json.dumps({"name": name, "seconds": seconds, "core": blas["core"]}), flush=True)
 
     for shape in args.shapes.split(","):
         T, d, f, E, k, cf = SHAPES[shape]

@@ -60,6 +60,37 @@ TEST_CASE("the balancing losses refuse bad configs, scores, ids and masks", "[ba
   require_rejects(loss(kScores, kIds, c, moe::TokenMask::Ones(3)), "mask", "one per token", "3");
   require_rejects(loss(kScores, kIds, c, {}, moe::ChoiceMask::Ones(4, 1)), "kept", "shape [4, 2]",
                   "[4, 1]");
+  // Packed sequences: cu_seqlens [S + 1] offsets, non-decreasing from 0 to T (4 rows here).
+  const auto packed = [](const moe::AuxLossConfig& config, const moe::IndexVector& cu_seqlens) {
+    return [=] { moe::load_balancing_loss_packed(kScores, kIds, config, cu_seqlens); };
+  };
+  require_rejects(packed(c, moe::IndexVector()), "cu_seqlens", "at least one entry", "no entries");
+  require_rejects(packed(c, (moe::IndexVector(3) << 1, 2, 4).finished()), "cu_seqlens",
+                  "a first offset of 0", "1");
+  require_rejects(packed(c, (moe::IndexVector(4) << 0, 3, 2, 4).finished()), "cu_seqlens",
+                  "non-decreasing offsets", "2 at entry 2 after 3");
+  require_rejects(packed(c, (moe::IndexVector(3) << 0, 2, 5).finished()), "cu_seqlens",
+                  "a last offset equal to the number of rows of the scores (4)", "5");
+  require_rejects(packed(c, (moe::IndexVector(2) << 0, 3).finished()), "cu_seqlens",
+                  "a last offset equal to the number of rows of the scores (4)", "3");
+  bad = c;
+  bad.sequence_length = 2;
+  require_rejects(packed(bad, (moe::IndexVector(3) << 0, 2, 4).finished()),
+                  "AuxLossConfig::sequence_length", "0 when cu_seqlens gives the sequences", "2");
+  require_rejects(
+      [] {
+        moe::load_balancing_loss_packed(kScores, kIds, moe::aux_presets::switch_transformer(),
+                                        (moe::IndexVector(2) << 0, 4).finished(),
+                                        moe::TokenMask::Ones(5));
+      },
+      "mask", "one per token", "5");
+  require_rejects(
+      [] {
+        moe::load_balancing_loss_packed_from_logits(kScores, moe::ScoreFunction::softmax, {},
+                                                    moe::aux_presets::megatron_packed_sequence(2),
+                                                    (moe::IndexVector(3) << 0, -1, 4).finished());
+      },
+      "cu_seqlens", "non-decreasing offsets", "-1 at entry 1 after 0");
   Matrix logits = kScores;
   logits(3, 3) = kNaN;
   require_rejects(

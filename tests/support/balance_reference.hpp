@@ -84,17 +84,27 @@ inline double megatron_aux_loss(const Mat& logits, int k, double coeff, int scor
 }
 
 /// Megatron seq_aux_loss: tokens in [S, B] order (row = i * B + b), the scores reshaped to
-/// [S, B * E], one loss over the B * E columns with T = S, divided by B.
-inline double megatron_seq_aux_loss(const Mat& logits, int S, int B, int k, double coeff) {
+/// [S, B * E], one loss over the B * E columns with T = S, divided by B. With a padding mask
+/// (router.py _apply_seq_aux_loss, moe_utils.py get_tokens_per_expert_and_token_count with
+/// topk * B): padded rows zeroed in probs and map, T = sum(map) / (k * B).
+inline double megatron_seq_aux_loss(const Mat& logits, int S, int B, int k, double coeff,
+                                    const std::vector<bool>& valid = {}) {
   const std::size_t E = logits[0].size();
   Mat probs = zeros(S, B * E);
   std::vector<double> tpe(B * E, 0.0);
   for (int i = 0; i < S; ++i)
     for (int b = 0; b < B; ++b) {
+      if (!valid.empty() && !valid[i * B + b]) continue;
       const auto p = softmax(logits[i * B + b]);
       for (std::size_t e = 0; e < E; ++e) probs[i][b * E + e] = p[e];
       for (int e : topk(p, k)) tpe[b * E + e] += 1;
     }
+  double T = S;
+  if (!valid.empty()) {
+    double routed = 0;
+    for (double c : tpe) routed += c;
+    T = routed / (double(k) * B);
+  }
   // num_experts in the function is the real E (the column count is B * E).
   double acc = 0;
   for (std::size_t c = 0; c < B * E; ++c) {
@@ -102,7 +112,41 @@ inline double megatron_seq_aux_loss(const Mat& logits, int S, int B, int k, doub
     for (int i = 0; i < S; ++i) agg += probs[i][c];
     acc += agg * tpe[c];
   }
-  return acc * (static_cast<double>(E) * coeff / (k * double(S) * S)) / B;
+  return acc * (static_cast<double>(E) * coeff / (k * T * T)) / B;
+}
+
+/// Packed sequences, one sequence at a time: sequence b is rows [cu[b], cu[b + 1]); its loss is
+/// E * sum_e (c_e / (k m)) (sum_t s_te / m) over its real rows, with m its own real-token count
+/// or (mean_length) the real tokens of the pack / the number of sequences with rows; the loss is
+/// coeff times the mean over the sequences with rows. `scores` are the scores the loss reads,
+/// `choices` each row's counted experts.
+inline double packed_seq_aux_loss(const Mat& scores, const std::vector<std::vector<int>>& choices,
+                                  const std::vector<long>& cu, const std::vector<bool>& valid,
+                                  int k, double coeff, bool mean_length) {
+  const std::size_t E = scores[0].size();
+  auto real = [&](long t) { return valid.empty() || valid[t]; };
+  double sequences = 0, real_tokens = 0;
+  for (std::size_t b = 0; b + 1 < cu.size(); ++b) {
+    if (cu[b + 1] > cu[b]) sequences += 1;
+    for (long t = cu[b]; t < cu[b + 1]; ++t) real_tokens += real(t) ? 1 : 0;
+  }
+  double total = 0;
+  for (std::size_t b = 0; b + 1 < cu.size(); ++b) {
+    std::vector<double> count(E, 0.0), sum(E, 0.0);
+    double n = 0;
+    for (long t = cu[b]; t < cu[b + 1]; ++t) {
+      if (!real(t)) continue;
+      n += 1;
+      for (int e : choices[t]) count[e] += 1;
+      for (std::size_t e = 0; e < E; ++e) sum[e] += scores[t][e];
+    }
+    if (n == 0) continue;
+    const double m = mean_length ? real_tokens / sequences : n;
+    double l = 0;
+    for (std::size_t e = 0; e < E; ++e) l += (count[e] / (k * m)) * (sum[e] / m);
+    total += static_cast<double>(E) * l;
+  }
+  return sequences == 0 ? 0.0 : coeff * total / sequences;
 }
 
 /// HF load_balancing_loss_func (Mixtral / Qwen): layers concatenated, softmax, top-k,

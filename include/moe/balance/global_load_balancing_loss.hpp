@@ -30,7 +30,7 @@ class GlobalLoadBalancingLoss {
                               const ChoiceMask& kept = ChoiceMask()) {
     check_width(scores.cols(), "scores");
     return detail::aux_loss_from_scores<S>(ConstMatrixRef<S>(scores.derived()), expert_ids, config_,
-                                           mask, kept, accumulate());
+                                           mask, kept, nullptr, accumulate());
   }
 
   /// As micro_batch, with the scores computed from the logits; returns dL/d logits.
@@ -41,7 +41,7 @@ class GlobalLoadBalancingLoss {
                                           const ChoiceMask& kept = ChoiceMask()) {
     check_width(logits.cols(), "logits");
     return detail::aux_loss_from_logits<S>(ConstMatrixRef<S>(logits.derived()), score, expert_ids,
-                                           config_, mask, kept, accumulate());
+                                           config_, mask, kept, nullptr, accumulate());
   }
 
   /// Starts a new global batch: call once per optimizer step.

@@ -46,6 +46,14 @@ enum class SequenceLayout {
   sequence_major,  ///< row = i * B + b, a [S, B] batch flattened (Megatron)
 };
 
+/// What a sequence's f and P are divided by when the loss is taken per sequence (fixed-length or
+/// packed). Both agree when every sequence has the same number of real tokens.
+enum class SequenceNormalization {
+  own_length,   ///< n_b, the sequence's own real-token count (DeepSeek-V3 sequence-wise loss)
+  mean_length,  ///< N / S, the mean real-token count per sequence (Megatron seq_aux_loss with a
+                ///< padding mask; Megatron-LM PR #6115 for packed sequences)
+};
+
 struct AuxLossConfig {
   double coefficient = 1e-2;  ///< a
   Index top_k = 1;            ///< k: columns of expert_ids, and the k of a recomputed selection
@@ -58,6 +66,8 @@ struct AuxLossConfig {
   /// sequences (Megatron seq_aux_loss, DeepSeek-V3, HF Switch groups).
   Index sequence_length = 0;
   SequenceLayout layout = SequenceLayout::batch_major;
+  /// Per sequence (sequence_length > 0, or packed sequences): what each sequence is divided by.
+  SequenceNormalization sequence_normalization = SequenceNormalization::own_length;
 };
 
 /// Checks an AuxLossConfig; every message names the field.
@@ -160,17 +170,36 @@ inline AuxLossConfig deepseek_v3_sequence(Index top_k, Index sequence_length,
   return c;
 }
 
+/// Megatron-Core seq_aux_loss over packed sequences of varying length (give cu_seqlens to
+/// load_balancing_loss_packed): each sequence's loss divided by the mean real-token count per
+/// sequence, as Megatron-LM PR #6115 makes a pack give the loss of its padded batch.
+inline AuxLossConfig megatron_packed_sequence(Index top_k, double coefficient = 1e-2,
+                                              ScoreFunction score = ScoreFunction::softmax) {
+  AuxLossConfig c = megatron(top_k, coefficient, score);
+  c.sequence_normalization = SequenceNormalization::mean_length;
+  return c;
+}
+
+/// DeepSeek-V3 sequence-wise loss over packed sequences of varying length (give cu_seqlens to
+/// load_balancing_loss_packed): each sequence normalized by its own length, as the paper defines
+/// it.
+inline AuxLossConfig deepseek_v3_packed_sequence(Index top_k, double coefficient = 1e-4) {
+  return deepseek_v3_sequence(top_k, 0, coefficient);
+}
+
 }  // namespace aux_presets
 
 namespace detail {
 
-/// Row -> domain index (sequence) of an AuxLossConfig.
+/// Row -> domain index (sequence) of an AuxLossConfig, or of packed sequences.
 struct AuxDomains {
   Index count = 1;
   Index sequence_length = 0;
   SequenceLayout layout = SequenceLayout::batch_major;
+  std::vector<Index> packed;  ///< packed sequences: the domain of every row; empty otherwise
 
   Index operator()(Index t) const {
+    if (!packed.empty()) return packed[static_cast<std::size_t>(t)];
     if (sequence_length == 0) return 0;
     return layout == SequenceLayout::batch_major ? t / sequence_length : t % count;
   }
@@ -186,6 +215,36 @@ inline AuxDomains aux_domains(const AuxLossConfig& c, Index num_tokens) {
                    c.sequence_length, ")"),
             num_tokens);
     d.count = num_tokens / c.sequence_length;
+  }
+  return d;
+}
+
+/// The domains of packed sequences: rows [cu_seqlens(b), cu_seqlens(b + 1)) form sequence b
+/// (flash-attention's and Megatron's THD cu_seqlens). A sequence without rows is skipped and not
+/// counted, so offsets padded to a fixed size by repeating the last one give the same loss.
+inline AuxDomains packed_domains(const IndexVector& cu_seqlens, Index num_tokens,
+                                 const AuxLossConfig& c) {
+  require(c.sequence_length == 0, "AuxLossConfig::sequence_length",
+          "0 when cu_seqlens gives the sequences", c.sequence_length);
+  require(cu_seqlens.size() >= 1, "cu_seqlens", "[S + 1] offsets, the first 0 (at least one entry)",
+          "no entries");
+  require(cu_seqlens(0) == 0, "cu_seqlens", "a first offset of 0", cu_seqlens(0));
+  for (Index b = 1; b < cu_seqlens.size(); ++b)
+    if (cu_seqlens(b) < cu_seqlens(b - 1))
+      detail::fail("cu_seqlens", "non-decreasing offsets",
+                   concat(cu_seqlens(b), " at entry ", b, " after ", cu_seqlens(b - 1)));
+  const Index last = cu_seqlens(cu_seqlens.size() - 1);
+  require(last == num_tokens, "cu_seqlens",
+          concat("a last offset equal to the number of rows of the scores (", num_tokens, ")"),
+          last);
+  AuxDomains d;
+  d.count = 0;
+  d.packed.resize(static_cast<std::size_t>(num_tokens));
+  for (Index b = 0; b + 1 < cu_seqlens.size(); ++b) {
+    if (cu_seqlens(b + 1) == cu_seqlens(b)) continue;
+    for (Index t = cu_seqlens(b); t < cu_seqlens(b + 1); ++t)
+      d.packed[static_cast<std::size_t>(t)] = d.count;
+    ++d.count;
   }
   return d;
 }
@@ -207,32 +266,38 @@ inline Index counted_choices(const AuxLossConfig& c) {
 }
 
 /// The loss of one batch before its gradient is spread over tokens: every real token of domain b
-/// has the same gradient row row_grad(b) = a E f_b / (n_b B).
+/// has the same gradient row row_grad(b) = a E f_b / (m_b B), m_b its normalizer (n_b or N / B).
 struct AuxLossParts {
   double value = 0;
   RowMatrix<double> row_grad;  // [B, E]
   AuxDomains domains;
 };
 
-/// value = a E / B sum_b sum_e f_be P_be with f_be = counts_be / (n_b k'), P_be = sum s / n_b over
-/// the real tokens of domain b. Domains without real tokens add 0.
+/// value = a E / B sum_b sum_e f_be P_be with f_be = counts_be / (m_b k'), P_be = sum s / m_b over
+/// the real tokens of domain b; m_b = n_b (own_length) or N / B (mean_length, N real tokens).
+/// Domains without real tokens add 0; B counts them. No domain (packed, T = 0): value 0.
 template <class Scores>
 AuxLossParts aux_loss_from_counts(const Scores& scores, const RowMatrix<double>& counts,
                                   const Vector<double>& tokens, const AuxDomains& domains,
-                                  const TokenMask& mask, double coefficient, double count_divisor) {
+                                  const TokenMask& mask, double coefficient, double count_divisor,
+                                  SequenceNormalization normalization) {
   const Index num_experts = scores.cols();
   RowMatrix<double> score_sums = RowMatrix<double>::Zero(domains.count, num_experts);
   for (Index t = 0; t < scores.rows(); ++t)
     if (is_real_token(mask, t)) score_sums.row(domains(t)) += scores.row(t).template cast<double>();
 
-  const double scale =
-      coefficient * static_cast<double>(num_experts) / static_cast<double>(domains.count);
   AuxLossParts parts;
   parts.domains = domains;
   parts.row_grad = RowMatrix<double>::Zero(domains.count, num_experts);
+  if (domains.count == 0) return parts;
+  const double scale =
+      coefficient * static_cast<double>(num_experts) / static_cast<double>(domains.count);
+  // Megatron-LM router.py _apply_seq_aux_loss (moe_utils.py get_tokens_per_expert_and_token_count,
+  // topk * bsz): with a padding mask its per-sequence T is the real tokens / bsz.
+  const double mean_tokens = tokens.sum() / static_cast<double>(domains.count);
   for (Index b = 0; b < domains.count; ++b) {
-    const double n = tokens(b);
-    if (!(n > 0)) continue;
+    if (!(tokens(b) > 0)) continue;
+    const double n = normalization == SequenceNormalization::own_length ? tokens(b) : mean_tokens;
     for (Index e = 0; e < num_experts; ++e) {
       const double f = counts(b, e) / (n * count_divisor);
       parts.value += scale * f * score_sums(b, e) / n;
@@ -259,7 +324,7 @@ template <class Scores, class AdjustCounts>
 AuxLossParts aux_loss_core(const Scores& used_scores, const Scores& selection_scores,
                            const ExpertIdMatrix& expert_ids, const AuxLossConfig& config,
                            const TokenMask& mask, const ChoiceMask& kept,
-                           AdjustCounts&& adjust_counts) {
+                           const IndexVector* cu_seqlens, AdjustCounts&& adjust_counts) {
   using Scalar = typename Scores::Scalar;
   validate(config);
   const Index num_tokens = used_scores.rows(), num_experts = used_scores.cols();
@@ -280,7 +345,8 @@ AuxLossParts aux_loss_core(const Scores& used_scores, const Scores& selection_sc
     require_expert_ids(expert_ids, num_tokens, config.top_k, num_experts, "expert_ids");
   }
 
-  const AuxDomains domains = aux_domains(config, num_tokens);
+  const AuxDomains domains = cu_seqlens ? packed_domains(*cu_seqlens, num_tokens, config)
+                                        : aux_domains(config, num_tokens);
   RowMatrix<double> counts = RowMatrix<double>::Zero(domains.count, num_experts);
   add_expert_counts(*ids, counted_choices(config), mask, kept, drop_rule(config.dropped), domains,
                     counts);
@@ -290,7 +356,7 @@ AuxLossParts aux_loss_core(const Scores& used_scores, const Scores& selection_sc
     if (is_real_token(mask, t)) tokens(domains(t)) += 1;
   const double divisor = config.divide_by_top_k ? static_cast<double>(config.top_k) : 1.0;
   return aux_loss_from_counts(used_scores, counts, tokens, domains, mask, config.coefficient,
-                              divisor);
+                              divisor, config.sequence_normalization);
 }
 
 /// Scores [T, E] (double) -> loss value and grad wrt `scores`, through the optional division by
@@ -298,17 +364,17 @@ AuxLossParts aux_loss_core(const Scores& used_scores, const Scores& selection_sc
 template <class AdjustCounts>
 double aux_loss_over_scores(const RowMatrix<double>& scores, const ExpertIdMatrix& expert_ids,
                             const AuxLossConfig& config, const TokenMask& mask,
-                            const ChoiceMask& kept, AdjustCounts&& adjust_counts,
-                            RowMatrix<double>& grad) {
+                            const ChoiceMask& kept, const IndexVector* cu_seqlens,
+                            AdjustCounts&& adjust_counts, RowMatrix<double>& grad) {
   if (config.scores == AuxScores::as_given) {
     const AuxLossParts parts =
-        aux_loss_core(scores, scores, expert_ids, config, mask, kept, adjust_counts);
+        aux_loss_core(scores, scores, expert_ids, config, mask, kept, cu_seqlens, adjust_counts);
     grad = spread_gradient<double>(parts, mask, scores.rows());
     return parts.value;
   }
   const RowMatrix<double> normalized = sum_normalize_rows(scores);
   const AuxLossParts parts =
-      aux_loss_core(normalized, scores, expert_ids, config, mask, kept, adjust_counts);
+      aux_loss_core(normalized, scores, expert_ids, config, mask, kept, cu_seqlens, adjust_counts);
   grad = spread_gradient<double>(parts, mask, scores.rows());
   sum_normalize_backward_inplace(scores, normalized, grad);
   return parts.value;
@@ -322,20 +388,21 @@ template <class S, class AdjustCounts>
 LossGradient<S> aux_loss_from_scores(const ConstMatrixRef<S>& scores,
                                      const ExpertIdMatrix& expert_ids, const AuxLossConfig& config,
                                      const TokenMask& mask, const ChoiceMask& kept,
-                                     AdjustCounts&& adjust_counts) {
+                                     const IndexVector* cu_seqlens, AdjustCounts&& adjust_counts) {
   require_finite(scores, "scores");
   LossGradient<S> out;
   if (config.scores == AuxScores::as_given) {
     // No Jacobian to apply: read the scores in place and write the gradient rows directly.
     const AuxLossParts parts =
-        aux_loss_core(scores, scores, expert_ids, config, mask, kept, adjust_counts);
+        aux_loss_core(scores, scores, expert_ids, config, mask, kept, cu_seqlens, adjust_counts);
     out.value = static_cast<S>(parts.value);
     out.grad = spread_gradient<S>(parts, mask, scores.rows());
     return out;
   }
   RowMatrix<double> grad;
-  out.value = static_cast<S>(aux_loss_over_scores(scores.template cast<double>(), expert_ids,
-                                                  config, mask, kept, adjust_counts, grad));
+  out.value =
+      static_cast<S>(aux_loss_over_scores(scores.template cast<double>(), expert_ids, config, mask,
+                                          kept, cu_seqlens, adjust_counts, grad));
   out.grad = grad.cast<S>();
   return out;
 }
@@ -344,13 +411,13 @@ template <class S, class AdjustCounts>
 LossGradient<S> aux_loss_from_logits(const ConstMatrixRef<S>& logits, ScoreFunction score,
                                      const ExpertIdMatrix& expert_ids, const AuxLossConfig& config,
                                      const TokenMask& mask, const ChoiceMask& kept,
-                                     AdjustCounts&& adjust_counts) {
+                                     const IndexVector* cu_seqlens, AdjustCounts&& adjust_counts) {
   require_finite(logits, "logits");
   const RowMatrix<double> s = score_rows<S>(logits, score);
   RowMatrix<double> grad;
   LossGradient<S> out;
-  out.value =
-      static_cast<S>(aux_loss_over_scores(s, expert_ids, config, mask, kept, adjust_counts, grad));
+  out.value = static_cast<S>(
+      aux_loss_over_scores(s, expert_ids, config, mask, kept, cu_seqlens, adjust_counts, grad));
   score_backward_inplace(s, score, grad);
   out.grad = grad.cast<S>();
   return out;
@@ -368,7 +435,7 @@ LossGradient<typename Derived::Scalar> load_balancing_loss(const Eigen::MatrixBa
                                                            const ChoiceMask& kept = ChoiceMask()) {
   using S = typename Derived::Scalar;
   return detail::aux_loss_from_scores<S>(ConstMatrixRef<S>(scores.derived()), expert_ids, config,
-                                         mask, kept, detail::KeepCounts());
+                                         mask, kept, nullptr, detail::KeepCounts());
 }
 
 /// The same loss with the scores computed from the logits [T, E] by `score` (softmax over E or
@@ -381,7 +448,34 @@ LossGradient<typename Derived::Scalar> load_balancing_loss_from_logits(
     const ChoiceMask& kept = ChoiceMask()) {
   using S = typename Derived::Scalar;
   return detail::aux_loss_from_logits<S>(ConstMatrixRef<S>(logits.derived()), score, expert_ids,
-                                         config, mask, kept, detail::KeepCounts());
+                                         config, mask, kept, nullptr, detail::KeepCounts());
+}
+
+/// The per-sequence loss over packed sequences of varying length (THD layout): sequence b is rows
+/// [cu_seqlens(b), cu_seqlens(b + 1)), cu_seqlens [S + 1] non-decreasing, first 0, last T. Each
+/// sequence's real tokens (mask) form one domain, normalized as config.sequence_normalization
+/// says; sequences without rows are skipped and not counted in S. config.sequence_length must be
+/// 0 (layout is not read). grad = dL/d scores, as load_balancing_loss.
+template <class Derived>
+LossGradient<typename Derived::Scalar> load_balancing_loss_packed(
+    const Eigen::MatrixBase<Derived>& scores, const ExpertIdMatrix& expert_ids,
+    const AuxLossConfig& config, const IndexVector& cu_seqlens, const TokenMask& mask = TokenMask(),
+    const ChoiceMask& kept = ChoiceMask()) {
+  using S = typename Derived::Scalar;
+  return detail::aux_loss_from_scores<S>(ConstMatrixRef<S>(scores.derived()), expert_ids, config,
+                                         mask, kept, &cu_seqlens, detail::KeepCounts());
+}
+
+/// load_balancing_loss_packed with the scores computed from the logits by `score`; grad = dL/d
+/// logits, as load_balancing_loss_from_logits.
+template <class Derived>
+LossGradient<typename Derived::Scalar> load_balancing_loss_packed_from_logits(
+    const Eigen::MatrixBase<Derived>& logits, ScoreFunction score, const ExpertIdMatrix& expert_ids,
+    const AuxLossConfig& config, const IndexVector& cu_seqlens, const TokenMask& mask = TokenMask(),
+    const ChoiceMask& kept = ChoiceMask()) {
+  using S = typename Derived::Scalar;
+  return detail::aux_loss_from_logits<S>(ConstMatrixRef<S>(logits.derived()), score, expert_ids,
+                                         config, mask, kept, &cu_seqlens, detail::KeepCounts());
 }
 
 /// Value and one gradient per layer (dL/d logits of that layer).
