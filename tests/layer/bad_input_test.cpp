@@ -58,6 +58,15 @@ TEST_CASE("bad layer configs are refused where the layer is built", "[layer][err
                   "MoELayerConfig::shared.ffn_hidden", ">= 0 (0 = none)", "-1");
   require_rejects(build(with([](C& c) { c.ffn_hidden = 0; })), "ExpertFFNConfig::ffn_hidden",
                   ">= 1", "0");
+  require_rejects(build(with([](C& c) { c.weight_before_ffn = true; })),
+                  "MoELayerConfig::weight_before_ffn",
+                  "top_k == 1 (the gate scales the one expert's input)", "top_k 2");
+  require_rejects(build(with([](C& c) {
+                    c.weight_before_ffn = true, c.router.top_k = 1;
+                    c.aux_loss = moe::aux_presets::megatron(1, 0.1);
+                    c.dispatch = moe::DispatchKind::capacity;
+                  })),
+                  "MoELayerConfig::weight_before_ffn", "dropless dispatch", "capacity dispatch");
   require_rejects(build(with([](C& c) { c.router.top_k = 5; })), "RouterConfig::top_k",
                   "1 <= top_k <= num_experts (4)", "5");
   require_rejects(build(with([](C& c) {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <moe/layer/moe_layer.hpp>
+#include <moe/routing/presets.hpp>
 #include <moe/routing/replay.hpp>
 
 #include "support/catch.hpp"
@@ -361,4 +362,52 @@ TEST_CASE("MoELayer with a token mask: padding takes no work, adds nothing, gets
   const auto none = layer.forward(x, moe::TokenMask::Zero(12), none_ctx, moe::Mode::train);
   CHECK(none.y.isZero(0.0));
   CHECK(layer.backward(x, none_ctx, grad_y).x.isZero(0.0));
+}
+
+TEST_CASE("MoELayer with the weight before the FFN (Llama 4): y = FFN_e(w x) + shared(x)",
+          "[layer][weight_before_ffn]") {
+  moe::MoELayerConfig c;
+  c.router = moe::presets::llama4(/*hidden=*/5, /*experts=*/4);
+  c.ffn_hidden = 3;
+  c.expert_bias = true;
+  c.block_size = 4;
+  c.shared = {4, false};
+  c.weight_before_ffn = true;
+  c.aux_loss = moe::aux_presets::megatron(1, 0.1, moe::ScoreFunction::sigmoid);
+  auto layer = random_layer(c);
+  Matrix x = random_matrix(12, 5, 51);
+  for (auto mode : {moe::Mode::train, moe::Mode::eval}) {
+    moe::MoELayerContext<double> ctx;
+    const auto out = layer.forward(x, ctx, mode);
+    const auto routing = moe::test::reference_route(c.router, x, layer.router.weight,
+                                                    layer.router.bias, layer.router.noise_weight,
+                                                    layer.router.selection_bias, false, 0);
+    Matrix expected = Matrix::Zero(12, 5);
+    for (Index t = 0; t < 12; ++t) {
+      const double w = routing.gates[t][0];
+      CHECK(w == Approx(1 / (1 + std::exp(-routing.logits[t][routing.ids[t][0]]))));
+      const Eigen::RowVectorXd scaled = w * x.row(t);
+      const auto row =
+          moe::test::reference_expert_row(layer.experts, routing.ids[t][0], scaled.data());
+      const auto shared = moe::test::reference_expert_row(layer.shared, 0, x.row(t).data());
+      for (Index i = 0; i < 5; ++i) expected(t, i) = row.o[i] + shared.o[i];
+    }
+    CHECK(moe::test::relative_error(out.y, expected) <= 1e-12);
+  }
+  const Matrix grad_y = random_matrix(12, 5, 52);
+  auto loss = [&] {
+    moe::MoELayerContext<double> ctx;
+    const auto out = layer.forward(x, ctx, moe::Mode::train);
+    return out.y.cwiseProduct(grad_y).sum() + out.aux_loss;
+  };
+  moe::MoELayerContext<double> ctx;
+  layer.forward(x, ctx, moe::Mode::train);
+  const auto g = layer.backward(x, ctx, grad_y);
+  using moe::test::numerical_gradient;
+  using moe::test::relative_error;
+  CHECK(relative_error(g.x, numerical_gradient(x, loss)) <= 1e-6);
+  CHECK(relative_error(g.router.weight, numerical_gradient(layer.router.weight, loss)) <= 1e-6);
+  CHECK(relative_error(g.experts.w1, numerical_gradient(layer.experts.w1, loss)) <= 1e-6);
+  CHECK(relative_error(g.experts.b1, numerical_gradient(layer.experts.b1, loss)) <= 1e-6);
+  CHECK(relative_error(g.shared.w2, numerical_gradient(layer.shared.w2, loss)) <= 1e-6);
 }

@@ -126,6 +126,10 @@ TEST_CASE("presets route hand-worked cases", "[router][presets]") {
     check_token(router.forward(Matrix::Ones(1, 1), ctx, moe::Mode::eval), {0, 3},
                 {5.0 / 9, 4.0 / 9});
   }
+  SECTION("Llama 4: top-1, the sigmoid of the best logit") {
+    check_token(route_logits(moe::presets::llama4(1, 4), {0, 2, 1, -1}), {1},
+                {1 / (1 + std::exp(-2.0))});
+  }
   SECTION("DeepSpeed top-2: raw probabilities of the two best") {
     check_token(route_logits(moe::presets::deepspeed_top2(4, 1), {ln(1), ln(2), ln(3), ln(4)}),
                 {3, 2}, {0.4, 0.3});

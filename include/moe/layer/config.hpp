@@ -36,6 +36,10 @@ struct MoELayerConfig {
   double z_loss_coefficient = 0.0;                   ///< ST-MoE router z-loss; 0 = off
   std::optional<BiasBalancerOptions> bias_balancer;  ///< aux-loss-free balancing; nullopt = off
   SharedExpertConfig shared;
+  /// y_t = FFN_e(w_t x_t) instead of w_t FFN_e(x_t): the gate scales the expert's input (Llama 4;
+  /// llama.cpp `weight_before_ffn`, Megatron-Core `moe_apply_probs_on_input`). Top-1 and dropless
+  /// only (Megatron's restriction: with k > 1 each choice would need its own scaled input).
+  bool weight_before_ffn = false;
 
   ExpertFFNConfig experts() const {
     ExpertFFNConfig c;
@@ -69,6 +73,13 @@ inline void validate(const MoELayerConfig& c) {
   require(c.shared.ffn_hidden >= 0, "MoELayerConfig::shared.ffn_hidden", ">= 0 (0 = none)",
           c.shared.ffn_hidden);
   if (c.dispatch == DispatchKind::capacity) validate(c.capacity);
+  if (c.weight_before_ffn) {
+    require(c.router.top_k == 1, "MoELayerConfig::weight_before_ffn",
+            "top_k == 1 (the gate scales the one expert's input)",
+            detail::concat("top_k ", c.router.top_k));
+    require(c.dispatch == DispatchKind::dropless, "MoELayerConfig::weight_before_ffn",
+            "dropless dispatch", "capacity dispatch");
+  }
   if (c.aux_loss) validate(*c.aux_loss);
 }
 

@@ -42,6 +42,12 @@ struct MoELayerContext {
   IndexVector real_tokens;
   Index padded_tokens = -1;
   RowMatrix<S> real_x, real_grad_y, real_grad_x;
+
+  /// With weight_before_ffn: the experts' input w_t x_t, and the routing they were given (the
+  /// chosen experts with unit gates).
+  RowMatrix<S> weighted_x;
+  Routing<S> unit_routing;
+  RowMatrix<S> unit_gate_grad;  ///< backward's scratch for the unit gates' (unused) gradient
 };
 
 template <class S>
@@ -345,8 +351,19 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     shape_gradients(grads, tokens);
     RouterUpstream<S>& upstream = ctx.upstream;
     upstream.gates.resize(tokens, config.router.top_k);
-    exchange.template backward<S>(config, experts, x, grad_y, ctx.exchange, grads.experts, grads.x,
-                                  upstream.gates);
+    if (config.weight_before_ffn) {
+      // The experts saw x'_t = w_t x_t with unit gates: dw_t = <dx'_t, x_t>, dx_t = w_t dx'_t.
+      ctx.unit_gate_grad.resize(tokens, 1);
+      exchange.template backward<S>(config, experts, ctx.weighted_x, grad_y, ctx.exchange,
+                                    grads.experts, grads.x, ctx.unit_gate_grad);
+      for (Index t = 0; t < tokens; ++t) {
+        upstream.gates(t, 0) = grads.x.row(t).dot(x.row(t));
+        grads.x.row(t) *= routing.gates(t, 0);
+      }
+    } else {
+      exchange.template backward<S>(config, experts, x, grad_y, ctx.exchange, grads.experts,
+                                    grads.x, upstream.gates);
+    }
 
     // Parameters every process holds whole: the shared expert, then the router from its three
     // upstream gradients (gates from the routed experts, scores from the aux loss, logits from the
@@ -377,8 +394,18 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
 
     MoEOutput<S> out;
     out.y.resize(x.rows(), config.router.hidden);
-    const std::optional<CapacityStats> capacity = exchange.template forward<S>(
-        config, experts, x, own, batch, mode, seed, ctx.exchange, out.y);
+    std::optional<CapacityStats> capacity;
+    if (config.weight_before_ffn) {
+      // y_t = FFN_e(w_t x_t) (Llama 4): the experts take the scaled rows with unit gates.
+      ctx.weighted_x = (x.array().colwise() * own.gates.col(0).array()).matrix();
+      ctx.unit_routing.expert_ids = own.expert_ids;
+      ctx.unit_routing.gates.setOnes(own.num_tokens(), 1);
+      capacity = exchange.template forward<S>(config, experts, ctx.weighted_x, ctx.unit_routing,
+                                              batch, mode, seed, ctx.exchange, out.y);
+    } else {
+      capacity = exchange.template forward<S>(config, experts, x, own, batch, mode, seed,
+                                              ctx.exchange, out.y);
+    }
     if (config.shared.ffn_hidden > 0)
       shared_expert_forward<S>(shared, shared_gate_weight, config.shared.gated, config.block_size,
                                x, ctx.shared, out.y, mode);

@@ -61,6 +61,15 @@ inline RouterConfig gpt_oss(Index hidden, Index num_experts = 128, Index top_k =
   return c;
 }
 
+/// Llama 4 (HF `Llama4TextMoe`, Scout: 16 experts; Maverick: 128): the best logit of each token,
+/// its sigmoid as the weight. The layer scales the expert's input by it
+/// (MoELayerConfig::weight_before_ffn) and adds a shared expert of the same width.
+inline RouterConfig llama4(Index hidden, Index num_experts = 16) {
+  RouterConfig c = detail::base(num_experts, hidden, 1);
+  c.score = ScoreFunction::sigmoid;
+  return c;
+}
+
 /// DeepSeek-V3 (official `Gate`): sigmoid scores, group-limited top-8 of 256 experts in 8 groups
 /// keeping 4 (group score = sum of the group's top-2 biased scores, other groups -inf), weights
 /// = unbiased scores renormalized with no epsilon, times routed_scaling_factor 2.5.
