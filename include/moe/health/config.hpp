@@ -23,6 +23,10 @@ struct HealthConfig {
   /// Cold: load < cold_factor * average (0.1 in the reference check).
   double cold_factor = 0.1;
   AverageLoad average = AverageLoad::per_choice;
+  /// Top-k margins (topk_margins) and bfloat16 stability (bf16_stability) in reports of a
+  /// Routing or of ids: one more pass over the scores and one over the logits. false leaves them
+  /// out (NaN in the exports), for callers that watch the report's cost.
+  bool selection_metrics = true;
 };
 
 /// Checks a HealthConfig; every message names the field.
