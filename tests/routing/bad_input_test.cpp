@@ -361,9 +361,9 @@ TEST_CASE("synthetic routing checks its config", "[routing][errors][synthetic]")
   // A logit -k gap beyond float: refused for float, fine for double.
   moe::SyntheticRoutingConfig c;
   c.num_tokens = 2;
-  c.logit_gap = 1e38;
+  c.logit_gap = 2e38;
   require_rejects([c] { moe::synthetic_routing<float>(c); }, "SyntheticRoutingConfig::logit_gap",
-                  "logit_gap * top_k <= the largest value of the scalar type", "1e+38");
+                  "logit_gap * top_k <= the largest value of the scalar type", "2e+38");
   CHECK_NOTHROW(moe::synthetic_routing<double>(c));
   // The edges that must work: T = 0, k = E, E = 1, a mass of 1 on k experts.
   c = moe::SyntheticRoutingConfig{};
