@@ -47,7 +47,9 @@ moe::HealthReport step_report(moe::fuzz::FuzzInput& in, Index T, Index E, Index 
   for (Index i = 0; i < r.expert_ids.size(); ++i)
     r.expert_ids.data()[i] = static_cast<moe::ExpertId>(in.range(0, E - 1));
 
-  moe::HealthReport report = moe::health_report(r);
+  moe::HealthConfig config;
+  config.selection_metrics = true;
+  moe::HealthReport report = moe::health_report(r, config);
   MOE_FUZZ_CHECK(report.tokens == T && report.experts == E && report.top_k == k);
   MOE_FUZZ_CHECK(static_cast<Index>(report.hard.load.sum()) == T * k);
   // Soft loads: column sums of the rows whose probabilities are all finite.
@@ -122,7 +124,7 @@ moe::HealthReport step_report(moe::fuzz::FuzzInput& in, Index T, Index E, Index 
   Index capacity = 0;
   for (Index n : per_expert) capacity = std::max(capacity, n);
   const moe::CapacityStats stats = moe::capacity_stats_from_mask(r.expert_ids, kept, E, capacity);
-  report = moe::health_report(r, stats);
+  report = moe::health_report(r, stats, config);
   MOE_FUZZ_CHECK(report.capacity.has_value());
   if (T > 0) MOE_FUZZ_CHECK(report.capacity->drop_rate >= 0 && report.capacity->drop_rate <= 1);
   MOE_FUZZ_CHECK(report.capacity->kept.sum() + report.capacity->dropped.sum() == T * k);

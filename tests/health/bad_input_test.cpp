@@ -389,7 +389,9 @@ TEST_CASE("health at the edges of finite input", "[health][edge]") {
         1e-310, -1e-310, 0, 5e-324;
     r.expert_ids.resize(3, 2);
     r.expert_ids << 1, 3, 0, 1, 3, 2;  // not the top-2 of the scores: ranked again
-    const auto report = moe::health_report(r);
+    moe::HealthConfig on;
+    on.selection_metrics = true;
+    const auto report = moe::health_report(r, on);
     CHECK(report.margins.tokens == 3);
     for (double m : {report.margins.p1, report.margins.p10, report.margins.p50}) {
       CHECK(std::isfinite(m));

@@ -35,7 +35,9 @@ moe::HealthReport report_with_loads(const std::vector<Index>& hard, bool with_lo
       if (experts > 1) r.scores(t, e) = 0.7;
     }
   if (with_logits) r.logits = r.scores.array().log().matrix();
-  return moe::health_report(r);
+  moe::HealthConfig config;
+  config.selection_metrics = true;  // the exports carry every column
+  return moe::health_report(r, config);
 }
 
 moe::CapacityStats capacity_with_drops(const std::vector<Index>& hard, Index capacity) {

@@ -25,6 +25,13 @@ namespace {
 
 using moe::test::seed_probs;
 
+/// The default config with the top-k margins and bf16 stability on.
+moe::HealthConfig selection_on() {
+  moe::HealthConfig c;
+  c.selection_metrics = true;
+  return c;
+}
+
 std::vector<int> ids(const std::vector<moe::ExpertId>& v) {
   return std::vector<int>(v.begin(), v.end());
 }
@@ -294,8 +301,8 @@ TEMPLATE_TEST_CASE("random inputs against the plain-loop reference", "[health][r
     for (Index t = 0; t < s.t; ++t)
       for (Index j = 0; j < s.k; ++j) routing.expert_ids(t, j) = topk[t][j];
 
-    const auto from_probs = moe::health_report(p, s.k);
-    const auto r = moe::health_report(routing);
+    const auto from_probs = moe::health_report(p, s.k, selection_on());
+    const auto r = moe::health_report(routing, selection_on());
     const auto soft = moe::test::ref_soft_load(pr, static_cast<std::size_t>(s.e));
     const auto hard = moe::test::ref_hard_load(topk, static_cast<std::size_t>(s.e));
     const double t = static_cast<double>(s.t), e = static_cast<double>(s.e);
@@ -353,7 +360,7 @@ TEST_CASE("thresholds, entropies, mean distribution and top-k margins, hand-work
   // seed_probs: column sums [4, 2.5, 1.4, 0.1] over T = 8; top-1 ids 0,0,0,0,0,1,1,1 (ties to the
   // lower index) give hard loads [5, 3, 0, 0].
   const RowMatrix<double> p = seed_probs();
-  const auto r = moe::health_report(p, 1);
+  const auto r = moe::health_report(p, 1, selection_on());
   CHECK(r.soft.hot_threshold == 2.5);   // 1.25 * 8 / 4
   CHECK(r.soft.cold_threshold == 0.2);  // 0.1 * 8 / 4
   CHECK(r.hard.hot_threshold == 2.5);   // 1.25 * 8 * 1 / 4
@@ -370,7 +377,7 @@ TEST_CASE("thresholds, entropies, mean distribution and top-k margins, hand-work
   CHECK(r.margins.p10 == 0.0);
   CHECK(r.margins.p50 == Approx(0.05).epsilon(1e-15));
   // k = 2 margins s(2) - s(3): 0 0 0 .5 .5 .5 .3 .5 -> p50 = .3 + .5 (.5 - .3) = .4.
-  const auto two = moe::health_report(p, 2);
+  const auto two = moe::health_report(p, 2, selection_on());
   CHECK(two.margins.p50 == Approx(0.4).epsilon(1e-15));
   CHECK(two.margins.p10 == 0.0);
   CHECK(two.hard.hot_threshold == 5.0);  // 1.25 * 8 * 2 / 4
@@ -378,13 +385,25 @@ TEST_CASE("thresholds, entropies, mean distribution and top-k margins, hand-work
   // chose them) are ranked again: margins never depend on which ids were given.
   moe::ExpertIdMatrix ids = moe::ExpertIdMatrix::Zero(8, 1);
   ids(7, 0) = 3;  // not the top-1 of row 7
-  const auto hinted = moe::health_report(p, ids);
+  const auto hinted = moe::health_report(p, ids, selection_on());
   CHECK(hinted.margins.p50 == r.margins.p50);
   CHECK(moe::topk_margins(p, 1).p50 == r.margins.p50);
-  // selection_metrics = false leaves the margins out.
-  moe::HealthConfig off;
-  off.selection_metrics = false;
-  CHECK(std::isnan(moe::health_report(p, 1, off).margins.p50));
+  // Percentiles over one and two tokens: margins .2 and .8 give p50 = .5, p10 = .2 + .1 (.6),
+  // p1 = .2 + .01 (.6), numpy's linear rule.
+  RowMatrix<double> few(2, 3);
+  few << .5, .3, .2,  //
+      .9, .1, 0;
+  const auto single = moe::topk_margins(few.topRows(1), 1);
+  CHECK(single.tokens == 1);
+  CHECK(single.p1 == Approx(0.2).epsilon(1e-15));
+  CHECK(single.p50 == Approx(0.2).epsilon(1e-15));
+  const auto pair = moe::topk_margins(few, 1);
+  CHECK(pair.p50 == Approx(0.5).epsilon(1e-15));
+  CHECK(pair.p10 == Approx(0.26).epsilon(1e-14));
+  CHECK(pair.p1 == Approx(0.206).epsilon(1e-14));
+  // selection_metrics off (the default) leaves the margins and the stability out.
+  CHECK(std::isnan(moe::health_report(p, 1).margins.p50));
+  CHECK(moe::health_report(p, 1).margins.tokens == 0);
 }
 
 TEST_CASE("bfloat16 stability, hand-worked", "[health][bf16]") {
@@ -425,7 +444,8 @@ TEST_CASE("bfloat16 stability, hand-worked", "[health][bf16]") {
   routing.scores = softmax_rows(z);
   routing.expert_ids.resize(4, 1);
   routing.expert_ids << 1, 1, 2, 0;
-  const auto r = moe::health_report(routing);
+  CHECK_FALSE(moe::health_report(routing).stability.has_value());  // off by default
+  const auto r = moe::health_report(routing, selection_on());
   REQUIRE(r.stability.has_value());
   CHECK(r.stability->flipped_tokens == 2);
   CHECK(r.stability->tokens == 4);
@@ -489,7 +509,7 @@ TEST_CASE("edge cases: no tokens, one expert, k = E, huge logits, non-finite pro
           "[health]") {
   SECTION("T = 0") {
     const RowMatrix<double> p(0, 4);
-    const auto r = moe::health_report(p, 2);
+    const auto r = moe::health_report(p, 2, selection_on());
     CHECK(r.soft.load.isZero());
     CHECK(r.hard.load.isZero());
     CHECK(r.soft.variance == 0.0);
@@ -512,14 +532,14 @@ TEST_CASE("edge cases: no tokens, one expert, k = E, huge logits, non-finite pro
     empty.logits = p;
     empty.expert_ids.resize(0, 2);
     // [0, E] logits are empty, which a Routing reads as "no logits": no stability either.
-    CHECK_FALSE(moe::health_report(empty).stability.has_value());
+    CHECK_FALSE(moe::health_report(empty, selection_on()).stability.has_value());
     const auto e = moe::bf16_stability(p, 2);
     CHECK(e.tokens == 0);
     CHECK(e.flipped_tokens == 0);
   }
   SECTION("E = 1, k = E") {
     const RowMatrix<float> p = RowMatrix<float>::Ones(9, 1);
-    const auto r = moe::health_report(p, 1);
+    const auto r = moe::health_report(p, 1, selection_on());
     CHECK(r.normalized_entropy == 1.0);
     CHECK(r.mean_token_entropy == 0.0);
     CHECK(r.hard.load[0] == 9.0);
@@ -533,7 +553,7 @@ TEST_CASE("edge cases: no tokens, one expert, k = E, huge logits, non-finite pro
   }
   SECTION("k = E counts every expert once per token") {
     const RowMatrix<float> p = softmax_rows(random_logits<float>(33, 5, 9, 1, false));
-    const auto r = moe::health_report(p, 5);
+    const auto r = moe::health_report(p, 5, selection_on());
     CHECK(r.hard.load == Eigen::VectorXd::Constant(5, 33));
     CHECK(r.hard.entropy == Approx(std::log(5.0)).epsilon(1e-15));
     CHECK(r.margins.tokens == 0);
@@ -544,7 +564,7 @@ TEST_CASE("edge cases: no tokens, one expert, k = E, huge logits, non-finite pro
     routing.logits = RowMatrix<float>::Constant(3, 4, 3e4f);
     routing.scores = RowMatrix<float>::Constant(3, 4, 0.25f);
     routing.expert_ids = moe::ExpertIdMatrix::Zero(3, 1);
-    const auto r = moe::health_report(routing);
+    const auto r = moe::health_report(routing, selection_on());
     CHECK(r.logits->mean_logsumexp == Approx(3e4 + std::log(4.0)));
     CHECK(r.stability->flipped_tokens == 0);  // equal logits: the tie rule decides both ways
     CHECK(r.margins.p50 == 0.0);
@@ -575,7 +595,7 @@ TEST_CASE("same bits at any thread count", "[health][determinism]") {
 #else
     (void)threads;  // built without OpenMP: one thread, and the same call twice
 #endif
-    return moe::health_report(routing);
+    return moe::health_report(routing, selection_on());
   };
   const auto a = report_at(1), b = report_at(2);
   CHECK(a.soft.load == b.soft.load);  // exact, not approximate

@@ -2,6 +2,7 @@
 // the (k+1)-th largest score of the row, summarized by its low percentiles.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -51,16 +52,16 @@ TopkMargins topk_margins_hinted(const Eigen::DenseBase<P>& scores, Index top_k,
     std::vector<S> ranked(static_cast<std::size_t>(top_k + 1));
     for (Index t = first; t < first + count; ++t) {
       const auto row = p.row(t).array();
-      if (!row.isFinite().all()) continue;
+      if (!copy_row_if_finite(row, scratch)) continue;
       if (ids != nullptr) {
-        const SelectionEdge<S> edge = selection_edge(row, ids->row(t).data(), top_k, scratch);
+        const SelectionEdge<S> edge = selection_edge(scratch, ids->row(t).data(), top_k);
         if (edge.distinct && edge.lowest_chosen >= edge.highest_left) {
           margin[static_cast<std::size_t>(t)] =
               double(edge.lowest_chosen) - double(edge.highest_left);
           continue;
         }
+        scratch = row;  // selection_edge masked the chosen entries
       }
-      scratch = row;
       top_k_unchecked(scratch.data(), experts, top_k + 1, ranked_ids.data(), ranked.data());
       margin[static_cast<std::size_t>(t)] = double(ranked[static_cast<std::size_t>(top_k - 1)]) -
                                             double(ranked[static_cast<std::size_t>(top_k)]);
@@ -71,9 +72,10 @@ TopkMargins topk_margins_hinted(const Eigen::DenseBase<P>& scores, Index top_k,
   for (double m : margin)
     if (!std::isnan(m)) defined.push_back(m);
   out.tokens = static_cast<Index>(defined.size());
-  out.p1 = percentile_unsorted(defined, 1.0);
-  out.p10 = percentile_unsorted(defined, 10.0);
-  out.p50 = percentile_unsorted(defined, 50.0);
+  const std::array<double, 3> low = low_percentiles(defined);
+  out.p1 = low[0];
+  out.p10 = low[1];
+  out.p50 = low[2];
   return out;
 }
 

@@ -51,15 +51,14 @@ float round_to_bfloat16(S value) noexcept {
 
 namespace detail {
 
-/// Experts of the top-k of z (values, ties to the lower index) missing from the top-k of the
-/// rounded z: |K \ K'|. `ids`, `kept` and `selected` are the caller's buffers of k entries.
-template <class Row, class S>
-Index bf16_swapped_out(const Row& z, Index k, Eigen::Array<S, 1, Eigen::Dynamic>& values,
+/// Experts of the top-k of a row (values, ties to the lower index) missing from the top-k of its
+/// bfloat16 rounding: |K \ K'|. `values` holds the row; the other buffers hold k entries.
+template <class S>
+Index bf16_swapped_out(const Eigen::Array<S, 1, Eigen::Dynamic>& values, Index k,
                        Eigen::Array<float, 1, Eigen::Dynamic>& rounded, std::vector<ExpertId>& ids,
                        std::vector<ExpertId>& kept, std::vector<S>& selected,
                        std::vector<float>& selected_rounded) {
-  const Index experts = z.size();
-  values = z;
+  const Index experts = values.size();
   for (Index e = 0; e < experts; ++e) rounded[e] = round_to_bfloat16(values[e]);
   top_k_unchecked(values.data(), experts, k, ids.data(), selected.data());
   top_k_unchecked(rounded.data(), experts, k, kept.data(), selected_rounded.data());
@@ -90,17 +89,18 @@ Bf16Stability bf16_stability_hinted(const Eigen::DenseBase<Z>& logits, Index top
     Bf16Stability& out = partial[static_cast<std::size_t>(b)];
     for (Index t = first; t < first + count; ++t) {
       const auto row = z.row(t).array();
-      if (!row.isFinite().all()) continue;
+      if (!copy_row_if_finite(row, scratch)) continue;
       ++out.tokens;
       if (top_k == experts) continue;  // every expert chosen, rounded or not
       if (ids != nullptr) {
-        const SelectionEdge<S> edge = selection_edge(row, ids->row(t).data(), top_k, scratch);
+        const SelectionEdge<S> edge = selection_edge(scratch, ids->row(t).data(), top_k);
         if (edge.distinct && edge.lowest_chosen > edge.highest_left &&
             round_to_bfloat16(edge.lowest_chosen) > round_to_bfloat16(edge.highest_left))
           continue;
+        scratch = row;  // selection_edge masked the chosen entries
       }
       const Index swapped =
-          bf16_swapped_out(row, top_k, scratch, rounded, ranked, kept, selected, selected_rounded);
+          bf16_swapped_out(scratch, top_k, rounded, ranked, kept, selected, selected_rounded);
       out.flipped_tokens += swapped > 0 ? 1 : 0;
       out.flipped_choices += swapped;
     }
