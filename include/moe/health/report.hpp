@@ -33,8 +33,10 @@ struct HealthReport {
   /// [E] mean over the counted tokens of the score rows, soft.load / (T - skipped_tokens): the
   /// mean routing distribution, whose entropy in nats is soft.entropy. NaN when no token counted.
   Eigen::VectorXd mean_distribution;
-  TopkMargins margins;                     ///< s_(k) - s_(k+1) percentiles (topk_margins)
-  std::optional<Bf16Stability> stability;  ///< when logits were given (bf16_stability)
+  /// s_(k) - s_(k+1) percentiles (topk_margins); NaN unless HealthConfig::selection_metrics.
+  TopkMargins margins;
+  /// bf16_stability of the logits, with HealthConfig::selection_metrics when logits were given.
+  std::optional<Bf16Stability> stability;
 };
 
 namespace detail {
