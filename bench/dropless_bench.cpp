@@ -11,10 +11,11 @@
 #include <memory>
 #include <vector>
 
-#include "moe/kernels/parallel.hpp"
 #include "moe/core/random.hpp"
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/dropless_ffn.hpp"
+#include "moe/kernels/parallel.hpp"
+#include "moe/routing/synthetic.hpp"
 
 #include "support.hpp"
 #include "swiglu_limit.hpp"
@@ -41,29 +42,18 @@ const Shape kShapes[] = {{2048, 512, 1024, 8, 2}, {4096, 1024, 2816, 8, 2},
 
 enum Routing { uniform = 0, zipf = 1 };
 
-/// k distinct experts per token: uniform, or Zipf(1) over experts (expert 0 hottest).
+/// k distinct experts per token from moe/routing/synthetic.hpp (seed 42): uniform, or Zipf(1)
+/// over experts (expert 0 hottest). The same ids, bit for bit, as this bench's own generator
+/// before.
 moe::ExpertIdMatrix route(const Shape& s, Routing routing) {
-  const moe::CounterRng rng(42, 7);
-  std::vector<double> cdf(static_cast<std::size_t>(s.experts));
-  double total = 0;
-  for (Index e = 0; e < s.experts; ++e) cdf[e] = total += routing == zipf ? 1.0 / (e + 1) : 1.0;
-  moe::ExpertIdMatrix ids(s.tokens, s.k);
-  std::uint64_t draw = 0;
-  for (Index t = 0; t < s.tokens; ++t)
-    for (Index j = 0; j < s.k; ++j) {
-      for (;;) {
-        const double u = rng.uniform(draw++) * total;
-        const auto e =
-            static_cast<moe::ExpertId>(std::lower_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
-        bool taken = false;
-        for (Index i = 0; i < j; ++i) taken |= ids(t, i) == e;
-        if (!taken) {
-          ids(t, j) = std::min<moe::ExpertId>(e, static_cast<moe::ExpertId>(s.experts - 1));
-          break;
-        }
-      }
-    }
-  return ids;
+  moe::SyntheticRoutingConfig c;
+  c.num_tokens = s.tokens;
+  c.num_experts = s.experts;
+  c.top_k = s.k;
+  c.distribution =
+      routing == zipf ? moe::SyntheticDistribution::zipf : moe::SyntheticDistribution::uniform;
+  c.seed = 42;
+  return moe::synthetic_expert_ids(c);
 }
 
 /// Active FLOPs of a SwiGLU expert FFN over T*k rows: three [T*k, d] x [d, f]-sized GEMMs.
@@ -242,13 +232,13 @@ void BM_weight_stream_overlap(benchmark::State& state) {
     for (Index e = 0; e < experts; ++e) {
       const Index we = weights == 2 ? e : 0;
       moe::kernels::gemm(h.middleRows(e * rows, rows), x.middleRows(e * rows, rows),
-                        w1.middleRows(we * d, d), false, next(w3, e, d));
+                         w1.middleRows(we * d, d), false, next(w3, e, d));
       moe::kernels::gemm(h.middleRows(e * rows, rows), x.middleRows(e * rows, rows),
-                        w3.middleRows(we * d, d), false, next(w1, e + 1, d));
+                         w3.middleRows(we * d, d), false, next(w1, e + 1, d));
     }
     for (Index e = 0; e < experts; ++e)
       moe::kernels::gemm(y.middleRows(e * rows, rows), h.middleRows(e * rows, rows),
-                        w2.middleRows((weights == 2 ? e : 0) * f, f), false, next(w2, e + 1, f));
+                         w2.middleRows((weights == 2 ? e : 0) * f, f), false, next(w2, e + 1, f));
     benchmark::DoNotOptimize(y.data());
   };
   step();

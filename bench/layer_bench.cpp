@@ -20,12 +20,13 @@
 #include <memory>
 #include <vector>
 
-#include <moe/kernels/parallel.hpp>
 #include <moe/core/random.hpp>
 #include <moe/dispatch/dropless_permute.hpp>
 #include <moe/dispatch/dropless_plan.hpp>
+#include <moe/kernels/parallel.hpp>
 #include <moe/layer/moe_layer.hpp>
 #include <moe/routing/router.hpp>
+#include <moe/routing/synthetic.hpp>
 
 #include "support.hpp"
 #include "swiglu_limit.hpp"
@@ -54,40 +55,19 @@ constexpr Index kSmall = 0, kMedium = 1, kFine = 2, kSwitch = 3, kDecode = 4;
 enum Distribution : Index { balanced = 0, uniform = 1, zipf = 2, all_to_one = 3 };
 const char* const kDistributionNames[] = {"balanced", "uniform", "zipf", "all_to_one"};
 
-/// Cheap deterministic fill: speed does not depend on the values, and decode holds 2 GB of weights.
-
-/// k distinct experts per token. balanced: token t takes experts t*k .. t*k+k-1 (mod E), every
-/// expert gets T*k/E pairs; uniform: uniformly random; zipf: Zipf(1) over experts (expert 0
-/// hottest); all_to_one: every token picks experts 0..k-1 (the collapsed router).
+/// k distinct experts per token from moe/routing/synthetic.hpp (seed 42): balanced (expert
+/// (t k + j) mod E, T k / E pairs each), uniform, Zipf(1) (expert 0 hottest), all_to_one (experts
+/// 0..k-1, the collapsed router). The same ids, bit for bit, as this bench's own generator before.
 moe::ExpertIdMatrix route(const Shape& s, Distribution distribution) {
-  moe::ExpertIdMatrix ids(s.tokens, s.k);
-  if (distribution == balanced || distribution == all_to_one) {
-    for (Index t = 0; t < s.tokens; ++t)
-      for (Index j = 0; j < s.k; ++j)
-        ids(t, j) =
-            static_cast<moe::ExpertId>(distribution == balanced ? (t * s.k + j) % s.experts : j);
-    return ids;
-  }
-  const moe::CounterRng rng(42, 7);
-  std::vector<double> cdf(static_cast<std::size_t>(s.experts));
-  double total = 0;
-  for (Index e = 0; e < s.experts; ++e)
-    cdf[static_cast<std::size_t>(e)] = total += distribution == zipf ? 1.0 / (e + 1) : 1.0;
-  std::uint64_t draw = 0;
-  for (Index t = 0; t < s.tokens; ++t)
-    for (Index j = 0; j < s.k; ++j)
-      for (;;) {
-        const double u = rng.uniform(draw++) * total;
-        const auto e = static_cast<moe::ExpertId>(std::min<Index>(
-            std::lower_bound(cdf.begin(), cdf.end(), u) - cdf.begin(), s.experts - 1));
-        bool taken = false;
-        for (Index i = 0; i < j; ++i) taken |= ids(t, i) == e;
-        if (!taken) {
-          ids(t, j) = e;
-          break;
-        }
-      }
-  return ids;
+  using D = moe::SyntheticDistribution;
+  static constexpr D kinds[] = {D::balanced, D::uniform, D::zipf, D::all_to_one};
+  moe::SyntheticRoutingConfig c;
+  c.num_tokens = s.tokens;
+  c.num_experts = s.experts;
+  c.top_k = s.k;
+  c.distribution = kinds[distribution];
+  c.seed = 42;
+  return moe::synthetic_expert_ids(c);
 }
 
 /// Writes the routing into x's first E columns: chosen experts get 4, 3.5, ... in choice order,

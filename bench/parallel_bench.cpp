@@ -9,6 +9,7 @@
 
 #include <benchmark/benchmark.h>
 #include <moe/parallel/expert_parallel_layer.hpp>
+#include <moe/routing/synthetic.hpp>
 
 #include "support.hpp"
 
@@ -35,17 +36,17 @@ moe::MoELayerConfig config_of(const Shape& s) {
   return c;
 }
 
-/// Expert ids (start + j) mod E from a uniform random start: each expert equally likely, distinct
-/// within a row.
+/// Expert ids (start + j) mod E from a uniform random start (moe/routing/synthetic.hpp, uniform,
+/// SyntheticDraw::consecutive): each expert equally likely, distinct within a row.
 moe::ExpertIdMatrix uniform_ids(Index tokens, Index experts, Index k, std::uint64_t seed) {
-  const moe::CounterRng rng(seed, 7);
-  moe::ExpertIdMatrix ids(tokens, k);
-  for (Index t = 0; t < tokens; ++t) {
-    const auto start = static_cast<Index>(rng.bits(static_cast<std::uint64_t>(t)) %
-                                          static_cast<std::uint64_t>(experts));
-    for (Index j = 0; j < k; ++j) ids(t, j) = static_cast<moe::ExpertId>((start + j) % experts);
-  }
-  return ids;
+  moe::SyntheticRoutingConfig c;
+  c.num_tokens = tokens;
+  c.num_experts = experts;
+  c.top_k = k;
+  c.distribution = moe::SyntheticDistribution::uniform;
+  c.draw = moe::SyntheticDraw::consecutive;
+  c.seed = seed;
+  return moe::synthetic_expert_ids(c);
 }
 
 /// Plan + rows out + rows back, forward and backward: the four row exchanges of a step.

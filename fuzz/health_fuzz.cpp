@@ -2,7 +2,8 @@
 // infinite probabilities and logits, and capacity drops. Invariants: hard loads count every
 // choice once; soft loads are the column sums of the finite rows; non-finite entries are counted,
 // never averaged; ratios stay in their ranges; the monitor keeps its window; CSV has a line per
-// record, JSON Lines has no NaN or infinity, the SVG is one closed document.
+// record, JSON Lines has no NaN or infinity, the SVG is one closed document; entropies lie in
+// [0, log E], top-k margins are finite and >= 0, bf16 flips never exceed the selections compared.
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -46,7 +47,9 @@ moe::HealthReport step_report(moe::fuzz::FuzzInput& in, Index T, Index E, Index 
   for (Index i = 0; i < r.expert_ids.size(); ++i)
     r.expert_ids.data()[i] = static_cast<moe::ExpertId>(in.range(0, E - 1));
 
-  moe::HealthReport report = moe::health_report(r);
+  moe::HealthConfig config;
+  config.selection_metrics = true;
+  moe::HealthReport report = moe::health_report(r, config);
   MOE_FUZZ_CHECK(report.tokens == T && report.experts == E && report.top_k == k);
   MOE_FUZZ_CHECK(static_cast<Index>(report.hard.load.sum()) == T * k);
   // Soft loads: column sums of the rows whose probabilities are all finite.
@@ -81,6 +84,34 @@ moe::HealthReport step_report(moe::fuzz::FuzzInput& in, Index T, Index E, Index 
                      report.logits->mean_entropy <= std::log(double(E)) + 1e-9);
     }
   }
+  // Issue #21's fields: thresholds finite, entropies in [0, log E] (NaN only with no load),
+  // margins >= 0 and finite (NaN only with no margin), flips bounded by the selections.
+  const double log_e = std::log(double(E));
+  for (const moe::LoadStats* s : {&report.soft, &report.hard}) {
+    MOE_FUZZ_CHECK(std::isfinite(s->hot_threshold) && std::isfinite(s->cold_threshold));
+    MOE_FUZZ_CHECK(s->cold_threshold <= s->hot_threshold);
+    if (!std::isnan(s->entropy)) MOE_FUZZ_CHECK(s->entropy >= 0 && s->entropy <= log_e);
+  }
+  MOE_FUZZ_CHECK(std::isnan(report.hard.entropy) == (T == 0));
+  MOE_FUZZ_CHECK(report.mean_distribution.size() == E);
+  if (skipped < T) MOE_FUZZ_CHECK(report.mean_distribution.allFinite());
+  MOE_FUZZ_CHECK(report.margins.tokens == (k < E ? T - skipped : 0));
+  for (double m : {report.margins.p1, report.margins.p10, report.margins.p50}) {
+    if (report.margins.tokens == 0)
+      MOE_FUZZ_CHECK(std::isnan(m));
+    else
+      MOE_FUZZ_CHECK(std::isfinite(m) && m >= 0);
+  }
+  MOE_FUZZ_CHECK(report.stability.has_value() == (r.logits.size() > 0));
+  if (report.stability) {
+    const moe::Bf16Stability& st = *report.stability;
+    MOE_FUZZ_CHECK(st.tokens == T - report.logits->skipped_tokens);
+    MOE_FUZZ_CHECK(st.flipped_tokens >= 0 && st.flipped_tokens <= st.tokens);
+    MOE_FUZZ_CHECK(st.flipped_choices >= st.flipped_tokens && st.flipped_choices <= st.tokens * k);
+    const moe::Bf16Stability unhinted = moe::bf16_stability(r.logits, k);
+    MOE_FUZZ_CHECK(unhinted.flipped_tokens == st.flipped_tokens &&
+                   unhinted.flipped_choices == st.flipped_choices);
+  }
   if (!in.flag()) return report;
 
   // Capacity: a random kept mask under the capacity it implies.
@@ -93,7 +124,7 @@ moe::HealthReport step_report(moe::fuzz::FuzzInput& in, Index T, Index E, Index 
   Index capacity = 0;
   for (Index n : per_expert) capacity = std::max(capacity, n);
   const moe::CapacityStats stats = moe::capacity_stats_from_mask(r.expert_ids, kept, E, capacity);
-  report = moe::health_report(r, stats);
+  report = moe::health_report(r, stats, config);
   MOE_FUZZ_CHECK(report.capacity.has_value());
   if (T > 0) MOE_FUZZ_CHECK(report.capacity->drop_rate >= 0 && report.capacity->drop_rate <= 1);
   MOE_FUZZ_CHECK(report.capacity->kept.sum() + report.capacity->dropped.sum() == T * k);

@@ -142,6 +142,18 @@ TEST_CASE("the load, distribution and logit passes refuse bad input", "[health][
                   "-0.001 at row 6, column 3");
   require_rejects([] { moe::logit_stats(RowMatrix<double>(2, 0)); }, "logits",
                   "at least one column (expert)", "0");
+  require_rejects([&] { moe::topk_margins(p, 0); }, "top_k", "1 <= top_k <= number of experts (4)",
+                  "0");
+  require_rejects([&] { moe::topk_margins(p, 5); }, "top_k", "1 <= top_k <= number of experts (4)",
+                  "5");
+  require_rejects([] { moe::topk_margins(RowMatrix<double>(2, 0), 1); }, "scores",
+                  "at least one column (expert)", "0");
+  require_rejects([&] { moe::bf16_stability(p, 0); }, "top_k",
+                  "1 <= top_k <= number of experts (4)", "0");
+  require_rejects([&] { moe::bf16_stability(p, 5); }, "top_k",
+                  "1 <= top_k <= number of experts (4)", "5");
+  require_rejects([] { moe::bf16_stability(RowMatrix<float>(2, 0), 1); }, "logits",
+                  "at least one column (expert)", "0");
 }
 
 TEST_CASE("a Routing's health report refuses bad scores, ids, logits and capacity counts",
@@ -363,6 +375,34 @@ TEST_CASE("health at the edges of finite input", "[health][edge]") {
     const auto t = moe::logit_stats(d);
     CHECK(t.mean_entropy == 0.0);
     CHECK(t.mean_logsumexp == 0.0);
+  }
+  SECTION("margins, entropies and bf16 stability stay finite at the extremes") {
+    constexpr double big = std::numeric_limits<double>::max();
+    moe::Routing<double> r;
+    r.scores = RowMatrix<double>::Zero(3, 4);
+    r.scores << big, 0, big / 2, 0,  //
+        big, big, big, big,          //
+        0, 0, 0, std::numeric_limits<double>::denorm_min();
+    r.logits.resize(3, 4);
+    r.logits << -big, big, 0, -1e308,  //
+        big, big, -big, -big,          //
+        1e-310, -1e-310, 0, 5e-324;
+    r.expert_ids.resize(3, 2);
+    r.expert_ids << 1, 3, 0, 1, 3, 2;  // not the top-2 of the scores: ranked again
+    moe::HealthConfig on;
+    on.selection_metrics = true;
+    const auto report = moe::health_report(r, on);
+    CHECK(report.margins.tokens == 3);
+    for (double m : {report.margins.p1, report.margins.p10, report.margins.p50}) {
+      CHECK(std::isfinite(m));
+      CHECK(m >= 0.0);
+    }
+    CHECK(std::isfinite(report.hard.entropy));
+    CHECK(std::isnan(report.soft.entropy));  // the soft load overflowed to +inf: no distribution
+    REQUIRE(report.stability.has_value());
+    CHECK(report.stability->tokens == 3);
+    CHECK(report.stability->flipped_tokens <= 3);
+    CHECK(report.stability->flipped_choices <= 6);
   }
   SECTION("a heatmap of cells 2^30 wide: width and height past 32 bits") {
     std::vector<moe::HealthRecord> records = {

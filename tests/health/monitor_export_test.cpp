@@ -7,6 +7,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "moe/health/export.hpp"
@@ -34,7 +35,9 @@ moe::HealthReport report_with_loads(const std::vector<Index>& hard, bool with_lo
       if (experts > 1) r.scores(t, e) = 0.7;
     }
   if (with_logits) r.logits = r.scores.array().log().matrix();
-  return moe::health_report(r);
+  moe::HealthConfig config;
+  config.selection_metrics = true;  // the exports carry every column
+  return moe::health_report(r, config);
 }
 
 moe::CapacityStats capacity_with_drops(const std::vector<Index>& hard, Index capacity) {
@@ -404,6 +407,17 @@ TEST_CASE("CSV and JSON Lines round trip", "[health][export]") {
     }
   const auto columns = moe::health_columns();
   REQUIRE(columns.size() == 2 + moe::kHealthMetricCount + moe::kHealthListColumns.size());
+  // 0.1.0's 49 columns keep their positions (readers by position keep working); issue #21's
+  // columns follow them.
+  REQUIRE(columns.size() == 61);
+  CHECK(columns[41] == "overflowing_experts");
+  CHECK(columns[42] == "soft_hot_experts");
+  CHECK(columns[48] == "dropped");
+  const std::vector<std::string_view> appended = {
+      "soft_hot_threshold", "soft_cold_threshold", "hard_hot_threshold",   "hard_cold_threshold",
+      "soft_entropy",       "hard_entropy",        "topk_margin_p1",       "topk_margin_p10",
+      "topk_margin_p50",    "bf16_flipped_tokens", "bf16_flipped_choices", "mean_distribution"};
+  CHECK(std::vector<std::string_view>(columns.begin() + 49, columns.end()) == appended);
 
   SECTION("CSV") {
     std::ostringstream out;
@@ -421,20 +435,26 @@ TEST_CASE("CSV and JSON Lines round trip", "[health][export]") {
       CHECK(std::stoll(cells[0]) == records[r].step);
       CHECK(std::stoll(cells[1]) == records[r].layer);
       const auto values = moe::health_metrics(records[r].report);
-      for (std::size_t m = 0; m < values.size(); ++m) {
-        CAPTURE(r, moe::kHealthMetricNames[m], cells[2 + m]);
-        if (std::isnan(values[m]))
-          CHECK(cells[2 + m].empty());
-        else
-          CHECK(std::stod(cells[2 + m]) == values[m]);  // shortest round-trip text: exact
-      }
       const auto lists = moe::health_lists(records[r].report);
-      for (std::size_t l = 0; l < lists.size(); ++l) {
-        const std::string& cell = cells[2 + values.size() + l];
-        const auto items = cell.empty() ? std::vector<std::string>{} : split(cell, ';');
-        REQUIRE(items.size() == lists[l].size());
-        for (std::size_t i = 0; i < items.size(); ++i) CHECK(std::stod(items[i]) == lists[l][i]);
+      std::size_t cell = 2;
+      for (const auto& g : moe::kHealthColumnGroups) {
+        for (std::size_t m = g.first_metric; m < g.end_metric; ++m, ++cell) {
+          CAPTURE(r, moe::kHealthMetricNames[m], cells[cell]);
+          CHECK(header[cell] == moe::kHealthMetricNames[m]);
+          if (std::isnan(values[m]))
+            CHECK(cells[cell].empty());
+          else
+            CHECK(std::stod(cells[cell]) == values[m]);  // shortest round-trip text: exact
+        }
+        for (std::size_t l = g.first_list; l < g.end_list; ++l, ++cell) {
+          CHECK(header[cell] == moe::kHealthListColumns[l]);
+          const auto items =
+              cells[cell].empty() ? std::vector<std::string>{} : split(cells[cell], ';');
+          REQUIRE(items.size() == lists[l].size());
+          for (std::size_t i = 0; i < items.size(); ++i) CHECK(std::stod(items[i]) == lists[l][i]);
+        }
       }
+      CHECK(cell == columns.size());
     }
   }
   SECTION("JSON Lines") {
@@ -450,20 +470,23 @@ TEST_CASE("CSV and JSON Lines round trip", "[health][export]") {
       CHECK(object[0].second.number == records[r].step);
       CHECK(object[1].second.number == records[r].layer);
       const auto values = moe::health_metrics(records[r].report);
-      for (std::size_t m = 0; m < values.size(); ++m) {
-        CAPTURE(r, moe::kHealthMetricNames[m]);
-        const JsonValue& v = object[2 + m].second;
-        if (std::isnan(values[m]))
-          CHECK(v.is_null);
-        else
-          CHECK(v.number == values[m]);
-      }
       const auto lists = moe::health_lists(records[r].report);
-      for (std::size_t l = 0; l < lists.size(); ++l) {
-        const JsonValue& v = object[2 + values.size() + l].second;
-        REQUIRE(v.is_array);
-        REQUIRE(v.items.size() == lists[l].size());
-        for (std::size_t i = 0; i < lists[l].size(); ++i) CHECK(v.items[i].number == lists[l][i]);
+      std::size_t key = 2;
+      for (const auto& g : moe::kHealthColumnGroups) {
+        for (std::size_t m = g.first_metric; m < g.end_metric; ++m, ++key) {
+          CAPTURE(r, moe::kHealthMetricNames[m]);
+          const JsonValue& v = object[key].second;
+          if (std::isnan(values[m]))
+            CHECK(v.is_null);
+          else
+            CHECK(v.number == values[m]);
+        }
+        for (std::size_t l = g.first_list; l < g.end_list; ++l, ++key) {
+          const JsonValue& v = object[key].second;
+          REQUIRE(v.is_array);
+          REQUIRE(v.items.size() == lists[l].size());
+          for (std::size_t i = 0; i < lists[l].size(); ++i) CHECK(v.items[i].number == lists[l][i]);
+        }
       }
     }
   }

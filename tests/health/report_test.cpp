@@ -25,6 +25,13 @@ namespace {
 
 using moe::test::seed_probs;
 
+/// The default config with the top-k margins and bf16 stability on.
+moe::HealthConfig selection_on() {
+  moe::HealthConfig c;
+  c.selection_metrics = true;
+  return c;
+}
+
 std::vector<int> ids(const std::vector<moe::ExpertId>& v) {
   return std::vector<int>(v.begin(), v.end());
 }
@@ -294,8 +301,8 @@ TEMPLATE_TEST_CASE("random inputs against the plain-loop reference", "[health][r
     for (Index t = 0; t < s.t; ++t)
       for (Index j = 0; j < s.k; ++j) routing.expert_ids(t, j) = topk[t][j];
 
-    const auto from_probs = moe::health_report(p, s.k);
-    const auto r = moe::health_report(routing);
+    const auto from_probs = moe::health_report(p, s.k, selection_on());
+    const auto r = moe::health_report(routing, selection_on());
     const auto soft = moe::test::ref_soft_load(pr, static_cast<std::size_t>(s.e));
     const auto hard = moe::test::ref_hard_load(topk, static_cast<std::size_t>(s.e));
     const double t = static_cast<double>(s.t), e = static_cast<double>(s.e);
@@ -308,11 +315,152 @@ TEMPLATE_TEST_CASE("random inputs against the plain-loop reference", "[health][r
       CHECK(rep->normalized_entropy ==
             Approx(moe::test::ref_normalized_entropy(soft)).epsilon(tol));
     }
+    // Issue #21's fields: thresholds, entropies, the mean distribution, margins, bf16 flips.
+    const auto margins = moe::test::ref_margins(pr, static_cast<std::size_t>(s.k));
+    const auto flips =
+        moe::test::ref_bf16_flips(moe::test::to_ref(z), static_cast<std::size_t>(s.k));
+    for (const auto* rep : {&from_probs, &r}) {
+      CHECK(rep->soft.hot_threshold == Approx(1.25 * t / e));
+      CHECK(rep->soft.cold_threshold == Approx(0.1 * t / e));
+      CHECK(rep->hard.hot_threshold == Approx(1.25 * t * s.k / e));
+      CHECK(rep->hard.cold_threshold == Approx(0.1 * t * s.k / e));
+      CHECK(rep->soft.entropy == Approx(moe::test::ref_entropy(soft)).epsilon(tol).margin(tol));
+      CHECK(rep->hard.entropy == Approx(moe::test::ref_entropy(hard)).epsilon(1e-12));
+      REQUIRE(rep->mean_distribution.size() == s.e);
+      for (Index x = 0; x < s.e; ++x)
+        CHECK(rep->mean_distribution[x] == Approx(soft[x] / t).epsilon(tol).margin(tol));
+      CHECK(rep->margins.tokens == static_cast<Index>(margins.size()));
+      if (margins.empty()) {
+        CHECK(std::isnan(rep->margins.p50));
+        continue;
+      }
+      CHECK(rep->margins.p1 == Approx(moe::test::ref_percentile(margins, 1)).margin(1e-15));
+      CHECK(rep->margins.p10 == Approx(moe::test::ref_percentile(margins, 10)).margin(1e-15));
+      CHECK(rep->margins.p50 == Approx(moe::test::ref_percentile(margins, 50)).margin(1e-15));
+    }
+    REQUIRE(r.stability.has_value());
+    CHECK_FALSE(from_probs.stability.has_value());
+    CHECK(r.stability->tokens == flips.tokens);
+    CHECK(r.stability->flipped_tokens == flips.flipped_tokens);
+    CHECK(r.stability->flipped_choices == flips.flipped_choices);
+    const auto unhinted = moe::bf16_stability(z, s.k);
+    CHECK(unhinted.flipped_tokens == flips.flipped_tokens);
+    CHECK(unhinted.flipped_choices == flips.flipped_choices);
+    if (s.t == 300) CHECK(flips.flipped_tokens > 0);  // the case exercises a flip
+
     const auto lg = moe::test::ref_logits(moe::test::to_ref(z));
     REQUIRE(r.logits.has_value());
     CHECK(r.logits->mean_logsumexp == Approx(lg.mean_lse).epsilon(tol).margin(tol));
     CHECK(r.logits->mean_squared_logsumexp == Approx(lg.mean_lse2).epsilon(tol).margin(tol));
   }
+}
+
+TEST_CASE("thresholds, entropies, mean distribution and top-k margins, hand-worked",
+          "[health][seeds]") {
+  // seed_probs: column sums [4, 2.5, 1.4, 0.1] over T = 8; top-1 ids 0,0,0,0,0,1,1,1 (ties to the
+  // lower index) give hard loads [5, 3, 0, 0].
+  const RowMatrix<double> p = seed_probs();
+  const auto r = moe::health_report(p, 1, selection_on());
+  CHECK(r.soft.hot_threshold == 2.5);   // 1.25 * 8 / 4
+  CHECK(r.soft.cold_threshold == 0.2);  // 0.1 * 8 / 4
+  CHECK(r.hard.hot_threshold == 2.5);   // 1.25 * 8 * 1 / 4
+  CHECK(r.hard.cold_threshold == 0.2);
+  CHECK(r.mean_distribution.isApprox(Eigen::Vector4d(0.5, 0.3125, 0.175, 0.0125), 1e-15));
+  // -(.5 ln .5 + .3125 ln .3125 + .175 ln .175 + .0125 ln .0125) and -(5/8 ln 5/8 + 3/8 ln 3/8)
+  CHECK(r.soft.entropy == Approx(1.0698531796629305).epsilon(1e-14));
+  CHECK(r.hard.entropy == Approx(0.6615632381579821).epsilon(1e-14));
+  CHECK(r.soft.entropy == Approx(r.normalized_entropy * std::log(4.0)).epsilon(1e-14));
+  // k = 1 margins s(1) - s(2) per row: 1 1 1 0 0 0 .1 0 -> sorted 0 0 0 0 .1 1 1 1:
+  // p1 (h = 0.07) and p10 (h = 0.7) are 0, p50 (h = 3.5) is (0 + .1) / 2.
+  CHECK(r.margins.tokens == 8);
+  CHECK(r.margins.p1 == 0.0);
+  CHECK(r.margins.p10 == 0.0);
+  CHECK(r.margins.p50 == Approx(0.05).epsilon(1e-15));
+  // k = 2 margins s(2) - s(3): 0 0 0 .5 .5 .5 .3 .5 -> p50 = .3 + .5 (.5 - .3) = .4.
+  const auto two = moe::health_report(p, 2, selection_on());
+  CHECK(two.margins.p50 == Approx(0.4).epsilon(1e-15));
+  CHECK(two.margins.p10 == 0.0);
+  CHECK(two.hard.hot_threshold == 5.0);  // 1.25 * 8 * 2 / 4
+  // The router's own ids as the hint give the same margins; ids that are not the top-k (a bias
+  // chose them) are ranked again: margins never depend on which ids were given.
+  moe::ExpertIdMatrix ids = moe::ExpertIdMatrix::Zero(8, 1);
+  ids(7, 0) = 3;  // not the top-1 of row 7
+  const auto hinted = moe::health_report(p, ids, selection_on());
+  CHECK(hinted.margins.p50 == r.margins.p50);
+  CHECK(moe::topk_margins(p, 1).p50 == r.margins.p50);
+  // Percentiles over one and two tokens: margins .2 and .8 give p50 = .5, p10 = .2 + .1 (.6),
+  // p1 = .2 + .01 (.6), numpy's linear rule.
+  RowMatrix<double> few(2, 3);
+  few << .5, .3, .2,  //
+      .9, .1, 0;
+  const auto single = moe::topk_margins(few.topRows(1), 1);
+  CHECK(single.tokens == 1);
+  CHECK(single.p1 == Approx(0.2).epsilon(1e-15));
+  CHECK(single.p50 == Approx(0.2).epsilon(1e-15));
+  const auto pair = moe::topk_margins(few, 1);
+  CHECK(pair.p50 == Approx(0.5).epsilon(1e-15));
+  CHECK(pair.p10 == Approx(0.26).epsilon(1e-14));
+  CHECK(pair.p1 == Approx(0.206).epsilon(1e-14));
+  // selection_metrics off (the default) leaves the margins and the stability out.
+  CHECK(std::isnan(moe::health_report(p, 1).margins.p50));
+  CHECK(moe::health_report(p, 1).margins.tokens == 0);
+}
+
+TEST_CASE("bfloat16 stability, hand-worked", "[health][bf16]") {
+  // bfloat16 keeps 8 significant bits: near 1 the spacing is 2^-7 = 0.0078125.
+  CHECK(moe::round_to_bfloat16(1.00390625f) == 1.0f);       // 1 + 2^-8: a tie, to even 1.0
+  CHECK(moe::round_to_bfloat16(1.01171875f) == 1.015625f);  // 1 + 3 2^-8: a tie, to even
+  CHECK(moe::round_to_bfloat16(1.005f) == 1.0078125f);
+  CHECK(moe::round_to_bfloat16(-1.005f) == -1.0078125f);
+  constexpr float max_float = std::numeric_limits<float>::max();
+  CHECK(moe::round_to_bfloat16(max_float) == std::numeric_limits<float>::infinity());
+  CHECK(moe::round_to_bfloat16(-max_float) == -std::numeric_limits<float>::infinity());
+  CHECK(moe::round_to_bfloat16(3.3895314e38f) == 3.3895314e38f);  // the largest bfloat16
+  CHECK(moe::round_to_bfloat16(1e300) == std::numeric_limits<float>::infinity());  // via float
+  CHECK(std::isnan(moe::round_to_bfloat16(std::numeric_limits<float>::quiet_NaN())));
+
+  // k = 1: row 0 flips (1 + 2^-8 rounds onto 1, and the tie goes to expert 0), row 1 does not
+  // (1.005 rounds up), row 2 flips from expert 2 to 1; k = 2 below: {0, 2} becomes {0, 1}.
+  RowMatrix<float> z(4, 4);
+  z << 1.0f, 1.00390625f, 0.5f, 0.0f,  //
+      1.0f, 1.005f, 0.5f, 0.0f,        //
+      0.5f, 1.0f, 1.00390625f, 0.0f,   //
+      3.0f, 1.0f, 1.00390625f, 0.5f;
+  const auto one = moe::bf16_stability(z, 1);
+  CHECK(one.tokens == 4);
+  CHECK(one.flipped_tokens == 2);
+  CHECK(one.flipped_choices == 2);
+  // k = 2: rows 0 and 1 keep {0, 1}, row 2 keeps {1, 2} (its order changes, its set does not),
+  // row 3's {0, 2} becomes {0, 1}.
+  const auto two = moe::bf16_stability(z, 2);
+  CHECK(two.flipped_tokens == 1);
+  CHECK(two.flipped_choices == 1);
+  CHECK(moe::bf16_stability(z.middleRows(3, 1), 2).flipped_tokens == 1);
+  CHECK(moe::bf16_stability(z, 4).flipped_tokens == 0);  // k = E: nothing left out to swap in
+
+  // Through a report, with the router's ids (the logits' own top-1) as the hint.
+  moe::Routing<float> routing;
+  routing.logits = z;
+  routing.scores = softmax_rows(z);
+  routing.expert_ids.resize(4, 1);
+  routing.expert_ids << 1, 1, 2, 0;
+  CHECK_FALSE(moe::health_report(routing).stability.has_value());  // off by default
+  const auto r = moe::health_report(routing, selection_on());
+  REQUIRE(r.stability.has_value());
+  CHECK(r.stability->flipped_tokens == 2);
+  CHECK(r.stability->tokens == 4);
+
+  // Overflow to infinity is a rounding too: FLT_MAX and the float below it both become +inf,
+  // and the tie goes to the lower index.
+  RowMatrix<float> top(2, 3);
+  const float below = std::nextafter(max_float, 0.0f);
+  top << max_float, below, 0.0f,  //
+      below, max_float, 0.0f;
+  const auto o = moe::bf16_stability(top, 1);
+  CHECK(o.flipped_tokens == 1);  // the second row: expert 1 -> expert 0
+  // Rows holding a non-finite logit are left out.
+  top(0, 2) = std::numeric_limits<float>::quiet_NaN();
+  CHECK(moe::bf16_stability(top, 1).tokens == 1);
 }
 
 TEST_CASE("tensors: rank 2 and rank 3 in both storage orders match the matrix path",
@@ -361,7 +509,7 @@ TEST_CASE("edge cases: no tokens, one expert, k = E, huge logits, non-finite pro
           "[health]") {
   SECTION("T = 0") {
     const RowMatrix<double> p(0, 4);
-    const auto r = moe::health_report(p, 2);
+    const auto r = moe::health_report(p, 2, selection_on());
     CHECK(r.soft.load.isZero());
     CHECK(r.hard.load.isZero());
     CHECK(r.soft.variance == 0.0);
@@ -371,26 +519,55 @@ TEST_CASE("edge cases: no tokens, one expert, k = E, huge logits, non-finite pro
     CHECK(std::isnan(r.normalized_entropy));
     CHECK(r.hard.hot.empty());
     CHECK(r.hard.cold.empty());
+    // Issue #21's fields: means over no token are NaN, counts are 0, thresholds are 0.
+    REQUIRE(r.mean_distribution.size() == 4);
+    CHECK(r.mean_distribution.array().isNaN().all());
+    CHECK(std::isnan(r.soft.entropy));
+    CHECK(std::isnan(r.hard.entropy));
+    CHECK(r.hard.hot_threshold == 0.0);
+    CHECK(r.margins.tokens == 0);
+    CHECK(std::isnan(r.margins.p1));
+    moe::Routing<double> empty;
+    empty.scores = p;
+    empty.logits = p;
+    empty.expert_ids.resize(0, 2);
+    // [0, E] logits are empty, which a Routing reads as "no logits": no stability either.
+    CHECK_FALSE(moe::health_report(empty, selection_on()).stability.has_value());
+    const auto e = moe::bf16_stability(p, 2);
+    CHECK(e.tokens == 0);
+    CHECK(e.flipped_tokens == 0);
   }
   SECTION("E = 1, k = E") {
     const RowMatrix<float> p = RowMatrix<float>::Ones(9, 1);
-    const auto r = moe::health_report(p, 1);
+    const auto r = moe::health_report(p, 1, selection_on());
     CHECK(r.normalized_entropy == 1.0);
     CHECK(r.mean_token_entropy == 0.0);
     CHECK(r.hard.load[0] == 9.0);
     CHECK(r.hard.cv == 0.0);
+    CHECK(r.soft.entropy == 0.0);
+    CHECK(r.hard.entropy == 0.0);
+    CHECK(r.mean_distribution == Eigen::VectorXd::Ones(1));
+    CHECK(r.margins.tokens == 0);  // k = E: no margin
+    CHECK(std::isnan(r.margins.p50));
+    CHECK(moe::bf16_stability(p, 1).flipped_tokens == 0);
   }
   SECTION("k = E counts every expert once per token") {
     const RowMatrix<float> p = softmax_rows(random_logits<float>(33, 5, 9, 1, false));
-    CHECK(moe::health_report(p, 5).hard.load == Eigen::VectorXd::Constant(5, 33));
+    const auto r = moe::health_report(p, 5, selection_on());
+    CHECK(r.hard.load == Eigen::VectorXd::Constant(5, 33));
+    CHECK(r.hard.entropy == Approx(std::log(5.0)).epsilon(1e-15));
+    CHECK(r.margins.tokens == 0);
+    CHECK(std::isnan(r.margins.p10));
   }
   SECTION("huge logits stay finite") {
     moe::Routing<float> routing;
     routing.logits = RowMatrix<float>::Constant(3, 4, 3e4f);
     routing.scores = RowMatrix<float>::Constant(3, 4, 0.25f);
     routing.expert_ids = moe::ExpertIdMatrix::Zero(3, 1);
-    const auto r = moe::health_report(routing);
+    const auto r = moe::health_report(routing, selection_on());
     CHECK(r.logits->mean_logsumexp == Approx(3e4 + std::log(4.0)));
+    CHECK(r.stability->flipped_tokens == 0);  // equal logits: the tie rule decides both ways
+    CHECK(r.margins.p50 == 0.0);
   }
   SECTION("rows with a non-finite probability are skipped and counted") {
     RowMatrix<double> p = seed_probs();
@@ -418,7 +595,7 @@ TEST_CASE("same bits at any thread count", "[health][determinism]") {
 #else
     (void)threads;  // built without OpenMP: one thread, and the same call twice
 #endif
-    return moe::health_report(routing);
+    return moe::health_report(routing, selection_on());
   };
   const auto a = report_at(1), b = report_at(2);
   CHECK(a.soft.load == b.soft.load);  // exact, not approximate
@@ -426,4 +603,7 @@ TEST_CASE("same bits at any thread count", "[health][determinism]") {
   CHECK(a.normalized_entropy == b.normalized_entropy);
   CHECK(a.mean_token_entropy == b.mean_token_entropy);
   CHECK(a.logits->mean_logsumexp == b.logits->mean_logsumexp);
+  CHECK(a.margins.p1 == b.margins.p1);
+  CHECK(a.margins.p50 == b.margins.p50);
+  CHECK(a.stability->flipped_choices == b.stability->flipped_choices);
 }

@@ -8,6 +8,7 @@
 #include <moe/routing/replay.hpp>
 #include <moe/routing/router.hpp>
 #include <moe/routing/scoring.hpp>
+#include <moe/routing/synthetic.hpp>
 #include <moe/routing/topk.hpp>
 
 #include "support/bad_input.hpp"
@@ -276,6 +277,111 @@ TEST_CASE("top-k and the score functions check their arguments", "[routing][erro
                   "nan at row 1, column 0");
   require_rejects([&] { moe::sigmoid<double>(rows, scores); }, "logits", "finite values",
                   "nan at row 1, column 0");
+}
+
+TEST_CASE("synthetic routing checks its config", "[routing][errors][synthetic]") {
+  using D = moe::SyntheticDistribution;
+  const auto rejects = [](auto change, const char* argument, const char* expected,
+                          const char* given) {
+    moe::SyntheticRoutingConfig c;
+    c.num_tokens = 4;
+    c.distribution = D::biased;
+    c.favoured = {1, 2};
+    change(c);
+    require_rejects([c] { moe::synthetic_expert_ids(c); }, argument, expected, given);
+    require_rejects([c] { moe::synthetic_routing<float>(c); }, argument, expected, given);
+    require_rejects([c] { moe::synthetic_expert_probabilities(c); }, argument, expected, given);
+  };
+  using C = moe::SyntheticRoutingConfig;
+  rejects([](C& c) { c.num_tokens = -1; }, "SyntheticRoutingConfig::num_tokens", ">= 0", "-1");
+  rejects([](C& c) { c.num_experts = 0; }, "SyntheticRoutingConfig::num_experts", ">= 1", "0");
+  rejects([](C& c) { c.num_experts = Index{1} << 40; }, "SyntheticRoutingConfig::num_experts",
+          "an expert count that fits ExpertId", "1099511627776");
+  rejects([](C& c) { c.top_k = 0; }, "SyntheticRoutingConfig::top_k",
+          "1 <= top_k <= num_experts (8)", "0");
+  rejects([](C& c) { c.top_k = 9; }, "SyntheticRoutingConfig::top_k",
+          "1 <= top_k <= num_experts (8)", "9");
+  rejects([](C& c) { c.num_tokens = Index{1} << 62; }, "SyntheticRoutingConfig::num_tokens",
+          "a size that fits a 64-bit index", "4611686018427387904 * 2");
+  rejects([](C& c) { c.logit_gap = 0; }, "SyntheticRoutingConfig::logit_gap", "a finite value > 0",
+          "0");
+  rejects([](C& c) { c.logit_gap = kNaN; }, "SyntheticRoutingConfig::logit_gap",
+          "a finite value > 0", "nan");
+  rejects(
+      [](C& c) {
+        c.distribution = D::zipf;
+        c.zipf_exponent = -0.5;
+      },
+      "SyntheticRoutingConfig::zipf_exponent", "a finite value >= 0", "-0.5");
+  rejects(
+      [](C& c) {
+        c.distribution = D::zipf;
+        c.zipf_exponent = kInf;
+      },
+      "SyntheticRoutingConfig::zipf_exponent", "a finite value >= 0", "inf");
+  rejects(
+      [](C& c) {
+        c.distribution = D::zipf;
+        c.zipf_exponent = 2000;
+      },
+      "SyntheticRoutingConfig::zipf_exponent",
+      "an exponent that leaves top_k (2) experts a positive weight", "2000");
+  rejects([](C& c) { c.favoured = {}; }, "SyntheticRoutingConfig::favoured",
+          "1 to num_experts - 1 (7) experts", "0");
+  rejects([](C& c) { c.favoured = {0, 1, 2, 3, 4, 5, 6, 7}; }, "SyntheticRoutingConfig::favoured",
+          "1 to num_experts - 1 (7) experts", "8");
+  rejects(
+      [](C& c) {
+        c.favoured = {1, 8};
+      },
+      "SyntheticRoutingConfig::favoured", "ids in [0, 8)", "8");
+  rejects([](C& c) { c.favoured = {-1}; }, "SyntheticRoutingConfig::favoured", "ids in [0, 8)",
+          "-1");
+  rejects(
+      [](C& c) {
+        c.favoured = {3, 3};
+      },
+      "SyntheticRoutingConfig::favoured", "distinct ids", "3 twice");
+  rejects([](C& c) { c.favoured_mass = 1.5; }, "SyntheticRoutingConfig::favoured_mass",
+          "a value in [0, 1]", "1.5");
+  rejects([](C& c) { c.favoured_mass = kNaN; }, "SyntheticRoutingConfig::favoured_mass",
+          "a value in [0, 1]", "nan");
+  rejects(
+      [](C& c) {
+        c.favoured = {5};
+        c.favoured_mass = 1.0;
+      },
+      "SyntheticRoutingConfig::favoured_mass",
+      "a mass that leaves top_k (2) experts a positive weight", "1");
+  rejects(
+      [](C& c) {
+        c.favoured = {0, 1, 2, 3, 4, 5, 6};
+        c.favoured_mass = 0.0;
+      },
+      "SyntheticRoutingConfig::favoured_mass",
+      "a mass that leaves top_k (2) experts a positive weight", "0");
+  // A logit -k gap beyond float: refused for float, fine for double.
+  moe::SyntheticRoutingConfig c;
+  c.num_tokens = 2;
+  c.logit_gap = 2e38;
+  require_rejects([c] { moe::synthetic_routing<float>(c); }, "SyntheticRoutingConfig::logit_gap",
+                  "logit_gap * top_k <= the largest value of the scalar type", "2e+38");
+  CHECK_NOTHROW(moe::synthetic_routing<double>(c));
+  // The edges that must work: T = 0, k = E, E = 1, a mass of 1 on k experts.
+  c = moe::SyntheticRoutingConfig{};
+  CHECK(moe::synthetic_expert_ids(c).rows() == 0);
+  c.num_tokens = 3;
+  c.num_experts = 1;
+  c.top_k = 1;
+  CHECK(moe::synthetic_expert_ids(c) == moe::ExpertIdMatrix::Zero(3, 1));
+  c.distribution = D::biased;
+  c.num_experts = 4;
+  c.top_k = 2;
+  c.favoured = {1, 3};
+  c.favoured_mass = 1.0;
+  const moe::ExpertIdMatrix ids = moe::synthetic_expert_ids(c);
+  for (Index t = 0; t < 3; ++t)
+    CHECK(((ids(t, 0) == 1 && ids(t, 1) == 3) || (ids(t, 0) == 3 && ids(t, 1) == 1)));
 }
 
 TEST_CASE("routing at the edges of finite input stays finite", "[routing][numerics]") {

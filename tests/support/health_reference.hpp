@@ -176,4 +176,63 @@ inline RefLogits ref_logits(const RefMatrix& z) {
   return {static_cast<double>(a / counted), static_cast<double>(b / counted), nonfinite, skipped};
 }
 
+/// -sum q log q over q = load / sum(load), in nats; NaN when the load sums to 0.
+inline double ref_entropy(const std::vector<double>& load) {
+  long double total = 0;
+  for (double v : load) total += v;
+  if (total == 0) return std::numeric_limits<double>::quiet_NaN();
+  long double h = 0;
+  for (double v : load)
+    if (v > 0) h -= (v / total) * std::log(v / total);
+  return static_cast<double>(h);
+}
+
+/// Per finite row with k < E, the k-th minus the (k+1)-th largest value (a full sort).
+inline std::vector<double> ref_margins(const RefMatrix& p, std::size_t k) {
+  std::vector<double> out;
+  for (auto row : p) {
+    if (!row_finite(row) || k >= row.size()) continue;
+    std::sort(row.begin(), row.end(), [](double a, double b) { return a > b; });
+    out.push_back(row[k - 1] - row[k]);
+  }
+  return out;
+}
+
+/// The nearest bfloat16 (8 significant bits, ties to the even one) to x rounded to float, found
+/// as the nearer of the two multiples of the bfloat16 spacing around it: no bit manipulation.
+/// For values well inside the float range (the tests' logits).
+inline double ref_bfloat16(double x) {
+  const double f = static_cast<float>(x);
+  if (f == 0 || !std::isfinite(f)) return f;
+  int exponent = 0;
+  std::frexp(f, &exponent);  // f = m 2^exponent, 0.5 <= |m| < 1
+  const double spacing = std::ldexp(1.0, std::max(exponent - 8, -133));
+  const double lo = std::floor(f / spacing) * spacing, hi = lo + spacing;
+  if (f - lo < hi - f) return lo;
+  if (hi - f < f - lo) return hi;
+  return std::fmod(lo / spacing, 2.0) == 0 ? lo : hi;
+}
+
+struct RefFlips {
+  long tokens = 0, flipped_tokens = 0, flipped_choices = 0;
+};
+
+/// Top-k sets of each finite row and of its bfloat16 rounding (ref_topk: ties to the lower
+/// index), compared as sets.
+inline RefFlips ref_bf16_flips(const RefMatrix& z, std::size_t k) {
+  RefFlips out;
+  for (const auto& row : z) {
+    if (!row_finite(row)) continue;
+    ++out.tokens;
+    std::vector<double> rounded;
+    for (double v : row) rounded.push_back(ref_bfloat16(v));
+    const auto a = ref_topk({row}, k)[0], b = ref_topk({rounded}, k)[0];
+    long missing = 0;
+    for (int e : a) missing += std::find(b.begin(), b.end(), e) == b.end() ? 1 : 0;
+    out.flipped_tokens += missing > 0 ? 1 : 0;
+    out.flipped_choices += missing;
+  }
+  return out;
+}
+
 }  // namespace moe::test

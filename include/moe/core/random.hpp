@@ -47,7 +47,8 @@ enum class RandomStream : std::uint64_t {
   gate_noise = 2,
   token_selection = 3,
   init = 4,
-  rank_seed = 5  ///< per-rank seeds of expert parallelism
+  rank_seed = 5,         ///< per-rank seeds of expert parallelism
+  synthetic_routing = 7  ///< moe/routing/synthetic.hpp (7: the stream the benches drew from)
 };
 
 inline CounterRng make_rng(std::uint64_t seed, RandomStream stream) noexcept {

@@ -23,6 +23,11 @@ struct HealthConfig {
   /// Cold: load < cold_factor * average (0.1 in the reference check).
   double cold_factor = 0.1;
   AverageLoad average = AverageLoad::per_choice;
+  /// Top-k margins (topk_margins) and bfloat16 stability (bf16_stability) in reports of plain
+  /// probabilities, ids or a Routing. Off by default: they are one more pass over the scores and
+  /// one over the logits, about half the report's cost again (docs/health.md), and the report is
+  /// held to 5% of the router forward. Off, they are NaN in the exports.
+  bool selection_metrics = false;
 };
 
 /// Checks a HealthConfig; every message names the field.

@@ -9,6 +9,8 @@
 #include "moe/health/distribution.hpp"
 #include "moe/health/load.hpp"
 #include "moe/health/logits.hpp"
+#include "moe/health/margins.hpp"
 #include "moe/health/metrics.hpp"
 #include "moe/health/monitor.hpp"
 #include "moe/health/report.hpp"
+#include "moe/health/stability.hpp"

@@ -28,6 +28,11 @@ struct LoadStats {
   double p10 = 0.0, p50 = 0.0, p90 = 0.0;  ///< percentiles, linear interpolation (numpy default)
   std::vector<ExpertId> hot;               ///< load > hot_factor * average_load, ascending ids
   std::vector<ExpertId> cold;              ///< load < cold_factor * average_load, ascending ids
+  double hot_threshold = 0.0;              ///< hot_factor * average_load, the line `hot` is above
+  double cold_threshold = 0.0;             ///< cold_factor * average_load, the line `cold` is below
+  /// H(load / sum load) in nats, in [0, log E]: for soft loads the entropy of the mean routing
+  /// distribution, for hard loads that of the assignment counts. NaN when the loads sum to 0.
+  double entropy = 0.0;
 
   Index hot_count() const noexcept { return static_cast<Index>(hot.size()); }
   Index cold_count() const noexcept { return static_cast<Index>(cold.size()); }
@@ -44,8 +49,9 @@ inline double percentile_sorted(const std::vector<double>& sorted, double q) {
 }
 
 /// var = mean((c - mean c)^2), cv = std/mean, MaxVio = (max c - mean c)/mean c (Wang et al. 2024,
-/// arXiv 2408.15664), hot/cold = c > hot_factor*avg / c < cold_factor*avg (reference JAX check).
-/// cv and MaxVio are NaN when the mean load is 0 (no tokens).
+/// arXiv 2408.15664), hot/cold = c > hot_factor*avg / c < cold_factor*avg (reference JAX check),
+/// entropy = -sum q log q over q = c / sum c (0 log 0 = 0). cv, MaxVio and entropy are NaN when
+/// the mean load is 0 (no tokens).
 inline LoadStats load_stats(const Eigen::Ref<const Eigen::VectorXd>& load, double average_load,
                             const HealthConfig& config = {}) {
   validate(config);
@@ -71,11 +77,25 @@ inline LoadStats load_stats(const Eigen::Ref<const Eigen::VectorXd>& load, doubl
   s.p10 = percentile_sorted(sorted, 10.0);
   s.p50 = percentile_sorted(sorted, 50.0);
   s.p90 = percentile_sorted(sorted, 90.0);
-  const double hot_line = config.hot_factor * average_load;
-  const double cold_line = config.cold_factor * average_load;
+  s.hot_threshold = config.hot_factor * average_load;
+  s.cold_threshold = config.cold_factor * average_load;
   for (Index e = 0; e < load.size(); ++e) {
-    if (load[e] > hot_line) s.hot.push_back(static_cast<ExpertId>(e));
-    if (load[e] < cold_line) s.cold.push_back(static_cast<ExpertId>(e));
+    if (load[e] > s.hot_threshold) s.hot.push_back(static_cast<ExpertId>(e));
+    if (load[e] < s.cold_threshold) s.cold.push_back(static_cast<ExpertId>(e));
+  }
+  s.entropy = std::numeric_limits<double>::quiet_NaN();
+  if (s.max > 0.0 && std::isfinite(s.max)) {
+    // q = c / sum c over loads scaled by their maximum first, so a sum of huge loads cannot
+    // overflow. Each term -q log q lies in [0, 1/e]; the clamp to [0, log E] only absorbs the
+    // last ulp of rounding.
+    const Eigen::ArrayXd scaled = load.array() / s.max;
+    const double total = scaled.sum();
+    double h = 0.0;
+    for (Index e = 0; e < load.size(); ++e) {
+      const double q = scaled[e] / total;
+      if (q > 0.0) h -= q * std::log(q);
+    }
+    s.entropy = std::clamp(h, 0.0, std::log(n));
   }
   return s;
 }

@@ -12,7 +12,7 @@
 
 namespace moe {
 
-inline constexpr std::array<std::string_view, 40> kHealthMetricNames = {
+inline constexpr std::array<std::string_view, 51> kHealthMetricNames = {
     "tokens",
     "experts",
     "top_k",
@@ -53,12 +53,28 @@ inline constexpr std::array<std::string_view, 40> kHealthMetricNames = {
     "tokens_without_expert",
     "capacity_utilization",
     "overflowing_experts",
+    // Appended in 0.2.0 (issue #21); the exports put them after the list columns of the above.
+    "soft_hot_threshold",
+    "soft_cold_threshold",
+    "hard_hot_threshold",
+    "hard_cold_threshold",
+    "soft_entropy",
+    "hard_entropy",
+    "topk_margin_p1",
+    "topk_margin_p10",
+    "topk_margin_p50",
+    "bf16_flipped_tokens",
+    "bf16_flipped_choices",
 };
+
+/// Scalars named before the first export list column (kHealthMetricNames[0, 40)); the rest come
+/// after the lists, so columns once written keep their positions.
+inline constexpr std::size_t kHealthMetricsBeforeLists = 40;
 
 inline constexpr std::size_t kHealthMetricCount = kHealthMetricNames.size();
 
 /// One value per name of kHealthMetricNames; NaN where the report has no such value (no logits,
-/// no capacity counts, or an empty denominator).
+/// no capacity counts, an empty denominator, no margin with k = E, selection_metrics off).
 using HealthMetrics = std::array<double, kHealthMetricCount>;
 
 /// Position of `name` in kHealthMetricNames; raises moe::Error for an unknown name.
@@ -104,6 +120,17 @@ inline HealthMetrics health_metrics(const HealthReport& r) {
   m[i++] = r.capacity ? d(r.capacity->tokens_without_expert) : nan;
   m[i++] = r.capacity ? r.capacity->capacity_utilization : nan;
   m[i++] = r.capacity ? d(r.capacity->overflowing_experts) : nan;
+  for (const LoadStats* s : {&r.soft, &r.hard}) {
+    m[i++] = s->hot_threshold;
+    m[i++] = s->cold_threshold;
+  }
+  m[i++] = r.soft.entropy;
+  m[i++] = r.hard.entropy;
+  m[i++] = r.margins.p1;
+  m[i++] = r.margins.p10;
+  m[i++] = r.margins.p50;
+  m[i++] = r.stability ? d(r.stability->flipped_tokens) : nan;
+  m[i++] = r.stability ? d(r.stability->flipped_choices) : nan;
   eigen_assert(i == kHealthMetricCount);
   return m;
 }

@@ -14,6 +14,8 @@
 #include "moe/health/distribution.hpp"
 #include "moe/health/load.hpp"
 #include "moe/health/logits.hpp"
+#include "moe/health/margins.hpp"
+#include "moe/health/stability.hpp"
 #include "moe/routing/routing.hpp"
 
 namespace moe {
@@ -28,6 +30,13 @@ struct HealthReport {
   Index skipped_tokens = 0;          ///< rows of the probabilities with a non-finite entry
   std::optional<LogitStats> logits;  ///< when logits were given
   std::optional<CapacityReport> capacity;  ///< when capacity counts were given
+  /// [E] mean over the counted tokens of the score rows, soft.load / (T - skipped_tokens): the
+  /// mean routing distribution, whose entropy in nats is soft.entropy. NaN when no token counted.
+  Eigen::VectorXd mean_distribution;
+  /// s_(k) - s_(k+1) percentiles (topk_margins); NaN unless HealthConfig::selection_metrics.
+  TopkMargins margins;
+  /// bf16_stability of the logits, with HealthConfig::selection_metrics when logits were given.
+  std::optional<Bf16Stability> stability;
 };
 
 namespace detail {
@@ -49,19 +58,30 @@ HealthReport report_from(const Eigen::DenseBase<P>& probabilities, const IndexVe
   r.mean_token_entropy = d.mean_token_entropy;
   r.mean_top1 = d.mean_top1;
   r.skipped_tokens = d.skipped_tokens;
+  r.mean_distribution = d.soft_load / static_cast<double>(tokens - d.skipped_tokens);
   return r;
+}
+
+/// The margins of `probabilities` for the report's k, with `ids` (may be null) as the hint.
+template <class P>
+void add_margins(HealthReport& r, const Eigen::DenseBase<P>& probabilities,
+                 const ExpertIdMatrix* ids, const HealthConfig& config) {
+  if (config.selection_metrics) r.margins = topk_margins_hinted(probabilities, r.top_k, ids);
 }
 
 }  // namespace detail
 
 /// The reference JAX check (tokens_per_expert = column sums, hot > 1.25 T/E, cold < 0.1 T/E,
 /// variance) extended with hard loads from the top-k of each row of `probabilities` [T, E]
-/// (ties to the lower expert index) and the entropy/confidence metrics.
+/// (ties to the lower expert index), the entropy/confidence metrics and the top-k margins.
 template <class P>
 HealthReport health_report(const Eigen::DenseBase<P>& probabilities, Index top_k,
                            const HealthConfig& config = {}) {
   validate(config);
-  return detail::report_from(probabilities, topk_load(probabilities, top_k), top_k, config);
+  HealthReport r =
+      detail::report_from(probabilities, topk_load(probabilities, top_k), top_k, config);
+  detail::add_margins(r, probabilities, nullptr, config);
+  return r;
 }
 
 /// As above with the router's own choices `expert_ids` [T, k] for the hard loads.
@@ -74,12 +94,23 @@ HealthReport health_report(const Eigen::DenseBase<P>& probabilities,
           probabilities.cols());
   require(expert_ids.cols() >= 1, "expert_ids", "at least one column (k >= 1)", expert_ids.cols());
   require_shape(expert_ids.derived(), "expert_ids", probabilities.rows(), -1);
-  return detail::report_from(probabilities, hard_load(expert_ids, probabilities.cols()),
-                             expert_ids.cols(), config);
+  HealthReport r = detail::report_from(probabilities, hard_load(expert_ids, probabilities.cols()),
+                                       expert_ids.cols(), config);
+  if (config.selection_metrics) {
+    // Any integer type, matrix or array, as the one id type the hint reads (checked in range
+    // by hard_load above).
+    ExpertIdMatrix ids(expert_ids.rows(), expert_ids.cols());
+    for (Index t = 0; t < ids.rows(); ++t)
+      for (Index j = 0; j < ids.cols(); ++j)
+        ids(t, j) = static_cast<ExpertId>(expert_ids.derived()(t, j));
+    detail::add_margins(r, probabilities, &ids, config);
+  }
+  return r;
 }
 
-/// Health of one router step: soft loads from `routing.scores`, hard loads from
-/// `routing.expert_ids`, logit metrics from `routing.logits` when it is not empty. With logits,
+/// Health of one router step: soft loads and top-k margins from `routing.scores`, hard loads from
+/// `routing.expert_ids`, logit metrics and bfloat16 stability from `routing.logits` when it is
+/// not empty. With logits,
 /// mean_token_entropy is H(softmax(logits)) (fairseq `entropy_gating`), taken from the
 /// exponentials the logsumexp computes anyway, so the probabilities need no logarithm; without,
 /// it is the entropy of the normalized score rows.
@@ -96,9 +127,12 @@ HealthReport health_report(const Routing<S>& routing, const HealthConfig& config
   HealthReport r =
       detail::report_from(p, hard_load(routing.expert_ids, p.cols(), "routing.expert_ids"),
                           routing.expert_ids.cols(), config, !with_logits, "routing.scores");
+  detail::add_margins(r, p, &routing.expert_ids, config);
   if (with_logits) {
     r.logits = logit_stats(routing.logits);
     r.mean_token_entropy = r.logits->mean_entropy;
+    if (config.selection_metrics)
+      r.stability = detail::bf16_stability_hinted(routing.logits, r.top_k, &routing.expert_ids);
   }
   return r;
 }

@@ -1,5 +1,6 @@
-// The columns of the CSV and JSON Lines exports, in order: step, layer, the scalar metrics
-// (kHealthMetricNames), then the per-expert lists. Stable: new columns are only appended.
+// The columns of the CSV and JSON Lines exports, in order: step, layer, then each generation of
+// columns in turn, its scalar metrics then its per-expert lists. Stable: a new generation is
+// only appended, so a column keeps its position once written.
 #pragma once
 
 #include <array>
@@ -12,20 +13,39 @@
 namespace moe {
 
 /// Per-expert lists of a record: ';'-separated in CSV, arrays in JSON Lines.
-inline constexpr std::array<std::string_view, 7> kHealthListColumns = {
-    "soft_hot_experts", "soft_cold_experts", "hard_hot_experts", "hard_cold_experts",
-    "soft_load",        "hard_load",         "dropped",
+inline constexpr std::array<std::string_view, 8> kHealthListColumns = {
+    "soft_hot_experts",  "soft_cold_experts", "hard_hot_experts", "hard_cold_experts",
+    "soft_load",         "hard_load",         "dropped",
+    "mean_distribution",  // appended in 0.2.0 (issue #21)
 };
+
+/// A generation of export columns: metrics [first_metric, end_metric) of kHealthMetricNames,
+/// then lists [first_list, end_list) of kHealthListColumns.
+struct HealthColumnGroup {
+  std::size_t first_metric, end_metric, first_list, end_list;
+};
+
+/// 0.1.0's columns, then those of issue #21 (thresholds, entropies, margins, bf16 stability and
+/// the mean routing distribution).
+inline constexpr std::array<HealthColumnGroup, 2> kHealthColumnGroups = {{
+    {0, kHealthMetricsBeforeLists, 0, 7},
+    {kHealthMetricsBeforeLists, kHealthMetricCount, 7, kHealthListColumns.size()},
+}};
 
 /// Every export column name in order.
 inline std::vector<std::string_view> health_columns() {
   std::vector<std::string_view> names = {"step", "layer"};
-  names.insert(names.end(), kHealthMetricNames.begin(), kHealthMetricNames.end());
-  names.insert(names.end(), kHealthListColumns.begin(), kHealthListColumns.end());
+  for (const HealthColumnGroup& g : kHealthColumnGroups) {
+    names.insert(names.end(), kHealthMetricNames.begin() + g.first_metric,
+                 kHealthMetricNames.begin() + g.end_metric);
+    names.insert(names.end(), kHealthListColumns.begin() + g.first_list,
+                 kHealthListColumns.begin() + g.end_list);
+  }
   return names;
 }
 
-/// The lists of kHealthListColumns for one report (`dropped` is empty without capacity counts).
+/// The lists of kHealthListColumns for one report (`dropped` is empty without capacity counts,
+/// `mean_distribution` when no token was counted).
 inline std::array<std::vector<double>, kHealthListColumns.size()> health_lists(
     const HealthReport& r) {
   const auto ids = [](const std::vector<ExpertId>& v) {
@@ -43,7 +63,8 @@ inline std::array<std::vector<double>, kHealthListColumns.size()> health_lists(
           ids(r.hard.cold),
           vec(r.soft.load),
           vec(r.hard.load),
-          r.capacity ? vec(r.capacity->dropped) : std::vector<double>{}};
+          r.capacity ? vec(r.capacity->dropped) : std::vector<double>{},
+          r.mean_distribution.allFinite() ? vec(r.mean_distribution) : std::vector<double>{}};
 }
 
 }  // namespace moe

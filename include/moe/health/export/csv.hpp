@@ -21,12 +21,16 @@ inline void write_csv_header(std::ostream& out) {
 /// One row; NaN is an empty cell (pandas NaN), infinities are "inf" / "-inf".
 inline void write_csv_row(std::ostream& out, const HealthRecord& record) {
   out << record.step << ',' << record.layer;
-  for (double v : health_metrics(record.report))
-    out << ',' << (std::isnan(v) ? std::string() : detail::format_number(v));
-  for (const auto& list : health_lists(record.report)) {
-    out << ',';
-    for (std::size_t i = 0; i < list.size(); ++i)
-      out << (i ? ";" : "") << detail::format_number(list[i]);
+  const HealthMetrics values = health_metrics(record.report);
+  const auto lists = health_lists(record.report);
+  for (const HealthColumnGroup& g : kHealthColumnGroups) {
+    for (std::size_t m = g.first_metric; m < g.end_metric; ++m)
+      out << ',' << (std::isnan(values[m]) ? std::string() : detail::format_number(values[m]));
+    for (std::size_t c = g.first_list; c < g.end_list; ++c) {
+      out << ',';
+      for (std::size_t i = 0; i < lists[c].size(); ++i)
+        out << (i ? ";" : "") << detail::format_number(lists[c][i]);
+    }
   }
   out << '\n';
 }

@@ -21,14 +21,16 @@ inline std::string json_number(double v) { return std::isfinite(v) ? format_numb
 inline void write_jsonl_row(std::ostream& out, const HealthRecord& record) {
   out << "{\"step\":" << record.step << ",\"layer\":" << record.layer;
   const HealthMetrics values = health_metrics(record.report);
-  for (std::size_t i = 0; i < kHealthMetricCount; ++i)
-    out << ",\"" << kHealthMetricNames[i] << "\":" << detail::json_number(values[i]);
   const auto lists = health_lists(record.report);
-  for (std::size_t c = 0; c < lists.size(); ++c) {
-    out << ",\"" << kHealthListColumns[c] << "\":[";
-    for (std::size_t i = 0; i < lists[c].size(); ++i)
-      out << (i ? "," : "") << detail::json_number(lists[c][i]);
-    out << ']';
+  for (const HealthColumnGroup& g : kHealthColumnGroups) {
+    for (std::size_t m = g.first_metric; m < g.end_metric; ++m)
+      out << ",\"" << kHealthMetricNames[m] << "\":" << detail::json_number(values[m]);
+    for (std::size_t c = g.first_list; c < g.end_list; ++c) {
+      out << ",\"" << kHealthListColumns[c] << "\":[";
+      for (std::size_t i = 0; i < lists[c].size(); ++i)
+        out << (i ? "," : "") << detail::json_number(lists[c][i]);
+      out << ']';
+    }
   }
   out << "}\n";
 }
