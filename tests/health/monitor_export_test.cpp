@@ -407,7 +407,7 @@ TEST_CASE("CSV and JSON Lines round trip", "[health][export]") {
     }
   const auto columns = moe::health_columns();
   REQUIRE(columns.size() == 2 + moe::kHealthMetricCount + moe::kHealthListColumns.size());
-  // 0.1.0's 49 columns keep their positions (readers by position keep working); issue #21's
+  // 0.1.0's 49 columns keep their positions (readers by position keep working); 0.2.0's
   // columns follow them.
   REQUIRE(columns.size() == 61);
   CHECK(columns[41] == "overflowing_experts");

@@ -315,7 +315,7 @@ TEMPLATE_TEST_CASE("random inputs against the plain-loop reference", "[health][r
       CHECK(rep->normalized_entropy ==
             Approx(moe::test::ref_normalized_entropy(soft)).epsilon(tol));
     }
-    // Issue #21's fields: thresholds, entropies, the mean distribution, margins, bf16 flips.
+    // 0.2.0's fields: thresholds, entropies, the mean distribution, margins, bf16 flips.
     const auto margins = moe::test::ref_margins(pr, static_cast<std::size_t>(s.k));
     const auto flips =
         moe::test::ref_bf16_flips(moe::test::to_ref(z), static_cast<std::size_t>(s.k));
@@ -519,7 +519,7 @@ TEST_CASE("edge cases: no tokens, one expert, k = E, huge logits, non-finite pro
     CHECK(std::isnan(r.normalized_entropy));
     CHECK(r.hard.hot.empty());
     CHECK(r.hard.cold.empty());
-    // Issue #21's fields: means over no token are NaN, counts are 0, thresholds are 0.
+    // 0.2.0's fields: means over no token are NaN, counts are 0, thresholds are 0.
     REQUIRE(r.mean_distribution.size() == 4);
     CHECK(r.mean_distribution.array().isNaN().all());
     CHECK(std::isnan(r.soft.entropy));

@@ -53,7 +53,7 @@ inline constexpr std::array<std::string_view, 51> kHealthMetricNames = {
     "tokens_without_expert",
     "capacity_utilization",
     "overflowing_experts",
-    // Appended in 0.2.0 (issue #21); the exports put them after the list columns of the above.
+    // Appended in 0.2.0; the exports put them after the list columns of the above.
     "soft_hot_threshold",
     "soft_cold_threshold",
     "hard_hot_threshold",

@@ -16,7 +16,7 @@ namespace moe {
 inline constexpr std::array<std::string_view, 8> kHealthListColumns = {
     "soft_hot_experts",  "soft_cold_experts", "hard_hot_experts", "hard_cold_experts",
     "soft_load",         "hard_load",         "dropped",
-    "mean_distribution",  // appended in 0.2.0 (issue #21)
+    "mean_distribution",  // appended in 0.2.0
 };
 
 /// A generation of export columns: metrics [first_metric, end_metric) of kHealthMetricNames,
@@ -25,7 +25,7 @@ struct HealthColumnGroup {
   std::size_t first_metric, end_metric, first_list, end_list;
 };
 
-/// 0.1.0's columns, then those of issue #21 (thresholds, entropies, margins, bf16 stability and
+/// 0.1.0's columns, then those of 0.2.0 (thresholds, entropies, margins, bf16 stability and
 /// the mean routing distribution).
 inline constexpr std::array<HealthColumnGroup, 2> kHealthColumnGroups = {{
     {0, kHealthMetricsBeforeLists, 0, 7},
