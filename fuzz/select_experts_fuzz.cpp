@@ -2,8 +2,8 @@
 // group limit and selection bias, in float and double, on logits with ties, zeros, subnormals,
 // the largest finite magnitudes and the values where exp and sigmoid leave the normal range.
 // Invariants: ids distinct and in range, and the k best by the selection values (ties to the lower
-// id); scores and gates finite and in range; renormalized gates sum to the scaling factor; the
-// gradient is finite.
+// id); scores and gates finite and in range; renormalized gates sum to the scaling factor; a
+// replay of the chosen ids gives the same gates bit for bit; the gradient is finite.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -28,11 +28,13 @@ void check_selection(const moe::RouterConfig& c, const moe::RowMatrix<S>& logits
   const bool rewritten = bias.size() > 0 || c.groups_enabled();
   const double tol = 64 * std::numeric_limits<S>::epsilon();
   for (Index t = 0; t < T; ++t) {
-    // Scores: a probability row (softmax) or per-expert probabilities (sigmoid).
+    // Scores: a probability row (softmax), per-expert probabilities (sigmoid), or sqrt(softplus),
+    // finite and >= 0.
     double row_sum = 0.0;
     for (Index e = 0; e < E; ++e) {
       const S s = r.scores(t, e);
-      MOE_FUZZ_CHECK(std::isfinite(s) && s >= S(0) && s <= S(1));
+      MOE_FUZZ_CHECK(std::isfinite(s) && s >= S(0));
+      MOE_FUZZ_CHECK(c.score == moe::ScoreFunction::sqrt_softplus || s <= S(1));
       row_sum += static_cast<double>(s);
     }
     if (c.score == moe::ScoreFunction::softmax) MOE_FUZZ_CHECK(std::abs(row_sum - 1.0) <= E * tol);
@@ -77,7 +79,7 @@ void run(moe::fuzz::FuzzInput& in) {
   c.num_experts = in.range(1, 24);
   c.hidden = 1;
   c.top_k = in.range(1, std::min<Index>(c.num_experts, 8));
-  c.score = in.pick<moe::ScoreFunction>(2);
+  c.score = in.pick<moe::ScoreFunction>(3);
   c.softmax_order = c.score == moe::ScoreFunction::softmax ? in.pick<moe::SoftmaxOrder>(2)
                                                            : moe::SoftmaxOrder::softmax_then_topk;
   c.renormalize = in.flag();
@@ -95,7 +97,11 @@ void run(moe::fuzz::FuzzInput& in) {
       const Index per_group = c.num_experts / c.num_groups;
       c.groups_selected =
           std::min(c.num_groups, in.range((c.top_k + per_group - 1) / per_group, c.num_groups));
-      c.group_score = per_group >= 2 ? in.pick<moe::GroupScore>(2) : moe::GroupScore::max;
+      c.group_score = per_group >= 2 ? in.pick<moe::GroupScore>(3) : moe::GroupScore::max;
+      const Index terms = c.top_k / c.groups_selected;  // Megatron's rule needs 1..per_group
+      if (c.group_score == moe::GroupScore::sum_top_k_per_selected_group &&
+          (terms < 1 || terms > per_group))
+        c.group_score = moe::GroupScore::max;
       c.group_mask = in.pick<moe::GroupMask>(2);
     }
   }
@@ -113,6 +119,12 @@ void run(moe::fuzz::FuzzInput& in) {
   moe::select_experts<S>(c, logits, bias, routing, selection);
   routing.logits = logits;
   check_selection(c, logits, bias, routing, selection);
+
+  // A replay of the chosen ids recomputes the same gates, bit for bit.
+  moe::Routing<S> replayed;
+  moe::replay_experts<S>(c, logits, routing.expert_ids, replayed);
+  MOE_FUZZ_CHECK(replayed.expert_ids == routing.expert_ids);
+  MOE_FUZZ_CHECK(replayed.gates == routing.gates);
 
   moe::RowMatrix<S> grad_gates(T, c.top_k), grad_scores;
   for (Index i = 0; i < grad_gates.size(); ++i) grad_gates.data()[i] = in.unit<S>() - S(0.5);
