@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: the include graph of the families, a Release build with g++
 # (C++17, OpenMP, MPI; tests, examples, benches and the consumer projects), the tests under
-# AddressSanitizer + UBSan, and in a clang++ C++20 build the tests and the fuzz targets (25 s
+# AddressSanitizer + UBSan, and in a clang++ C++20 build the tests and the fuzz targets (15 s
 # each). Installs what is missing first, and prints each stage's time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
