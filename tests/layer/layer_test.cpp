@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <moe/layer/moe_layer.hpp>
@@ -93,6 +94,27 @@ Matrix reference_forward(const moe::MoELayer<double>& layer, const Matrix& x, mo
   return y;
 }
 
+// Backward's gradients after `step(ctx)`, a forward or replay of `layer` on `x` in Mode::train,
+// with those of x, the router weight and W1 checked against central differences of
+// L = <grad_y, y> + aux_loss + z_loss; returns them with L for the caller's further checks.
+template <class Step>
+auto checked_gradients(moe::MoELayer<double>& layer, Matrix& x, const Matrix& grad_y, Step step) {
+  auto loss = [&grad_y, step] {
+    moe::MoELayerContext<double> ctx;
+    const auto out = step(ctx);
+    return out.y.cwiseProduct(grad_y).sum() + out.aux_loss + out.z_loss;
+  };
+  moe::MoELayerContext<double> ctx;
+  step(ctx);
+  auto g = layer.backward(x, ctx, grad_y);
+  using moe::test::numerical_gradient;
+  using moe::test::relative_error;
+  CHECK(relative_error(g.x, numerical_gradient(x, loss)) <= 1e-6);
+  CHECK(relative_error(g.router.weight, numerical_gradient(layer.router.weight, loss)) <= 1e-6);
+  CHECK(relative_error(g.experts.w1, numerical_gradient(layer.experts.w1, loss)) <= 1e-6);
+  return std::make_pair(std::move(g), loss);
+}
+
 const char* name(moe::DispatchKind d) {
   return d == moe::DispatchKind::dropless ? "dropless" : "capacity";
 }
@@ -133,19 +155,10 @@ TEST_CASE("MoELayer gradients match central finite differences", "[layer][backwa
       auto layer = random_layer(small_config(dispatch, activation, true));
       Matrix x = random_matrix(12, 5, 9);
       const Matrix grad_y = random_matrix(12, 5, 10);
-      auto loss = [&] {
-        moe::MoELayerContext<double> ctx;
-        const auto out = layer.forward(x, ctx, moe::Mode::train);
-        return out.y.cwiseProduct(grad_y).sum() + out.aux_loss + out.z_loss;
-      };
-      moe::MoELayerContext<double> ctx;
-      layer.forward(x, ctx, moe::Mode::train);
-      const auto g = layer.backward(x, ctx, grad_y);
+      const auto [g, loss] = checked_gradients(
+          layer, x, grad_y, [&](auto& ctx) { return layer.forward(x, ctx, moe::Mode::train); });
       using moe::test::numerical_gradient;
       using moe::test::relative_error;
-      CHECK(relative_error(g.x, numerical_gradient(x, loss)) <= 1e-6);
-      CHECK(relative_error(g.router.weight, numerical_gradient(layer.router.weight, loss)) <= 1e-6);
-      CHECK(relative_error(g.experts.w1, numerical_gradient(layer.experts.w1, loss)) <= 1e-6);
       CHECK(relative_error(g.experts.w2, numerical_gradient(layer.experts.w2, loss)) <= 1e-6);
       CHECK(relative_error(g.experts.b1, numerical_gradient(layer.experts.b1, loss)) <= 1e-6);
       CHECK(relative_error(g.experts.b2, numerical_gradient(layer.experts.b2, loss)) <= 1e-6);
@@ -285,19 +298,8 @@ TEST_CASE("MoELayer replay routes to the recorded experts and reproduces a recor
     quiet.router.noise = moe::Noise::none;
     auto layer = random_layer(quiet);
     Matrix x_var = x;
-    auto loss = [&] {
-      moe::MoELayerContext<double> ctx;
-      const auto out = layer.replay(x_var, other, ctx, moe::Mode::train);
-      return out.y.cwiseProduct(grad_y).sum() + out.aux_loss + out.z_loss;
-    };
-    moe::MoELayerContext<double> ctx;
-    layer.replay(x_var, other, ctx, moe::Mode::train);
-    const auto g = layer.backward(x_var, ctx, grad_y);
-    using moe::test::numerical_gradient;
-    using moe::test::relative_error;
-    CHECK(relative_error(g.x, numerical_gradient(x_var, loss)) <= 1e-6);
-    CHECK(relative_error(g.router.weight, numerical_gradient(layer.router.weight, loss)) <= 1e-6);
-    CHECK(relative_error(g.experts.w1, numerical_gradient(layer.experts.w1, loss)) <= 1e-6);
+    checked_gradients(layer, x_var, grad_y,
+                      [&](auto& ctx) { return layer.replay(x_var, other, ctx, moe::Mode::train); });
   }
 }
 
@@ -341,22 +343,11 @@ TEST_CASE("MoELayer with a token mask: padding takes no work, adds nothing, gets
   mask << 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0;
   Matrix x = random_matrix(12, 5, 42);
   const Matrix grad_y = random_matrix(12, 5, 43);
-  auto loss = [&] {
-    moe::MoELayerContext<double> c;
-    const auto out = layer.forward(x, mask, c, moe::Mode::train);
-    return out.y.cwiseProduct(grad_y).sum() + out.aux_loss + out.z_loss;
-  };
-  moe::MoELayerContext<double> ctx;
-  layer.forward(x, mask, ctx, moe::Mode::train);
-  const auto g = layer.backward(x, ctx, grad_y);
-  using moe::test::numerical_gradient;
-  using moe::test::relative_error;
-  const Matrix numeric_x = numerical_gradient(x, loss);
-  CHECK(relative_error(g.x, numeric_x) <= 1e-6);
+  const auto g = checked_gradients(layer, x, grad_y, [&](auto& ctx) {
+                   return layer.forward(x, mask, ctx, moe::Mode::train);
+                 }).first;
   for (Index t = 0; t < 12; ++t)
     if (!mask(t)) CHECK(g.x.row(t).isZero(0.0));
-  CHECK(relative_error(g.router.weight, numerical_gradient(layer.router.weight, loss)) <= 1e-6);
-  CHECK(relative_error(g.experts.w1, numerical_gradient(layer.experts.w1, loss)) <= 1e-6);
   // every token padded: nothing routed, zero output and gradient
   moe::MoELayerContext<double> none_ctx;
   const auto none = layer.forward(x, moe::TokenMask::Zero(12), none_ctx, moe::Mode::train);
@@ -395,19 +386,11 @@ TEST_CASE("MoELayer with the weight before the FFN (Llama 4): y = FFN_e(w x) + s
     CHECK(moe::test::relative_error(out.y, expected) <= 1e-12);
   }
   const Matrix grad_y = random_matrix(12, 5, 52);
-  auto loss = [&] {
-    moe::MoELayerContext<double> ctx;
-    const auto out = layer.forward(x, ctx, moe::Mode::train);
-    return out.y.cwiseProduct(grad_y).sum() + out.aux_loss;
-  };
-  moe::MoELayerContext<double> ctx;
-  layer.forward(x, ctx, moe::Mode::train);
-  const auto g = layer.backward(x, ctx, grad_y);
+  const auto [g, loss] = checked_gradients(layer, x, grad_y, [&](auto& ctx) {
+    return layer.forward(x, ctx, moe::Mode::train);  // z_loss is off: L = <grad_y, y> + aux
+  });
   using moe::test::numerical_gradient;
   using moe::test::relative_error;
-  CHECK(relative_error(g.x, numerical_gradient(x, loss)) <= 1e-6);
-  CHECK(relative_error(g.router.weight, numerical_gradient(layer.router.weight, loss)) <= 1e-6);
-  CHECK(relative_error(g.experts.w1, numerical_gradient(layer.experts.w1, loss)) <= 1e-6);
   CHECK(relative_error(g.experts.b1, numerical_gradient(layer.experts.b1, loss)) <= 1e-6);
   CHECK(relative_error(g.shared.w2, numerical_gradient(layer.shared.w2, loss)) <= 1e-6);
 }
