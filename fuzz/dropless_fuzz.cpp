@@ -1,8 +1,8 @@
 // Dropless plans and the permute / unpermute round trip (MegaBlocks semantics). Invariants: the
 // counts are a histogram of the ids; each expert's group holds its pairs in pair order, padded to
-// the block size; every pair has its own row; permute copies token t into each of its pairs' rows
-// and zeroes the padding; unpermute sums g · row over a token's choices; the backwards are the
-// transposes of both.
+// the block size; every routed pair has its own row and an unused slot (-1) none; permute copies
+// token t into each of its pairs' rows and zeroes the padding; unpermute sums g · row over a
+// token's routed choices; the backwards are the transposes of both.
 #include <cstdint>
 #include <vector>
 
@@ -20,7 +20,11 @@ void check_plan(const moe::DroplessPlan& plan, const moe::ExpertIdMatrix& ids, I
   const Index T = ids.rows(), k = ids.cols(), pairs = T * k;
   MOE_FUZZ_CHECK(plan.num_pairs() == pairs);
   std::vector<Index> count(static_cast<std::size_t>(E), 0);
-  for (Index p = 0; p < pairs; ++p) ++count[static_cast<std::size_t>(ids(p / k, p % k))];
+  Index routed = 0;
+  for (Index p = 0; p < pairs; ++p)
+    if (ids(p / k, p % k) != moe::kUnusedSlot)
+      ++count[static_cast<std::size_t>(ids(p / k, p % k))], ++routed;
+  MOE_FUZZ_CHECK(plan.num_routed() == routed && plan.sorted_pairs.size() == routed);
   MOE_FUZZ_CHECK(plan.offsets[0] == 0 && plan.padded_offsets[0] == 0);
   for (Index e = 0; e < E; ++e) {
     const Index n = count[static_cast<std::size_t>(e)];
@@ -30,9 +34,10 @@ void check_plan(const moe::DroplessPlan& plan, const moe::ExpertIdMatrix& ids, I
   }
   // Sorted by (expert, pair): a stable sort of the pairs by expert.
   std::vector<char> seen(static_cast<std::size_t>(pairs), 0);
-  for (Index i = 0; i < pairs; ++i) {
+  for (Index i = 0; i < routed; ++i) {
     const Index p = plan.sorted_pairs[i];
     MOE_FUZZ_CHECK(p >= 0 && p < pairs && !seen[static_cast<std::size_t>(p)]);
+    MOE_FUZZ_CHECK(ids(p / k, p % k) != moe::kUnusedSlot);
     seen[static_cast<std::size_t>(p)] = 1;
     if (i > 0) {
       const Index q = plan.sorted_pairs[i - 1];
@@ -43,6 +48,10 @@ void check_plan(const moe::DroplessPlan& plan, const moe::ExpertIdMatrix& ids, I
   std::vector<char> row_used(static_cast<std::size_t>(plan.padded_rows()), 0);
   for (Index p = 0; p < pairs; ++p) {
     const Index e = ids(p / k, p % k), row = plan.pair_row[p];
+    if (e == moe::kUnusedSlot) {
+      MOE_FUZZ_CHECK(row == -1);
+      continue;
+    }
     MOE_FUZZ_CHECK(row >= plan.padded_offsets[e] &&
                    row < plan.padded_offsets[e] + plan.tokens_per_expert[e]);
     MOE_FUZZ_CHECK(!row_used[static_cast<std::size_t>(row)]);
@@ -61,6 +70,7 @@ void check_round_trip(const moe::DroplessPlan& plan, moe::fuzz::FuzzInput& in, I
   moe::dropless_permute<double>(x, plan, permuted);
   std::vector<char> real(static_cast<std::size_t>(rows), 0);
   for (Index p = 0; p < T * k; ++p) {
+    if (plan.pair_row[p] < 0) continue;  // an unused slot
     MOE_FUZZ_CHECK(permuted.row(plan.pair_row[p]) == x.row(p / k));
     real[static_cast<std::size_t>(plan.pair_row[p])] = 1;
   }
@@ -73,16 +83,20 @@ void check_round_trip(const moe::DroplessPlan& plan, moe::fuzz::FuzzInput& in, I
   for (Index t = 0; t < T; ++t)
     for (Index c = 0; c < d; ++c) {
       double expected = 0.0;
-      for (Index j = 0; j < k; ++j) expected += gates(t, j) * x(t, c);
+      for (Index j = 0; j < k; ++j)
+        if (plan.pair_row[t * k + j] >= 0) expected += gates(t, j) * x(t, c);
       MOE_FUZZ_CHECK(moe::fuzz::close(y(t, c), expected, 1e-12));
     }
 
   Matrix grad_rows(rows, d), grad_gates(T, k), grad_x(T, d);
   moe::dropless_unpermute_backward<double>(grad_y, permuted, gates, plan, grad_rows, grad_gates);
   for (Index t = 0; t < T; ++t)
-    for (Index j = 0; j < k; ++j)
-      MOE_FUZZ_CHECK(moe::fuzz::close(
-          grad_gates(t, j), permuted.row(plan.pair_row[t * k + j]).dot(grad_y.row(t)), 1e-12));
+    for (Index j = 0; j < k; ++j) {
+      const Index row = plan.pair_row[t * k + j];
+      MOE_FUZZ_CHECK(
+          row >= 0 ? moe::fuzz::close(grad_gates(t, j), permuted.row(row).dot(grad_y.row(t)), 1e-12)
+                   : grad_gates(t, j) == 0.0);
+    }
   MOE_FUZZ_CHECK(moe::fuzz::close(y.cwiseProduct(grad_y).sum(),
                                   permuted.cwiseProduct(grad_rows).sum(), 1e-10));
   moe::dropless_permute_backward<double>(permuted, plan, grad_x);
@@ -98,8 +112,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   static constexpr Index kBlocks[] = {1, 2, 3, 4, 8, 16, 128, 0};
   const Index B = kBlocks[in.byte() % 8];
   moe::ExpertIdMatrix ids(T, k);
-  for (Index i = 0; i < ids.size(); ++i)
-    ids.data()[i] = static_cast<moe::ExpertId>(in.range(0, E - 1));
+  // ids in [0, E), or E read as an unused slot (adaptive k)
+  for (Index i = 0; i < ids.size(); ++i) {
+    const Index e = in.range(0, E);
+    ids.data()[i] = e == E ? moe::kUnusedSlot : static_cast<moe::ExpertId>(e);
+  }
   moe::DroplessPlan plan;
   try {
     plan = moe::make_dropless_plan(ids, E, B);

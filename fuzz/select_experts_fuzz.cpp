@@ -1,8 +1,8 @@
 // select_experts forward and backward over every score function, softmax order, renormalization,
-// group limit and selection bias, in float and double, on logits with ties, zeros, subnormals,
-// the largest finite magnitudes and the values where exp and sigmoid leave the normal range.
-// Invariants: ids distinct and in range, and the k best by the selection values (ties to the lower
-// id); scores and gates finite and in range; renormalized gates sum to the scaling factor; a
+// group limit, adaptive k and selection bias, in float and double, on logits with ties, zeros,
+// subnormals, the largest finite magnitudes and the values where exp and sigmoid leave the normal
+// range. Invariants: ids distinct and in range, and the k best by the selection values (ties to the
+// lower id); scores and gates finite and in range; renormalized gates sum to the scaling factor; a
 // replay of the chosen ids gives the same gates bit for bit; the gradient is finite.
 #include <algorithm>
 #include <cmath>
@@ -40,16 +40,23 @@ void check_selection(const moe::RouterConfig& c, const moe::RowMatrix<S>& logits
     if (c.score == moe::ScoreFunction::softmax) MOE_FUZZ_CHECK(std::abs(row_sum - 1.0) <= E * tol);
 
     // Ids: distinct, in range, the k best of the values selection ran on.
+    // With adaptive k, choices past min_top_k may be unused slots (-1, gate 0), and every used
+    // choice past it lies within active_top_k.
     std::vector<char> chosen(static_cast<std::size_t>(E), 0);
     const auto ranked = [&](Index e) {
       return rewritten ? selection(t, e) : by_logits ? logits(t, e) : r.scores(t, e);
     };
     for (Index j = 0; j < k; ++j) {
       const Index e = r.expert_ids(t, j);
+      if (e == moe::kUnusedSlot) {
+        MOE_FUZZ_CHECK(c.adaptive_k() && j >= c.min_active_k() && r.gates(t, j) == S(0));
+        continue;
+      }
       MOE_FUZZ_CHECK(e >= 0 && e < E && !chosen[static_cast<std::size_t>(e)]);
+      MOE_FUZZ_CHECK(j < c.max_active_k());
       chosen[static_cast<std::size_t>(e)] = 1;
     }
-    for (Index j = 0; j < k; ++j)
+    for (Index j = 0; !c.adaptive_k() && j < k; ++j)
       for (Index e = 0; e < E; ++e) {
         if (chosen[static_cast<std::size_t>(e)]) continue;
         const Index mine = r.expert_ids(t, j);
@@ -68,8 +75,9 @@ void check_selection(const moe::RouterConfig& c, const moe::RowMatrix<S>& logits
       MOE_FUZZ_CHECK(std::abs(gate_sum - c.scaling_factor) <= 4 * k * tol * c.scaling_factor);
     if (!by_logits && !c.renormalize)
       for (Index j = 0; j < k; ++j)
-        MOE_FUZZ_CHECK(r.gates(t, j) ==
-                       r.scores(t, r.expert_ids(t, j)) * static_cast<S>(c.scaling_factor));
+        MOE_FUZZ_CHECK(r.expert_ids(t, j) == moe::kUnusedSlot ||
+                       r.gates(t, j) ==
+                           r.scores(t, r.expert_ids(t, j)) * static_cast<S>(c.scaling_factor));
   }
 }
 
@@ -86,6 +94,11 @@ void run(moe::fuzz::FuzzInput& in) {
   static constexpr double kEpsilons[] = {0.0, 1e-20, 1e-6, 0.0};
   c.renormalize_epsilon = kEpsilons[in.byte() % 4];
   c.scaling_factor = in.flag() ? 2.5 : 1.0;
+  if (in.flag()) {  // adaptive k
+    c.active_top_k = in.range(0, c.top_k);
+    c.min_top_k = in.range(0, c.max_active_k());
+    c.top_k_threshold = in.unit<double>();
+  }
   if (in.flag()) {
     // A group limit: num_groups a divisor of E, enough experts in the kept groups for k.
     std::vector<Index> divisors;

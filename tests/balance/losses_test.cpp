@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "moe/balance/bias_balancer.hpp"
 #include "moe/balance/global_load_balancing_loss.hpp"
 #include "moe/balance/load_balancing_loss.hpp"
 #include "moe/balance/noisy_topk_losses.hpp"
@@ -375,7 +376,7 @@ TEST_CASE("aux loss: bad input raises moe::Error", "[balance][aux][errors]") {
   ExpertIdMatrix bad = ids;
   bad(2, 1) = 4;
   CHECK_THROWS_AS(moe::load_balancing_loss(p, bad, given), moe::Error);
-  bad(2, 1) = -1;
+  bad(2, 1) = -2;  // -1 is an unused slot
   CHECK_THROWS_AS(moe::load_balancing_loss(p, bad, given), moe::Error);
   bad(2, 1) = bad(2, 0);
   CHECK_THROWS_AS(moe::load_balancing_loss(p, bad, given), moe::Error);
@@ -569,4 +570,31 @@ TEST_CASE("CV^2 losses of noisy top-k: smooth load through the normal CDF", "[ba
     CHECK_THROWS_AS(moe::noisy_topk_load_loss(clean, noisy.leftCols(3), sigma, k, 0.2), moe::Error);
     CHECK_THROWS_AS(moe::noisy_topk_load_loss(clean, noisy, (-sigma).eval(), k, 0.2), moe::Error);
   }
+}
+
+TEST_CASE("aux loss and bias balancer skip unused slots (adaptive k), normalizing by T k",
+          "[balance][aux][adaptive_k]") {
+  const Index T = 11, E = 4;
+  const int k = 3;
+  const Mat z = random_matrix(T, E, 300);
+  const Mat p = softmax(z);
+  ExpertIdMatrix ids = top_k(p, k);
+  for (Index t = 0; t < T; ++t)
+    for (int j = 1; j < k; ++j)
+      if ((t + j) % 3 == 0) ids(t, j) = moe::kUnusedSlot;
+  // Reference: Megatron's switch loss over the used choices' counts, with the configured k.
+  std::vector<double> counts(E, 0.0);
+  for (Index t = 0; t < T; ++t)
+    for (int j = 0; j < k; ++j)
+      if (ids(t, j) >= 0) counts[static_cast<std::size_t>(ids(t, j))] += 1;
+  auto config = moe::aux_presets::megatron(k, 0.05);
+  config.selection = moe::AuxSelection::given;
+  const auto out = moe::load_balancing_loss(p, ids, config);
+  CHECK(out.value ==
+        Approx(moe::ref::megatron_switch_loss(to_ref(p), counts, T, k, 0.05)).epsilon(tight));
+
+  moe::BiasBalancer<double> balancer(E);
+  balancer.accumulate(0, ids);
+  for (Index e = 0; e < E; ++e)
+    CHECK(balancer.pending_load()[e] == counts[static_cast<std::size_t>(e)]);
 }

@@ -88,8 +88,9 @@ TEST_CASE("capacity configs and plans refuse bad input", "[dispatch][errors]") {
   bad_ids(4, 1) = 4;
   require_rejects(plan_of(bad_ids, p.gates, 4), "expert_ids", "ids in [0, 4)",
                   "4 at row 4, column 1");
-  bad_ids(4, 1) = -1;
-  require_rejects(plan_of(bad_ids, p.gates, 4), "expert_ids", "ids in [0, 4)", "-1 at row 4");
+  bad_ids(4, 1) = -2;  // -1 is an unused slot, any other negative id an error
+  require_rejects(plan_of(bad_ids, p.gates, 4), "expert_ids", "ids in [0, 4) or -1 (unused)",
+                  "-2 at row 4");
   require_rejects(plan_of(p.ids, p.gates, 0), "num_experts", ">= 1", "0");
   require_rejects(plan_of(p.ids, Matrix::Zero(6, 3), 4), "gates", "shape [6, 2]", "[6, 3]");
   Matrix nan_gates = p.gates;
@@ -236,7 +237,7 @@ TEST_CASE("dropless plans and permutes refuse bad input", "[dispatch][errors]") 
   edited = plan;
   edited.offsets[3] = 5;
   require_rejects([&] { moe::dropless_unpermute<double>(out, gates, edited, y); }, "plan.offsets",
-                  "offsets from 0 to T * k = 6", "0 to 5");
+                  "offsets from 0 to the routed pairs (sorted_pairs: 6", "0 to 5");
   edited = plan;
   edited.block_size = 0;
   require_rejects([&] { moe::dropless_permute<double>(x, edited, out); }, "plan",

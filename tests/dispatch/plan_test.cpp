@@ -195,6 +195,10 @@ TEST_CASE("plans match the sort-based reference on random shapes", "[plan][refer
             for (Index group : {Index(0), Index(1), tokens % 2 == 0 ? tokens / 2 : tokens}) {
               ++seed;
               auto r = moe::test::synthetic_routing(tokens, experts, k, seed, load);
+              // every third case with unused slots (adaptive k): no slot and not a drop
+              Index unused = 0;
+              for (Index p = 0; seed % 3 == 0 && p < tokens * k; p += 5, ++unused)
+                r.ids(p / k, p % k) = moe::kUnusedSlot, r.gates(p / k, p % k) = 0;
               CapacityConfig config;
               config.policy = policy;
               config.train_factor = 0.3 + 0.4 * static_cast<double>(seed % 4);
@@ -212,7 +216,7 @@ TEST_CASE("plans match the sort-based reference on random shapes", "[plan][refer
                   same = same && plan.entry_slot[plan.entry(t, j)] == ref.slot(t, j);
               CHECK(same);
               // Invariants.
-              CHECK(plan.total_kept + plan.total_dropped == tokens * k);
+              CHECK(plan.total_kept + plan.total_dropped == tokens * k - unused);
               CHECK(plan.kept.sum() == plan.total_kept);
               Index filled = 0;
               for (Index s = 0; s < plan.num_slots(); ++s) {
@@ -310,10 +314,12 @@ TEST_CASE("bad planner input throws moe::Error naming the argument", "[plan][err
   CapacityConfig config;
   CHECK_THROWS_WITH(moe::make_capacity_plan<double>(h.ids, h.gates, 0, config, Mode::train),
                     MOE_CONTAINS("num_experts"));
-  CHECK_THROWS_WITH(moe::make_capacity_plan<double>(h.ids, h.gates, 2, config, Mode::train),
-                    MOE_CONTAINS("expert_ids: expected ids in [0, 2), got 2 at row 1, column 1"));
+  CHECK_THROWS_WITH(
+      moe::make_capacity_plan<double>(h.ids, h.gates, 2, config, Mode::train),
+      MOE_CONTAINS(
+          "expert_ids: expected expert ids in [0, 2) or -1 (unused), got 2 at row 1, column 1"));
   ExpertIdMatrix negative = h.ids;
-  negative(0, 0) = -1;
+  negative(0, 0) = -2;  // -1 would be an unused slot
   CHECK_THROWS_WITH(moe::make_capacity_plan<double>(negative, h.gates, 3, config, Mode::train),
                     MOE_CONTAINS("expert_ids"));
   RowMatrix<double> narrow = h.gates.leftCols(1);

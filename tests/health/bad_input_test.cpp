@@ -75,9 +75,9 @@ TEST_CASE("health reports refuse bad probabilities, ids and configs", "[health][
   bad_ids(4, 0) = 4;
   require_rejects([&] { moe::health_report(p, bad_ids); }, "expert_ids", "ids in [0, 4)",
                   "4 at row 4, column 0");
-  bad_ids(4, 0) = -1;
-  require_rejects([&] { moe::health_report(p, bad_ids); }, "expert_ids", "ids in [0, 4)",
-                  "-1 at row 4, column 0");
+  bad_ids(4, 0) = -2;  // -1 is an unused slot, any other negative id an error
+  require_rejects([&] { moe::health_report(p, bad_ids); }, "expert_ids",
+                  "ids in [0, 4) or -1 (unused)", "-2 at row 4, column 0");
   require_rejects([&] { moe::health_report(p, moe::ExpertIdMatrix::Zero(7, 1)); }, "expert_ids",
                   "shape [8, *]", "[7, 1]");
   require_rejects([&] { moe::health_report(p, moe::ExpertIdMatrix::Zero(8, 0)); }, "expert_ids",
@@ -208,7 +208,7 @@ TEST_CASE("a Routing's health report refuses bad scores, ids, logits and capacit
   require_rejects(with(cap), "CapacityStats::dropped", "entries >= 0", "-1");
   cap = good;
   cap.dropped[1] = 1;
-  require_rejects(with(cap), "CapacityStats::kept + dropped", "T * k = 8", "9");
+  require_rejects(with(cap), "CapacityStats::kept + dropped", "T * k less unused slots = 8", "9");
   cap = good;
   cap.token_kept.resize(7);
   require_rejects(with(cap), "CapacityStats::token_kept", "size 8", "7");

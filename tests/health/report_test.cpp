@@ -607,3 +607,30 @@ TEST_CASE("same bits at any thread count", "[health][determinism]") {
   CHECK(a.margins.p50 == b.margins.p50);
   CHECK(a.stability->flipped_choices == b.stability->flipped_choices);
 }
+
+TEST_CASE("health skips unused slots (adaptive k) and reports the experts a token used",
+          "[health][adaptive_k]") {
+  // By hand: T = 3, E = 2, k = 2; token 2 routed nowhere.
+  moe::ExpertIdMatrix ids(3, 2);
+  ids << 0, moe::kUnusedSlot, 1, 0, moe::kUnusedSlot, moe::kUnusedSlot;
+  Eigen::MatrixXd p(3, 2);
+  p << 0.7, 0.3, 0.4, 0.6, 0.5, 0.5;
+  const moe::HealthReport r = moe::health_report(p, ids);
+  CHECK(r.hard.load == Eigen::Vector2d(2, 1));
+  CHECK(r.unused_slots == 3);
+  CHECK(r.active_experts_per_token == 1.0);
+  CHECK(r.hard.average_load == 1.5);  // T / E * the routed choices per token
+
+  // Capacity C = 2: token 0's expert 0 kept, token 1's expert 1 dropped and expert 0 kept.
+  moe::ExpertIdMatrix kept(3, 2);
+  kept << 1, 0, 0, 1, 0, 0;
+  const moe::CapacityStats stats = moe::capacity_stats_from_mask(ids, kept, 2, 2);
+  CHECK(stats.token_routed == (moe::IndexVector(3) << 1, 2, 0).finished());
+  CHECK(moe::capacity_stats_from_mask(moe::ExpertIdMatrix::Zero(3, 1), kept.leftCols(1), 2, 3)
+            .token_routed.size() == 0);  // no unused slot: every token routes k
+  const moe::CapacityReport c = moe::capacity_report(stats, 3, 2, 2);
+  CHECK(c.kept == (moe::IndexVector(2) << 2, 0).finished());
+  CHECK(c.dropped == (moe::IndexVector(2) << 0, 1).finished());
+  CHECK(c.drop_rate == 1.0 / 3.0);      // over the 3 routed choices, not T k = 6
+  CHECK(c.tokens_without_expert == 0);  // token 2 chose no expert: not left behind
+}

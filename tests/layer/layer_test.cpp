@@ -56,7 +56,8 @@ moe::MoELayer<double> random_layer(const moe::MoELayerConfig& c) {
 }
 
 // y_t = sum over kept choices of g_tj FFN_e(x_t) + sigmoid(x_t . w) FFN_shared(x_t), by loops;
-// with `replayed`, the choices are those ids (routing replay).
+// with `replayed`, the choices are those ids (routing replay). Unused slots (-1) add nothing; a
+// zero-computation expert (id >= E - Z) adds g_tj x_t.
 Matrix reference_forward(const moe::MoELayer<double>& layer, const Matrix& x, moe::Mode mode,
                          const std::vector<std::vector<int>>* replayed = nullptr) {
   const auto& c = layer.config;
@@ -79,7 +80,11 @@ Matrix reference_forward(const moe::MoELayer<double>& layer, const Matrix& x, mo
   Matrix y = Matrix::Zero(T, x.cols());
   for (Index t = 0; t < T; ++t) {
     for (Index j = 0; j < k; ++j) {
-      if (slot(t, j) < 0) continue;
+      if (ids(t, j) < 0 || slot(t, j) < 0) continue;
+      if (ids(t, j) >= c.num_ffn_experts()) {
+        for (Index i = 0; i < x.cols(); ++i) y(t, i) += gates(t, j) * x(t, i);
+        continue;
+      }
       const auto row = moe::test::reference_expert_row(layer.experts, ids(t, j), x.row(t).data());
       for (Index i = 0; i < x.cols(); ++i) y(t, i) += gates(t, j) * row.o[i];
     }
@@ -393,4 +398,134 @@ TEST_CASE("MoELayer with the weight before the FFN (Llama 4): y = FFN_e(w x) + s
   using moe::test::relative_error;
   CHECK(relative_error(g.experts.b1, numerical_gradient(layer.experts.b1, loss)) <= 1e-6);
   CHECK(relative_error(g.shared.w2, numerical_gradient(layer.shared.w2, loss)) <= 1e-6);
+}
+
+TEST_CASE("MoELayer with zero-computation experts (LongCat-Flash): y gets w x, no FFN work",
+          "[layer][zero_computation]") {
+  moe::MoELayerConfig c;
+  c.router = moe::presets::longcat_flash(/*hidden=*/5, /*experts=*/6, /*top_k=*/3);
+  c.zero_computation_experts = 2;  // experts 4 and 5 are identities
+  c.ffn_hidden = 3;
+  c.expert_bias = true;
+  c.block_size = 4;
+  c.aux_loss = moe::aux_presets::megatron(3, 0.1);
+  c.z_loss_coefficient = 0.01;
+  c.bias_balancer = moe::BiasBalancerOptions{};
+  auto layer = random_layer(c);
+  REQUIRE(layer.experts.config.num_experts == 4);
+  layer.router.selection_bias = random_matrix(6, 1, 60, 0.2);
+  Matrix x = random_matrix(12, 5, 61);
+  for (auto mode : {moe::Mode::train, moe::Mode::eval}) {
+    moe::MoELayerContext<double> ctx;
+    const auto out = layer.forward(x, ctx, mode);
+    CHECK(moe::test::relative_error(out.y, reference_forward(layer, x, mode)) <= 1e-12);
+    const auto& ids = ctx.router.routing.expert_ids;
+    const Index zero_choices = (ids.array() >= 4).count();
+    CHECK(zero_choices > 0);  // the case exercises both kinds of expert
+    CHECK(zero_choices < ids.size());
+    // the FFN experts ran on their own choices only; loads and health count the zero experts
+    CHECK(ctx.exchange.plan.num_routed() == ids.size() - zero_choices);
+    REQUIRE(out.health.hard.load.size() == 6);
+    CHECK(out.health.hard.load[4] + out.health.hard.load[5] == static_cast<double>(zero_choices));
+    CHECK(out.health.unused_slots == 0);
+    if (mode == moe::Mode::train)
+      CHECK(layer.balancer->pending_load().tail(2).sum() == zero_choices);
+  }
+  const Matrix grad_y = random_matrix(12, 5, 62);
+  const auto [g, loss] = checked_gradients(
+      layer, x, grad_y, [&](auto& ctx) { return layer.forward(x, ctx, moe::Mode::train); });
+  CHECK(moe::test::relative_error(g.experts.w2,
+                                  moe::test::numerical_gradient(layer.experts.w2, loss)) <= 1e-6);
+
+  c.dispatch = moe::DispatchKind::capacity;
+  REQUIRE_THROWS_WITH(moe::MoELayer<double>(c),
+                      Catch::Contains("MoELayerConfig::zero_computation_experts") &&
+                          Catch::Contains("dropless dispatch"));
+  c.dispatch = moe::DispatchKind::dropless;
+  c.zero_computation_experts = 6;
+  REQUIRE_THROWS_WITH(moe::MoELayer<double>(c),
+                      Catch::Contains("0 <= Z < router.num_experts (6)") && Catch::Contains("6"));
+}
+
+TEST_CASE("MoELayer with adaptive k: unused slots take no work, no load and no gradient",
+          "[layer][adaptive_k]") {
+  for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
+    INFO(name(dispatch));
+    moe::MoELayerConfig c = small_config(dispatch, moe::Activation::swiglu, true);
+    c.router.top_k = 3;
+    c.router.min_top_k = 1;
+    c.router.top_k_threshold = 0.6;  // keep the best, add those within 0.6x of it
+    c.aux_loss = moe::aux_presets::megatron(3, 0.1);
+    auto layer = random_layer(c);
+    Matrix x = random_matrix(12, 5, 71);
+    moe::MoELayerContext<double> ctx;
+    const auto out = layer.forward(x, ctx, moe::Mode::train);
+    CHECK(moe::test::relative_error(out.y, reference_forward(layer, x, moe::Mode::train)) <= 1e-12);
+    const auto& ids = ctx.router.routing.expert_ids;
+    const Index unused = (ids.array() == moe::kUnusedSlot).count();
+    CHECK(unused > 0);  // the case exercises unused slots
+    CHECK(out.health.unused_slots == unused);
+    CHECK(out.health.active_experts_per_token == Approx(double(36 - unused) / 12));
+    CHECK(out.health.hard.load.sum() == double(36 - unused));
+    if (dispatch == moe::DispatchKind::capacity) {
+      const auto& plan = ctx.exchange.capacity_plan;
+      CHECK(plan.total_kept + plan.total_dropped == 36 - unused);
+      CHECK(out.health.capacity->drop_rate ==
+            Approx(double(plan.total_dropped) / double(36 - unused)));
+    } else {
+      CHECK(ctx.exchange.plan.num_routed() == 36 - unused);
+    }
+    const Matrix grad_y = random_matrix(12, 5, 72);
+    checked_gradients(layer, x, grad_y,
+                      [&](auto& ctx2) { return layer.forward(x, ctx2, moe::Mode::train); });
+
+    // k chosen per call: one expert each, then back to the configured rule
+    layer.config.router.active_top_k = 1;
+    layer.config.router.min_top_k = 0;
+    moe::MoELayerContext<double> one_ctx;
+    const auto one = layer.forward(x, one_ctx, moe::Mode::eval);
+    CHECK(moe::test::relative_error(one.y, reference_forward(layer, x, moe::Mode::eval)) <= 1e-12);
+    CHECK((one_ctx.router.routing.expert_ids.col(0).array() >= 0).all());
+    CHECK((one_ctx.router.routing.expert_ids.rightCols(2).array() == moe::kUnusedSlot).all());
+    CHECK(one.health.active_experts_per_token == 1.0);
+  }
+}
+
+TEST_CASE("MoELayer over packed sequences: the sequence-wise aux loss per cu_seqlens sequence",
+          "[layer][packed]") {
+  moe::MoELayerConfig c = small_config(moe::DispatchKind::dropless, moe::Activation::swiglu, false);
+  c.aux_loss = moe::aux_presets::deepseek_v3_packed_sequence(2, 0.1);
+  c.health.selection_metrics = true;  // the layer's report takes the layer's HealthConfig
+  auto layer = random_layer(c);
+  Matrix x = random_matrix(12, 5, 81);
+  const moe::IndexVector cu_seqlens = (moe::IndexVector(4) << 0, 5, 7, 12).finished();
+  moe::MoELayerContext<double> ctx;
+  const auto out = layer.forward_packed(x, cu_seqlens, ctx, moe::Mode::train);
+  // Reference: DeepSeek-V3's sequence-wise loss by loops, each sequence over its own length:
+  // a * sum_e f_e P_e, f_e = E / (k L) * count_e, P_e = mean over the sequence of the scores.
+  const auto& r = ctx.router.routing;
+  double expected = 0;
+  for (Index s = 0; s + 1 < cu_seqlens.size(); ++s) {
+    const Index begin = cu_seqlens[s], length = cu_seqlens[s + 1] - begin;
+    for (Index e = 0; e < 4; ++e) {
+      double count = 0, mean = 0;
+      for (Index t = begin; t < begin + length; ++t) {
+        for (Index j = 0; j < 2; ++j) count += r.expert_ids(t, j) == e;
+        mean += r.scores(t, e) / static_cast<double>(length);
+      }
+      expected += 0.1 * (4.0 / (2.0 * static_cast<double>(length)) * count) * mean / 3.0;
+    }
+  }
+  CHECK(out.aux_loss == Approx(expected).epsilon(1e-12));
+  CHECK_FALSE(std::isnan(out.health.margins.p50));  // selection metrics on
+  CHECK(moe::test::relative_error(out.y, reference_forward(layer, x, moe::Mode::train)) <= 1e-12);
+  const Matrix grad_y = random_matrix(12, 5, 82);
+  checked_gradients(layer, x, grad_y, [&](auto& ctx2) {
+    return layer.forward_packed(x, cu_seqlens, ctx2, moe::Mode::train);
+  });
+  const moe::IndexVector short_offsets = (moe::IndexVector(2) << 0, 11).finished();
+  REQUIRE_THROWS_WITH(layer.forward_packed(x, short_offsets, ctx, moe::Mode::train),
+                      Catch::Contains("cu_seqlens") &&
+                          Catch::Contains("offsets from 0 to the rows of x (12)") &&
+                          Catch::Contains("0 to 11"));
 }

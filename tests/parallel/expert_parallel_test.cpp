@@ -234,6 +234,57 @@ TEST_CASE("expert-parallel capacity layer, global capacity, equals MoELayer", "[
   }
 }
 
+TEST_CASE("expert-parallel layer with adaptive k and zero-computation experts equals MoELayer",
+          "[parallel][adaptive_k]") {
+  const moe::Communicator comm;
+  moe::MoELayerConfig c = base_config();
+  c.router.top_k = 3;
+  c.router.min_top_k = 1;
+  c.router.top_k_threshold = 0.5;  // unused slots are never sent
+  c.aux_loss = moe::aux_presets::megatron(3, 0.1);
+  check(compare_step(comm, c));
+  c.zero_computation_experts = 2;  // only the 6 FFN experts are placed over the ranks
+  check(compare_step(comm, c));
+  c.zero_computation_experts = 0;
+  c.dispatch = moe::DispatchKind::capacity;
+  c.capacity.train_factor = 0.75;
+  check(compare_step(comm, c));
+}
+
+TEST_CASE("expert-parallel forward over packed sequences equals MoELayer on the whole batch",
+          "[parallel][packed]") {
+  const moe::Communicator comm;
+  moe::MoELayerConfig c = base_config();
+  c.aux_loss = moe::aux_presets::megatron_packed_sequence(2, 0.1);
+  moe::MoELayer<double> whole = whole_layer(c);
+  moe::ExpertParallelMoELayer<double> ep(c, comm);
+  ep.load_from(whole);
+  const Batch b = make_batch(comm, c.router.hidden, 31);
+  // Each rank's tokens as two sequences (an empty rank gives one empty sequence); the whole
+  // batch's offsets are the ranks' in rank order.
+  const auto offsets_of = [](Index n) {
+    return n >= 2 ? (moe::IndexVector(3) << 0, n / 2, n).finished()
+                  : (moe::IndexVector(2) << 0, n).finished();
+  };
+  std::vector<Index> global = {0};
+  for (Index q = 0, first = 0; q < comm.size(); first += tokens_of(q), ++q) {
+    const moe::IndexVector own = offsets_of(tokens_of(q));
+    for (Index i = 1; i < own.size(); ++i) global.push_back(first + own[i]);
+  }
+  const moe::IndexVector whole_offsets =
+      Eigen::Map<const moe::IndexVector>(global.data(), static_cast<Index>(global.size()));
+  moe::MoELayerContext<double> whole_ctx;
+  const auto ref = whole.forward_packed(b.x, whole_offsets, whole_ctx, moe::Mode::train, 5);
+  const auto ref_grads = whole.backward(b.x, whole_ctx, b.grad_y);
+  moe::ExpertParallelContext<double> ctx;
+  const Matrix x = b.own(b.x);
+  const auto out = ep.forward_packed(x, offsets_of(b.tokens), ctx, moe::Mode::train, 5);
+  const auto grads = ep.backward(x, ctx, b.own(b.grad_y));
+  CHECK(std::abs(out.aux_loss - ref.aux_loss) <= kTolerance * std::abs(ref.aux_loss));
+  CHECK(ref.aux_loss > 0);
+  if (b.tokens > 0) CHECK(relative_error(grads.x, b.own(ref_grads.x)) <= kTolerance);
+}
+
 TEST_CASE("expert-parallel capacity layer, per-rank capacity, equals MoELayer per rank",
           "[parallel]") {
   const moe::Communicator comm;

@@ -93,6 +93,17 @@ TEST_CASE("bad router configurations are refused where the router is built", "[r
                   "a finite value >= 0", "-0.5");
   require_rejects(build(with([](C& c) { c.noise_epsilon = kInf; })), "RouterConfig::noise_epsilon",
                   "a finite value >= 0", "inf");
+  require_rejects(build(with([](C& c) { c.active_top_k = 3; })), "RouterConfig::active_top_k",
+                  "0 (top_k) or 1 <= active_top_k <= top_k (2)", "3");
+  require_rejects(build(with([](C& c) { c.active_top_k = -1; })), "RouterConfig::active_top_k",
+                  "0 (top_k) or 1 <= active_top_k <= top_k (2)", "-1");
+  require_rejects(build(with([](C& c) { c.active_top_k = 1, c.min_top_k = 2; })),
+                  "RouterConfig::min_top_k",
+                  "0 (active_top_k) or 1 <= min_top_k <= active_top_k (1)", "2");
+  require_rejects(build(with([](C& c) { c.top_k_threshold = 1.5; })),
+                  "RouterConfig::top_k_threshold", "a ratio in [0, 1]", "1.5");
+  require_rejects(build(with([](C& c) { c.top_k_threshold = kNaN; })),
+                  "RouterConfig::top_k_threshold", "a ratio in [0, 1]", "nan");
   require_rejects(build(with([](C& c) {
                     c.score = moe::ScoreFunction::sigmoid;
                     c.softmax_order = moe::SoftmaxOrder::topk_then_softmax;
@@ -463,8 +474,9 @@ TEST_CASE("routing replay checks the recorded ids and the record bytes", "[routi
   moe::ExpertIdMatrix bad = ids;
   bad(2, 1) = 8;
   require_rejects(replay(bad), "recorded_ids", "expert ids in [0, 8)", "8 at row 2, column 1");
-  bad(2, 1) = -1;
-  require_rejects(replay(bad), "recorded_ids", "expert ids in [0, 8)", "-1 at row 2");
+  bad(2, 1) = -2;  // -1 is an unused slot, any other negative id an error
+  require_rejects(replay(bad), "recorded_ids", "expert ids in [0, 8) or -1 (unused)",
+                  "-2 at row 2");
   bad(2, 1) = 4;
   require_rejects(replay(bad), "recorded_ids", "distinct expert ids in each row", "expert 4 twice");
   moe::Routing<double> out;
@@ -503,7 +515,8 @@ TEST_CASE("routing replay checks the recorded ids and the record bytes", "[routi
   require_rejects(parse(edited(8, 2)), "bytes", "format version 1", "2");
   require_rejects(parse(edited(16, 0)), "bytes", "1 <= top_k <= num_experts", "num_experts 0");
   require_rejects(parse(edited(20, 9)), "bytes", "1 <= top_k <= num_experts", "top_k 9");
-  require_rejects(parse(edited(32, 2)), "bytes", "1-byte ids for 8 experts in layer 0", "2");
+  require_rejects(parse(edited(32, 2)), "bytes",
+                  "1-byte ids (1 with unused slots) for 8 experts in layer 0", "2");
   require_rejects(parse(edited(24, 4)), "bytes", "4 tokens of 2 ids in layer 0", "6 bytes left");
   require_rejects(parse(edited(33, 8)), "bytes[0]", "expert ids in [0, 8)", "8 at row 0, column 0");
   require_rejects(parse(edited(34, 0)), "bytes[0]", "distinct expert ids in each row",

@@ -233,6 +233,40 @@ TEST_CASE("RoutingRecord writes the documented bytes and reads them back", "[rep
   }
 }
 
+TEST_CASE("RoutingRecord keeps unused slots (adaptive k) in the fewest bytes that can say so",
+          "[replay][record]") {
+  moe::RoutingRecord record;
+  moe::RecordedLayer small{3, moe::ExpertIdMatrix(2, 2)};
+  small.expert_ids << 2, moe::kUnusedSlot, 1, 0;
+  record.layers.push_back(small);
+  const std::vector<std::uint8_t> bytes = record.to_bytes();
+  // 0xff is no expert of 3: one byte per id still, the unused slot written as 0xff
+  const std::vector<std::uint8_t> ids(bytes.end() - 4, bytes.end());
+  CHECK(ids == std::vector<std::uint8_t>{2, 0xff, 1, 0});
+  CHECK(bytes[bytes.size() - 5] == 1);
+  // 256 experts need every byte value: with an unused slot the layer takes two bytes per id
+  for (Index experts : {255, 256, 65535, 65536}) {
+    INFO("E = " << experts);
+    moe::RoutingRecord wide;
+    moe::RecordedLayer layer{experts, moe::ExpertIdMatrix(2, 3)};
+    layer.expert_ids << static_cast<moe::ExpertId>(experts - 1), moe::kUnusedSlot, 0, 1, 2,
+        moe::kUnusedSlot;
+    wide.layers.push_back(layer);
+    const std::vector<std::uint8_t> out = wide.to_bytes();
+    const Index width = experts < 256 ? 1 : experts < 65536 ? 2 : 4;
+    CHECK(static_cast<Index>(out.size()) == 16 + 17 + 6 * width);
+    const auto read = moe::RoutingRecord::from_bytes(out.data(), out.size());
+    CHECK(read.layers[0].expert_ids == layer.expert_ids);
+  }
+  // A plain 256-expert layer's 0xff is expert 255, never an unused slot.
+  moe::RoutingRecord plain;
+  plain.layers.push_back({256, moe::ExpertIdMatrix::Constant(1, 1, 255)});
+  const std::vector<std::uint8_t> plain_bytes = plain.to_bytes();
+  CHECK(moe::RoutingRecord::from_bytes(plain_bytes.data(), plain_bytes.size())
+            .layers[0]
+            .expert_ids(0, 0) == 255);
+}
+
 TEST_CASE("a recorded routing replays through a file bit for bit", "[replay][record]") {
   moe::RouterConfig c = replay_configs()[9].second;  // sigmoid, bias, scaling
   const auto router = random_router<float>(c);

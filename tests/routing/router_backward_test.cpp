@@ -88,6 +88,8 @@ TEST_CASE("router gradients match central finite differences", "[router][backwar
             c.renormalize_epsilon = extras ? 1e-2 : 0.0;
             c.scaling_factor = extras ? 2.5 : 1.0;
             c.linear_bias = extras;
+            c.min_top_k = extras ? 1 : 0;  // adaptive k: unused slots carry no gradient
+            c.top_k_threshold = extras ? 0.7 : 0.0;
             if (groups) {
               c.num_groups = 4;
               c.groups_selected = 2;

@@ -38,6 +38,8 @@ std::vector<std::pair<std::string, RouterConfig>> option_grid(Index experts, Ind
             c.renormalize_epsilon = renorm && extras ? 1e-3 : 0.0;
             c.scaling_factor = extras ? 2.5 : 1.0;
             c.linear_bias = extras;
+            c.min_top_k = extras ? 1 : 0;  // adaptive k: some choices become unused slots
+            c.top_k_threshold = extras ? 0.7 : 0.0;
             if (groups > 0) {
               c.num_groups = 4;
               c.groups_selected = 2;
@@ -213,6 +215,49 @@ TEST_CASE("logits of 1e4 give finite, correct routing", "[router][numerics]") {
       CHECK(r.gates(0, 0) == 1.f);
       CHECK(r.gates(0, 1) <
             1e-30f);  // exp(-5000): 0, or the smallest value a vectorized exp returns
+    }
+  }
+}
+
+TEST_CASE("adaptive k per call: active_top_k = k' routes as a top-k' router, the rest unused",
+          "[router][adaptive_k]") {
+  // The reference is the same router configured with top_k = k': its k' choices and gates must
+  // come back bit for bit, followed by unused slots (llama.cpp --moe-n-expert).
+  for (int score = 0; score < 3; ++score) {
+    RouterConfig c;
+    c.num_experts = 8;
+    c.hidden = 6;
+    c.top_k = 4;
+    c.renormalize = true;
+    c.score = score == 1   ? moe::ScoreFunction::sigmoid
+              : score == 2 ? moe::ScoreFunction::sqrt_softplus
+                           : moe::ScoreFunction::softmax;
+    c.scaling_factor = 2.5;
+    for (Index k_active = 1; k_active <= 4; ++k_active) {
+      INFO("score=" << score << " active_top_k=" << k_active);
+      RouterConfig adaptive = c, fixed = c;
+      adaptive.active_top_k = k_active;
+      fixed.top_k = k_active;
+      auto router = random_router<float>(adaptive, 3, true);
+      auto reference = random_router<float>(fixed, 3, true);
+      const auto x = random_matrix<float>(37, c.hidden, 5);
+      moe::RouterContext<float> ctx, reference_ctx;
+      const auto& r = router.forward(x, ctx, moe::Mode::eval);
+      const auto& expected = reference.forward(x, reference_ctx, moe::Mode::eval);
+      for (Index t = 0; t < x.rows(); ++t)
+        for (Index j = 0; j < 4; ++j) {
+          if (j < k_active) {
+            REQUIRE(r.expert_ids(t, j) == expected.expert_ids(t, j));
+            REQUIRE(r.gates(t, j) == expected.gates(t, j));
+          } else {
+            REQUIRE(r.expert_ids(t, j) == moe::kUnusedSlot);
+            REQUIRE(r.gates(t, j) == 0.0f);
+          }
+        }
+      // A replay of the ids, unused slots included, reproduces the gates bit for bit.
+      moe::RouterContext<float> replay_ctx;
+      const auto& replayed = router.replay(x, r.expert_ids, replay_ctx, moe::Mode::eval);
+      REQUIRE(replayed.gates == r.gates);
     }
   }
 }

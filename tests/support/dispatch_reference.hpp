@@ -69,6 +69,7 @@ inline ReferenceSlots reference_slots(const ExpertIdMatrix& ids, const RowMatrix
     for (const auto& entry : entries) {
       const Index t = std::get<3>(entry), j = std::get<4>(entry);
       const ExpertId e = ids(t, j);
+      if (e < 0) continue;  // an unused slot: no slot, and not a drop
       if (count[e] >= group_capacity) continue;
       if (policy == DropPolicy::probability || policy == DropPolicy::random) {
         kept[t][j] = 1;

@@ -31,19 +31,24 @@ inline std::vector<int> reference_top_k(const std::vector<double>& v, long k) {
 
 // Gate weights of the chosen `ids` from a token's scored logits h and scores s: softmax over
 // h[ids] (top-k then softmax), else s[ids], optionally over their sum + eps; times the scale.
+// An id of -1 is an unused slot: gate 0, left out of every sum.
 inline std::vector<double> reference_gates(const RouterConfig& c, const std::vector<double>& h,
                                            const std::vector<double>& s,
                                            const std::vector<int>& ids) {
   const auto k = ids.size();
-  std::vector<double> gates(k);
+  std::vector<double> gates(k, 0.0);
   if (c.score == ScoreFunction::softmax && c.softmax_order == SoftmaxOrder::topk_then_softmax) {
     double m = -std::numeric_limits<double>::infinity(), sum = 0;
-    for (int e : ids) m = std::max(m, h[e]);
-    for (int e : ids) sum += std::exp(h[e] - m);
-    for (std::size_t j = 0; j < k; ++j) gates[j] = std::exp(h[ids[j]] - m) / sum;
+    for (int e : ids)
+      if (e >= 0) m = std::max(m, h[e]);
+    for (int e : ids)
+      if (e >= 0) sum += std::exp(h[e] - m);
+    for (std::size_t j = 0; j < k; ++j)
+      if (ids[j] >= 0) gates[j] = std::exp(h[ids[j]] - m) / sum;
   } else {
     double sum = 0;
-    for (std::size_t j = 0; j < k; ++j) sum += gates[j] = s[ids[j]];
+    for (std::size_t j = 0; j < k; ++j)
+      if (ids[j] >= 0) sum += gates[j] = s[ids[j]];
     if (c.renormalize)
       for (std::size_t j = 0; j < k; ++j) gates[j] /= sum + c.renormalize_epsilon;
   }
@@ -122,8 +127,18 @@ ReferenceRouting reference_route(const RouterConfig& c, const X& x, const W& w, 
             sel[e] =
                 c.group_mask == GroupMask::neg_inf ? -std::numeric_limits<double>::infinity() : 0.0;
     }
-    const auto ids =
+    auto ids =
         replayed != nullptr ? (*replayed)[static_cast<std::size_t>(t)] : reference_top_k(sel, k);
+    if (replayed == nullptr) {
+      // adaptive k: keep the first k_min, then those of the first k_max whose score reaches
+      // threshold * the best score among the first k_max; the rest are unused (-1)
+      const long k_max = c.active_top_k > 0 ? c.active_top_k : k;
+      const long k_min = c.min_top_k > 0 ? c.min_top_k : k_max;
+      double best = -std::numeric_limits<double>::infinity();
+      for (long j = 0; j < k_max; ++j) best = std::max(best, s[ids[j]]);
+      for (long j = k_min; j < k; ++j)
+        if (j >= k_max || s[ids[j]] < c.top_k_threshold * best) ids[j] = -1;
+    }
     r.ids.push_back(ids);
     r.gates.push_back(reference_gates(c, h, s, ids));
     r.scores.push_back(s);

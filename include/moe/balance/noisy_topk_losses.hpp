@@ -106,7 +106,8 @@ LossGradient<typename Derived::Scalar> importance_loss(
   for (Index t = 0; t < g.rows(); ++t)
     if (detail::is_real_token(mask, t))
       for (Index j = 0; j < g.cols(); ++j)
-        importance(expert_ids(t, j)) += static_cast<double>(g(t, j));
+        if (expert_ids(t, j) != kUnusedSlot)
+          importance(expert_ids(t, j)) += static_cast<double>(g(t, j));
   Vector<double> d_importance;
   LossGradient<S> out;
   out.value =
@@ -115,7 +116,9 @@ LossGradient<typename Derived::Scalar> importance_loss(
   for (Index t = 0; t < g.rows(); ++t)
     if (detail::is_real_token(mask, t))
       for (Index j = 0; j < g.cols(); ++j)
-        out.grad(t, j) = static_cast<S>(weight * d_importance(expert_ids(t, j)));
+        out.grad(t, j) = expert_ids(t, j) == kUnusedSlot
+                             ? S(0)
+                             : static_cast<S>(weight * d_importance(expert_ids(t, j)));
   return out;
 }
 

@@ -13,6 +13,12 @@ using Index = Eigen::Index;
 /// Expert ids, as in Megatron-Core and PyTorch's `topk` indices (int32 there too).
 using ExpertId = std::int32_t;
 
+/// The id of an unused routing slot: a token that uses fewer than k experts (adaptive k, zero-
+/// computation experts taken out of the FFN dispatch) fills its remaining slots with it, gate 0.
+/// Every dispatcher, loss, balancer and health metric skips such a slot (vLLM and llama.cpp use -1
+/// the same way).
+inline constexpr ExpertId kUnusedSlot = -1;
+
 /// Token matrices: one token a row, row-major as in PyTorch.
 template <class S>
 using RowMatrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;

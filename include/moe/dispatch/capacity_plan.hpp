@@ -48,7 +48,7 @@ struct CapacityPlan {
   IndexVector dropped;              ///< [E] entries each expert had to drop (overflow)
   Index total_kept = 0;             ///< Σ kept
   Index total_dropped = 0;          ///< Σ dropped; total_kept + total_dropped = entries
-  Index tokens_without_expert = 0;  ///< tokens none of whose entries was kept
+  Index tokens_without_expert = 0;  ///< tokens with a routed entry, none of them kept
 
   /// Set when the survivors were renormalized: per token the sum of its kept gate weights before
   /// the division (the backward pass needs it). Empty otherwise.
@@ -65,7 +65,7 @@ struct CapacityPlan {
 
   /// Dropped entries over all entries (Megatron / fairseq overflow fraction).
   double drop_rate() const noexcept { return ratio(total_dropped, total_kept + total_dropped); }
-  /// Tokens none of whose entries was kept, over T (flaxformer fraction_tokens_left_behind).
+  /// Tokens with a routed entry and none kept, over T (flaxformer fraction_tokens_left_behind).
   double fraction_tokens_without_expert() const noexcept {
     return ratio(tokens_without_expert, num_tokens);
   }

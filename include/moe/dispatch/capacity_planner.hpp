@@ -20,7 +20,8 @@ namespace moe {
 
 /// Capacity plan of token-choice routing: per group C = expert_capacity(config, group tokens, k,
 /// E, mode); entries over C dropped by config.policy; w = g for kept entries (or g / max(Σ kept g,
-/// eps) with renormalize_survivors, DeepSpeed top-2 / top-k), 0 for dropped ones.
+/// eps) with renormalize_survivors, DeepSpeed top-2 / top-k), 0 for dropped ones. An unused slot
+/// (kUnusedSlot) is an entry of expert -1 that takes no slot and is not a drop.
 /// `seed` only matters for DropPolicy::random.
 template <class S>
 CapacityPlan<S> make_capacity_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_ids,
@@ -36,12 +37,8 @@ CapacityPlan<S> make_capacity_plan(const Eigen::Ref<const ExpertIdMatrix>& exper
   require(k >= 1, "expert_ids", "at least one column (top-k >= 1)", k);
   require_shape(gates, "gates", tokens, k);
   for (Index t = 0; t < tokens; ++t)
-    for (Index j = 0; j < k; ++j) {
-      const ExpertId e = expert_ids(t, j);
-      if (e < 0 || e >= num_experts)
-        detail::fail("expert_ids", detail::concat("ids in [0, ", num_experts, ")"),
-                     detail::concat(e, " at row ", t, ", column ", j));
-    }
+    for (Index j = 0; j < k; ++j)
+      detail::routed_slot(expert_ids(t, j), num_experts, "expert_ids", t, j);
   require_finite(gates, "gates");
   const Index group = config.group_size == 0 ? tokens : config.group_size;
   if (config.group_size > 0)

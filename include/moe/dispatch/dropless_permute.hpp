@@ -30,7 +30,8 @@ void zero_padding_rows(const DroplessPlan& plan, MatrixRef<S> buffer) {
 
 }  // namespace detail
 
-/// out[pair_row[p]] = x[p / k], padding rows 0 (MegaBlocks `padded_gather`; Megatron `permute`).
+/// out[pair_row[p]] = x[p / k] for every routed pair, padding rows 0 (MegaBlocks `padded_gather`;
+/// Megatron `permute`).
 /// zero_padding = false leaves padding rows unwritten, for a consumer that never reads them.
 template <class S>
 void dropless_permute(ConstMatrixRef<S> x, const DroplessPlan& plan, MatrixRef<S> out,
@@ -41,7 +42,7 @@ void dropless_permute(ConstMatrixRef<S> x, const DroplessPlan& plan, MatrixRef<S
   const Index k = plan.top_k;
   // Walk sorted positions so the writes stream through the buffer in order.
   kernels::parallel_for(
-      0, plan.num_pairs(),
+      0, plan.num_routed(),
       [&](Index i) {
         const Index p = plan.sorted_pairs[i];
         out.row(plan.pair_row[p]) = x.row(p / k);
@@ -50,8 +51,8 @@ void dropless_permute(ConstMatrixRef<S> x, const DroplessPlan& plan, MatrixRef<S
   if (zero_padding) detail::zero_padding_rows<S>(plan, out);
 }
 
-/// grad_x[t] = sum_j grad_out[pair_row[t*k + j]], j = 0..k-1 in order (adjoint of
-/// dropless_permute).
+/// grad_x[t] = sum_j grad_out[pair_row[t*k + j]] over token t's routed pairs, j in order (adjoint
+/// of dropless_permute; 0 for a token without one).
 template <class S>
 void dropless_permute_backward(ConstMatrixRef<S> grad_out, const DroplessPlan& plan,
                                MatrixRef<S> grad_x) {
@@ -63,14 +64,24 @@ void dropless_permute_backward(ConstMatrixRef<S> grad_out, const DroplessPlan& p
   kernels::parallel_for(
       0, plan.num_tokens,
       [&](Index t) {
-        grad_x.row(t) = grad_out.row(plan.pair_row[t * k]);
-        for (Index j = 1; j < k; ++j) grad_x.row(t) += grad_out.row(plan.pair_row[t * k + j]);
+        bool first = true;
+        for (Index j = 0; j < k; ++j) {
+          const Index row = plan.pair_row[t * k + j];
+          if (row < 0) continue;
+          if (first)
+            grad_x.row(t) = grad_out.row(row);
+          else
+            grad_x.row(t) += grad_out.row(row);
+          first = false;
+        }
+        if (first) grad_x.row(t).setZero();
       },
       kernels::min_parallel_rows(k * grad_x.cols()));
 }
 
-/// out[t] = sum_j gates(t, j) * y[pair_row[t*k + j]], j in order (MegaBlocks `padded_scatter`,
-/// whose [T, k, H] buffer summed over k is the same fixed order).
+/// out[t] = sum_j gates(t, j) * y[pair_row[t*k + j]] over token t's routed pairs, j in order
+/// (MegaBlocks `padded_scatter`, whose [T, k, H] buffer summed over k is the same fixed order); 0
+/// for a token without one.
 template <class S>
 void dropless_unpermute(ConstMatrixRef<S> y, ConstMatrixRef<S> gates, const DroplessPlan& plan,
                         MatrixRef<S> out) {
@@ -85,15 +96,24 @@ void dropless_unpermute(ConstMatrixRef<S> y, ConstMatrixRef<S> gates, const Drop
   kernels::parallel_for(
       0, plan.num_tokens,
       [&](Index t) {
-        out.row(t) = gates(t, 0) * y.row(plan.pair_row[t * k]);
-        for (Index j = 1; j < k; ++j) out.row(t) += gates(t, j) * y.row(plan.pair_row[t * k + j]);
+        bool first = true;
+        for (Index j = 0; j < k; ++j) {
+          const Index row = plan.pair_row[t * k + j];
+          if (row < 0) continue;
+          if (first)
+            out.row(t) = gates(t, j) * y.row(row);
+          else
+            out.row(t) += gates(t, j) * y.row(row);
+          first = false;
+        }
+        if (first) out.row(t).setZero();
       },
       kernels::min_parallel_rows(k * out.cols()));
 }
 
 /// grad_y[pair_row[t*k+j]] = gates(t,j) * grad_out[t] (padding rows 0 unless zero_padding is
 /// false) and grad_gates(t, j) = <y[pair_row[t*k+j]], grad_out[t]> (MegaBlocks
-/// `padded_scatter_wgrad`).
+/// `padded_scatter_wgrad`); an unused pair's grad_gates is 0.
 template <class S>
 void dropless_unpermute_backward(ConstMatrixRef<S> grad_out, ConstMatrixRef<S> y,
                                  ConstMatrixRef<S> gates, const DroplessPlan& plan,
@@ -115,6 +135,10 @@ void dropless_unpermute_backward(ConstMatrixRef<S> grad_out, ConstMatrixRef<S> y
       [&](Index t) {
         for (Index j = 0; j < k; ++j) {
           const Index row = plan.pair_row[t * k + j];
+          if (row < 0) {
+            grad_gates(t, j) = S(0);
+            continue;
+          }
           grad_y.row(row) = gates(t, j) * grad_out.row(t);
           grad_gates(t, j) = y.row(row).dot(grad_out.row(t));
         }

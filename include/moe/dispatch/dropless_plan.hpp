@@ -10,6 +10,7 @@
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/kernels/parallel.hpp"
+#include "moe/routing/routing.hpp"
 
 namespace moe {
 
@@ -18,7 +19,8 @@ namespace moe {
 /// Pair p = t * k + j is token t's j-th choice. Sorted order is (expert, p) ascending: a stable
 /// sort, so within an expert tokens keep their order (lower token index first). Expert e owns the
 /// padded rows [padded_offsets[e], padded_offsets[e + 1]); its first tokens_per_expert[e] rows hold
-/// pairs, the rest are zero padding.
+/// pairs, the rest are zero padding. A pair whose id is kUnusedSlot is routed nowhere: no row
+/// (pair_row -1), not in sorted_pairs, not counted.
 struct DroplessPlan {
   Index num_tokens = 0;
   Index top_k = 0;
@@ -28,10 +30,13 @@ struct DroplessPlan {
   IndexVector tokens_per_expert;  ///< [E] pairs routed to each expert (MegaBlocks `histogram`)
   IndexVector offsets;            ///< [E+1] unpadded group starts: exclusive cumsum of the counts
   IndexVector padded_offsets;     ///< [E+1] padded group starts: cumsum of round_up(count, B)
-  IndexVector sorted_pairs;       ///< [T*k] pair at sorted position i (MegaBlocks `indices`)
-  IndexVector pair_row;           ///< [T*k] padded row of pair p: the inverse map unpermute reads
+  IndexVector sorted_pairs;       ///< [routed] pair at sorted position i (MegaBlocks `indices`)
+  IndexVector pair_row;  ///< [T*k] padded row of pair p (-1 if unused): what unpermute reads
 
+  /// Pairs, used or not: T * k.
   Index num_pairs() const noexcept { return num_tokens * top_k; }
+  /// Pairs routed to an expert, offsets[E]: num_pairs() less the unused slots.
+  Index num_routed() const noexcept { return offsets.size() ? offsets[num_experts] : 0; }
   /// Rows of the padded buffer, padded_offsets[E] (MegaBlocks `padded_bins[-1]`).
   Index padded_rows() const noexcept {
     return padded_offsets.size() ? padded_offsets[num_experts] : 0;
@@ -63,10 +68,13 @@ inline void require_dropless_plan(const DroplessPlan& plan) {
   require(plan.tokens_per_expert.size() == experts && plan.offsets.size() == experts + 1 &&
               plan.padded_offsets.size() == experts + 1,
           "plan.offsets", concat("E + 1 = ", experts + 1, " offsets"), plan.offsets.size());
-  require(plan.sorted_pairs.size() == pairs && plan.pair_row.size() == pairs, "plan.pair_row",
-          concat("size T * k = ", pairs), plan.pair_row.size());
-  require(plan.padded_offsets[0] == 0 && plan.offsets[0] == 0 && plan.offsets[experts] == pairs,
-          "plan.offsets", concat("offsets from 0 to T * k = ", pairs),
+  require(plan.pair_row.size() == pairs, "plan.pair_row", concat("size T * k = ", pairs),
+          plan.pair_row.size());
+  require(plan.padded_offsets[0] == 0 && plan.offsets[0] == 0 && plan.offsets[experts] <= pairs &&
+              plan.sorted_pairs.size() == plan.offsets[experts],
+          "plan.offsets",
+          concat("offsets from 0 to the routed pairs (sorted_pairs: ", plan.sorted_pairs.size(),
+                 ", at most T * k = ", pairs, ")"),
           concat(plan.offsets[0], " to ", plan.offsets[experts]));
   for (Index e = 0; e < experts; ++e) {
     const Index count = plan.tokens_per_expert[e];
@@ -78,9 +86,14 @@ inline void require_dropless_plan(const DroplessPlan& plan) {
   }
   const Index rows = plan.padded_offsets[experts];
   for (Index p = 0; p < pairs; ++p)
-    if (plan.pair_row[p] < 0 || plan.pair_row[p] >= rows)
-      fail("plan.pair_row", concat("rows in [0, ", rows, ")"),
+    if (plan.pair_row[p] < -1 || plan.pair_row[p] >= rows)
+      fail("plan.pair_row", concat("rows in [0, ", rows, ") or -1 (unused)"),
            concat(plan.pair_row[p], " at pair ", p));
+  for (Index i = 0; i < plan.sorted_pairs.size(); ++i)
+    if (plan.sorted_pairs[i] < 0 || plan.sorted_pairs[i] >= pairs ||
+        plan.pair_row[plan.sorted_pairs[i]] < 0)
+      fail("plan.sorted_pairs", concat("routed pairs in [0, ", pairs, ")"),
+           concat(plan.sorted_pairs[i], " at position ", i));
 }
 
 }  // namespace detail
@@ -92,7 +105,8 @@ inline constexpr Index kSortChunk = 16384;
 
 }  // namespace detail
 
-/// Stable counting sort of expert_ids [T, k] by expert in O(T*k + E); groups padded to block_size
+/// Stable counting sort of expert_ids [T, k] by expert in O(T*k + E), unused slots (kUnusedSlot)
+/// left out; groups padded to block_size
 /// (MegaBlocks dMoE: sort, histogram, round_up, inclusive cumsum; block_size = 1 is grouped GEMM).
 /// Refills `plan`, reusing its storage. Per-chunk histograms, an ordered prefix and an ordered
 /// scatter: the result is unique, so it is the same at any thread count.
@@ -109,12 +123,9 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
   // Pair p is (token p / k, choice p % k); a dense id matrix (the usual case) needs no division.
   const bool dense = stride == k || tokens <= 1;
   auto id_of = [&](Index p) { return dense ? ids[p] : ids[(p / k) * stride + p % k]; };
-  for (Index p = 0; p < pairs; ++p) {
-    const ExpertId e = id_of(p);
-    if (e < 0 || e >= num_experts)
-      detail::fail("expert_ids", detail::concat("ids in [0, ", num_experts, ")"),
-                   detail::concat(e, " at row ", p / k, ", column ", p % k));
-  }
+  Index routed = 0;
+  for (Index p = 0; p < pairs; ++p)
+    routed += detail::routed_slot(id_of(p), num_experts, "expert_ids", p / k, p % k) ? 1 : 0;
 
   plan.num_tokens = tokens;
   plan.top_k = k;
@@ -123,7 +134,7 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
   plan.tokens_per_expert.resize(num_experts);
   plan.offsets.resize(num_experts + 1);
   plan.padded_offsets.resize(num_experts + 1);
-  plan.sorted_pairs.resize(pairs);
+  plan.sorted_pairs.resize(routed);
   plan.pair_row.resize(pairs);
 
   const Index chunks =
@@ -137,7 +148,8 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
       [&](Index c) {
         Index* h = histogram.data() + c * num_experts;
         const Index end = std::min(pairs, (c + 1) * chunk_len);
-        for (Index p = c * chunk_len; p < end; ++p) ++h[id_of(p)];
+        for (Index p = c * chunk_len; p < end; ++p)
+          if (id_of(p) != kUnusedSlot) ++h[id_of(p)];
       },
       /*min_parallel=*/1);  // each chunk is already kSortChunk pairs
 
@@ -164,6 +176,10 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
         const Index end = std::min(pairs, (c + 1) * chunk_len);
         for (Index p = c * chunk_len; p < end; ++p) {
           const ExpertId e = id_of(p);
+          if (e == kUnusedSlot) {
+            plan.pair_row[p] = -1;
+            continue;
+          }
           const Index position = slot[e]++;
           plan.sorted_pairs[position] = p;
           plan.pair_row[p] = plan.padded_offsets[e] + (position - plan.offsets[e]);

@@ -41,13 +41,13 @@ inline void validate(const HealthConfig& c) {
 }
 
 /// Average load of the hard (top-k count) or soft (probability sum) load for T tokens, E experts
-/// and k choices, as `config.average` chooses.
-inline double average_load(bool hard, Index tokens, Index experts, Index top_k,
+/// and k choices per token (the mean routed choices under adaptive k), as `config.average`
+/// chooses.
+inline double average_load(bool hard, Index tokens, Index experts, double choices_per_token,
                            const HealthConfig& config) {
   const double per_token = static_cast<double>(tokens) / static_cast<double>(experts);
-  return (hard && config.average == AverageLoad::per_choice)
-             ? per_token * static_cast<double>(top_k)
-             : per_token;
+  return (hard && config.average == AverageLoad::per_choice) ? per_token * choices_per_token
+                                                             : per_token;
 }
 
 }  // namespace moe

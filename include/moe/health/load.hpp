@@ -12,6 +12,7 @@
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/health/config.hpp"
+#include "moe/routing/routing.hpp"
 #include "moe/routing/topk.hpp"
 
 namespace moe {
@@ -101,8 +102,8 @@ inline LoadStats load_stats(const Eigen::Ref<const Eigen::VectorXd>& load, doubl
 }
 
 /// Hard load c_e = #{(t, j) : expert_ids(t, j) = e}, the top-k assignment counts before any
-/// capacity drop (DeepSpeed `exp_counts`, Tutel `dispatch_count`). `argument` names the ids in
-/// messages.
+/// capacity drop (DeepSpeed `exp_counts`, Tutel `dispatch_count`); unused slots (kUnusedSlot)
+/// count nowhere. `argument` names the ids in messages.
 template <class Ids>
 IndexVector hard_load(const Eigen::DenseBase<Ids>& expert_ids, Index num_experts,
                       const char* argument = "expert_ids") {
@@ -112,10 +113,7 @@ IndexVector hard_load(const Eigen::DenseBase<Ids>& expert_ids, Index num_experts
   for (Index t = 0; t < ids.rows(); ++t)
     for (Index j = 0; j < ids.cols(); ++j) {
       const auto e = static_cast<Index>(ids(t, j));
-      if (e < 0 || e >= num_experts)
-        detail::fail(argument, detail::concat("ids in [0, ", num_experts, ")"),
-                     detail::concat(e, " at row ", t, ", column ", j));
-      ++counts[e];
+      if (detail::routed_slot(e, num_experts, argument, t, j)) ++counts[e];
     }
   return counts;
 }

@@ -12,7 +12,7 @@
 
 namespace moe {
 
-inline constexpr std::array<std::string_view, 51> kHealthMetricNames = {
+inline constexpr std::array<std::string_view, 53> kHealthMetricNames = {
     "tokens",
     "experts",
     "top_k",
@@ -65,6 +65,8 @@ inline constexpr std::array<std::string_view, 51> kHealthMetricNames = {
     "topk_margin_p50",
     "bf16_flipped_tokens",
     "bf16_flipped_choices",
+    "active_experts_per_token",
+    "unused_slots",
 };
 
 /// Scalars named before the first export list column (kHealthMetricNames[0, 40)); the rest come
@@ -131,6 +133,8 @@ inline HealthMetrics health_metrics(const HealthReport& r) {
   m[i++] = r.margins.p50;
   m[i++] = r.stability ? d(r.stability->flipped_tokens) : nan;
   m[i++] = r.stability ? d(r.stability->flipped_choices) : nan;
+  m[i++] = r.active_experts_per_token;
+  m[i++] = d(r.unused_slots);
   eigen_assert(i == kHealthMetricCount);
   return m;
 }

@@ -2,6 +2,7 @@
 // Eigen data: a probability matrix [T, E] with top-k ids or k.
 #pragma once
 
+#include <limits>
 #include <optional>
 #include <utility>
 
@@ -37,6 +38,10 @@ struct HealthReport {
   TopkMargins margins;
   /// bf16_stability of the logits, with HealthConfig::selection_metrics when logits were given.
   std::optional<Bf16Stability> stability;
+  /// Routed choices per token, sum hard.load / T: top_k unless slots went unused (adaptive k), the
+  /// compute an adaptive router saves being top_k minus this. NaN when T = 0.
+  double active_experts_per_token = 0.0;
+  Index unused_slots = 0;  ///< T k - sum hard.load: slots holding kUnusedSlot
 };
 
 namespace detail {
@@ -51,9 +56,18 @@ HealthReport report_from(const Eigen::DenseBase<P>& probabilities, const IndexVe
   r.tokens = tokens;
   r.experts = experts;
   r.top_k = top_k;
+  const Index routed = hard_counts.sum();
+  r.active_experts_per_token = tokens > 0
+                                   ? static_cast<double>(routed) / static_cast<double>(tokens)
+                                   : std::numeric_limits<double>::quiet_NaN();
+  r.unused_slots = tokens * top_k - routed;
   r.soft = load_stats(d.soft_load, average_load(false, tokens, experts, top_k, config), config);
+  // Hard loads against the choices actually routed: an adaptive router's fewer choices per token
+  // are not a cold expert.
   r.hard = load_stats(hard_counts.cast<double>(),
-                      average_load(true, tokens, experts, top_k, config), config);
+                      average_load(true, tokens, experts,
+                                   tokens > 0 ? r.active_experts_per_token : double(top_k), config),
+                      config);
   r.normalized_entropy = d.normalized_entropy;
   r.mean_token_entropy = d.mean_token_entropy;
   r.mean_top1 = d.mean_top1;

@@ -9,6 +9,7 @@
 #include "moe/balance/load_balancing_loss.hpp"
 #include "moe/dispatch/capacity.hpp"
 #include "moe/experts/expert_weights.hpp"
+#include "moe/health/config.hpp"
 #include "moe/routing/config.hpp"
 
 namespace moe {
@@ -40,10 +41,22 @@ struct MoELayerConfig {
   /// llama.cpp `weight_before_ffn`, Megatron-Core `moe_apply_probs_on_input`). Top-1 and dropless
   /// only (Megatron's restriction: with k > 1 each choice would need its own scaled input).
   bool weight_before_ffn = false;
+  /// Zero-computation experts (LongCat-Flash, Hugging Face `LongcatFlashExperts`): the last Z of
+  /// the router's num_experts are identities, so choosing one adds w_tj x_t to y_t with no
+  /// weights and no FFN work. The router, losses, balancer and health see all num_experts (their
+  /// loads and the selection bias include the zero experts); the FFN experts are the first
+  /// num_experts - Z. Dropless dispatch only, as LongCat runs them.
+  Index zero_computation_experts = 0;
+  /// The step's health report (MoEOutput::health): thresholds, and the opt-in top-k margins and
+  /// bfloat16 stability (HealthConfig::selection_metrics).
+  HealthConfig health;
+
+  /// The experts with weights: router.num_experts less the zero-computation ones.
+  Index num_ffn_experts() const noexcept { return router.num_experts - zero_computation_experts; }
 
   ExpertFFNConfig experts() const {
     ExpertFFNConfig c;
-    c.num_experts = router.num_experts;
+    c.num_experts = num_ffn_experts();
     c.hidden = router.hidden;
     c.ffn_hidden = ffn_hidden;
     c.activation = activation;
@@ -66,6 +79,10 @@ inline constexpr double kRouterInitStddev = 0.02;
 /// Checks a MoELayerConfig; every message names the field.
 inline void validate(const MoELayerConfig& c) {
   validate(c.router);
+  require(c.zero_computation_experts >= 0 && c.zero_computation_experts < c.router.num_experts,
+          "MoELayerConfig::zero_computation_experts",
+          detail::concat("0 <= Z < router.num_experts (", c.router.num_experts, ")"),
+          c.zero_computation_experts);
   validate(c.experts());
   require(c.block_size >= 1, "MoELayerConfig::block_size", ">= 1", c.block_size);
   require(c.z_loss_coefficient >= 0.0, "MoELayerConfig::z_loss_coefficient", ">= 0",
@@ -81,6 +98,13 @@ inline void validate(const MoELayerConfig& c) {
             "dropless dispatch", "capacity dispatch");
   }
   if (c.aux_loss) validate(*c.aux_loss);
+  validate(c.health);
+  if (c.zero_computation_experts > 0) {
+    require(c.dispatch == DispatchKind::dropless, "MoELayerConfig::zero_computation_experts",
+            "dropless dispatch", "capacity dispatch");
+    require(!c.weight_before_ffn, "MoELayerConfig::zero_computation_experts",
+            "weight_before_ffn off", "weight_before_ffn on");
+  }
 }
 
 }  // namespace moe

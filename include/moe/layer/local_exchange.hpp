@@ -34,6 +34,7 @@ namespace moe {
 /// - agree(work): runs `work` (checks, the router), then agrees with every process on whether all
 ///   succeeded, so a failure on one never leaves the others waiting in a collective;
 /// - batch_routing(own, ctx): the routing of the whole batch the losses, balancer and health read;
+/// - batch_sequences(own, ctx): packed-sequence offsets over that batch, from this process's;
 /// - keep_own_rows(loss, ctx): this process's rows of a whole-batch loss gradient;
 /// - forward(...): y = the combined expert outputs of this process's tokens; returns the whole
 ///   batch's capacity counts under capacity dispatch;
@@ -68,6 +69,10 @@ class LocalExchange {
     return own;
   }
   template <class S>
+  IndexVector batch_sequences(const IndexVector& own, const Context<S>& /*ctx*/) const {
+    return own;
+  }
+  template <class S>
   void keep_own_rows(LossGradient<S>& /*loss*/, const Context<S>& /*ctx*/) const {}
 
   /// y[t] = sum_j w_tj FFN_{e_tj}(x_t) over the kept choices of `routing`. Dropless: MegaBlocks'
@@ -80,8 +85,7 @@ class LocalExchange {
                                        Mode mode, std::uint64_t seed, Context<S>& ctx,
                                        MatrixRef<S> y) const {
     if (config.dispatch == DispatchKind::dropless) {
-      make_dropless_plan(routing.expert_ids, config.router.num_experts, config.block_size,
-                         ctx.plan);
+      make_dropless_plan(routing.expert_ids, config.num_ffn_experts(), config.block_size, ctx.plan);
       // Eval reads token rows in place; a backward after it groups x then (it is given x).
       ctx.dropless.save_for_backward = mode == Mode::train;
       dropless_ffn_forward<S>(experts, x, routing.gates, ctx.plan, ctx.dropless, y);

@@ -48,6 +48,11 @@ struct MoELayerContext {
   RowMatrix<S> weighted_x;
   Routing<S> unit_routing;
   RowMatrix<S> unit_gate_grad;  ///< backward's scratch for the unit gates' (unused) gradient
+
+  /// With zero-computation experts: the routing the FFN experts were given (zero-expert slots
+  /// unused), and per token the sum of the gates of its zero-expert choices, w0_t.
+  Routing<S> ffn_routing;
+  Vector<S> identity_gate;
 };
 
 template <class S>
@@ -188,7 +193,7 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
 
   /// Global ids of the routed experts this layer holds (all of them with LocalExchange).
   std::vector<Index> local_experts() const {
-    return exchange.local_experts(config.router.num_experts);
+    return exchange.local_experts(config.num_ffn_experts());
   }
 
   /// How many routed experts this layer holds.
@@ -200,7 +205,7 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     router.init_weights(seed, kRouterInitStddev);
     const std::vector<Index> mine = local_experts();
     if (!mine.empty())
-      experts.init_weights(seed + 1, config.expert_init_stddev(), mine, config.router.num_experts);
+      experts.init_weights(seed + 1, config.expert_init_stddev(), mine, config.num_ffn_experts());
     init_shared_expert<S>(config, seed, shared, shared_gate_weight);
   }
 
@@ -215,7 +220,8 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
                 c.activation == config.activation && c.expert_bias == config.expert_bias &&
                 c.shared.ffn_hidden == config.shared.ffn_hidden &&
                 c.shared.gated == config.shared.gated &&
-                whole.experts.config.num_experts == config.router.num_experts,
+                c.zero_computation_experts == config.zero_computation_experts &&
+                whole.experts.config.num_experts == config.num_ffn_experts(),
             "whole", "a layer holding every expert, with this layer's parameter shapes",
             "another shape");
     router = whole.router;
@@ -267,6 +273,31 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     for (Index r = 0; r < real; ++r) y.row(ctx.real_tokens[r]) = out.y.row(r);
     out.y = std::move(y);
     return out;
+  }
+
+  /// forward over packed sequences (THD layout, flash-attention / Megatron): `cu_seqlens` [S + 1]
+  /// are the offsets of this process's sequences in x (0 first, x.rows() last). A sequence-wise
+  /// aux loss with sequence_length 0 (aux_presets::megatron_packed_sequence,
+  /// deepseek_v3_packed_sequence) is then taken per sequence, normalized as its
+  /// sequence_normalization says (load_balancing_loss_packed); the rest is forward's. Under
+  /// expert parallelism each process gives the offsets of its own tokens.
+  MoEOutput<S> forward_packed(const ConstMatrixRef<S>& x, const IndexVector& cu_seqlens,
+                              Context& ctx, Mode mode, std::uint64_t seed = 0,
+                              Index micro_batch = 0) {
+    exchange.agree([&] {
+      require(cu_seqlens.size() >= 1 && cu_seqlens[0] == 0 &&
+                  cu_seqlens[cu_seqlens.size() - 1] == x.rows(),
+              "cu_seqlens", detail::concat("offsets from 0 to the rows of x (", x.rows(), ")"),
+              cu_seqlens.size() == 0
+                  ? std::string("no offsets")
+                  : detail::concat(cu_seqlens[0], " to ", cu_seqlens[cu_seqlens.size() - 1]));
+      require(!config.aux_loss || config.aux_loss->sequence_length == 0, "MoELayerConfig::aux_loss",
+              "sequence_length 0 with cu_seqlens (the offsets give the sequences)",
+              detail::concat("sequence_length ",
+                             config.aux_loss ? config.aux_loss->sequence_length : Index(0)));
+    });
+    ctx.padded_tokens = -1;
+    return step(x, nullptr, ctx, mode, seed, micro_batch, &cu_seqlens);
   }
 
   /// Routing replay (Megatron-Core `RouterReplay`): forward with this process's tokens routed to
@@ -363,6 +394,16 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     } else {
       exchange.template backward<S>(config, experts, x, grad_y, ctx.exchange, grads.experts,
                                     grads.x, upstream.gates);
+      if (config.zero_computation_experts > 0) {
+        // y_t += w0_t x_t: dx_t += w0_t dy_t, and each zero-expert gate gets <x_t, dy_t>.
+        const ExpertId first_zero = static_cast<ExpertId>(config.num_ffn_experts());
+        for (Index t = 0; t < tokens; ++t) {
+          const S through = x.row(t).dot(grad_y.row(t));
+          for (Index j = 0; j < routing.top_k(); ++j)
+            if (routing.expert_ids(t, j) >= first_zero) upstream.gates(t, j) = through;
+          grads.x.row(t) += ctx.identity_gate[t] * grad_y.row(t);
+        }
+      }
     }
 
     // Parameters every process holds whole: the shared expert, then the router from its three
@@ -379,11 +420,16 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
 
   /// forward (recorded_ids null) and replay.
   MoEOutput<S> step(const ConstMatrixRef<S>& x, const ExpertIdMatrix* recorded_ids, Context& ctx,
-                    Mode mode, std::uint64_t seed, Index micro_batch) {
+                    Mode mode, std::uint64_t seed, Index micro_batch,
+                    const IndexVector* cu_seqlens = nullptr) {
     ctx.mode = mode;
     const Routing<S>* routed = nullptr;
     exchange.agree([&] {
       check_config();
+      // Adaptive k is chosen per call: the layer's config.router sets it for the router.
+      router.config.active_top_k = config.router.active_top_k;
+      router.config.min_top_k = config.router.min_top_k;
+      router.config.top_k_threshold = config.router.top_k_threshold;
       const std::uint64_t router_seed = exchange.router_seed(seed);
       routed = recorded_ids != nullptr
                    ? &router.replay(x, *recorded_ids, ctx.router, mode, router_seed)
@@ -402,6 +448,22 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
       ctx.unit_routing.gates.setOnes(own.num_tokens(), 1);
       capacity = exchange.template forward<S>(config, experts, ctx.weighted_x, ctx.unit_routing,
                                               batch, mode, seed, ctx.exchange, out.y);
+    } else if (config.zero_computation_experts > 0) {
+      // LongCat-Flash: the FFN experts get the choices of FFN experts; the zero-computation ones
+      // add w0_t x_t, w0_t the sum of their gates in choice order.
+      const ExpertId first_zero = static_cast<ExpertId>(config.num_ffn_experts());
+      ctx.ffn_routing.expert_ids = own.expert_ids;
+      ctx.ffn_routing.gates = own.gates;
+      ctx.identity_gate.setZero(own.num_tokens());
+      for (Index t = 0; t < own.num_tokens(); ++t)
+        for (Index j = 0; j < own.top_k(); ++j)
+          if (own.expert_ids(t, j) >= first_zero) {
+            ctx.identity_gate[t] += own.gates(t, j);
+            ctx.ffn_routing.expert_ids(t, j) = kUnusedSlot;
+          }
+      capacity = exchange.template forward<S>(config, experts, x, ctx.ffn_routing, batch, mode,
+                                              seed, ctx.exchange, out.y);
+      out.y += (x.array().colwise() * ctx.identity_gate.array()).matrix();
     } else {
       capacity = exchange.template forward<S>(config, experts, x, own, batch, mode, seed,
                                               ctx.exchange, out.y);
@@ -413,7 +475,12 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     ctx.aux = LossGradient<S>();
     ctx.z = LossGradient<S>();
     if (mode == Mode::train) {
-      detail::routing_losses(config, batch, ctx.aux, ctx.z);
+      if (cu_seqlens != nullptr) {
+        const IndexVector sequences = exchange.batch_sequences(*cu_seqlens, ctx.exchange);
+        detail::routing_losses(config, batch, ctx.aux, ctx.z, &sequences);
+      } else {
+        detail::routing_losses(config, batch, ctx.aux, ctx.z);
+      }
       exchange.keep_own_rows(ctx.aux, ctx.exchange);
       exchange.keep_own_rows(ctx.z, ctx.exchange);
       out.aux_loss = ctx.aux.value;
@@ -426,7 +493,8 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
           balancer->accumulate(micro_batch, batch.expert_ids);
       }
     }
-    out.health = capacity ? health_report(batch, *capacity) : health_report(batch);
+    out.health = capacity ? health_report(batch, *capacity, config.health)
+                          : health_report(batch, config.health);
     return out;
   }
   struct Mapped {};
@@ -484,7 +552,7 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
                                         const Exchange& held_by) {
     ExpertFFNConfig c = layer_config.experts();
     c.num_experts =
-        static_cast<Index>(held_by.local_experts(layer_config.router.num_experts).size());
+        static_cast<Index>(held_by.local_experts(layer_config.num_ffn_experts()).size());
     return c;
   }
 

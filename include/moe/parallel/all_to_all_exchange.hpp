@@ -76,7 +76,7 @@ class AllToAllExchange {
         given_placement_(expert_placement.has_value()) {}
 
   void bind(const MoELayerConfig& config) {
-    const Index experts = config.router.num_experts;
+    const Index experts = config.num_ffn_experts();
     if (!given_placement_) placement = ExpertPlacement::contiguous(experts, comm.size());
     require(placement.num_experts() == experts, "placement",
             detail::concat("a placement of ", experts, " experts"), placement.num_experts());
@@ -140,6 +140,20 @@ class AllToAllExchange {
     comm.allgatherv(own.scores.data(), counts(E), g.scores.data());
     comm.allgatherv(own.logits.data(), counts(E), g.logits.data());
     return g;
+  }
+
+  /// The whole batch's packed-sequence offsets: every rank's `own` offsets (over its tokens)
+  /// shifted to its first row of the batch, in rank order. Call after batch_routing. Collective.
+  template <class S>
+  IndexVector batch_sequences(const IndexVector& own, const Context<S>& ctx) const {
+    const std::vector<Index> counts = comm.allgather(own.size() - 1);
+    Index total = 0;
+    for (Index n : counts) total += n;
+    IndexVector ends = own.tail(own.size() - 1).array() + ctx.first_token;
+    IndexVector batch(total + 1);
+    batch[0] = 0;
+    comm.allgatherv(ends.data(), counts, batch.data() + 1);
+    return batch;
   }
 
   /// Keeps this rank's rows of a whole-batch loss gradient.
@@ -250,9 +264,14 @@ class AllToAllExchange {
     comm.allreduce_sum(stats.kept.data(), stats.kept.size());
     comm.allreduce_sum(&stats.capacity, 1);
     comm.allreduce_sum(stats.dropped.data(), stats.dropped.size());
-    IndexVector own = stats.token_kept;
-    stats.token_kept.resize(ctx.global.num_tokens());
-    comm.allgatherv(own.data(), ctx.rank_tokens, stats.token_kept.data());
+    // Every rank gathers both per-token counts, also one whose tokens used all k slots.
+    if (stats.token_routed.size() == 0)
+      stats.token_routed.setConstant(stats.token_kept.size(), ctx.capacity_plan.top_k);
+    for (IndexVector* per_token : {&stats.token_kept, &stats.token_routed}) {
+      const IndexVector own = *per_token;
+      per_token->resize(ctx.global.num_tokens());
+      comm.allgatherv(own.data(), ctx.rank_tokens, per_token->data());
+    }
     return stats;
   }
 

@@ -18,8 +18,8 @@ namespace moe {
 /// make_exchange_plan; read by the row exchanges of forward and backward.
 struct ExchangePlan {
   /// This rank's T*k entries sorted by (owner rank, local expert), block 1, so rank q's rows are
-  /// one contiguous range of the send buffer. Entries not sent (dropped by capacity) sort into
-  /// an extra last bucket, after every sent row.
+  /// one contiguous range of the send buffer. Entries not sent (dropped by capacity, unused) sort
+  /// into an extra last bucket, after every sent row.
   DroplessPlan send;
   std::vector<Index> send_rows;  ///< [P] rows this rank sends to each rank
   std::vector<Index> recv_rows;  ///< [P] rows this rank receives from each rank
@@ -43,15 +43,14 @@ inline void make_exchange_plan(const Communicator& comm, const ExpertPlacement& 
   const Index tokens = expert_ids.rows(), k = expert_ids.cols();
   if (sent.size() != 0) require_shape(sent, "sent", tokens, k);
 
-  // Bucket of every entry: its expert's exchange position, or E when it stays here.
+  // Bucket of every entry: its expert's exchange position, or E when it stays here (dropped, or
+  // an unused slot).
   ExpertIdMatrix bucket(tokens, k);
   for (Index t = 0; t < tokens; ++t)
     for (Index j = 0; j < k; ++j) {
       const ExpertId e = expert_ids(t, j);
-      if (e < 0 || e >= E)
-        detail::fail("expert_ids", detail::concat("ids in [0, ", E, ")"),
-                     detail::concat(e, " at row ", t, ", column ", j));
-      const bool goes = sent.size() == 0 || sent(t, j);
+      const bool goes =
+          detail::routed_slot(e, E, "expert_ids", t, j) && (sent.size() == 0 || sent(t, j));
       bucket(t, j) = static_cast<ExpertId>(goes ? placement.exchange_position(e) : E);
     }
   make_dropless_plan(bucket, E + 1, 1, plan.send);

@@ -64,7 +64,24 @@ struct RouterConfig {
   double jitter_epsilon = 1e-2;  ///< Switch / DeepSpeed default
   double noise_epsilon = 1e-2;   ///< floor of the noisy-top-k standard deviation
 
+  /// Adaptive k, chosen per call (llama.cpp `--moe-n-expert`; ik_llama.cpp's smart expert
+  /// reduction, PR 239): of the top_k choices, choice j is used when j < min_top_k, or when
+  /// j < active_top_k and s_j >= top_k_threshold * max_i s_i over the chosen (s the unbiased
+  /// scores); the others become unused slots (kUnusedSlot, gate 0) and the gates are computed over
+  /// the used ones (renormalized over them when renormalize is on). 0 means top_k for
+  /// active_top_k, and active_top_k for min_top_k; the defaults use all top_k.
+  Index active_top_k = 0;
+  Index min_top_k = 0;
+  double top_k_threshold = 0.0;
+
   bool groups_enabled() const noexcept { return num_groups > 1; }
+
+  /// The most experts a token uses: active_top_k, or top_k when 0.
+  Index max_active_k() const noexcept { return active_top_k > 0 ? active_top_k : top_k; }
+  /// The fewest experts a token uses: min_top_k, or max_active_k() when 0.
+  Index min_active_k() const noexcept { return min_top_k > 0 ? min_top_k : max_active_k(); }
+  /// Whether a token may use fewer than top_k experts (some slots may be unused).
+  bool adaptive_k() const noexcept { return min_active_k() < top_k; }
 
   /// How many of a group's best scores its group score sums (1 for GroupScore::max).
   Index group_score_terms() const noexcept {
@@ -120,6 +137,15 @@ inline void validate(const RouterConfig& c) {
           "0 <= eps < 1", c.jitter_epsilon);
   require(std::isfinite(c.noise_epsilon) && c.noise_epsilon >= 0.0, "RouterConfig::noise_epsilon",
           "a finite value >= 0", c.noise_epsilon);
+  require(c.active_top_k >= 0 && c.active_top_k <= c.top_k, "RouterConfig::active_top_k",
+          detail::concat("0 (top_k) or 1 <= active_top_k <= top_k (", c.top_k, ")"),
+          c.active_top_k);
+  require(
+      c.min_top_k >= 0 && c.min_top_k <= c.max_active_k(), "RouterConfig::min_top_k",
+      detail::concat("0 (active_top_k) or 1 <= min_top_k <= active_top_k (", c.max_active_k(), ")"),
+      c.min_top_k);
+  require(c.top_k_threshold >= 0.0 && c.top_k_threshold <= 1.0, "RouterConfig::top_k_threshold",
+          "a ratio in [0, 1]", c.top_k_threshold);
 }
 
 }  // namespace moe

@@ -33,7 +33,8 @@ class HashTable {
     require(experts_.rows() >= 1 && experts_.cols() >= 1, "experts",
             "a table of at least one token id and one expert",
             detail::concat("[", experts_.rows(), ", ", experts_.cols(), "]"));
-    detail::require_expert_ids(experts_, experts_.rows(), experts_.cols(), num_experts_, "experts");
+    detail::require_expert_ids(experts_, experts_.rows(), experts_.cols(), num_experts_, "experts",
+                               /*unused_allowed=*/false);
   }
 
   Index num_experts() const noexcept { return num_experts_; }

@@ -102,6 +102,16 @@ inline RouterConfig deepseek_v4(Index hidden, Index num_experts = 256, Index top
   return c;
 }
 
+/// LongCat-Flash (Hugging Face `LongcatFlashTopkRouter`): softmax over 512 FFN experts and 256
+/// zero-computation ones (768 in all), top-12 by the scores + the correction bias
+/// (Router::selection_bias, kept by a BiasBalancer), the raw probabilities times 6.0 as weights.
+/// The layer makes the last 256 identities (MoELayerConfig::zero_computation_experts = 256).
+inline RouterConfig longcat_flash(Index hidden, Index num_experts = 768, Index top_k = 12) {
+  RouterConfig c = detail::base(num_experts, hidden, top_k);
+  c.scaling_factor = 6.0;
+  return c;
+}
+
 /// Megatron-Core TopKRouter with score_function = softmax. pre_softmax = false (its default):
 /// top-k of the logits, softmax over the k. pre_softmax = true: softmax over E, top-k, no renorm.
 inline RouterConfig megatron_topk(Index num_experts, Index hidden, Index top_k, bool pre_softmax) {

@@ -2,6 +2,7 @@
 // (Router::replay, MoELayer::replay), with a compact byte format for files and messages.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -29,7 +30,9 @@ struct RecordedLayer {
 ///   "MOEROUTE" | u32 version | u32 layers | per layer: u32 num_experts, u32 top_k, u64 tokens,
 ///   u8 id_bytes, then tokens * top_k ids of id_bytes each, row by row
 /// where id_bytes is the fewest of 1, 2, 4 that hold num_experts - 1 (one byte per choice up to
-/// 256 experts, a quarter of the int32 ids in memory).
+/// 256 experts, a quarter of the int32 ids in memory). A layer with unused slots (kUnusedSlot,
+/// adaptive k) writes them as the all-ones value of the fewest bytes in which it is not an expert
+/// id (1 byte below 256 experts).
 struct RoutingRecord {
   std::vector<RecordedLayer> layers;
 
@@ -47,13 +50,17 @@ struct RoutingRecord {
     for (std::size_t l = 0; l < layers.size(); ++l) {
       const RecordedLayer& layer = layers[l];
       check_layer(layer, l);
-      const int width = id_bytes(layer.num_experts);
+      const bool unused = (layer.expert_ids.array() == kUnusedSlot).any();
+      const int width = id_bytes(layer.num_experts + (unused ? 1 : 0));
       put(out, static_cast<std::uint64_t>(layer.num_experts), 4);
       put(out, static_cast<std::uint64_t>(layer.expert_ids.cols()), 4);
       put(out, static_cast<std::uint64_t>(layer.expert_ids.rows()), 8);
       put(out, static_cast<std::uint64_t>(width), 1);
-      for (Index i = 0; i < layer.expert_ids.size(); ++i)
-        put(out, static_cast<std::uint64_t>(layer.expert_ids.data()[i]), width);
+      const std::uint64_t unused_value = all_ones(width);
+      for (Index i = 0; i < layer.expert_ids.size(); ++i) {
+        const ExpertId id = layer.expert_ids.data()[i];
+        put(out, id == kUnusedSlot ? unused_value : static_cast<std::uint64_t>(id), width);
+      }
     }
     return out;
   }
@@ -80,17 +87,28 @@ struct RoutingRecord {
               "a layer with 1 <= top_k <= num_experts <= 2^31 - 1",
               detail::concat("num_experts ", experts, ", top_k ", top_k, " in layer ", l));
       layer.num_experts = static_cast<Index>(experts);
-      require(width == static_cast<std::uint64_t>(id_bytes(layer.num_experts)), argument,
-              detail::concat(id_bytes(layer.num_experts), "-byte ids for ", experts,
+      const int plain = id_bytes(layer.num_experts), with_unused = id_bytes(layer.num_experts + 1);
+      require(width == static_cast<std::uint64_t>(plain) ||
+                  width == static_cast<std::uint64_t>(with_unused),
+              argument,
+              detail::concat(plain, "-byte ids (", with_unused, " with unused slots) for ", experts,
                              " experts in layer ", l),
               width);
+      // the all-ones value is an unused slot wherever it cannot be an expert id
+      const std::uint64_t unused_value = all_ones(static_cast<int>(width));
+      const bool unused_encodable = unused_value >= experts;
       // tokens * top_k * width bytes must be present: checked before anything is allocated
       require(tokens <= (size - in.position) / top_k / width, argument,
               detail::concat(tokens, " tokens of ", top_k, " ids in layer ", l),
               detail::concat(size - in.position, " bytes left"));
       layer.expert_ids.resize(static_cast<Index>(tokens), static_cast<Index>(top_k));
-      for (Index i = 0; i < layer.expert_ids.size(); ++i)
-        layer.expert_ids.data()[i] = static_cast<ExpertId>(in.get(static_cast<int>(width), "ids"));
+      for (Index i = 0; i < layer.expert_ids.size(); ++i) {
+        const std::uint64_t value = in.get(static_cast<int>(width), "ids");
+        layer.expert_ids.data()[i] = unused_encodable && value == unused_value
+                                         ? kUnusedSlot
+                                         : static_cast<ExpertId>(std::min<std::uint64_t>(
+                                               value, static_cast<std::uint64_t>(kMaxExperts)));
+      }
       check_layer(layer, static_cast<std::size_t>(l), argument);
       record.layers.push_back(std::move(layer));
     }
@@ -117,7 +135,8 @@ struct RoutingRecord {
     return from_bytes(bytes.data(), bytes.size(), path.c_str());
   }
 
-  /// Checks layer `index`: 1 <= E < 2^31, ids in [0, E), no expert twice in a token. Errors name
+  /// Checks layer `index`: 1 <= E < 2^31, ids in [0, E) or kUnusedSlot, no expert twice in a
+  /// token. Errors name
   /// `argument` followed by the layer, e.g. "RoutingRecord::layers[2]".
   static void check_layer(const RecordedLayer& layer, std::size_t index,
                           const std::string& argument = "RoutingRecord::layers") {
@@ -139,6 +158,8 @@ struct RoutingRecord {
   static int id_bytes(Index num_experts) {
     return num_experts <= 0x100 ? 1 : num_experts <= 0x10000 ? 2 : 4;
   }
+
+  static std::uint64_t all_ones(int bytes) { return (std::uint64_t(1) << (8 * bytes)) - 1; }
 
   static void put(std::vector<std::uint8_t>& out, std::uint64_t value, int bytes) {
     for (int b = 0; b < bytes; ++b) out.push_back(static_cast<std::uint8_t>(value >> (8 * b)));

@@ -76,6 +76,28 @@ S log_score(ScoreFunction score, S logit) {
   return logit;
 }
 
+/// Positions of a token's used slots (ids not kUnusedSlot), ascending, into `used`; their count.
+inline Index used_slots(const ExpertId* ids, Index k, Index* used) {
+  Index m = 0;
+  for (Index j = 0; j < k; ++j)
+    if (ids[j] != kUnusedSlot) used[m++] = j;
+  return m;
+}
+
+/// Adaptive k (RouterConfig::active_top_k, min_top_k, top_k_threshold): token t's choice j stays
+/// when j < k_min, or when j < k_max and s_j >= threshold * max_i s_i over its top_k choices; the
+/// others become kUnusedSlot (ik_llama.cpp smart expert reduction: keep K_min, add p_j > t p_0).
+template <class S>
+void drop_below_threshold(const RouterConfig& config, Routing<S>& routing, Index t) {
+  ExpertId* ids = routing.expert_ids.row(t).data();
+  const Index k = config.top_k, k_min = config.min_active_k(), k_max = config.max_active_k();
+  S best = routing.scores(t, ids[0]);
+  for (Index j = 1; j < k_max; ++j) best = std::max(best, routing.scores(t, ids[j]));
+  const S floor = static_cast<S>(config.top_k_threshold) * best;
+  for (Index j = k_min; j < k; ++j)
+    if (j >= k_max || routing.scores(t, ids[j]) < floor) ids[j] = kUnusedSlot;
+}
+
 /// select_experts without its argument checks, for callers that made them (Router::forward).
 /// With `replayed` ([T, k], checked by the caller) its ids replace the top-k selection and the
 /// gates are computed from the logits at those ids exactly as for selected ones.
@@ -134,25 +156,38 @@ void select_experts_unchecked(const RouterConfig& config, const ConstMatrixRef<S
         else  // gates holds the selection values until rewritten below
           top_k_rows_block(ranked_rows + first * ranked_stride, ranked_stride, rows, experts, k,
                            out.expert_ids.row(first).data(), k, out.gates.row(first).data(), k);
+        thread_local std::vector<Index> used;
+        thread_local std::vector<S> ratios;
+        used.resize(static_cast<std::size_t>(k));
+        ratios.resize(static_cast<std::size_t>(k));
         for (Index t = first; t < first + rows; ++t) {
-          const ExpertId* ids = out.expert_ids.row(t).data();
-          S* gates = out.gates.row(t).data();
-          if (by_logits) {
-            S max_logit = logits(t, ids[0]);
-            for (Index j = 1; j < k; ++j) max_logit = std::max(max_logit, logits(t, ids[j]));
+          ExpertId* ids = out.expert_ids.row(t).data();
+          if (replayed == nullptr && config.adaptive_k()) drop_below_threshold(config, out, t);
+          const Index m = used_slots(ids, k, used.data());
+          // gates of the used slots, in slot order, at ratios[0..m)
+          auto id = [&](Index i) { return ids[used[static_cast<std::size_t>(i)]]; };
+          S* w = ratios.data();
+          if (m == 0) {
+            // every slot unused (a replayed row of kUnusedSlot): no gates
+          } else if (by_logits) {
+            S max_logit = logits(t, id(0));
+            for (Index i = 1; i < m; ++i) max_logit = std::max(max_logit, logits(t, id(i)));
             S sum = 0;
-            for (Index j = 0; j < k; ++j) sum += gates[j] = std::exp(logits(t, ids[j]) - max_logit);
-            for (Index j = 0; j < k; ++j) gates[j] /= sum;
+            for (Index i = 0; i < m; ++i) sum += w[i] = std::exp(logits(t, id(i)) - max_logit);
+            for (Index i = 0; i < m; ++i) w[i] /= sum;
           } else if (config.renormalize) {
             renormalized_ratios<S>(
-                k, [&](Index j) { return out.scores(t, ids[j]); },
-                [&](Index j) { return log_score(config.score, logits(t, ids[j])); },
-                config.renormalize_epsilon, gates);
+                m, [&](Index i) { return out.scores(t, id(i)); },
+                [&](Index i) { return log_score(config.score, logits(t, id(i))); },
+                config.renormalize_epsilon, w);
           } else {
-            for (Index j = 0; j < k; ++j) gates[j] = out.scores(t, ids[j]);
+            for (Index i = 0; i < m; ++i) w[i] = out.scores(t, id(i));
           }
           if (config.scaling_factor != 1.0)
-            for (Index j = 0; j < k; ++j) gates[j] *= static_cast<S>(config.scaling_factor);
+            for (Index i = 0; i < m; ++i) w[i] *= static_cast<S>(config.scaling_factor);
+          S* gates = out.gates.row(t).data();
+          for (Index j = 0; j < k; ++j) gates[j] = S(0);
+          for (Index i = 0; i < m; ++i) gates[used[static_cast<std::size_t>(i)]] = w[i];
         }
       },
       /*min_parallel=*/512 / block);
@@ -175,6 +210,8 @@ void require_selection_bias(const ConstVectorRef<S>& bias, Index experts, const 
 ///   topk_then_softmax: w = softmax(z[top-k(z + b)]) (Megatron-Core's default)
 ///   sigmoid, sqrt_softplus: w = s[top-k(s + b)], optionally renormalized;  then w *=
 ///   scaling_factor
+/// With adaptive k (RouterConfig::active_top_k, min_top_k, top_k_threshold) the choices it leaves
+/// out are kUnusedSlot with gate 0, and each formula runs over the used choices only.
 /// The config is validated, the logits and the bias must be finite (moe::Error otherwise).
 template <class S>
 void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
@@ -192,7 +229,8 @@ void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
 /// and the gates are computed from the live `logits` at those ids by the config's rule, as
 /// select_experts computes them for its own choices:
 ///   w_j = s[e_j] (optionally / (sum s[e] + eps)), or softmax(z[e]) for topk_then_softmax; * scale
-/// so select_experts_backward sends gradients to the router through the recorded choices. The
+/// so select_experts_backward sends gradients to the router through the recorded choices (a
+/// recorded kUnusedSlot stays unused, gate 0; adaptive k is not applied again). The
 /// selection bias and the group limit steer only selection, so a replay ignores them. Replaying
 /// the ids a select_experts call chose, on the same logits, reproduces its gates bit for bit.
 template <class S>
@@ -229,38 +267,45 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
   // to the logits' gradient after the score transform (see select_experts_backward).
   std::vector<char> in_log_space(static_cast<std::size_t>(config.renormalize ? tokens : 0), 0);
   kernels::parallel_for(0, tokens, [&](Index t) {
+    // Unused slots (kUnusedSlot) have a constant gate 0: only the used ones carry gradient.
+    thread_local std::vector<Index> used;
+    used.resize(static_cast<std::size_t>(k));
     const ExpertId* ids = routing.expert_ids.row(t).data();
+    const Index m = used_slots(ids, k, used.data());
+    auto id = [&](Index i) { return ids[used[static_cast<std::size_t>(i)]]; };
+    auto dw = [&](Index i) { return scale * grad_gates(t, used[static_cast<std::size_t>(i)]); };
+    if (m == 0) return;
     if (by_logits) {
       // p recomputed from the logits rather than read back from the scaled gates
-      S max_logit = logits(t, ids[0]);
-      for (Index j = 1; j < k; ++j) max_logit = std::max(max_logit, logits(t, ids[j]));
+      S max_logit = logits(t, id(0));
+      for (Index i = 1; i < m; ++i) max_logit = std::max(max_logit, logits(t, id(i)));
       S sum = 0, inner = 0;
-      for (Index j = 0; j < k; ++j) sum += std::exp(logits(t, ids[j]) - max_logit);
-      for (Index j = 0; j < k; ++j)
-        inner += std::exp(logits(t, ids[j]) - max_logit) / sum * scale * grad_gates(t, j);
-      for (Index j = 0; j < k; ++j) {
-        const S p = std::exp(logits(t, ids[j]) - max_logit) / sum;
-        d_logits(t, ids[j]) += p * (scale * grad_gates(t, j) - inner);
+      for (Index i = 0; i < m; ++i) sum += std::exp(logits(t, id(i)) - max_logit);
+      for (Index i = 0; i < m; ++i)
+        inner += std::exp(logits(t, id(i)) - max_logit) / sum * scale *
+                 grad_gates(t, used[static_cast<std::size_t>(i)]);
+      for (Index i = 0; i < m; ++i) {
+        const S p = std::exp(logits(t, id(i)) - max_logit) / sum;
+        d_logits(t, id(i)) += p * (dw(i) - inner);
       }
       return;
     }
     if (!config.renormalize) {
-      for (Index j = 0; j < k; ++j) d_scores(t, ids[j]) += scale * grad_gates(t, j);
+      for (Index i = 0; i < m; ++i) d_scores(t, id(i)) += dw(i);
       return;
     }
     S sum = 0, inner = 0;
-    for (Index j = 0; j < k; ++j) {
-      sum += routing.scores(t, ids[j]);
-      inner += scale * grad_gates(t, j) * routing.scores(t, ids[j]);
+    for (Index i = 0; i < m; ++i) {
+      sum += routing.scores(t, id(i));
+      inner += dw(i) * routing.scores(t, id(i));
     }
     const S denominator = sum + static_cast<S>(config.renormalize_epsilon);
     if (denominator * denominator < std::numeric_limits<S>::min()) {
       in_log_space[static_cast<std::size_t>(t)] = 1;
       return;
     }
-    for (Index j = 0; j < k; ++j)
-      d_scores(t, ids[j]) +=
-          scale * grad_gates(t, j) / denominator - inner / (denominator * denominator);
+    for (Index i = 0; i < m; ++i)
+      d_scores(t, id(i)) += dw(i) / denominator - inner / (denominator * denominator);
   });
 
   RowMatrix<S> through_scores = score_rows_backward<S>(config.score, routing.scores, d_scores);
@@ -271,30 +316,33 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
   // dz_j += q_j (1 - s_j) (sigmoid), q_j (ds_j/dz_j) / s_j (sqrt_softplus), or
   // dz_e += q_e [e chosen] - s_e sum_j q_j (softmax).
   std::vector<S> r(static_cast<std::size_t>(k)), q(r);
+  std::vector<Index> used(static_cast<std::size_t>(k));
   for (Index t = 0; t < static_cast<Index>(in_log_space.size()); ++t) {
     if (!in_log_space[static_cast<std::size_t>(t)]) continue;
     const ExpertId* ids = routing.expert_ids.row(t).data();
+    const Index m = used_slots(ids, k, used.data());
+    auto id = [&](Index i) { return ids[used[static_cast<std::size_t>(i)]]; };
+    auto dw = [&](Index i) { return scale * grad_gates(t, used[static_cast<std::size_t>(i)]); };
     renormalized_ratios<S>(
-        k, [&](Index j) { return routing.scores(t, ids[j]); },
-        [&](Index j) { return log_score(config.score, logits(t, ids[j])); },
+        m, [&](Index i) { return routing.scores(t, id(i)); },
+        [&](Index i) { return log_score(config.score, logits(t, id(i))); },
         config.renormalize_epsilon, r.data());
     S weighted = 0, q_sum = 0;
-    for (Index j = 0; j < k; ++j)
-      weighted += scale * grad_gates(t, j) * r[static_cast<std::size_t>(j)];
-    for (Index j = 0; j < k; ++j) {
-      const auto u = static_cast<std::size_t>(j);
-      q_sum += q[u] = r[u] * (scale * grad_gates(t, j) - weighted);
+    for (Index i = 0; i < m; ++i) weighted += dw(i) * r[static_cast<std::size_t>(i)];
+    for (Index i = 0; i < m; ++i) {
+      const auto u = static_cast<std::size_t>(i);
+      q_sum += q[u] = r[u] * (dw(i) - weighted);
     }
     if (config.score == ScoreFunction::sigmoid) {
-      for (Index j = 0; j < k; ++j)
-        through_scores(t, ids[j]) +=
-            q[static_cast<std::size_t>(j)] * (S(1) - routing.scores(t, ids[j]));
+      for (Index i = 0; i < m; ++i)
+        through_scores(t, id(i)) +=
+            q[static_cast<std::size_t>(i)] * (S(1) - routing.scores(t, id(i)));
     } else if (config.score == ScoreFunction::sqrt_softplus) {
-      for (Index j = 0; j < k; ++j)
-        through_scores(t, ids[j]) += q[static_cast<std::size_t>(j)] *
-                                     sqrt_softplus_relative_slope(routing.scores(t, ids[j]));
+      for (Index i = 0; i < m; ++i)
+        through_scores(t, id(i)) +=
+            q[static_cast<std::size_t>(i)] * sqrt_softplus_relative_slope(routing.scores(t, id(i)));
     } else {
-      for (Index j = 0; j < k; ++j) through_scores(t, ids[j]) += q[static_cast<std::size_t>(j)];
+      for (Index i = 0; i < m; ++i) through_scores(t, id(i)) += q[static_cast<std::size_t>(i)];
       through_scores.row(t) -= q_sum * routing.scores.row(t);
     }
   }

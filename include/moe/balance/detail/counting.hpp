@@ -11,7 +11,8 @@ namespace moe::detail {
 /// What a choice dropped for capacity contributes to the counts (see moe::DroppedChoices).
 enum class DropRule { counted, excluded, expert_zero };
 
-/// Adds 1 to counts(domain_of(t), e) for every counted choice of every real token.
+/// Adds 1 to counts(domain_of(t), e) for every counted choice of every real token; an unused slot
+/// (kUnusedSlot) counts nowhere.
 /// `choices` is how many leading columns of expert_ids are counted (1 for first-choice forms).
 template <class Counts, class DomainOf>
 void add_expert_counts(const ExpertIdMatrix& expert_ids, Index choices, const TokenMask& mask,
@@ -22,6 +23,7 @@ void add_expert_counts(const ExpertIdMatrix& expert_ids, Index choices, const To
     const Index d = domain_of(t);
     for (Index j = 0; j < choices; ++j) {
       Index e = expert_ids(t, j);
+      if (e == kUnusedSlot) continue;
       if (kept.size() != 0 && !kept(t, j)) {
         if (rule == DropRule::excluded) continue;
         if (rule == DropRule::expert_zero) e = 0;

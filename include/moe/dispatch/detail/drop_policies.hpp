@@ -17,7 +17,7 @@ namespace moe::detail {
 struct SlotScratch {
   std::vector<Index> used;       ///< [E] entries kept by each expert in the current group
   std::vector<Index> order;      ///< tokens (batch_prioritized) or bucketed entries (by priority)
-  std::vector<Index> bucket;     ///< [E + 1] offsets of each expert's bucket
+  std::vector<Index> bucket;     ///< [E + 2] offsets of each bucket (unused slots, then experts)
   std::vector<double> priority;  ///< per entry of the group (probability, random)
   std::vector<char> keep;        ///< per entry of the group
 };
@@ -35,7 +35,7 @@ void assign_group_slots(const Eigen::Ref<const ExpertIdMatrix>& ids,
   used.assign(static_cast<std::size_t>(num_experts), 0);
   auto take = [&](Index t, Index j) {
     const ExpertId e = ids(t, j);
-    if (used[e] < group_capacity) {
+    if (e != kUnusedSlot && used[e] < group_capacity) {
       entry_slot[t * k + j] = e * capacity + base[e] + used[e];
       ++used[e];
     }
@@ -93,16 +93,17 @@ void assign_group_slots(const Eigen::Ref<const ExpertIdMatrix>& ids,
               rng.uniform(static_cast<std::uint64_t>(first + i));
       }
       std::vector<Index>& bucket = scratch.bucket;
-      bucket.assign(static_cast<std::size_t>(num_experts + 1), 0);
+      // Unused slots (kUnusedSlot) sort into bucket -1, before expert 0's, and are never kept.
+      bucket.assign(static_cast<std::size_t>(num_experts + 2), 0);
       for (Index i = 0; i < n; ++i)
-        ++bucket[static_cast<std::size_t>(ids((first + i) / k, (first + i) % k)) + 1];
-      for (Index e = 0; e < num_experts; ++e) bucket[e + 1] += bucket[e];
+        ++bucket[static_cast<std::size_t>(ids((first + i) / k, (first + i) % k)) + 2];
+      for (Index e = 0; e <= num_experts; ++e) bucket[e + 1] += bucket[e];
       std::vector<Index>& order = scratch.order;
       order.resize(static_cast<std::size_t>(n));
       std::fill(used.begin(), used.end(), 0);  // reused as fill cursors, reset below
       for (Index i = 0; i < n; ++i) {
         const ExpertId e = ids((first + i) / k, (first + i) % k);
-        order[static_cast<std::size_t>(bucket[e] + used[e]++)] = i;
+        if (e != kUnusedSlot) order[static_cast<std::size_t>(bucket[e + 1] + used[e]++)] = i;
       }
       std::vector<char>& keep = scratch.keep;
       keep.assign(static_cast<std::size_t>(n), 0);
@@ -112,8 +113,8 @@ void assign_group_slots(const Eigen::Ref<const ExpertIdMatrix>& ids,
         return pa > pb || (pa == pb && a < b);
       };
       for (Index e = 0; e < num_experts; ++e) {
-        auto begin = order.begin() + bucket[e];
-        auto end = order.begin() + bucket[e + 1];
+        auto begin = order.begin() + bucket[e + 1];
+        auto end = order.begin() + bucket[e + 2];
         if (end - begin > group_capacity) {
           std::nth_element(begin, begin + group_capacity, end, better);
           end = begin + group_capacity;

@@ -39,8 +39,13 @@ void finalize_capacity_plan(CapacityPlan<S>& plan) {
   plan.tokens_without_expert = 0;
   for (Index t = 0; t < plan.num_tokens; ++t) {
     bool any = false;
+    Index unused = 0;
     for (Index i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i) {
       const Index slot = plan.entry_slot[i];
+      if (plan.entry_expert[i] == kUnusedSlot) {  // neither kept nor dropped
+        ++unused;
+        continue;
+      }
       if (slot >= 0) {
         plan.slot_entry[slot] = i;
         plan.slot_token[slot] = t;
@@ -50,7 +55,9 @@ void finalize_capacity_plan(CapacityPlan<S>& plan) {
         ++plan.dropped[plan.entry_expert[i]];
       }
     }
-    if (!any) ++plan.tokens_without_expert;
+    // Left behind: no entry kept, unless every entry was an unused slot (the token chose none).
+    const Index entries = plan.token_offsets[t + 1] - plan.token_offsets[t];
+    if (!any && (entries == 0 || unused < entries)) ++plan.tokens_without_expert;
   }
   plan.total_kept = plan.kept.sum();
   plan.total_dropped = plan.dropped.sum();
@@ -82,8 +89,8 @@ void require_capacity_plan(const CapacityPlan<S>& plan) {
           concat("size E * capacity = ", slots), plan.slot_token.size());
   for (Index i = 0; i < entries; ++i) {
     const Index e = plan.entry_expert[i], s = plan.entry_slot[i];
-    if (e < 0 || e >= experts)
-      fail("plan.entry_expert", concat("experts in [0, ", experts, ")"),
+    if ((e < 0 || e >= experts) && !(e == kUnusedSlot && s == -1))
+      fail("plan.entry_expert", concat("experts in [0, ", experts, "), or -1 without a slot"),
            concat(e, " at entry ", i));
     if (s < -1 || s >= slots || (s >= 0 && s / plan.capacity != e))
       fail("plan.entry_slot", "-1 or a slot of the entry's expert",

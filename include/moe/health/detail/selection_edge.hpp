@@ -41,6 +41,8 @@ SelectionEdge<S> selection_edge(Eigen::Array<S, 1, Eigen::Dynamic>& scratch, con
   S lowest = std::numeric_limits<S>::infinity();
   bool distinct = true;
   for (Index j = 0; j < k; ++j) {
+    // An unused slot (kUnusedSlot) is no hint: the row is ranked again.
+    if (ids[j] < 0) return {lowest, minus_inf, false};
     S& v = scratch[ids[j]];
     distinct = distinct && v != minus_inf;  // finite rows: -inf marks an expert already seen
     lowest = std::min(lowest, v == minus_inf ? lowest : v);
