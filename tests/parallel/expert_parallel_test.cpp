@@ -9,6 +9,7 @@
 
 #include <moe/layer/moe_layer.hpp>
 #include <moe/parallel/expert_parallel_layer.hpp>
+#include <moe/routing/presets.hpp>
 
 #include "support/catch.hpp"
 #include "support/finite_difference.hpp"
@@ -248,6 +249,18 @@ TEST_CASE("expert-parallel layer with adaptive k and zero-computation experts eq
   c.zero_computation_experts = 0;
   c.dispatch = moe::DispatchKind::capacity;
   c.capacity.train_factor = 0.75;
+  check(compare_step(comm, c));
+}
+
+TEST_CASE("expert-parallel layer with the weight before the FFN (Llama 4) equals MoELayer",
+          "[parallel][weight_before_ffn]") {
+  const moe::Communicator comm;
+  moe::MoELayerConfig c = base_config();
+  c.router = moe::presets::llama4(/*hidden=*/6, /*experts=*/8);
+  c.router.linear_bias = true;
+  c.weight_before_ffn = true;
+  c.aux_loss = moe::aux_presets::megatron(1, 0.1, moe::ScoreFunction::sigmoid);
+  c.shared = {3, false};
   check(compare_step(comm, c));
 }
 

@@ -61,20 +61,19 @@ void dropless_permute_backward(ConstMatrixRef<S> grad_out, const DroplessPlan& p
   require_shape(grad_x, "grad_x", plan.num_tokens, grad_out.cols());
   require_disjoint(grad_x, "grad_x", grad_out, "grad_out");
   const Index k = plan.top_k;
+  const bool all_routed = plan.num_routed() == plan.num_pairs();
   kernels::parallel_for(
       0, plan.num_tokens,
       [&](Index t) {
-        bool first = true;
-        for (Index j = 0; j < k; ++j) {
-          const Index row = plan.pair_row[t * k + j];
-          if (row < 0) continue;
-          if (first)
-            grad_x.row(t) = grad_out.row(row);
-          else
-            grad_x.row(t) += grad_out.row(row);
-          first = false;
+        const Index* rows = plan.pair_row.data() + t * k;
+        if (all_routed) {
+          grad_x.row(t) = grad_out.row(rows[0]);
+          for (Index j = 1; j < k; ++j) grad_x.row(t) += grad_out.row(rows[j]);
+          return;
         }
-        if (first) grad_x.row(t).setZero();
+        grad_x.row(t).setZero();
+        for (Index j = 0; j < k; ++j)
+          if (rows[j] >= 0) grad_x.row(t) += grad_out.row(rows[j]);
       },
       kernels::min_parallel_rows(k * grad_x.cols()));
 }
@@ -93,20 +92,19 @@ void dropless_unpermute(ConstMatrixRef<S> y, ConstMatrixRef<S> gates, const Drop
   require_disjoint(out, "out", y, "y");
   require_disjoint(out, "out", gates, "gates");
   const Index k = plan.top_k;
+  const bool all_routed = plan.num_routed() == plan.num_pairs();
   kernels::parallel_for(
       0, plan.num_tokens,
       [&](Index t) {
-        bool first = true;
-        for (Index j = 0; j < k; ++j) {
-          const Index row = plan.pair_row[t * k + j];
-          if (row < 0) continue;
-          if (first)
-            out.row(t) = gates(t, j) * y.row(row);
-          else
-            out.row(t) += gates(t, j) * y.row(row);
-          first = false;
+        const Index* rows = plan.pair_row.data() + t * k;
+        if (all_routed) {
+          out.row(t) = gates(t, 0) * y.row(rows[0]);
+          for (Index j = 1; j < k; ++j) out.row(t) += gates(t, j) * y.row(rows[j]);
+          return;
         }
-        if (first) out.row(t).setZero();
+        out.row(t).setZero();
+        for (Index j = 0; j < k; ++j)
+          if (rows[j] >= 0) out.row(t) += gates(t, j) * y.row(rows[j]);
       },
       kernels::min_parallel_rows(k * out.cols()));
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -123,9 +124,21 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
   // Pair p is (token p / k, choice p % k); a dense id matrix (the usual case) needs no division.
   const bool dense = stride == k || tokens <= 1;
   auto id_of = [&](Index p) { return dense ? ids[p] : ids[(p / k) * stride + p % k]; };
-  Index routed = 0;
-  for (Index p = 0; p < pairs; ++p)
-    routed += detail::routed_slot(id_of(p), num_experts, "expert_ids", p / k, p % k) ? 1 : 0;
+  Index unused = 0;
+  for (Index p = 0; p < pairs; ++p) {
+    const ExpertId e = id_of(p);
+    if (e < 0 || e >= num_experts)  // kUnusedSlot, or a failure naming the id
+      unused += detail::routed_slot(e, num_experts, "expert_ids", p / k, p % k) ? 0 : 1;
+  }
+  const Index routed = pairs - unused;
+  // The passes below test for unused slots only when there are some: `skip` is a
+  // std::integral_constant, so the usual case compiles to the loops without the test.
+  const auto dispatch_skip = [&](auto&& pass) {
+    if (unused == 0)
+      pass(std::false_type{});
+    else
+      pass(std::true_type{});
+  };
 
   plan.num_tokens = tokens;
   plan.top_k = k;
@@ -143,15 +156,21 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
   const Index chunk_len = (pairs + chunks - 1) / std::max<Index>(chunks, 1);
   // histogram[c * E + e]: pairs of chunk c on expert e; becomes chunk c's first slot for e.
   std::vector<Index> histogram(static_cast<std::size_t>(chunks * num_experts), 0);
-  kernels::parallel_for(
-      0, chunks,
-      [&](Index c) {
-        Index* h = histogram.data() + c * num_experts;
-        const Index end = std::min(pairs, (c + 1) * chunk_len);
-        for (Index p = c * chunk_len; p < end; ++p)
-          if (id_of(p) != kUnusedSlot) ++h[id_of(p)];
-      },
-      /*min_parallel=*/1);  // each chunk is already kSortChunk pairs
+  dispatch_skip([&](auto skip) {
+    kernels::parallel_for(
+        0, chunks,
+        [&](Index c) {
+          Index* h = histogram.data() + c * num_experts;
+          const Index end = std::min(pairs, (c + 1) * chunk_len);
+          for (Index p = c * chunk_len; p < end; ++p) {
+            const ExpertId e = id_of(p);
+            if constexpr (decltype(skip)::value)
+              if (e == kUnusedSlot) continue;
+            ++h[e];
+          }
+        },
+        /*min_parallel=*/1);  // each chunk is already kSortChunk pairs
+  });
 
   plan.offsets[0] = 0;
   plan.padded_offsets[0] = 0;
@@ -169,23 +188,26 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
         plan.padded_offsets[e], padded_rows(plan.tokens_per_expert[e], block_size), "block_size");
   }
 
-  kernels::parallel_for(
-      0, chunks,
-      [&](Index c) {
-        Index* slot = histogram.data() + c * num_experts;
-        const Index end = std::min(pairs, (c + 1) * chunk_len);
-        for (Index p = c * chunk_len; p < end; ++p) {
-          const ExpertId e = id_of(p);
-          if (e == kUnusedSlot) {
-            plan.pair_row[p] = -1;
-            continue;
+  dispatch_skip([&](auto skip) {
+    kernels::parallel_for(
+        0, chunks,
+        [&](Index c) {
+          Index* slot = histogram.data() + c * num_experts;
+          const Index end = std::min(pairs, (c + 1) * chunk_len);
+          for (Index p = c * chunk_len; p < end; ++p) {
+            const ExpertId e = id_of(p);
+            if constexpr (decltype(skip)::value)
+              if (e == kUnusedSlot) {
+                plan.pair_row[p] = -1;
+                continue;
+              }
+            const Index position = slot[e]++;
+            plan.sorted_pairs[position] = p;
+            plan.pair_row[p] = plan.padded_offsets[e] + (position - plan.offsets[e]);
           }
-          const Index position = slot[e]++;
-          plan.sorted_pairs[position] = p;
-          plan.pair_row[p] = plan.padded_offsets[e] + (position - plan.offsets[e]);
-        }
-      },
-      /*min_parallel=*/1);
+        },
+        /*min_parallel=*/1);
+  });
 }
 
 /// Convenience form of make_dropless_plan that returns a fresh plan.

@@ -15,6 +15,7 @@
 #include "moe/core/types.hpp"
 #include "moe/kernels/gemm.hpp"
 #include "moe/kernels/parallel.hpp"
+#include "moe/kernels/simd.hpp"
 #include "moe/routing/config.hpp"
 #include "moe/routing/group_limit.hpp"
 #include "moe/routing/routing.hpp"
@@ -98,6 +99,39 @@ void drop_below_threshold(const RouterConfig& config, Routing<S>& routing, Index
     if (j >= k_max || routing.scores(t, ids[j]) < floor) ids[j] = kUnusedSlot;
 }
 
+/// Whether a token's row of ids holds an unused slot.
+inline bool has_unused_slot(const ExpertId* ids, Index k) {
+  for (Index j = 0; j < k; ++j)
+    if (ids[j] == kUnusedSlot) return true;
+  return false;
+}
+
+/// Token t's gates `w` of its m chosen experts `ids` (all used) by the config's rule:
+/// softmax over their logits (topk_then_softmax), or their scores, optionally renormalized
+/// (renormalized_ratios); then times scaling_factor.
+template <class S>
+MOE_ALWAYS_INLINE void token_gates(const RouterConfig& config, bool by_logits,
+                                   const ConstMatrixRef<S>& logits, const RowMatrix<S>& scores,
+                                   Index t, Index m, const ExpertId* ids, S* w) {
+  if (m == 0) return;  // every slot unused (a replayed row of kUnusedSlot)
+  if (by_logits) {
+    S max_logit = logits(t, ids[0]);
+    for (Index j = 1; j < m; ++j) max_logit = std::max(max_logit, logits(t, ids[j]));
+    S sum = 0;
+    for (Index j = 0; j < m; ++j) sum += w[j] = std::exp(logits(t, ids[j]) - max_logit);
+    for (Index j = 0; j < m; ++j) w[j] /= sum;
+  } else if (config.renormalize) {
+    renormalized_ratios<S>(
+        m, [&](Index j) { return scores(t, ids[j]); },
+        [&](Index j) { return log_score(config.score, logits(t, ids[j])); },
+        config.renormalize_epsilon, w);
+  } else {
+    for (Index j = 0; j < m; ++j) w[j] = scores(t, ids[j]);
+  }
+  if (config.scaling_factor != 1.0)
+    for (Index j = 0; j < m; ++j) w[j] *= static_cast<S>(config.scaling_factor);
+}
+
 /// select_experts without its argument checks, for callers that made them (Router::forward).
 /// With `replayed` ([T, k], checked by the caller) its ids replace the top-k selection and the
 /// gates are computed from the logits at those ids exactly as for selected ones.
@@ -110,6 +144,9 @@ void select_experts_unchecked(const RouterConfig& config, const ConstMatrixRef<S
                          config.softmax_order == SoftmaxOrder::topk_then_softmax;
   const bool rewrite =
       replayed == nullptr && (selection_bias.size() > 0 || config.groups_enabled());
+  // Only adaptive k and a replay (whose recorded ids may hold -1) leave slots unused.
+  const bool adaptive = replayed == nullptr && config.adaptive_k();
+  const bool may_be_unused = adaptive || replayed != nullptr;
   out.scores.resize(tokens, experts);
   if (rewrite) selection.resize(tokens, experts);
   out.expert_ids.resize(tokens, k);
@@ -156,38 +193,25 @@ void select_experts_unchecked(const RouterConfig& config, const ConstMatrixRef<S
         else  // gates holds the selection values until rewritten below
           top_k_rows_block(ranked_rows + first * ranked_stride, ranked_stride, rows, experts, k,
                            out.expert_ids.row(first).data(), k, out.gates.row(first).data(), k);
-        thread_local std::vector<Index> used;
-        thread_local std::vector<S> ratios;
-        used.resize(static_cast<std::size_t>(k));
-        ratios.resize(static_cast<std::size_t>(k));
         for (Index t = first; t < first + rows; ++t) {
           ExpertId* ids = out.expert_ids.row(t).data();
-          if (replayed == nullptr && config.adaptive_k()) drop_below_threshold(config, out, t);
-          const Index m = used_slots(ids, k, used.data());
-          // gates of the used slots, in slot order, at ratios[0..m)
-          auto id = [&](Index i) { return ids[used[static_cast<std::size_t>(i)]]; };
-          S* w = ratios.data();
-          if (m == 0) {
-            // every slot unused (a replayed row of kUnusedSlot): no gates
-          } else if (by_logits) {
-            S max_logit = logits(t, id(0));
-            for (Index i = 1; i < m; ++i) max_logit = std::max(max_logit, logits(t, id(i)));
-            S sum = 0;
-            for (Index i = 0; i < m; ++i) sum += w[i] = std::exp(logits(t, id(i)) - max_logit);
-            for (Index i = 0; i < m; ++i) w[i] /= sum;
-          } else if (config.renormalize) {
-            renormalized_ratios<S>(
-                m, [&](Index i) { return out.scores(t, id(i)); },
-                [&](Index i) { return log_score(config.score, logits(t, id(i))); },
-                config.renormalize_epsilon, w);
-          } else {
-            for (Index i = 0; i < m; ++i) w[i] = out.scores(t, id(i));
-          }
-          if (config.scaling_factor != 1.0)
-            for (Index i = 0; i < m; ++i) w[i] *= static_cast<S>(config.scaling_factor);
+          if (adaptive) drop_below_threshold(config, out, t);
           S* gates = out.gates.row(t).data();
-          for (Index j = 0; j < k; ++j) gates[j] = S(0);
-          for (Index i = 0; i < m; ++i) gates[used[static_cast<std::size_t>(i)]] = w[i];
+          if (!may_be_unused || !has_unused_slot(ids, k)) {
+            token_gates<S>(config, by_logits, logits, out.scores, t, k, ids, gates);
+            continue;
+          }
+          // Unused slots (adaptive k, a replayed -1): the gates of the used ones, in slot order.
+          thread_local std::vector<ExpertId> used_ids;
+          thread_local std::vector<S> used_gates;
+          used_ids.clear();
+          for (Index j = 0; j < k; ++j)
+            if (ids[j] != kUnusedSlot) used_ids.push_back(ids[j]);
+          used_gates.resize(used_ids.size());
+          token_gates<S>(config, by_logits, logits, out.scores, t,
+                         static_cast<Index>(used_ids.size()), used_ids.data(), used_gates.data());
+          for (Index j = 0, i = 0; j < k; ++j)
+            gates[j] = ids[j] == kUnusedSlot ? S(0) : used_gates[static_cast<std::size_t>(i++)];
         }
       },
       /*min_parallel=*/512 / block);
