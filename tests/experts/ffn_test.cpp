@@ -386,10 +386,11 @@ TEST_CASE("expert FFNs reject bad input", "[dropless][ffn][errors]") {
   REQUIRE_THROWS_WITH(ExpertWeights<double>(bad_config), Catch::Contains("block_cols"));
 
   dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, y);
-  ExpertGradients<double> wrong(make_config(3, 4, 5, Activation::gelu, true, 4));
-  REQUIRE_THROWS_WITH(
-      dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, wrong, gx, gg),
-      Catch::Contains("grads"));
+  // Gradients of another shape are reshaped to the weights' (as MoEGradients are), not refused.
+  ExpertGradients<double> reshaped(make_config(3, 4, 5, Activation::gelu, true, 4));
+  dropless_ffn_backward<double>(p.weights, p.grad_out, plan, ctx, reshaped, gx, gg);
+  REQUIRE(reshaped.config.activation == p.weights.config.activation);
+  REQUIRE(reshaped.w1.size() == p.weights.w1.size());
   RowMatrixD grad_bad(5, 4);
   REQUIRE_THROWS_WITH(dropless_ffn_backward<double>(p.weights, grad_bad, plan, ctx, grads, gx, gg),
                       Catch::Contains("grad_out"));
@@ -479,3 +480,33 @@ TEST_CASE("same bits at 1 and 2 threads", "[dropless][ffn][threads]") {
   omp_set_num_threads(saved);
 }
 #endif
+
+TEST_CASE("a default-built ExpertGradients shapes itself on first use and is then reused",
+          "[experts][backward]") {
+  moe::ExpertFFNConfig c;
+  c.num_experts = 3;
+  c.hidden = 4;
+  c.ffn_hidden = 5;
+  c.activation = moe::Activation::swiglu;
+  c.bias = true;
+  moe::ExpertWeights<double> w(c);
+  w.init_weights(1, 0.5);
+  moe::ExpertIdMatrix ids(4, 1);
+  ids << 0, 2, 2, 1;
+  const moe::DroplessPlan plan = moe::make_dropless_plan(ids, 3, 4);
+  const moe::RowMatrix<double> x = moe::RowMatrix<double>::Random(4, 4);
+  const moe::RowMatrix<double> gates = moe::RowMatrix<double>::Ones(4, 1);
+  const moe::RowMatrix<double> grad_y = moe::RowMatrix<double>::Random(4, 4);
+  moe::RowMatrix<double> grad_x(4, 4), grad_gates(4, 1);
+  moe::DroplessFFNContext<double> ctx;
+  moe::dropless_ffn_forward<double>(w, x, gates, plan, ctx);
+  moe::ExpertGradients<double> fresh(c), shaped;  // the second default-built
+  moe::dropless_ffn_backward<double>(w, x, grad_y, plan, ctx, fresh, grad_x, grad_gates);
+  moe::dropless_ffn_backward<double>(w, x, grad_y, plan, ctx, shaped, grad_x, grad_gates);
+  CHECK(shaped.w1 == fresh.w1);
+  CHECK(shaped.w2 == fresh.w2);
+  CHECK(shaped.b3 == fresh.b3);
+  const double* kept = shaped.w1.data();
+  moe::dropless_ffn_backward<double>(w, x, grad_y, plan, ctx, shaped, grad_x, grad_gates);
+  CHECK(shaped.w1.data() == kept);  // no reallocation once shaped
+}

@@ -94,10 +94,9 @@ template <class S>
 void capacity_ffn_backward_grouped(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
                                    ConstMatrixRef<S> grad_out, CapacityFFNContext<S>& ctx,
                                    ExpertGradients<S>& grads, MatrixRef<S> grad_x) {
+  // Shaped like the weights on first use (a default-built ExpertGradients), as MoEGradients is.
+  shape_gradients(grads, weights.config);
   require_weights(grads, "grads");
-  require(grads.w1.rows() == weights.w1.rows() && grads.w2.rows() == weights.w2.rows() &&
-              grads.w3.size() == weights.w3.size() && grads.b1.size() == weights.b1.size(),
-          "grads", "ExpertGradients built from the weights' config", "another config");
   const ExpertFFNConfig& c = weights.config;
   const Index rows_total = c.num_experts * ctx.capacity;
   require_shape(grad_out, "grad_out", rows_total, c.hidden);

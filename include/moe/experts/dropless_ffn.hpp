@@ -123,12 +123,9 @@ void dropless_ffn_backward_grouped(const ExpertWeights<S>& weights, ConstMatrixR
                                    const DroplessPlan& plan, DroplessFFNContext<S>& ctx,
                                    ExpertGradients<S>& grads, MatrixRef<S> grad_x,
                                    MatrixRef<S> grad_gates) {
-  require(grads.config.num_experts == weights.config.num_experts &&
-              grads.config.hidden == weights.config.hidden &&
-              grads.config.ffn_hidden == weights.config.ffn_hidden &&
-              grads.config.activation == weights.config.activation &&
-              grads.config.bias == weights.config.bias,
-          "grads", "ExpertGradients built from the weights' config", "another config");
+  // Shaped like the weights on first use (a default-built ExpertGradients), as MoEGradients is;
+  // memory already of those shapes is kept and overwritten.
+  shape_gradients(grads, weights.config);
   require_weights(grads, "grads");
   const Index d = weights.config.hidden;
   require_shape(grad_out, "grad_out", plan.num_tokens, d);
