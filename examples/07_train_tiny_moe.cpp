@@ -95,8 +95,6 @@ moe::MoELayerConfig layer_config(const Run& run) {
   return c;
 }
 
-void sgd(Eigen::Ref<Mat> param, const Mat& grad) { param -= kLearningRate * grad; }
-
 Result train(const Run& run, const Data& data, bool terminal) {
   const auto start = std::chrono::steady_clock::now();
   moe::MoELayer<S> layer(layer_config(run));
@@ -104,21 +102,17 @@ Result train(const Run& run, const Data& data, bool terminal) {
   layer.router.weight.row(0) += S(3.5) * data.common;  // the skewed start: 0 and 1 are hot
   layer.router.weight.row(1) += S(3.2) * data.common;
 
-  moe::MonitorConfig monitor_config;
-  monitor_config.window = kSteps;  // keep every step for the heatmap
-  moe::HealthMonitor monitor(monitor_config);
+  moe::HealthMonitor monitor(moe::MonitorConfig{});  // keeps every step for the heatmap
   moe::MoELayerContext<S> ctx;
+  moe::MoEGradients<S> grads;  // shaped by the first backward, overwritten after
   Result result;
   for (int step = 0; step < kSteps; ++step) {
     const auto out = layer.forward(data.x, ctx, moe::Mode::train, static_cast<std::uint64_t>(step));
     const Mat error = data.x + out.y - data.target;  // residual model, MSE loss
     const S mse = error.squaredNorm() / S(kTokens * kHidden);
     const Mat grad_y = (S(2) / S(kTokens * kHidden)) * error;
-    const auto grads = layer.backward(data.x, ctx, grad_y);
-    sgd(layer.router.weight, grads.router.weight);
-    sgd(layer.experts.w1, grads.experts.w1);
-    sgd(layer.experts.w3, grads.experts.w3);
-    sgd(layer.experts.w2, grads.experts.w2);
+    layer.backward(data.x, ctx, grad_y, grads);
+    for (auto& p : layer.parameters(grads)) p.value -= kLearningRate * p.gradient;  // plain SGD
     if (layer.balancer) layer.step_balancer();
     monitor.record(step, 0, out.health);
 
@@ -142,7 +136,9 @@ Result train(const Run& run, const Data& data, bool terminal) {
   std::ofstream csv("health_" + run_name + ".csv");
   moe::write_csv(csv, monitor.records());
   std::ofstream svg("heatmap_" + run_name + ".svg");
-  moe::write_svg_heatmap(svg, monitor.records());
+  moe::SvgHeatmapOptions heatmap;
+  heatmap.run = run_name;  // the three heatmaps open side by side: the title says which is which
+  moe::write_svg_heatmap(svg, monitor.records(), heatmap);
   csv.close();
   svg.close();
   result.wrote_files = !csv.fail() && !svg.fail();

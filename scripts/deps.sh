@@ -13,6 +13,11 @@ ensure_packages() {
 }
 
 # What every build of this project needs: compilers, CMake, Ninja, Eigen, Catch2, Google Benchmark,
-# OpenMP, and Open MPI for the expert-parallel tests (mpirun runs them with 2 and 4 processes).
+# clang's OpenMP (g++ brings its own), Open MPI for the expert-parallel tests (mpirun runs them
+# with 2 and 4 processes), pkg-config for the test of moe.pc (on Debian 12 pkgconf is pkg-config;
+# the package named pkg-config only depends on it) and Python for the README blocks' extraction.
 BUILD_PACKAGES=(g++ clang cmake ninja-build libeigen3-dev catch2 libbenchmark-dev libomp-dev
-  libopenmpi-dev openmpi-bin)
+  libopenmpi-dev openmpi-bin pkgconf python3)
+
+# What scripts/demo.sh needs: one example built with g++ and OpenMP (g++'s libgomp, no libomp).
+DEMO_PACKAGES=(g++ cmake ninja-build libeigen3-dev)

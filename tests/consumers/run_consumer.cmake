@@ -1,22 +1,32 @@
 # Builds and runs small projects that consume moe the way a user would; tests/CMakeLists.txt adds
 # one ctest entry per MODE:
-#   install           configure this source tree against a stand-in Eigen 5.0.1 package and install
-#                     it into PREFIX, the fixture the find_package modes share
+#   install           configure this source tree against a stand-in Eigen 5.0.1 package, with
+#                     MOE_WITH_OPENMP as EXPECT_OPENMP, and install it into PREFIX, the fixture the
+#                     find_package and pkg_config modes share; the license, docs and moe.pc must be
+#                     there
 #   find_package      find_package(moe <VERSION> CONFIG REQUIRED) from PREFIX over the real Eigen,
-#                     consumer.cpp (the umbrella header); moe::version() must be moe_VERSION
+#                     consumer.cpp (the umbrella header); moe::version() must be moe_VERSION. With
+#                     EXPECT_OPENMP it asks for COMPONENTS openmp and links moe::openmp, which must
+#                     thread the program; with OpenMP hidden that configuration must fail, saying
+#                     why
 #   eigen5            find_package from PREFIX with Eigen3_DIR at the Eigen 5.0.1 stand-in,
-#                     topk_consumer.cpp (one header, the one that needs Eigen 3.4)
+#                     topk_consumer.cpp (one header, the one that needs Eigen 3.4), linking moe::moe,
+#                     which must not carry OpenMP, even when the package was installed with it
+#   pkg_config        consumer.cpp compiled by hand with `PKG_CONFIG --cflags --libs moe` from
+#                     PREFIX; moe::version() must be `PKG_CONFIG --modversion moe`
 #   eigen3.3          with an Eigen 3.3.9 stand-in, this source tree and a find_package consumer
 #                     must both refuse to configure, saying so
 #   parallel          find_package(moe CONFIG REQUIRED COMPONENTS parallel), parallel_consumer.cpp
 #                     run under MPIEXEC with 2 processes; with MPI hidden the same configuration
 #                     must fail, saying why
 #   add_subdirectory  add_subdirectory() of this source tree, topk_consumer.cpp; with MPI,
-#                     parallel_consumer.cpp is built too (not run)
+#                     parallel_consumer.cpp is built too (not run). The parent's `cmake --install`
+#                     must install the parent's program and nothing of moe (MOE_INSTALL is off)
 # Variables: MODE, SOURCE_DIR, WORK_DIR, PREFIX, VERSION (this project's), CXX_COMPILER, GENERATOR,
 # EIGEN3_INCLUDE_DIRS (the real Eigen headers, for the stand-ins), EXPECT_PARALLEL (MPI is
-# installed, so moe::parallel must exist without asking), MPIEXEC and MPIEXEC_NUMPROC_FLAG
-# (parallel). Lists arrive '|'-separated: a ';' would split the ctest command line.
+# installed, so moe::parallel must exist without asking), EXPECT_OPENMP (the same of OpenMP and
+# moe::openmp), MPIEXEC and MPIEXEC_NUMPROC_FLAG (parallel), PKG_CONFIG (pkg_config: the program,
+# false when none was found). Lists arrive '|'-separated: a ';' would split the ctest command line.
 cmake_minimum_required(VERSION 3.21)
 
 # Runs a command; on failure stops with the command line and its output.
@@ -67,20 +77,34 @@ set(common -G ${GENERATOR} -D CMAKE_CXX_COMPILER=${CXX_COMPILER} -D CMAKE_BUILD_
 set(moe_configure ${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${WORK_DIR}/moe-build ${common}
   -D MOE_BUILD_TESTS=OFF -D MOE_BUILD_BENCH=OFF -D MOE_BUILD_EXAMPLES=OFF
   -D CMAKE_DISABLE_FIND_PACKAGE_MPI=ON -D CMAKE_INSTALL_PREFIX=${PREFIX})
-set(from_prefix -D CMAKE_PREFIX_PATH=${PREFIX} -D EXPECT_PARALLEL=${EXPECT_PARALLEL})
+set(from_prefix -D CMAKE_PREFIX_PATH=${PREFIX} -D EXPECT_PARALLEL=${EXPECT_PARALLEL}
+  -D EXPECT_OPENMP=${EXPECT_OPENMP})
 set(build ${WORK_DIR}/build)
 
 if(MODE STREQUAL "install")
   write_eigen3_stand_in(${WORK_DIR}/eigen-5.0.1 5.0.1)
   file(REMOVE_RECURSE ${PREFIX})
-  run(${moe_configure} -D Eigen3_DIR=${WORK_DIR}/eigen-5.0.1)
+  run(${moe_configure} -D Eigen3_DIR=${WORK_DIR}/eigen-5.0.1 -D MOE_WITH_OPENMP=${EXPECT_OPENMP})
   run(${CMAKE_COMMAND} --install ${WORK_DIR}/moe-build)
+  foreach(file IN ITEMS share/doc/moe/LICENSE share/doc/moe/README.md share/doc/moe/CHANGELOG.md
+      share/doc/moe/docs/layer.md share/pkgconfig/moe.pc)
+    if(NOT EXISTS ${PREFIX}/${file})
+      message(FATAL_ERROR "expected the install to write ${PREFIX}/${file}, found no such file")
+    endif()
+  endforeach()
 
 elseif(MODE STREQUAL "find_package")
-  run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumers/find_package -B ${build} ${common}
-    ${from_prefix} -D MOE_REQUESTED_VERSION=${VERSION} -D CONSUMER_SOURCE=consumer.cpp)
+  set(find_package_consumer ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumers/find_package
+    ${common} ${from_prefix} -D MOE_REQUESTED_VERSION=${VERSION} -D CONSUMER_SOURCE=consumer.cpp
+    -D OPENMP_COMPONENT=${EXPECT_OPENMP})
+  run(${find_package_consumer} -B ${build})
   run(${CMAKE_COMMAND} --build ${build})
   run(${build}/consumer)
+  if(EXPECT_OPENMP)
+    run_expecting_failure("component 'openmp' needs OpenMP for C++"
+      ${find_package_consumer} -B ${WORK_DIR}/build-without-openmp
+      -D CMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON)
+  endif()
 
 elseif(MODE STREQUAL "eigen5")
   write_eigen3_stand_in(${WORK_DIR}/eigen-5.0.1 5.0.1)
@@ -88,6 +112,26 @@ elseif(MODE STREQUAL "eigen5")
     ${from_prefix} -D MOE_REQUESTED_VERSION=${VERSION} -D CONSUMER_SOURCE=topk_consumer.cpp
     -D Eigen3_DIR=${WORK_DIR}/eigen-5.0.1)
   run(${CMAKE_COMMAND} --build ${build})
+  run(${build}/consumer)
+
+elseif(MODE STREQUAL "pkg_config")
+  if(NOT PKG_CONFIG)
+    message(FATAL_ERROR "pkg-config not found when this build was configured: install it (Debian: "
+      "pkgconf; scripts/deps.sh lists it) and configure again")
+  endif()
+  # Only the prefix's files: the user's own PKG_CONFIG_PATH could hold another moe.
+  set(ENV{PKG_CONFIG_PATH} ${PREFIX}/share/pkgconfig)
+  run(${PKG_CONFIG} --print-errors --exists "moe = ${VERSION}")
+  execute_process(COMMAND ${PKG_CONFIG} --modversion moe OUTPUT_VARIABLE pc_version
+    OUTPUT_STRIP_TRAILING_WHITESPACE)
+  execute_process(COMMAND ${PKG_CONFIG} --cflags --libs moe OUTPUT_VARIABLE pc_flags
+    OUTPUT_STRIP_TRAILING_WHITESPACE)
+  message("pkg-config: moe ${pc_version}: ${pc_flags}")
+  separate_arguments(pc_flags UNIX_COMMAND "${pc_flags}")
+  file(MAKE_DIRECTORY ${build})
+  # -std=c++17 as a user must give it: moe.pc names no standard, and clang++ 14 defaults to C++14.
+  run(${CXX_COMPILER} -std=c++17 ${pc_flags} -DMOE_EXPECTED_VERSION="${pc_version}"
+    ${SOURCE_DIR}/tests/consumers/consumer.cpp -o ${build}/consumer)
   run(${build}/consumer)
 
 elseif(MODE STREQUAL "eigen3.3")
@@ -110,11 +154,19 @@ elseif(MODE STREQUAL "parallel")
 
 elseif(MODE STREQUAL "add_subdirectory")
   run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumers/add_subdirectory -B ${build} ${common}
-    -D MOE_SOURCE_DIR=${SOURCE_DIR} -D EXPECT_PARALLEL=${EXPECT_PARALLEL})
+    -D MOE_SOURCE_DIR=${SOURCE_DIR} -D EXPECT_PARALLEL=${EXPECT_PARALLEL}
+    -D EXPECT_OPENMP=${EXPECT_OPENMP})
   run(${CMAKE_COMMAND} --build ${build})
   run(${build}/consumer)
+  run(${CMAKE_COMMAND} --install ${build} --prefix ${WORK_DIR}/parent-prefix)
+  file(GLOB_RECURSE installed RELATIVE ${WORK_DIR}/parent-prefix ${WORK_DIR}/parent-prefix/*)
+  if(NOT installed STREQUAL "bin/consumer")
+    string(REPLACE ";" ", " installed "${installed}")
+    message(FATAL_ERROR "expected the parent project's install to write bin/consumer alone "
+      "(moe's MOE_INSTALL is off under add_subdirectory), it wrote: ${installed}")
+  endif()
 
 else()
-  message(FATAL_ERROR "MODE: expected install, find_package, eigen5, eigen3.3, parallel or "
-    "add_subdirectory, got '${MODE}'")
+  message(FATAL_ERROR "MODE: expected install, find_package, eigen5, pkg_config, eigen3.3, parallel "
+    "or add_subdirectory, got '${MODE}'")
 endif()

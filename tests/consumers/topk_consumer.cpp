@@ -6,6 +6,11 @@
 #include <moe/routing/topk.hpp>
 #include <moe/version.hpp>
 
+// Built over moe::moe alone, which never carries OpenMP, even from a package installed with it.
+#if defined(_OPENMP)
+#error "_OPENMP is defined in a program that links moe::moe alone: moe::moe carries OpenMP"
+#endif
+
 int main() {
   // 16 tokens (more than one block of lanes) over 4 experts: token t prefers expert t % 4, then
   // expert (t + 1) % 4.

@@ -244,6 +244,8 @@ TEST_CASE("the monitor refuses bad configs, records and accessor arguments", "[h
                   "MonitorConfig::num_layers", ">= 1", "0");
   require_rejects(build(monitor_config([](C& c) { c.window = 0; })), "MonitorConfig::window",
                   ">= 1", "0");
+  require_rejects(build(monitor_config([](C& c) { c.history = -1; })), "MonitorConfig::history",
+                  ">= 0 (0 keeps every step)", "-1");
   require_rejects(build(monitor_config([](C& c) { c.ema_decay = 1.0; })),
                   "MonitorConfig::ema_decay", "0 <= decay < 1", "1");
   require_rejects(build(monitor_config([](C& c) { c.ema_decay = -0.125; })),

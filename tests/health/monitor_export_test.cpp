@@ -348,11 +348,38 @@ TEST_CASE("EMA and windowed views", "[health][monitor]") {
   CHECK(w.min[cv] == Approx(b.hard.cv));
   CHECK(w.max[cv] == Approx(c.hard.cv));
   CHECK(std::isnan(w.mean[drop]));
-  REQUIRE(monitor.history(0).size() == 2);
-  CHECK(monitor.history(0).front().step == 11);
+  // The history keeps every step unless told otherwise; the window only summarizes.
+  REQUIRE(monitor.history(0).size() == 3);
+  CHECK(monitor.history(0).front().step == 10);
+  CHECK(monitor.records().size() == 3);
   // Counts cover every report, not only the window.
   CHECK(monitor.counts(0).steps == 3);
   CHECK(monitor.counts(0).hard_load == (moe::IndexVector(4) << 18, 6, 12, 12).finished());
+}
+
+TEST_CASE("a history limit keeps the last records; the window still summarizes its own",
+          "[health][monitor]") {
+  moe::MonitorConfig config;
+  config.window = 3;
+  config.history = 2;
+  moe::HealthMonitor monitor(config);
+  const std::size_t cv = moe::health_metric_index("hard_cv");
+  const auto a = report_with_loads({4, 4, 4, 4});
+  const auto b = report_with_loads({6, 2, 4, 4});
+  const auto c = report_with_loads({8, 0, 4, 4});
+  monitor.record(1, 0, a);
+  monitor.record(2, 0, b);
+  monitor.record(3, 0, c);
+  REQUIRE(monitor.history(0).size() == 2);
+  CHECK(monitor.history(0).front().step == 2);
+  const auto records = monitor.records();
+  REQUIRE(records.size() == 2);
+  CHECK(records.front().step == 2);
+  // Only two records are left to summarize, though the window would take three.
+  const auto w = monitor.window(0);
+  CHECK(w.records == 2);
+  CHECK(w.mean[cv] == Approx((b.hard.cv + c.hard.cv) / 2));
+  CHECK(monitor.counts(0).steps == 3);
 }
 
 TEST_CASE("counts merge by plain sums, across monitors and through a flat buffer",
@@ -536,6 +563,15 @@ TEST_CASE("SVG heatmap is well-formed XML with one cell per expert and step", "[
   CHECK(xml.elements.at("title") == 1 + steps * experts);
   CHECK(out.str().find("&lt;hard&gt; &amp; &quot;quoted&quot;") != std::string::npos);
 
+  SECTION("the default title names the run, the layer, the loads and the steps") {
+    moe::SvgHeatmapOptions named;
+    named.run = "bias_balancer";
+    named.layer = 1;
+    std::ostringstream titled;
+    moe::write_svg_heatmap(titled, records, named);
+    CHECK(titled.str().find("<title>bias_balancer: layer 1: hard load / average load, steps 0-60"
+                            "</title>") != std::string::npos);
+  }
   SECTION("no records: still a valid document") {
     std::ostringstream empty;
     moe::write_svg_heatmap(empty, {}, {});

@@ -363,7 +363,7 @@ TEST_CASE("MoELayer with a token mask: padding takes no work, adds nothing, gets
 TEST_CASE("MoELayer with the weight before the FFN (Llama 4): y = FFN_e(w x) + shared(x)",
           "[layer][weight_before_ffn]") {
   moe::MoELayerConfig c;
-  c.router = moe::presets::llama4(/*hidden=*/5, /*experts=*/4);
+  c.router = moe::presets::llama4(moe::presets::Hidden{5}, moe::presets::Experts{4});
   c.ffn_hidden = 3;
   c.expert_bias = true;
   c.block_size = 4;
@@ -403,7 +403,7 @@ TEST_CASE("MoELayer with the weight before the FFN (Llama 4): y = FFN_e(w x) + s
 TEST_CASE("MoELayer with zero-computation experts (LongCat-Flash): y gets w x, no FFN work",
           "[layer][zero_computation]") {
   moe::MoELayerConfig c;
-  c.router = moe::presets::longcat_flash(/*hidden=*/5, /*experts=*/6, /*top_k=*/3);
+  c.router = moe::presets::longcat_flash(moe::presets::Hidden{5}, moe::presets::Experts{6}, /*top_k=*/3);
   c.zero_computation_experts = 2;  // experts 4 and 5 are identities
   c.ffn_hidden = 3;
   c.expert_bias = true;

@@ -1,10 +1,13 @@
-// Parameters mapped over the caller's buffers (no copy), copies of owning objects, and the
-// backward that reuses one MoEGradients across steps.
+// Parameters mapped over the caller's buffers (no copy), copies of owning objects, the backward
+// that reuses one MoEGradients across steps, and the parameter/gradient pairs of an optimizer loop.
 #include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <moe/layer/moe_layer.hpp>
 
+#include "support/bad_input.hpp"
 #include "support/catch.hpp"
 #include "support/random_matrix.hpp"
 
@@ -321,4 +324,87 @@ TEST_CASE("backward into a kept MoEGradients matches a fresh one when the expert
     layer.forward(x2, fresh_ctx, moe::Mode::train);
     require_same_gradients(kept, layer.backward(x2, fresh_ctx, gy2));
   }
+}
+
+TEST_CASE("parameters(grads) pairs every trained parameter with its gradient, by name",
+          "[layer][parameters]") {
+  const auto c = config(moe::DispatchKind::dropless);
+  auto layer = random_layer(c);
+  moe::MoEGradients<double> grads;
+  // Before a backward the gradients have no shape: the first pair says so.
+  moe::test::require_rejects([&] { layer.parameters(grads); }, "grads.router.weight",
+                             "24 elements (the gradient of a backward of this layer)", "0");
+
+  const Matrix x = random_matrix(7, 6, 31), grad_y = random_matrix(7, 6, 32);
+  moe::MoELayerContext<double> ctx;
+  layer.forward(x, ctx, moe::Mode::train);
+  layer.backward(x, ctx, grad_y, grads);
+
+  // Hand-listed: with linear_bias, expert biases and a gated shared expert, everything but the
+  // balancer's selection_bias (and the noise weights this router does not have) is trained.
+  const std::vector<std::pair<std::string, std::pair<double*, const double*>>> expected = {
+      {"router.weight", {layer.router.weight.data(), grads.router.weight.data()}},
+      {"router.bias", {layer.router.bias.data(), grads.router.bias.data()}},
+      {"experts.w1", {layer.experts.w1.data(), grads.experts.w1.data()}},
+      {"experts.w3", {layer.experts.w3.data(), grads.experts.w3.data()}},
+      {"experts.w2", {layer.experts.w2.data(), grads.experts.w2.data()}},
+      {"experts.b1", {layer.experts.b1.data(), grads.experts.b1.data()}},
+      {"experts.b3", {layer.experts.b3.data(), grads.experts.b3.data()}},
+      {"experts.b2", {layer.experts.b2.data(), grads.experts.b2.data()}},
+      {"shared.w1", {layer.shared.w1.data(), grads.shared.w1.data()}},
+      {"shared.w3", {layer.shared.w3.data(), grads.shared.w3.data()}},
+      {"shared.w2", {layer.shared.w2.data(), grads.shared.w2.data()}},
+      {"shared.b1", {layer.shared.b1.data(), grads.shared.b1.data()}},
+      {"shared.b3", {layer.shared.b3.data(), grads.shared.b3.data()}},
+      {"shared.b2", {layer.shared.b2.data(), grads.shared.b2.data()}},
+      {"shared_gate_weight", {layer.shared_gate_weight.data(), grads.shared_gate.data()}},
+  };
+  auto pairs = layer.parameters(grads);
+  REQUIRE(pairs.size() == expected.size());
+  for (std::size_t i = 0; i < pairs.size(); ++i) {
+    INFO(expected[i].first);
+    CHECK(pairs[i].name == expected[i].first);
+    CHECK(pairs[i].value.data() == expected[i].second.first);  // views, not copies
+    CHECK(pairs[i].gradient.data() == expected[i].second.second);
+  }
+
+  // An SGD step through the pairs is the step written out member by member.
+  auto by_hand = layer;
+  const double lr = 0.125;
+  for (auto& p : pairs) p.value -= lr * p.gradient;
+  by_hand.router.weight -= lr * grads.router.weight;
+  by_hand.router.bias -= lr * grads.router.bias;
+  for (auto [w, g] : {std::pair{&by_hand.experts, &grads.experts}, {&by_hand.shared, &grads.shared}}) {
+    w->w1 -= lr * g->w1;
+    w->w3 -= lr * g->w3;
+    w->w2 -= lr * g->w2;
+    w->b1 -= lr * g->b1;
+    w->b3 -= lr * g->b3;
+    w->b2 -= lr * g->b2;
+  }
+  by_hand.shared_gate_weight -= lr * grads.shared_gate;
+  CHECK(layer.router.weight == by_hand.router.weight);
+  CHECK(layer.router.bias == by_hand.router.bias);
+  CHECK(layer.router.selection_bias == by_hand.router.selection_bias);
+  CHECK(layer.experts.w1 == by_hand.experts.w1);
+  CHECK(layer.experts.b2 == by_hand.experts.b2);
+  CHECK(layer.shared.w3 == by_hand.shared.w3);
+  CHECK(layer.shared_gate_weight == by_hand.shared_gate_weight);
+
+  // Noisy top-k trains its noise weights; without linear_bias the router's bias is not listed.
+  auto noisy = c;
+  noisy.router.noise = moe::Noise::noisy_topk;
+  noisy.router.linear_bias = false;
+  noisy.shared = {};
+  noisy.expert_bias = false;
+  moe::MoELayer<double> noisy_layer(noisy);
+  noisy_layer.init_weights(5);
+  moe::MoELayerContext<double> noisy_ctx;
+  moe::MoEGradients<double> noisy_grads;
+  noisy_layer.forward(x, noisy_ctx, moe::Mode::train, 1);
+  noisy_layer.backward(x, noisy_ctx, grad_y, noisy_grads);
+  std::vector<std::string> names;
+  for (const auto& p : noisy_layer.parameters(noisy_grads)) names.push_back(p.name);
+  CHECK(names == std::vector<std::string>{"router.weight", "router.noise_weight", "experts.w1",
+                                          "experts.w3", "experts.w2"});
 }

@@ -256,7 +256,7 @@ TEST_CASE("expert-parallel layer with the weight before the FFN (Llama 4) equals
           "[parallel][weight_before_ffn]") {
   const moe::Communicator comm;
   moe::MoELayerConfig c = base_config();
-  c.router = moe::presets::llama4(/*hidden=*/6, /*experts=*/8);
+  c.router = moe::presets::llama4(moe::presets::Hidden{6}, moe::presets::Experts{8});
   c.router.linear_bias = true;
   c.weight_before_ffn = true;
   c.aux_loss = moe::aux_presets::megatron(1, 0.1, moe::ScoreFunction::sigmoid);

@@ -16,6 +16,8 @@
 
 namespace {
 
+using moe::presets::Experts;
+using moe::presets::Hidden;
 using moe::Index;
 using moe::test::require_rejects;
 using Matrix = moe::RowMatrix<double>;
@@ -111,8 +113,8 @@ TEST_CASE("bad router configurations are refused where the router is built", "[r
                   "RouterConfig::softmax_order",
                   "softmax_then_topk with a sigmoid or sqrt_softplus score", "topk_then_softmax");
   // Presets take their sizes from the caller: a bad one is refused by the router built on it.
-  require_rejects(build(moe::presets::mixtral(/*hidden=*/0)), "RouterConfig::hidden", ">= 1", "0");
-  require_rejects(build(moe::presets::switch_transformer(/*experts=*/0, 16)),
+  require_rejects(build(moe::presets::mixtral(Hidden{0})), "RouterConfig::hidden", ">= 1", "0");
+  require_rejects(build(moe::presets::switch_transformer(Hidden{16}, Experts{0})),
                   "RouterConfig::num_experts", ">= 1", "0");
 }
 
@@ -399,7 +401,7 @@ TEST_CASE("routing at the edges of finite input stays finite", "[routing][numeri
   SECTION("sigmoid scores renormalized without epsilon, every chosen logit far below zero") {
     for (double logit : {-60.0, -120.0, -800.0, -1e30}) {
       INFO("logit " << logit);
-      auto c = moe::presets::deepseek_v3(/*hidden=*/1, /*experts=*/16, /*top_k=*/4);
+      auto c = moe::presets::deepseek_v3(Hidden{1}, Experts{16}, /*top_k=*/4);
       c.num_groups = 1;
       c.groups_selected = 1;
       moe::Router<float> router(c);

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include <moe/routing/presets.hpp>
 #include <moe/routing/router.hpp>
@@ -11,6 +12,8 @@
 
 namespace {
 
+using moe::presets::Experts;
+using moe::presets::Hidden;
 using moe::Index;
 using Matrix = moe::RowMatrix<double>;
 
@@ -52,23 +55,33 @@ void check_throws_naming(Fn&& fn, const std::string& argument) {
 
 }  // namespace
 
+// Every preset takes (Hidden, Experts, ...): bare or swapped numbers do not compile, so the old
+// (experts, hidden) order of switch_transformer, qwen_moe, megatron_* and deepspeed_top2 cannot
+// silently route a transposed shape.
+static_assert(!std::is_convertible_v<Index, Hidden> && !std::is_convertible_v<Index, Experts>);
+static_assert(!std::is_invocable_v<decltype(moe::presets::switch_transformer), Index, Index, double>);
+static_assert(!std::is_invocable_v<decltype(moe::presets::switch_transformer), Experts, Hidden, double>);
+static_assert(!std::is_invocable_v<decltype(moe::presets::megatron_topk), Index, Index, Index, bool>);
+static_assert(!std::is_invocable_v<decltype(moe::presets::mixtral), Index, Index, Index>);
+static_assert(std::is_invocable_v<decltype(moe::presets::deepspeed_top2), Hidden, Experts>);
+
 TEST_CASE("presets route hand-worked cases", "[router][presets]") {
   const auto ln = [](double v) { return std::log(v); };
   SECTION("Switch: softmax over E, top-1, raw probability") {
-    check_token(route_logits(moe::presets::switch_transformer(3, 1), {0, ln(3), 0}), {1}, {0.6});
+    check_token(route_logits(moe::presets::switch_transformer(Hidden{1}, Experts{3}), {0, ln(3), 0}), {1}, {0.6});
   }
   SECTION("Mixtral: softmax, top-2, renormalized") {
-    check_token(route_logits(moe::presets::mixtral(1, 4), {ln(1), ln(2), ln(3), ln(4)}), {3, 2},
+    check_token(route_logits(moe::presets::mixtral(Hidden{1}, Experts{4}), {ln(1), ln(2), ln(3), ln(4)}), {3, 2},
                 {4.0 / 7, 3.0 / 7});
   }
   SECTION("Qwen-MoE with and without norm_topk_prob") {
-    check_token(route_logits(moe::presets::qwen_moe(4, 1, 2, false), {ln(1), ln(2), ln(3), ln(4)}),
+    check_token(route_logits(moe::presets::qwen_moe(Hidden{1}, Experts{4}, 2, false), {ln(1), ln(2), ln(3), ln(4)}),
                 {3, 2}, {0.4, 0.3});
-    check_token(route_logits(moe::presets::qwen_moe(4, 1, 2, true), {ln(1), ln(2), ln(3), ln(4)}),
+    check_token(route_logits(moe::presets::qwen_moe(Hidden{1}, Experts{4}, 2, true), {ln(1), ln(2), ln(3), ln(4)}),
                 {3, 2}, {4.0 / 7, 3.0 / 7});
   }
   SECTION("DeepSeek-V3: sigmoid, group-limited by top-2 sums, renormalized, x2.5") {
-    const auto config = moe::presets::deepseek_v3(1, 8, 3, 4, 2);
+    const auto config = moe::presets::deepseek_v3(Hidden{1}, Experts{8}, 3, 4, 2);
     const std::initializer_list<double> z = {logit(0.9), logit(0.1), logit(0.6), logit(0.5),
                                              logit(0.8), logit(0.7), logit(0.2), logit(0.95)};
     // group sums 1.0, 1.1, 1.5, 1.15 keep groups 2 and 3; expert 0 (0.9) is out
@@ -81,7 +94,7 @@ TEST_CASE("presets route hand-worked cases", "[router][presets]") {
                 {0.8 / 2.1 * 2.5, 0.7 / 2.1 * 2.5, 0.6 / 2.1 * 2.5});
   }
   SECTION("DeepSeek-V4: sqrt(softplus), bias-steered top-6 style selection, renormalized, x1.5") {
-    const auto config = moe::presets::deepseek_v4(1, 4, 2);
+    const auto config = moe::presets::deepseek_v4(Hidden{1}, Experts{4}, 2);
     // z = softplus^-1(s^2) = log(expm1(s^2)) gives the scores s = 1, 2, 0.5, 1.5
     const auto z_of = [](double s) { return std::log(std::expm1(s * s)); };
     const std::initializer_list<double> z = {z_of(1), z_of(2), z_of(0.5), z_of(1.5)};
@@ -91,7 +104,7 @@ TEST_CASE("presets route hand-worked cases", "[router][presets]") {
     check_token(route_logits(config, z, bias), {3, 0}, {1.5 / 2.5 * 1.5, 1 / 2.5 * 1.5});
   }
   SECTION("HF DeepSeek-V3's zero mask lets a masked expert win when kept scores are negative") {
-    auto config = moe::presets::deepseek_v3(1, 4, 2, 2, 1);
+    auto config = moe::presets::deepseek_v3(Hidden{1}, Experts{4}, 2, 2, 1);
     moe::Vector<double> bias = moe::Vector<double>::Constant(4, -1.0);
     // biased scores: group 0 = {-0.9, -0.8} (sum -1.7), group 1 = {-0.5, -0.4} (sum -0.9) wins
     const std::initializer_list<double> z = {logit(0.1), logit(0.2), logit(0.5), logit(0.6)};
@@ -101,23 +114,23 @@ TEST_CASE("presets route hand-worked cases", "[router][presets]") {
   }
   SECTION("Megatron-Core: top-k then softmax (default) and pre-softmax") {
     check_token(
-        route_logits(moe::presets::megatron_topk(4, 1, 2, false), {ln(1), ln(2), ln(3), ln(4)}),
+        route_logits(moe::presets::megatron_topk(Hidden{1}, Experts{4}, 2, false), {ln(1), ln(2), ln(3), ln(4)}),
         {3, 2}, {4.0 / 7, 3.0 / 7});
     check_token(
-        route_logits(moe::presets::megatron_topk(4, 1, 2, true), {ln(1), ln(2), ln(3), ln(4)}),
+        route_logits(moe::presets::megatron_topk(Hidden{1}, Experts{4}, 2, true), {ln(1), ln(2), ln(3), ln(4)}),
         {3, 2}, {0.4, 0.3});
-    check_token(route_logits(moe::presets::megatron_sigmoid(4, 1, 2),
+    check_token(route_logits(moe::presets::megatron_sigmoid(Hidden{1}, Experts{4}, 2),
                              {logit(0.2), logit(0.5), logit(0.8), logit(0.6)}),
                 {2, 3}, {0.8 / 1.4, 0.6 / 1.4});
   }
   SECTION("Qwen3-MoE renormalizes, OLMoE keeps raw probabilities") {
-    check_token(route_logits(moe::presets::qwen3_moe(1, 4, 2), {ln(1), ln(2), ln(3), ln(4)}),
+    check_token(route_logits(moe::presets::qwen3_moe(Hidden{1}, Experts{4}, 2), {ln(1), ln(2), ln(3), ln(4)}),
                 {3, 2}, {4.0 / 7, 3.0 / 7});
-    check_token(route_logits(moe::presets::olmoe(1, 4, 2), {ln(1), ln(2), ln(3), ln(4)}), {3, 2},
+    check_token(route_logits(moe::presets::olmoe(Hidden{1}, Experts{4}, 2), {ln(1), ln(2), ln(3), ln(4)}), {3, 2},
                 {0.4, 0.3});
   }
   SECTION("GPT-OSS: biased logits, top-k, softmax over the k") {
-    moe::RouterConfig c = moe::presets::gpt_oss(1, 4, 2);
+    moe::RouterConfig c = moe::presets::gpt_oss(Hidden{1}, Experts{4}, 2);
     c.hidden = 1;
     moe::Router<double> router(c);
     router.weight << ln(1), ln(2), ln(3), ln(4);
@@ -127,11 +140,11 @@ TEST_CASE("presets route hand-worked cases", "[router][presets]") {
                 {5.0 / 9, 4.0 / 9});
   }
   SECTION("Llama 4: top-1, the sigmoid of the best logit") {
-    check_token(route_logits(moe::presets::llama4(1, 4), {0, 2, 1, -1}), {1},
+    check_token(route_logits(moe::presets::llama4(Hidden{1}, Experts{4}), {0, 2, 1, -1}), {1},
                 {1 / (1 + std::exp(-2.0))});
   }
   SECTION("DeepSpeed top-2: raw probabilities of the two best") {
-    check_token(route_logits(moe::presets::deepspeed_top2(4, 1), {ln(1), ln(2), ln(3), ln(4)}),
+    check_token(route_logits(moe::presets::deepspeed_top2(Hidden{1}, Experts{4}), {ln(1), ln(2), ln(3), ln(4)}),
                 {3, 2}, {0.4, 0.3});
   }
 }

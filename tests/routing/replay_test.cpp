@@ -19,6 +19,8 @@
 
 namespace {
 
+using moe::presets::Experts;
+using moe::presets::Hidden;
 using moe::test::random_expert_ids;
 using moe::test::random_matrix;
 
@@ -320,7 +322,7 @@ TEST_CASE("sqrt_softplus routing stays finite and exact at extreme logits", "[ro
 TEST_CASE("hash routing: the table picks the experts, the router's scores weight them",
           "[replay][hash]") {
   // DeepSeek-V4's hash layers: tid2eid[token] replayed through the V4 router (loop reference).
-  const moe::RouterConfig c = moe::presets::deepseek_v4(/*hidden=*/6, /*experts=*/16, /*k=*/4);
+  const moe::RouterConfig c = moe::presets::deepseek_v4(Hidden{6}, Experts{16}, /*k=*/4);
   const moe::HashTable table(16, random_expert_ids(50, 4, 16, 15));
   moe::TokenIds tokens(9);
   tokens << 3, 49, 0, 3, 17, 17, 8, 22, 41;

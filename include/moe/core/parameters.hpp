@@ -36,6 +36,15 @@ struct ParameterBuffer {
   Index size = 0;
 };
 
+/// A trained parameter beside its gradient, both flattened (row-major order), for an optimizer
+/// loop: `for (auto& p : layer.parameters(grads)) p.value -= lr * p.gradient;`.
+template <class S>
+struct ParameterAndGradient {
+  std::string name;  ///< its path in the object, e.g. "experts.w1"
+  Eigen::Map<Vector<S>> value;
+  Eigen::Map<const Vector<S>> gradient;
+};
+
 /// One named slot of a parameter set: a member of Owner, either a parameter (MatrixMap, VectorMap)
 /// or an object that is itself a parameter set (a Router inside a layer).
 template <class Owner, class Member>

@@ -31,7 +31,10 @@ using ExpertIdMatrix = Eigen::Matrix<ExpertId, Eigen::Dynamic, Eigen::Dynamic, E
 
 using IndexVector = Eigen::Matrix<Index, Eigen::Dynamic, 1>;
 
-/// Read-only view over a caller's row-major matrix (or any compatible expression), without copying.
+/// Read-only view over a caller's row-major matrix or Map, without copying. Anything else binds
+/// through a temporary row-major copy that Eigen makes at each call: a column-major matrix
+/// (Eigen's default MatrixXf) or an expression costs a pass over its elements and their memory
+/// every time. Keep activations row-major (RowMatrix, or a Map with Eigen::RowMajor).
 template <class S>
 using ConstMatrixRef = Eigen::Ref<const RowMatrix<S>>;
 

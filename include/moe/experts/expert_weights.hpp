@@ -20,7 +20,7 @@ struct ExpertFFNConfig {
   Index num_experts = 8;
   Index hidden = 0;      ///< d, the token width
   Index ffn_hidden = 0;  ///< f, each expert's hidden width
-  Activation activation = Activation::gelu;
+  Activation activation = Activation::swiglu;  ///< the layer's default too (MoELayerConfig)
   bool bias = false;  ///< b1 [E, f], b3 [E, f] (gated), b2 [E, d]
   /// Width of the column blocks the hidden activation is tiled in (execution only: results do not
   /// depend on it beyond rounding). MegaBlocks uses 128.

@@ -65,7 +65,11 @@ struct CollapseAlert {
 
 struct MonitorConfig {
   Index num_layers = 1;
-  Index window = 64;       ///< records kept per layer: the windowed view and the heatmap history
+  Index window = 64;       ///< the last records per layer the windowed view summarizes
+  /// Records kept per layer for history(), records() and the exporters: 0 (the default) keeps
+  /// every step, so a CSV or heatmap written at the end of a run starts at its first step. A
+  /// limit n bounds memory on long runs: the exports then start n steps before the last.
+  Index history = 0;
   double ema_decay = 0.9;  ///< ema = decay * ema + (1 - decay) * value
   Index cold_steps = 10;   ///< consecutive cold steps that make an alert; 0 disables the rule
   double min_normalized_entropy = 0.5;  ///< 0 disables (collapse onto E^0.5 experts gives 0.5)
@@ -77,6 +81,7 @@ struct MonitorConfig {
 inline void validate(const MonitorConfig& c) {
   require(c.num_layers >= 1, "MonitorConfig::num_layers", ">= 1", c.num_layers);
   require(c.window >= 1, "MonitorConfig::window", ">= 1", c.window);
+  require(c.history >= 0, "MonitorConfig::history", ">= 0 (0 keeps every step)", c.history);
   require(c.ema_decay >= 0.0 && c.ema_decay < 1.0, "MonitorConfig::ema_decay", "0 <= decay < 1",
           c.ema_decay);
   require(c.cold_steps >= 0, "MonitorConfig::cold_steps", ">= 0", c.cold_steps);
@@ -134,7 +139,8 @@ class HealthMonitor {
                      : config_.ema_decay * l.ema[i] + (1.0 - config_.ema_decay) * values[i];
     }
     l.history.push_back(HealthRecord{step, layer, std::move(report)});
-    if (static_cast<Index>(l.history.size()) > config_.window) l.history.pop_front();
+    if (config_.history > 0 && static_cast<Index>(l.history.size()) > config_.history)
+      l.history.pop_front();
     if (on_alert_)
       for (const auto& a : alerts) on_alert_(a);
     return alerts;
@@ -158,16 +164,19 @@ class HealthMonitor {
   /// Mean, min and max of every metric over the last `window` records of `layer`.
   WindowView window(Index layer) const {
     WindowView v;
-    const auto& h = at(layer).history;
-    v.records = static_cast<Index>(h.size());
+    const auto& kept = at(layer).history;
+    const auto first = kept.size() > static_cast<std::size_t>(config_.window)
+                           ? kept.end() - static_cast<std::ptrdiff_t>(config_.window)
+                           : kept.begin();
+    v.records = static_cast<Index>(kept.end() - first);
     constexpr double nan = std::numeric_limits<double>::quiet_NaN();
     v.mean.fill(nan);
     v.min.fill(nan);
     v.max.fill(nan);
     std::array<Index, kHealthMetricCount> seen{};
     std::array<double, kHealthMetricCount> sum{};
-    for (const auto& rec : h) {
-      const HealthMetrics m = health_metrics(rec.report);
+    for (auto rec = first; rec != kept.end(); ++rec) {
+      const HealthMetrics m = health_metrics(rec->report);
       for (std::size_t i = 0; i < kHealthMetricCount; ++i) {
         if (std::isnan(m[i])) continue;
         sum[i] += m[i];
@@ -181,7 +190,8 @@ class HealthMonitor {
     return v;
   }
 
-  /// The last `window` records of `layer`, oldest first.
+  /// The records kept of `layer` (every step unless MonitorConfig::history limits them), oldest
+  /// first.
   const std::deque<HealthRecord>& history(Index layer) const { return at(layer).history; }
 
   /// Every layer's retained records, by step then layer: what the exporters take.

@@ -1,4 +1,4 @@
-// Loops over threads: OpenMP when the library is built with MOE_WITH_OPENMP, plain loops
+// Loops over threads: OpenMP when compiled with it (link moe::openmp, or -fopenmp), plain loops
 // otherwise. Every index is processed by exactly one thread and nothing is reduced across
 // threads, so results are the same bits at any thread count.
 #pragma once

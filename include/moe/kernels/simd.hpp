@@ -201,7 +201,7 @@ MOE_ALWAYS_INLINE void scatter(S* p, const Packet<S>& v, Index stride) {
 #pragma GCC diagnostic ignored "-Wignored-attributes"
 #endif
 
-/// kLanes<S> packets, transposed in place: lane j of packet i becomes lane i of packet j.
+/// `kLanes<S>` packets, transposed in place: lane j of packet i becomes lane i of packet j.
 template <class S>
 struct PacketSquare {
   ei::PacketBlock<Packet<S>, static_cast<int>(kLanes<S>)> block;

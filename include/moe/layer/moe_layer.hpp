@@ -352,6 +352,40 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     for (Index r = 0; r < real; ++r) grads.x.row(ctx.real_tokens[r]) = ctx.real_grad_x.row(r);
   }
 
+  /// Every trained parameter of this layer beside its gradient in `grads` (filled by a backward
+  /// of this layer), in the order router.weight, router.bias (with linear_bias),
+  /// router.noise_weight (noisy top-k), experts.{w1, w3, w2, b1, b3, b2}, shared.{...},
+  /// shared_gate_weight, each present only when the config gives it elements. Not
+  /// router.selection_bias: the balancer's state, which no gradient trains. A pair whose gradient
+  /// is not of its parameter's size (no backward yet) throws moe::Error naming it.
+  std::vector<ParameterAndGradient<S>> parameters(const MoEGradients<S>& grads) {
+    std::vector<ParameterAndGradient<S>> pairs;
+    const auto add = [&](const std::string& name, auto& value, const auto& gradient) {
+      if (value.size() == 0) return;
+      require(gradient.size() == value.size(), ("grads." + name).c_str(),
+              detail::concat(value.size(), " elements (the gradient of a backward of this layer)"),
+              gradient.size());
+      pairs.push_back({name, {value.data(), value.size()}, {gradient.data(), gradient.size()}});
+    };
+    add("router.weight", router.weight, grads.router.weight);
+    if (config.router.linear_bias) add("router.bias", router.bias, grads.router.bias);
+    if (config.router.noise == Noise::noisy_topk)
+      add("router.noise_weight", router.noise_weight, grads.router.noise_weight);
+    const auto add_experts = [&](const std::string& prefix, ExpertWeights<S>& w,
+                                 const ExpertGradients<S>& g) {
+      add(prefix + "w1", w.w1, g.w1);
+      add(prefix + "w3", w.w3, g.w3);
+      add(prefix + "w2", w.w2, g.w2);
+      add(prefix + "b1", w.b1, g.b1);
+      add(prefix + "b3", w.b3, g.b3);
+      add(prefix + "b2", w.b2, g.b2);
+    };
+    add_experts("experts.", experts, grads.experts);
+    add_experts("shared.", shared, grads.shared);
+    add("shared_gate_weight", shared_gate_weight, grads.shared_gate);
+    return pairs;
+  }
+
   /// Once per optimizer step: the bias balancer updates from the loads of the step's micro-batches
   /// (the whole batch's, under any exchange) and hands its bias to the router's selection (Wang et
   /// al. 2024; DeepSeek-V3).

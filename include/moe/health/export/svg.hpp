@@ -20,7 +20,8 @@ struct SvgHeatmapOptions {
   Index layer = 0;    ///< records of other layers are ignored
   bool hard = true;   ///< hard (top-k count) loads; false: soft (probability sum) loads
   int cell = 12;      ///< cell side in pixels
-  std::string title;  ///< defaults to "layer L: hard load / average load"
+  std::string run;    ///< names the run in the default title, so that heatmaps side by side differ
+  std::string title;  ///< defaults to "<run>: layer L: hard load / average load, steps A-B"
 };
 
 namespace detail {
@@ -95,9 +96,14 @@ inline void write_svg_heatmap(std::ostream& out, const std::vector<HealthRecord>
       checked_add(top + bottom, checked_mul(experts, cell, "SvgHeatmapOptions::cell"),
                   "SvgHeatmapOptions::cell");
   const std::string kind = options.hard ? "hard" : "soft";
-  const std::string title = options.title.empty() ? detail::concat("layer ", options.layer, ": ",
-                                                                   kind, " load / average load")
-                                                  : options.title;
+  const std::string title =
+      !options.title.empty()
+          ? options.title
+          : detail::concat(options.run.empty() ? "" : options.run + ": ", "layer ", options.layer,
+                           ": ", kind, " load / average load",
+                           rows.empty() ? std::string(", no steps")
+                                        : detail::concat(", steps ", rows.front()->step, "-",
+                                                         rows.back()->step));
 
   out << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
       << "<svg xmlns=\"http://www.w3.org/2000/svg\" version=\"1.1\" width=\"" << width
