@@ -1,8 +1,9 @@
 // Health reports, the monitor and every exporter, over routings with ties, empty experts, NaN and
 // infinite probabilities and logits, and capacity drops. Invariants: hard loads count every
 // choice once; soft loads are the column sums of the finite rows; non-finite entries are counted,
-// never averaged; ratios stay in their ranges; the monitor keeps its window; CSV has a line per
-// record, JSON Lines has no NaN or infinity, the SVG is one closed document; entropies lie in
+// never averaged; ratios stay in their ranges; the monitor keeps every step or its history limit,
+// and its window summarizes the last of them; CSV has a line per record, JSON Lines has no NaN or
+// infinity, the SVG is one closed document; entropies lie in
 // [0, log E], top-k margins are finite and >= 0, bf16 flips never exceed the selections compared.
 #include <cmath>
 #include <cstdint>
@@ -138,6 +139,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   moe::MonitorConfig config;
   config.num_layers = in.range(1, 2);
   config.window = in.range(1, 6);
+  config.history = in.range(0, 6);  // 0: every step
   config.cold_steps = in.range(0, 3);
   const Index steps = in.range(0, 8), E = in.range(1, 12), k = in.range(1, std::min<Index>(E, 3));
   moe::HealthMonitor monitor(config);
@@ -149,8 +151,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     alerts += static_cast<Index>(monitor.record(s, reports).size());
   }
   const std::vector<moe::HealthRecord> records = monitor.records();
-  MOE_FUZZ_CHECK(static_cast<Index>(records.size()) ==
-                 config.num_layers * std::min(steps, config.window));
+  const Index kept = config.history == 0 ? steps : std::min(steps, config.history);
+  MOE_FUZZ_CHECK(static_cast<Index>(records.size()) == config.num_layers * kept);
+  for (Index l = 0; l < config.num_layers; ++l)
+    MOE_FUZZ_CHECK(monitor.window(l).records == std::min(kept, config.window));
 
   std::ostringstream csv, jsonl, svg, table;
   moe::write_csv(csv, records);

@@ -1,7 +1,6 @@
 // A user's program: includes the umbrella header, routes a batch and checks the answer by hand.
-// Built by a find_package or pkg-config consumer, it also checks that moe::version() is the
-// version of the package found (MOE_EXPECTED_VERSION: CMake's moe_VERSION, or pkg-config's
-// --modversion). MOE_EXPECT_OPENMP: it linked moe::openmp, which must thread it; without it
+// Built by the find_package consumer, it also checks that moe::version() is the version of the
+// package found (MOE_EXPECTED_VERSION: CMake's moe_VERSION). MOE_EXPECT_OPENMP: it linked moe::openmp, which must thread it; without it
 // nothing may (OpenMP is the consumer's choice, whatever the package was installed with).
 #include <cstdio>
 #include <cstring>

@@ -12,7 +12,7 @@
 #   eigen5            find_package from PREFIX with Eigen3_DIR at the Eigen 5.0.1 stand-in,
 #                     topk_consumer.cpp (one header, the one that needs Eigen 3.4), linking moe::moe,
 #                     which must not carry OpenMP, even when the package was installed with it
-#   pkg_config        consumer.cpp compiled by hand with `PKG_CONFIG --cflags --libs moe` from
+#   pkg_config        topk_consumer.cpp compiled by hand with `PKG_CONFIG --cflags --libs moe` from
 #                     PREFIX; moe::version() must be `PKG_CONFIG --modversion moe`
 #   eigen3.3          with an Eigen 3.3.9 stand-in, this source tree and a find_package consumer
 #                     must both refuse to configure, saying so
@@ -131,7 +131,7 @@ elseif(MODE STREQUAL "pkg_config")
   file(MAKE_DIRECTORY ${build})
   # -std=c++17 as a user must give it: moe.pc names no standard, and clang++ 14 defaults to C++14.
   run(${CXX_COMPILER} -std=c++17 ${pc_flags} -DMOE_EXPECTED_VERSION="${pc_version}"
-    ${SOURCE_DIR}/tests/consumers/consumer.cpp -o ${build}/consumer)
+    ${SOURCE_DIR}/tests/consumers/topk_consumer.cpp -o ${build}/consumer)
   run(${build}/consumer)
 
 elseif(MODE STREQUAL "eigen3.3")

@@ -1,7 +1,9 @@
 // A user's program that includes one family header: the top-k selection, whose lane-parallel path
 // uses the packet operations moe needs Eigen 3.4 or newer for. Small, so the consumer projects that
-// test packaging alone (another Eigen package, add_subdirectory) compile quickly.
+// test packaging alone (another Eigen package, add_subdirectory, pkg-config) compile quickly. With
+// MOE_EXPECTED_VERSION (pkg-config's --modversion) it checks the version of the package found.
 #include <cstdio>
+#include <cstring>
 
 #include <moe/routing/topk.hpp>
 #include <moe/version.hpp>
@@ -28,5 +30,14 @@ int main() {
   constexpr moe::Version v = moe::version();
   std::printf("consumer: moe %d.%d.%d, top-2 of 16 tokens -> %s\n", v.major, v.minor, v.patch,
               ok ? "ok" : "WRONG");
+#ifdef MOE_EXPECTED_VERSION
+  // The version of the package found (pkg-config's --modversion) is that of the headers it gives.
+  char version[48];
+  std::snprintf(version, sizeof version, "%d.%d.%d", v.major, v.minor, v.patch);
+  const bool version_ok = std::strcmp(version, MOE_EXPECTED_VERSION) == 0;
+  std::printf("consumer: package version %s -> %s\n", MOE_EXPECTED_VERSION,
+              version_ok ? "ok" : "WRONG");
+  ok = ok && version_ok;
+#endif
   return ok ? 0 : 1;
 }

@@ -3,6 +3,7 @@
 // bit-identity across thread counts.
 #include <cmath>
 #include <random>
+#include <vector>
 
 #include "moe/experts/capacity_ffn.hpp"
 #include "moe/experts/dropless_ffn.hpp"
@@ -19,8 +20,10 @@ using moe::test::RowMatrixD;
 
 namespace {
 
-constexpr Activation kActivations[] = {Activation::relu, Activation::gelu, Activation::gelu_tanh,
-                                       Activation::silu, Activation::swiglu};
+constexpr Activation kActivations[] = {
+    Activation::relu,         Activation::gelu,      Activation::gelu_tanh,  Activation::silu,
+    Activation::swiglu,       Activation::geglu,     Activation::geglu_tanh, Activation::reglu,
+    Activation::squared_relu, Activation::swiglu_oai};
 
 RowMatrixD random_matrix(Index rows, Index cols, unsigned seed, double scale = 1.0) {
   std::mt19937 gen(seed);
@@ -351,6 +354,45 @@ TEST_CASE("capacity FFN matches the per-slot reference", "[dropless][ffn][capaci
         REQUIRE(grads_in_place.b2 == grads.b2);
       }
     }
+}
+
+TEST_CASE("activations over a wide range, past gpt-oss's clamps, match the scalar reference",
+          "[ffn][activation]") {
+  // Random FFN inputs stay within a few units; these reach the clamps at +-7 and both sides of 0.
+  const std::vector<double> values = {-9.5, -7.0, -6.5, -3.0, -0.75, 0.0,
+                                      0.5,  2.0,  6.75, 7.0,  8.25};
+  const Index n = static_cast<Index>(values.size());
+  RowMatrixD h1(n, n), h3(n, n), da(n, n);
+  for (Index r = 0; r < n; ++r)
+    for (Index c = 0; c < n; ++c) {
+      h1(r, c) = values[r];
+      h3(r, c) = values[c];
+      da(r, c) = 0.25 + 0.125 * static_cast<double>((r + 2 * c) % 5);
+    }
+  for (Activation act : kActivations) {
+    INFO(to_string(act));
+    const test::ReferenceActivation ref{act};
+    RowMatrixD a(n, n), dh1 = da, dh3(n, n);
+    activation_forward(act, h1, h3, a);
+    activation_backward(act, h1, h3, dh1, dh3);
+    for (Index r = 0; r < n; ++r)
+      for (Index c = 0; c < n; ++c) {
+        INFO("h1 " << h1(r, c) << " h3 " << h3(r, c));
+        const double scale = 1.0 + std::abs(ref.value(h1(r, c), h3(r, c)));
+        REQUIRE(std::abs(a(r, c) - ref.value(h1(r, c), h3(r, c))) <= 1e-14 * scale);
+        REQUIRE(std::abs(dh1(r, c) - da(r, c) * ref.d_h1(h1(r, c), h3(r, c))) <= 1e-13 * scale);
+        if (is_gated(act))
+          REQUIRE(std::abs(dh3(r, c) - da(r, c) * ref.d_h3(h1(r, c), h3(r, c))) <= 1e-13 * scale);
+      }
+  }
+  // Hand-worked gpt-oss points: past the clamps the value is that of the bound and the gradient 0.
+  const test::ReferenceActivation oai{Activation::swiglu_oai};
+  const double glu7 = 7.0 / (1.0 + std::exp(-1.702 * 7.0));
+  CHECK(oai.value(9.5, 8.25) == Approx(glu7 * 8.0).epsilon(1e-15));
+  CHECK(oai.value(9.5, -9.5) == Approx(glu7 * -6.0).epsilon(1e-15));
+  CHECK(oai.d_h1(9.5, 1.0) == 0.0);
+  CHECK(oai.d_h3(1.0, -9.5) == 0.0);
+  CHECK(oai.d_h3(1.0, 7.0) == Approx(1.0 / (1.0 + std::exp(-1.702))).epsilon(1e-15));
 }
 
 TEST_CASE("expert FFNs reject bad input", "[dropless][ffn][errors]") {

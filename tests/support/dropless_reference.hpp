@@ -30,21 +30,61 @@ struct ReferenceActivation {
   Activation kind;
 
   static double sigmoid(double h) { return 1.0 / (1.0 + std::exp(-h)); }
+  static double gelu(double h) { return 0.5 * h * (1.0 + std::erf(h / std::sqrt(2.0))); }
+  static double gelu_derivative(double h) {
+    return 0.5 * (1.0 + std::erf(h / std::sqrt(2.0))) +
+           h * std::exp(-0.5 * h * h) / std::sqrt(2.0 * M_PI);
+  }
+  static double gelu_tanh(double h) {
+    const double u = std::sqrt(2.0 / M_PI) * (h + 0.044715 * h * h * h);
+    return 0.5 * h * (1.0 + std::tanh(u));
+  }
+  static double gelu_tanh_derivative(double h) {
+    const double c = std::sqrt(2.0 / M_PI);
+    const double t = std::tanh(c * (h + 0.044715 * h * h * h));
+    return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * h * h);
+  }
+  static double silu(double h) { return h * sigmoid(h); }
+  static double silu_derivative(double h) {
+    const double s = sigmoid(h);
+    return s + h * s * (1.0 - s);
+  }
+  // gpt-oss (HF GptOssExperts._apply_gate): gate.clamp(max=7), up.clamp(-7, 7),
+  // gate * sigmoid(1.702 gate) * (up + 1); torch.clamp passes the gradient inside the bounds.
+  static constexpr double kOaiAlpha = 1.702, kOaiLimit = 7.0;
+  static double oai_glu(double h1) {
+    const double g = std::min(h1, kOaiLimit);
+    return g * sigmoid(kOaiAlpha * g);
+  }
+  static double oai_glu_derivative(double h1) {
+    if (h1 > kOaiLimit) return 0.0;
+    const double s = sigmoid(kOaiAlpha * h1);
+    return s + kOaiAlpha * h1 * s * (1.0 - s);
+  }
+  static double oai_up(double h3) { return std::clamp(h3, -kOaiLimit, kOaiLimit) + 1.0; }
 
   double value(double h1, double h3) const {
     switch (kind) {
       case Activation::relu:
         return h1 > 0 ? h1 : 0.0;
       case Activation::gelu:
-        return 0.5 * h1 * (1.0 + std::erf(h1 / std::sqrt(2.0)));
-      case Activation::gelu_tanh: {
-        const double u = std::sqrt(2.0 / M_PI) * (h1 + 0.044715 * h1 * h1 * h1);
-        return 0.5 * h1 * (1.0 + std::tanh(u));
-      }
+        return gelu(h1);
+      case Activation::gelu_tanh:
+        return gelu_tanh(h1);
       case Activation::silu:
-        return h1 * sigmoid(h1);
+        return silu(h1);
       case Activation::swiglu:
-        return h1 * sigmoid(h1) * h3;
+        return silu(h1) * h3;
+      case Activation::geglu:
+        return gelu(h1) * h3;
+      case Activation::geglu_tanh:
+        return gelu_tanh(h1) * h3;
+      case Activation::reglu:
+        return (h1 > 0 ? h1 : 0.0) * h3;
+      case Activation::squared_relu:
+        return h1 > 0 ? h1 * h1 : 0.0;
+      case Activation::swiglu_oai:
+        return oai_glu(h1) * oai_up(h3);
     }
     return 0.0;
   }
@@ -54,26 +94,43 @@ struct ReferenceActivation {
       case Activation::relu:
         return h1 > 0 ? 1.0 : 0.0;
       case Activation::gelu:
-        return 0.5 * (1.0 + std::erf(h1 / std::sqrt(2.0))) +
-               h1 * std::exp(-0.5 * h1 * h1) / std::sqrt(2.0 * M_PI);
-      case Activation::gelu_tanh: {
-        const double c = std::sqrt(2.0 / M_PI);
-        const double t = std::tanh(c * (h1 + 0.044715 * h1 * h1 * h1));
-        return 0.5 * (1.0 + t) + 0.5 * h1 * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * h1 * h1);
-      }
-      case Activation::silu: {
-        const double s = sigmoid(h1);
-        return s + h1 * s * (1.0 - s);
-      }
-      case Activation::swiglu: {
-        const double s = sigmoid(h1);
-        return (s + h1 * s * (1.0 - s)) * h3;
-      }
+        return gelu_derivative(h1);
+      case Activation::gelu_tanh:
+        return gelu_tanh_derivative(h1);
+      case Activation::silu:
+        return silu_derivative(h1);
+      case Activation::swiglu:
+        return silu_derivative(h1) * h3;
+      case Activation::geglu:
+        return gelu_derivative(h1) * h3;
+      case Activation::geglu_tanh:
+        return gelu_tanh_derivative(h1) * h3;
+      case Activation::reglu:
+        return h1 > 0 ? h3 : 0.0;
+      case Activation::squared_relu:
+        return h1 > 0 ? 2.0 * h1 : 0.0;
+      case Activation::swiglu_oai:
+        return oai_glu_derivative(h1) * oai_up(h3);
     }
     return 0.0;
   }
   /// d value / d h3 (gated only).
-  double d_h3(double h1) const { return h1 * sigmoid(h1); }
+  double d_h3(double h1, double h3) const {
+    switch (kind) {
+      case Activation::swiglu:
+        return silu(h1);
+      case Activation::geglu:
+        return gelu(h1);
+      case Activation::geglu_tanh:
+        return gelu_tanh(h1);
+      case Activation::reglu:
+        return h1 > 0 ? h1 : 0.0;
+      case Activation::swiglu_oai:
+        return std::abs(h3) <= kOaiLimit ? oai_glu(h1) : 0.0;
+      default:
+        return 0.0;
+    }
+  }
 };
 
 /// One expert on one row: h1 = x W1[e] + b1[e], h3 likewise, a = act, o = a W2[e] + b2[e].
@@ -154,7 +211,7 @@ inline void reference_row_backward(const ExpertWeights<double>& w, Index e, cons
       d_a += w.w2(e * f + m, i) * d_o[i];
     }
     const double d_h1 = d_a * act.d_h1(r.h1[m], r.h3[m]);
-    const double d_h3 = gated ? d_a * act.d_h3(r.h1[m]) : 0.0;
+    const double d_h3 = gated ? d_a * act.d_h3(r.h1[m], r.h3[m]) : 0.0;
     if (c.bias) g.b1(e, m) += d_h1;
     if (c.bias && gated) g.b3(e, m) += d_h3;
     for (Index i = 0; i < d; ++i) {

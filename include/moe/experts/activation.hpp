@@ -11,13 +11,36 @@
 
 namespace moe {
 
-/// relu: max(h, 0) (derivative 0 at 0, as PyTorch); gelu: h * Phi(h) (exact, erf);
-/// gelu_tanh: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))) (GPT-2, PyTorch approximate="tanh");
-/// silu: h * sigmoid(h); swiglu: silu(x W1 + b1) * (x W3 + b3) (Shazeer 2020; Mixtral, DeepSeek).
-enum class Activation { relu, gelu, gelu_tanh, silu, swiglu };
+/// With h1 = x W1 + b1 and, gated, h3 = x W3 + b3:
+///  - relu: max(h1, 0) (derivative 0 at 0, as PyTorch); gelu: h1 Phi(h1) (exact, erf);
+///  - gelu_tanh: 0.5 h1 (1 + tanh(sqrt(2/pi) (h1 + 0.044715 h1^3))) (GPT-2, approximate="tanh");
+///  - silu: h1 sigmoid(h1);
+///  - swiglu: silu(h1) h3 (Shazeer 2020; Mixtral, DeepSeek, Qwen);
+///  - geglu: gelu(h1) h3 (Shazeer 2020); geglu_tanh: gelu_tanh(h1) h3 (Gemma's
+///    gelu_pytorch_tanh, T5 v1.1 gated-gelu); reglu: relu(h1) h3 (Shazeer 2020);
+///  - squared_relu: max(h1, 0)^2 (So et al. 2021, Primer; Nemotron-H's relu2 experts);
+///  - swiglu_oai: g sigmoid(1.702 g) (u + 1), g = min(h1, 7), u = clamp(h3, -7, 7) (gpt-oss,
+///    HF GptOssExperts; the clamps pass no gradient outside [., 7] and [-7, 7], as torch.clamp).
+/// New values are appended, so the numbers of the old ones never change.
+enum class Activation {
+  relu,
+  gelu,
+  gelu_tanh,
+  silu,
+  swiglu,
+  geglu,
+  geglu_tanh,
+  reglu,
+  squared_relu,
+  swiglu_oai
+};
 
 /// Gated activations have a second input projection, W3.
-constexpr bool is_gated(Activation activation) noexcept { return activation == Activation::swiglu; }
+constexpr bool is_gated(Activation activation) noexcept {
+  return activation == Activation::swiglu || activation == Activation::geglu ||
+         activation == Activation::geglu_tanh || activation == Activation::reglu ||
+         activation == Activation::swiglu_oai;
+}
 
 inline const char* to_string(Activation activation) noexcept {
   switch (activation) {
@@ -31,6 +54,16 @@ inline const char* to_string(Activation activation) noexcept {
       return "silu";
     case Activation::swiglu:
       return "swiglu";
+    case Activation::geglu:
+      return "geglu";
+    case Activation::geglu_tanh:
+      return "geglu_tanh";
+    case Activation::reglu:
+      return "reglu";
+    case Activation::squared_relu:
+      return "squared_relu";
+    case Activation::swiglu_oai:
+      return "swiglu_oai";
   }
   return "unknown";
 }
@@ -43,6 +76,9 @@ inline constexpr double kInvSqrt2 = 0.70710678118654752440;
 inline constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 /// Columns per stack chunk when an intermediate is reused.
 inline constexpr Index kActivationChunk = 256;
+/// gpt-oss's SwiGLU: sigmoid(alpha g), gate clamped above and linear input on both sides at limit.
+inline constexpr double kOaiSwigluAlpha = 1.702;
+inline constexpr double kOaiSwigluLimit = 7.0;
 
 template <class S>
 S gelu_exact(S h) {
@@ -56,9 +92,26 @@ S gelu_exact_derivative(S h) {
          h * S(kInvSqrt2Pi) * std::exp(S(-0.5) * h * h);
 }
 
+/// gelu_tanh(h) over an array expression.
+template <class H>
+auto gelu_tanh(const H& h) {
+  using S = typename H::Scalar;
+  return S(0.5) * h * (S(1) + (S(kSqrt2OverPi) * (h + S(kGeluTanhCubic) * h.cube())).tanh());
+}
+
+/// d/dh gelu_tanh(h) over an array expression.
+template <class H>
+auto gelu_tanh_derivative(const H& h) {
+  using S = typename H::Scalar;
+  const S c = S(kSqrt2OverPi), q = S(kGeluTanhCubic);
+  const auto t = (c * (h + q * h.cube())).tanh();
+  return S(0.5) * (S(1) + t) +
+         S(0.5) * h * (S(1) - t.square()) * c * (S(1) + S(3) * q * h.square());
+}
+
 }  // namespace detail
 
-/// a = act(h1) or, gated, a = silu(h1) * h3, over same-shaped blocks (h3 unused when not gated).
+/// a = act(h1) or, gated, a = act(h1, h3), over same-shaped blocks (h3 unused when not gated).
 template <class H1, class H3, class A>
 void activation_forward(Activation activation, const Eigen::MatrixBase<H1>& h1,
                         const Eigen::MatrixBase<H3>& h3, const Eigen::MatrixBase<A>& a_out) {
@@ -73,9 +126,7 @@ void activation_forward(Activation activation, const Eigen::MatrixBase<H1>& h1,
       a.array() = h.unaryExpr([](S v) { return detail::gelu_exact(v); });
       break;
     case Activation::gelu_tanh:
-      a.array() =
-          S(0.5) * h *
-          (S(1) + (S(detail::kSqrt2OverPi) * (h + S(detail::kGeluTanhCubic) * h.cube())).tanh());
+      a.array() = detail::gelu_tanh(h);
       break;
     case Activation::silu:
       a.array() = h / (S(1) + (-h).exp());
@@ -83,11 +134,31 @@ void activation_forward(Activation activation, const Eigen::MatrixBase<H1>& h1,
     case Activation::swiglu:
       a.array() = h / (S(1) + (-h).exp()) * h3.array();
       break;
+    case Activation::geglu:
+      a.array() = h.unaryExpr([](S v) { return detail::gelu_exact(v); }) * h3.array();
+      break;
+    case Activation::geglu_tanh:
+      a.array() = detail::gelu_tanh(h) * h3.array();
+      break;
+    case Activation::reglu:
+      a.array() = h.cwiseMax(S(0)) * h3.array();
+      break;
+    case Activation::squared_relu:
+      a.array() = h.cwiseMax(S(0)).square();
+      break;
+    case Activation::swiglu_oai: {
+      const S limit = S(detail::kOaiSwigluLimit), alpha = S(detail::kOaiSwigluAlpha);
+      const auto g = h.cwiseMin(limit);
+      a.array() =
+          g / (S(1) + (-alpha * g).exp()) * (h3.array().cwiseMax(-limit).cwiseMin(limit) + S(1));
+      break;
+    }
   }
 }
 
-/// dh1 = da * act'(h1); gated: dh1 = da * h3 * silu'(h1), dh3 = da * silu(h1), with
-/// silu'(h) = s (1 + h (1 - s)), s = sigmoid(h). `da_dh1` holds da on entry and dh1 on exit.
+/// dh1 = da * act'(h1); gated act(h1) h3: dh1 = da * h3 * act'(h1), dh3 = da * act(h1), with
+/// silu'(h) = s (1 + h (1 - s)), s = sigmoid(h). `da_dh1` holds da on entry and dh1 on exit; it
+/// may alias `dh3_out` when the activation is not gated (dh3 is then not written).
 template <class H1, class H3, class D1, class D3>
 void activation_backward(Activation activation, const Eigen::MatrixBase<H1>& h1,
                          const Eigen::MatrixBase<H3>& h3, const Eigen::MatrixBase<D1>& da_dh1,
@@ -103,11 +174,34 @@ void activation_backward(Activation activation, const Eigen::MatrixBase<H1>& h1,
     case Activation::gelu:
       d1.array() *= h.unaryExpr([](S v) { return detail::gelu_exact_derivative(v); });
       break;
-    case Activation::gelu_tanh: {
-      const S c = S(detail::kSqrt2OverPi), q = S(detail::kGeluTanhCubic);
-      const auto t = (c * (h + q * h.cube())).tanh();
-      d1.array() *= S(0.5) * (S(1) + t) +
-                    S(0.5) * h * (S(1) - t.square()) * c * (S(1) + S(3) * q * h.square());
+    case Activation::gelu_tanh:
+      d1.array() *= detail::gelu_tanh_derivative(h);
+      break;
+    case Activation::geglu:
+      d3.array() = d1.array() * h.unaryExpr([](S v) { return detail::gelu_exact(v); });
+      d1.array() *= h3.array() * h.unaryExpr([](S v) { return detail::gelu_exact_derivative(v); });
+      break;
+    case Activation::geglu_tanh:
+      d3.array() = d1.array() * detail::gelu_tanh(h);
+      d1.array() *= h3.array() * detail::gelu_tanh_derivative(h);
+      break;
+    case Activation::reglu:
+      d3.array() = d1.array() * h.cwiseMax(S(0));
+      d1.array() = (h > S(0)).select(d1.array() * h3.array(), S(0));
+      break;
+    case Activation::squared_relu:
+      d1.array() *= S(2) * h.cwiseMax(S(0));
+      break;
+    case Activation::swiglu_oai: {
+      // d/dg [g s(alpha g)] = s (1 + alpha g (1 - s)); the clamps pass the gradient inside their
+      // bounds, limits included (torch.clamp's backward).
+      const S limit = S(detail::kOaiSwigluLimit), alpha = S(detail::kOaiSwigluAlpha);
+      const auto g = h.cwiseMin(limit);
+      const auto s = S(1) / (S(1) + (-alpha * g).exp());
+      const auto u = h3.array().cwiseMax(-limit).cwiseMin(limit);
+      d3.array() = (h3.array().abs() <= limit).select(d1.array() * g * s, S(0));
+      d1.array() =
+          (h <= limit).select(d1.array() * (u + S(1)) * s * (S(1) + alpha * g * (S(1) - s)), S(0));
       break;
     }
     case Activation::silu:
