@@ -12,6 +12,7 @@
 
 #include "support/bad_input.hpp"
 #include "support/catch.hpp"
+#include "support/layer_helpers.hpp"
 #include "support/dropless_reference.hpp"
 #include "support/finite_difference.hpp"  // relative_error
 #include "support/random_matrix.hpp"
@@ -187,10 +188,6 @@ using Matrix = moe::RowMatrix<double>;
 constexpr Index kHidden = 5;
 constexpr double kAuxCoefficient = 0.1;
 
-const char* name(moe::DispatchKind d) {
-  return d == moe::DispatchKind::dropless ? "dropless" : "capacity";
-}
-
 /// E experts, top-k, softmax then renormalize, SwiGLU experts with biases, aux and z losses on;
 /// capacity: Megatron's ceil(T k / E * 1.0).
 moe::MoELayerConfig edge_config(moe::DispatchKind dispatch, Index experts, Index top_k,
@@ -211,16 +208,6 @@ moe::MoELayerConfig edge_config(moe::DispatchKind dispatch, Index experts, Index
   c.z_loss_coefficient = 0.01;
   if (shared) c.shared = {4, true};
   return c;
-}
-
-moe::MoELayer<double> random_layer(const moe::MoELayerConfig& c) {
-  moe::MoELayer<double> layer(c);
-  layer.init_weights(3);
-  layer.router.weight = random_matrix(c.router.num_experts, c.router.hidden, 4);  // spread routing
-  layer.experts.b1 = random_matrix(layer.experts.b1.rows(), layer.experts.b1.cols(), 5, 0.3);
-  layer.experts.b2 = random_matrix(layer.experts.b2.rows(), layer.experts.b2.cols(), 6, 0.3);
-  if (c.shared.gated) layer.shared_gate_weight = random_matrix(c.router.hidden, 1, 7);
-  return layer;
 }
 
 /// softmax(x_t W^T) by loops: the router's scores (no bias, no noise).
@@ -307,10 +294,10 @@ TEST_CASE("the layer at its edges: no tokens, k = E, one expert, every choice dr
           "[layer][edge]") {
   SECTION("T = 0: empty output, zero losses, zero gradients of the right shapes") {
     for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
-      INFO(name(dispatch));
+      INFO(moe::test::dispatch_name(dispatch));
       for (bool shared : {false, true}) {
         INFO("shared " << shared);
-        auto layer = random_layer(edge_config(dispatch, 4, 2, shared));
+        auto layer = moe::test::random_layer(edge_config(dispatch, 4, 2, shared));
         const Matrix x(0, kHidden);
         moe::MoELayerContext<double> ctx;
         const auto out = layer.forward(x, ctx, moe::Mode::train);
@@ -354,12 +341,12 @@ TEST_CASE("the layer at its edges: no tokens, k = E, one expert, every choice dr
 
   SECTION("k = E = 4: every expert's output, weighted by its gate") {
     for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
-      INFO(name(dispatch));
+      INFO(moe::test::dispatch_name(dispatch));
       // Capacity: C = ceil(T * 4 / 4 * 1.0) = T, and every expert receives exactly T entries (one
       // per token), so nothing drops.
       for (bool shared : {false, true}) {
         INFO("shared " << shared);
-        auto layer = random_layer(edge_config(dispatch, 4, 4, shared));
+        auto layer = moe::test::random_layer(edge_config(dispatch, 4, 4, shared));
         const Matrix x = random_matrix(12, kHidden, 8);
         moe::MoELayerContext<double> ctx;
         const auto out = layer.forward(x, ctx, moe::Mode::train);
@@ -388,8 +375,8 @@ TEST_CASE("the layer at its edges: no tokens, k = E, one expert, every choice dr
 
   SECTION("E = 1, k = 1: the gate is 1 and y is that expert's FFN") {
     for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
-      INFO(name(dispatch));
-      auto layer = random_layer(edge_config(dispatch, 1, 1, false));
+      INFO(moe::test::dispatch_name(dispatch));
+      auto layer = moe::test::random_layer(edge_config(dispatch, 1, 1, false));
       const Matrix x = random_matrix(12, kHidden, 10);
       moe::MoELayerContext<double> ctx;
       const auto out = layer.forward(x, ctx, moe::Mode::train);
@@ -432,7 +419,7 @@ TEST_CASE("the layer at its edges: no tokens, k = E, one expert, every choice dr
       auto c = edge_config(moe::DispatchKind::capacity, 4, 2, shared);
       c.capacity.rounding = moe::CapacityRounding::fixed;
       c.capacity.fixed_capacity = 0;  // allowed: CapacityConfig::fixed_capacity >= 0
-      auto layer = random_layer(c);
+      auto layer = moe::test::random_layer(c);
       const Index T = 12, k = 2;
       const Matrix x = random_matrix(T, kHidden, 12);
       moe::MoELayerContext<double> ctx;

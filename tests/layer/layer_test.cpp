@@ -11,6 +11,7 @@
 #include <moe/routing/replay.hpp>
 
 #include "support/catch.hpp"
+#include "support/layer_helpers.hpp"
 #include "support/dispatch_reference.hpp"
 #include "support/dropless_reference.hpp"
 #include "support/finite_difference.hpp"
@@ -43,16 +44,6 @@ moe::MoELayerConfig small_config(moe::DispatchKind dispatch, moe::Activation act
   c.z_loss_coefficient = 0.01;
   if (shared) c.shared = {4, true};
   return c;
-}
-
-moe::MoELayer<double> random_layer(const moe::MoELayerConfig& c) {
-  moe::MoELayer<double> layer(c);
-  layer.init_weights(3);
-  layer.router.weight = random_matrix(c.router.num_experts, c.router.hidden, 4);  // spread routing
-  layer.experts.b1 = random_matrix(layer.experts.b1.rows(), layer.experts.b1.cols(), 5, 0.3);
-  layer.experts.b2 = random_matrix(layer.experts.b2.rows(), layer.experts.b2.cols(), 6, 0.3);
-  if (c.shared.gated) layer.shared_gate_weight = random_matrix(c.router.hidden, 1, 7);
-  return layer;
 }
 
 // y_t = sum over kept choices of g_tj FFN_e(x_t) + sigmoid(x_t . w) FFN_shared(x_t), by loops;
@@ -120,10 +111,6 @@ auto checked_gradients(moe::MoELayer<double>& layer, Matrix& x, const Matrix& gr
   return std::make_pair(std::move(g), loss);
 }
 
-const char* name(moe::DispatchKind d) {
-  return d == moe::DispatchKind::dropless ? "dropless" : "capacity";
-}
-
 }  // namespace
 
 TEST_CASE("MoELayer forward matches the per-token reference", "[layer]") {
@@ -131,9 +118,9 @@ TEST_CASE("MoELayer forward matches the per-token reference", "[layer]") {
     for (auto activation : {moe::Activation::swiglu, moe::Activation::gelu, moe::Activation::relu})
       for (bool shared : {false, true})
         for (auto mode : {moe::Mode::train, moe::Mode::eval}) {
-          INFO(name(dispatch) << " activation=" << moe::to_string(activation)
+          INFO(moe::test::dispatch_name(dispatch) << " activation=" << moe::to_string(activation)
                               << " shared=" << shared);
-          auto layer = random_layer(small_config(dispatch, activation, shared));
+          auto layer = moe::test::random_layer(small_config(dispatch, activation, shared));
           const Matrix x = random_matrix(12, 5, 8);
           moe::MoELayerContext<double> ctx;
           const auto out = layer.forward(x, ctx, mode);
@@ -156,8 +143,8 @@ TEST_CASE("MoELayer forward matches the per-token reference", "[layer]") {
 TEST_CASE("MoELayer gradients match central finite differences", "[layer][backward]") {
   for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity})
     for (auto activation : {moe::Activation::swiglu, moe::Activation::gelu_tanh}) {
-      INFO(name(dispatch) << " activation=" << moe::to_string(activation));
-      auto layer = random_layer(small_config(dispatch, activation, true));
+      INFO(moe::test::dispatch_name(dispatch) << " activation=" << moe::to_string(activation));
+      auto layer = moe::test::random_layer(small_config(dispatch, activation, true));
       Matrix x = random_matrix(12, 5, 9);
       const Matrix grad_y = random_matrix(12, 5, 10);
       const auto [g, loss] = checked_gradients(
@@ -186,7 +173,7 @@ TEST_CASE("MoELayer backward after an eval forward, which reads token rows in pl
         small_config(moe::DispatchKind::dropless, moe::Activation::swiglu, shared);
     config.aux_loss.reset();
     config.z_loss_coefficient = 0.0;
-    auto layer = random_layer(config);
+    auto layer = moe::test::random_layer(config);
     const Matrix x = random_matrix(12, 5, 21);
     const Matrix grad_y = random_matrix(12, 5, 22);
     moe::MoELayerContext<double> train_ctx, eval_ctx;
@@ -208,7 +195,7 @@ TEST_CASE("MoELayer bias balancer steers selection once per step", "[layer][bala
   auto c = small_config(moe::DispatchKind::dropless, moe::Activation::relu, false);
   c.router.score = moe::ScoreFunction::sigmoid;
   c.bias_balancer = moe::BiasBalancerOptions{};
-  auto layer = random_layer(c);
+  auto layer = moe::test::random_layer(c);
   const Matrix x = random_matrix(40, 5, 11);
   moe::MoELayerContext<double> ctx;
   const auto before = layer.forward(x, ctx, moe::Mode::train);
@@ -237,7 +224,7 @@ TEST_CASE("MoELayer rejects bad configuration and input", "[layer][errors]") {
   c.block_size = 0;
   CHECK_THROWS_AS(moe::MoELayer<double>(c), moe::Error);
   auto layer =
-      random_layer(small_config(moe::DispatchKind::dropless, moe::Activation::relu, false));
+      moe::test::random_layer(small_config(moe::DispatchKind::dropless, moe::Activation::relu, false));
   moe::MoELayerContext<double> ctx;
   CHECK_THROWS_AS(layer.forward(Matrix::Zero(3, 4), ctx, moe::Mode::eval), moe::Error);
   layer.forward(Matrix::Zero(3, 5), ctx, moe::Mode::eval);
@@ -247,12 +234,12 @@ TEST_CASE("MoELayer rejects bad configuration and input", "[layer][errors]") {
 TEST_CASE("MoELayer replay routes to the recorded experts and reproduces a recorded step",
           "[layer][replay]") {
   for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
-    INFO(name(dispatch));
+    INFO(moe::test::dispatch_name(dispatch));
     moe::MoELayerConfig config = small_config(dispatch, moe::Activation::swiglu, true);
     config.router.noise = moe::Noise::jitter;  // the replay draws the same noise from the seed
     config.bias_balancer = moe::BiasBalancerOptions{};
-    auto recorder = random_layer(config);
-    auto replayer = random_layer(config);
+    auto recorder = moe::test::random_layer(config);
+    auto replayer = moe::test::random_layer(config);
     const Matrix x = random_matrix(12, 5, 31);
     const Matrix grad_y = random_matrix(12, 5, 32);
 
@@ -287,7 +274,7 @@ TEST_CASE("MoELayer replay routes to the recorded experts and reproduces a recor
     for (auto mode : {moe::Mode::train, moe::Mode::eval}) {
       moe::MoELayerConfig quiet = config;
       quiet.router.noise = moe::Noise::none;
-      auto layer = random_layer(quiet);
+      auto layer = moe::test::random_layer(quiet);
       moe::MoELayerContext<double> ctx, live_ctx;
       const auto out = layer.replay(x, other, ctx, mode);
       CHECK(moe::test::relative_error(out.y, reference_forward(layer, x, mode, &rows)) <= 1e-12);
@@ -301,7 +288,7 @@ TEST_CASE("MoELayer replay routes to the recorded experts and reproduces a recor
     // Gradients through the replayed choices, against central differences.
     moe::MoELayerConfig quiet = config;
     quiet.router.noise = moe::Noise::none;
-    auto layer = random_layer(quiet);
+    auto layer = moe::test::random_layer(quiet);
     Matrix x_var = x;
     checked_gradients(layer, x_var, grad_y,
                       [&](auto& ctx) { return layer.replay(x_var, other, ctx, moe::Mode::train); });
@@ -313,8 +300,8 @@ TEST_CASE("MoELayer with a token mask: padding takes no work, adds nothing, gets
   const double kNaN = std::numeric_limits<double>::quiet_NaN();
   for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity})
     for (auto mode : {moe::Mode::train, moe::Mode::eval}) {
-      INFO(name(dispatch) << " train=" << (mode == moe::Mode::train));
-      auto layer = random_layer(small_config(dispatch, moe::Activation::swiglu, true));
+      INFO(moe::test::dispatch_name(dispatch) << " train=" << (mode == moe::Mode::train));
+      auto layer = moe::test::random_layer(small_config(dispatch, moe::Activation::swiglu, true));
       moe::TokenMask mask(15);
       mask << 1, 0, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1;  // 11 real tokens, 4 padding
       Matrix x = random_matrix(15, 5, 41);
@@ -343,7 +330,7 @@ TEST_CASE("MoELayer with a token mask: padding takes no work, adds nothing, gets
 
   // gradients: finite differences on the real rows, exact zeros on padding
   auto layer =
-      random_layer(small_config(moe::DispatchKind::dropless, moe::Activation::swiglu, true));
+      moe::test::random_layer(small_config(moe::DispatchKind::dropless, moe::Activation::swiglu, true));
   moe::TokenMask mask(12);
   mask << 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0;
   Matrix x = random_matrix(12, 5, 42);
@@ -370,7 +357,7 @@ TEST_CASE("MoELayer with the weight before the FFN (Llama 4): y = FFN_e(w x) + s
   c.shared = {4, false};
   c.weight_before_ffn = true;
   c.aux_loss = moe::aux_presets::megatron(1, 0.1, moe::ScoreFunction::sigmoid);
-  auto layer = random_layer(c);
+  auto layer = moe::test::random_layer(c);
   Matrix x = random_matrix(12, 5, 51);
   for (auto mode : {moe::Mode::train, moe::Mode::eval}) {
     moe::MoELayerContext<double> ctx;
@@ -411,7 +398,7 @@ TEST_CASE("MoELayer with zero-computation experts (LongCat-Flash): y gets w x, n
   c.aux_loss = moe::aux_presets::megatron(3, 0.1);
   c.z_loss_coefficient = 0.01;
   c.bias_balancer = moe::BiasBalancerOptions{};
-  auto layer = random_layer(c);
+  auto layer = moe::test::random_layer(c);
   REQUIRE(layer.experts.config.num_experts == 4);
   layer.router.selection_bias = random_matrix(6, 1, 60, 0.2);
   Matrix x = random_matrix(12, 5, 61);
@@ -450,13 +437,13 @@ TEST_CASE("MoELayer with zero-computation experts (LongCat-Flash): y gets w x, n
 TEST_CASE("MoELayer with adaptive k: unused slots take no work, no load and no gradient",
           "[layer][adaptive_k]") {
   for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
-    INFO(name(dispatch));
+    INFO(moe::test::dispatch_name(dispatch));
     moe::MoELayerConfig c = small_config(dispatch, moe::Activation::swiglu, true);
     c.router.top_k = 3;
     c.router.min_top_k = 1;
     c.router.top_k_threshold = 0.6;  // keep the best, add those within 0.6x of it
     c.aux_loss = moe::aux_presets::megatron(3, 0.1);
-    auto layer = random_layer(c);
+    auto layer = moe::test::random_layer(c);
     Matrix x = random_matrix(12, 5, 71);
     moe::MoELayerContext<double> ctx;
     const auto out = layer.forward(x, ctx, moe::Mode::train);
@@ -496,7 +483,7 @@ TEST_CASE("MoELayer over packed sequences: the sequence-wise aux loss per cu_seq
   moe::MoELayerConfig c = small_config(moe::DispatchKind::dropless, moe::Activation::swiglu, false);
   c.aux_loss = moe::aux_presets::deepseek_v3_packed_sequence(2, 0.1);
   c.health.selection_metrics = true;  // the layer's report takes the layer's HealthConfig
-  auto layer = random_layer(c);
+  auto layer = moe::test::random_layer(c);
   Matrix x = random_matrix(12, 5, 81);
   const moe::IndexVector cu_seqlens = (moe::IndexVector(4) << 0, 5, 7, 12).finished();
   moe::MoELayerContext<double> ctx;

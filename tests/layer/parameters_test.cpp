@@ -17,7 +17,7 @@ using moe::Index;
 using moe::test::random_matrix;
 using Matrix = moe::RowMatrix<double>;
 
-moe::MoELayerConfig config(moe::DispatchKind dispatch) {
+moe::MoELayerConfig parameters_config(moe::DispatchKind dispatch) {
   moe::MoELayerConfig c;
   c.router.num_experts = 4;
   c.router.hidden = 6;
@@ -37,7 +37,7 @@ moe::MoELayerConfig config(moe::DispatchKind dispatch) {
 }
 
 /// An owned layer with every parameter random (biases included).
-moe::MoELayer<double> random_layer(const moe::MoELayerConfig& c) {
+moe::MoELayer<double> random_parameters_layer(const moe::MoELayerConfig& c) {
   moe::MoELayer<double> layer(c);
   layer.init_weights(3);
   layer.router.weight = random_matrix(c.router.num_experts, c.router.hidden, 4);
@@ -105,8 +105,8 @@ TEST_CASE("a layer mapped over caller buffers computes what the owned layer does
           "[layer][parameters]") {
   for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
     INFO((dispatch == moe::DispatchKind::dropless ? "dropless" : "capacity"));
-    const auto c = config(dispatch);
-    auto owned = random_layer(c);
+    const auto c = parameters_config(dispatch);
+    auto owned = random_parameters_layer(c);
     CallerBuffers caller(owned);
     auto mapped = moe::MoELayer<double>::mapped(c, caller.buffers);
     CHECK(mapped.router.maps_caller_buffers());
@@ -152,8 +152,8 @@ TEST_CASE("a layer mapped over caller buffers computes what the owned layer does
 }
 
 TEST_CASE("mapped parameters reject null and wrong-size buffers", "[layer][parameters][errors]") {
-  const auto c = config(moe::DispatchKind::dropless);
-  const auto owned = random_layer(c);
+  const auto c = parameters_config(moe::DispatchKind::dropless);
+  const auto owned = random_parameters_layer(c);
   auto throws_naming = [&](auto edit, const char* name) {
     CallerBuffers caller(owned);
     edit(caller.buffers);
@@ -209,8 +209,8 @@ TEST_CASE("mapped parameters reject null and wrong-size buffers", "[layer][param
 }
 
 TEST_CASE("copies own their parameters; moves keep the storage", "[layer][parameters]") {
-  const auto c = config(moe::DispatchKind::dropless);
-  auto original = random_layer(c);
+  const auto c = parameters_config(moe::DispatchKind::dropless);
+  auto original = random_parameters_layer(c);
   const Matrix x = random_matrix(10, 6, 13), grad_y = random_matrix(10, 6, 14);
   const Matrix y = step(original, x, grad_y).first;
 
@@ -227,7 +227,7 @@ TEST_CASE("copies own their parameters; moves keep the storage", "[layer][parame
   CHECK(step(original, x, grad_y).first == y);  // the original is untouched
   CHECK(step(copy, x, grad_y).first != y);
 
-  moe::MoELayer<double> assigned(config(moe::DispatchKind::capacity));
+  moe::MoELayer<double> assigned(parameters_config(moe::DispatchKind::capacity));
   assigned = original;  // an owning layer takes a copy of any shape
   CHECK(assigned.config.dispatch == moe::DispatchKind::dropless);
   CHECK(assigned.experts.w1.data() != original.experts.w1.data());
@@ -252,7 +252,7 @@ TEST_CASE("copies own their parameters; moves keep the storage", "[layer][parame
   CHECK(mapped.experts.w1.data() == caller.buffers.experts.w1.data);
   CHECK(caller.storage[4][0] == 0.0);  // storage[4] is experts.w1
   CHECK(mapped.experts.w1.isZero());
-  moe::MoELayer<double> wrong(config(moe::DispatchKind::dropless));
+  moe::MoELayer<double> wrong(parameters_config(moe::DispatchKind::dropless));
   wrong = moe::MoELayer<double>([&] {
     auto other = c;
     other.ffn_hidden = 4;
@@ -284,9 +284,9 @@ TEST_CASE("backward into a kept MoEGradients matches a fresh one when the expert
   // experts 0 and 1 would show in step 2 if they were not zeroed.
   for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity}) {
     INFO((dispatch == moe::DispatchKind::dropless ? "dropless" : "capacity"));
-    auto c = config(dispatch);
+    auto c = parameters_config(dispatch);
     c.capacity.train_factor = 2.0;
-    auto layer = random_layer(c);
+    auto layer = random_parameters_layer(c);
     layer.router.weight.setZero();
     layer.router.bias.setZero();
     layer.router.selection_bias.setZero();
@@ -328,8 +328,8 @@ TEST_CASE("backward into a kept MoEGradients matches a fresh one when the expert
 
 TEST_CASE("parameters(grads) pairs every trained parameter with its gradient, by name",
           "[layer][parameters]") {
-  const auto c = config(moe::DispatchKind::dropless);
-  auto layer = random_layer(c);
+  const auto c = parameters_config(moe::DispatchKind::dropless);
+  auto layer = random_parameters_layer(c);
   moe::MoEGradients<double> grads;
   // Before a backward the gradients have no shape: the first pair says so.
   moe::test::require_rejects([&] { layer.parameters(grads); }, "grads.router.weight",
