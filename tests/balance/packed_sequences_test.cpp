@@ -18,19 +18,19 @@ using moe::SequenceNormalization;
 using moe::TokenMask;
 using Mat = moe::RowMatrix<double>;
 
-constexpr double tight = 1e-12;
-constexpr double fd_tolerance = 1e-6;
+constexpr double kTight = 1e-12;
+constexpr double kFdTolerance = 1e-6;
 constexpr SequenceNormalization kBoth[] = {SequenceNormalization::own_length,
                                            SequenceNormalization::mean_length};
 
-Mat random_matrix(Index rows, Index cols, std::uint64_t seed) {
+Mat random_logits(Index rows, Index cols, std::uint64_t seed) {
   const moe::CounterRng rng(seed, 13);
   Mat m(rows, cols);
   for (Index i = 0; i < m.size(); ++i) m.data()[i] = rng.normal(static_cast<std::uint64_t>(i));
   return m;
 }
 
-moe::ref::Mat to_ref(const Mat& m) {
+moe::ref::Mat ref_rows(const Mat& m) {
   moe::ref::Mat out(static_cast<std::size_t>(m.rows()));
   for (Index r = 0; r < m.rows(); ++r) out[r].assign(m.row(r).data(), m.row(r).data() + m.cols());
   return out;
@@ -38,7 +38,7 @@ moe::ref::Mat to_ref(const Mat& m) {
 
 /// Scores the reference reads: softmax, or sigmoid divided by its row sum, by plain loops.
 moe::ref::Mat ref_scores(const Mat& z, bool sigmoid) {
-  moe::ref::Mat s = to_ref(z);
+  moe::ref::Mat s = ref_rows(z);
   for (auto& row : s) {
     if (!sigmoid) {
       row = moe::ref::softmax(row);
@@ -95,7 +95,7 @@ TEST_CASE("packed aux loss: hand-computed value and gradient, both normalization
       CHECK(out.value == Approx(0.1 * (1.5 + 1.4) / 2).epsilon(1e-14));
       Mat expected(3, 2);  // a E c_be / (k n_b^2 S)
       expected << 0.1, 0, 0, 0.05, 0, 0.05;
-      CHECK(moe::test::relative_error(out.grad, expected) < tight);
+      CHECK(moe::test::relative_error(out.grad, expected) < kTight);
     }
     SECTION("mean length 3/2: L_A = 2 (2/3)(1/2), L_B = 2 (4/3)(14/15)") {
       const auto out =
@@ -103,7 +103,7 @@ TEST_CASE("packed aux loss: hand-computed value and gradient, both normalization
       CHECK(out.value == Approx(0.1 * (2.0 / 3 + 112.0 / 45) / 2).epsilon(1e-14));
       Mat expected(3, 2);  // a E c_be / (k (3/2)^2 S)
       expected << 2.0 / 45, 0, 0, 4.0 / 45, 0, 4.0 / 45;
-      CHECK(moe::test::relative_error(out.grad, expected) < tight);
+      CHECK(moe::test::relative_error(out.grad, expected) < kTight);
     }
   }
 }
@@ -112,7 +112,7 @@ TEST_CASE("packed aux loss: Megatron and DeepSeek-V3 forms against the per-seque
           "[balance][aux][packed]") {
   const Index T = 17, E = 6;
   const int k = 2;
-  const Mat z = random_matrix(T, E, 1);
+  const Mat z = random_logits(T, E, 1);
   const IndexVector cu = offsets({0, 4, 4, 9, 10, 17});  // lengths 4, 0, 5, 1, 7
   TokenMask mask = TokenMask::Ones(T);
   mask(2) = mask(8) = mask(9) = mask(16) = false;  // sequence 3 (row 9) is all padding
@@ -128,12 +128,12 @@ TEST_CASE("packed aux loss: Megatron and DeepSeek-V3 forms against the per-seque
         const auto s = ref_scores(z, sigmoid);
         CHECK(out.value == Approx(moe::ref::packed_seq_aux_loss(s, ref_top_k(s, k), to_ref(cu),
                                                                 to_ref(m), k, 0.02, mean))
-                               .epsilon(tight));
+                               .epsilon(kTight));
         Mat zz = z;
         const Mat numeric = moe::test::numerical_gradient(zz, [&] {
           return moe::load_balancing_loss_packed_from_logits(zz, fn, {}, c, cu, m).value;
         });
-        CHECK(moe::test::relative_error(out.grad, numeric) < fd_tolerance);
+        CHECK(moe::test::relative_error(out.grad, numeric) < kFdTolerance);
         for (Index t = 0; t < T; ++t)
           if (!moe::detail::is_real_token(m, t)) CHECK(out.grad.row(t).isZero(0.0));
       }
@@ -141,7 +141,7 @@ TEST_CASE("packed aux loss: Megatron and DeepSeek-V3 forms against the per-seque
       const Mat sig = z.unaryExpr([](double v) { return moe::ref::sigmoid(v); });
       Mat biased = sig;
       biased.col(3).array() += 0.4;
-      const auto s = to_ref(biased);
+      const auto s = ref_rows(biased);
       const auto choices = ref_top_k(s, k);
       ExpertIdMatrix ids(T, k);
       for (Index t = 0; t < T; ++t)
@@ -150,11 +150,11 @@ TEST_CASE("packed aux loss: Megatron and DeepSeek-V3 forms against the per-seque
       const auto out = moe::load_balancing_loss_packed(sig, ids, c, cu, m);
       CHECK(out.value == Approx(moe::ref::packed_seq_aux_loss(ref_scores(z, true), choices,
                                                               to_ref(cu), to_ref(m), k, 1e-3, mean))
-                             .epsilon(tight));
+                             .epsilon(kTight));
       Mat ss = sig;
       const Mat numeric = moe::test::numerical_gradient(
           ss, [&] { return moe::load_balancing_loss_packed(ss, ids, c, cu, m).value; });
-      CHECK(moe::test::relative_error(out.grad, numeric) < fd_tolerance);
+      CHECK(moe::test::relative_error(out.grad, numeric) < kFdTolerance);
     }
   }
   SECTION("the two normalizations differ for unequal lengths and agree for equal ones") {
@@ -167,7 +167,7 @@ TEST_CASE("packed aux loss: Megatron and DeepSeek-V3 forms against the per-seque
     const IndexVector equal = offsets({0, 4, 8, 12, 16});
     CHECK(moe::load_balancing_loss_packed_from_logits(z16, sm, {}, c, equal).value ==
           Approx(moe::load_balancing_loss_packed_from_logits(z16, sm, {}, own, equal).value)
-              .epsilon(tight));
+              .epsilon(kTight));
   }
 }
 
@@ -175,7 +175,7 @@ TEST_CASE("packed aux loss: sequences of equal length give the fixed-length loss
           "[balance][aux][packed]") {
   const int S = 5, B = 3, k = 2;
   const Index E = 4, T = S * B;
-  const Mat z = random_matrix(T, E, 2);
+  const Mat z = random_logits(T, E, 2);
   const IndexVector cu = offsets({0, 5, 10, 15});
   TokenMask mask = TokenMask::Ones(T);
   mask(1) = mask(7) = mask(8) = false;
@@ -190,8 +190,8 @@ TEST_CASE("packed aux loss: sequences of equal length give the fixed-length loss
         const auto packed = moe::load_balancing_loss_packed_from_logits(
             z, fn, {}, with(moe::aux_presets::megatron_packed_sequence(k, 0.02), norm), cu, m);
         const auto expected = moe::load_balancing_loss_from_logits(z, fn, {}, fixed, m);
-        CHECK(packed.value == Approx(expected.value).epsilon(tight));
-        CHECK(moe::test::relative_error(packed.grad, expected.grad) < tight);
+        CHECK(packed.value == Approx(expected.value).epsilon(kTight));
+        CHECK(moe::test::relative_error(packed.grad, expected.grad) < kTight);
       }
       SECTION("[S, B] order: the rows regrouped by sequence") {
         Mat by_sequence(T, E);  // row b * S + i of the pack = row i * B + b of the [S, B] batch
@@ -206,16 +206,16 @@ TEST_CASE("packed aux loss: sequences of equal length give the fixed-length loss
         const auto packed = moe::load_balancing_loss_packed_from_logits(
             by_sequence, fn, {}, with(moe::aux_presets::megatron_packed_sequence(k, 0.02), norm),
             cu, m_by_sequence);
-        CHECK(packed.value == Approx(expected.value).epsilon(tight));
+        CHECK(packed.value == Approx(expected.value).epsilon(kTight));
         for (int i = 0; i < S; ++i)
           for (int b = 0; b < B; ++b)
             CHECK(moe::test::relative_error(packed.grad.row(b * S + i),
-                                            expected.grad.row(i * B + b)) < tight);
+                                            expected.grad.row(i * B + b)) < kTight);
         // Megatron's own seq_aux_loss over the [S, B] batch, padding mask included.
         if (norm == SequenceNormalization::mean_length)
           CHECK(packed.value ==
-                Approx(moe::ref::megatron_seq_aux_loss(to_ref(z), S, B, k, 0.02, to_ref(m)))
-                    .epsilon(tight));
+                Approx(moe::ref::megatron_seq_aux_loss(ref_rows(z), S, B, k, 0.02, to_ref(m)))
+                    .epsilon(kTight));
       }
     }
 }
@@ -227,7 +227,7 @@ TEST_CASE("packed aux loss: mean_length gives Megatron's loss of the padded batc
   const Index E = 5;
   const std::vector<int> lengths = {2, 5, 3};
   const IndexVector cu = offsets({0, 2, 7, 10});
-  const Mat padded = random_matrix(S * B, E, 3);  // [S, B] order, row i * B + b
+  const Mat padded = random_logits(S * B, E, 3);  // [S, B] order, row i * B + b
   TokenMask valid(S * B);
   Mat pack(10, E);
   for (int b = 0; b < B; ++b)
@@ -239,15 +239,15 @@ TEST_CASE("packed aux loss: mean_length gives Megatron's loss of the padded batc
   const auto out = moe::load_balancing_loss_packed_from_logits(
       pack, fn, {}, moe::aux_presets::megatron_packed_sequence(k, 0.02), cu);
   CHECK(out.value ==
-        Approx(moe::ref::megatron_seq_aux_loss(to_ref(padded), S, B, k, 0.02, to_ref(valid)))
-            .epsilon(tight));
+        Approx(moe::ref::megatron_seq_aux_loss(ref_rows(padded), S, B, k, 0.02, to_ref(valid)))
+            .epsilon(kTight));
   auto fixed = moe::aux_presets::megatron_sequence(k, S, 0.02);
   fixed.sequence_normalization = SequenceNormalization::mean_length;
   const auto batch = moe::load_balancing_loss_from_logits(padded, fn, {}, fixed, valid);
-  CHECK(out.value == Approx(batch.value).epsilon(tight));
+  CHECK(out.value == Approx(batch.value).epsilon(kTight));
   for (int b = 0; b < B; ++b)
     for (int i = 0; i < lengths[b]; ++i)
-      CHECK(moe::test::relative_error(out.grad.row(cu(b) + i), batch.grad.row(i * B + b)) < tight);
+      CHECK(moe::test::relative_error(out.grad.row(cu(b) + i), batch.grad.row(i * B + b)) < kTight);
 }
 
 TEST_CASE("packed aux loss: edge cases", "[balance][aux][packed]") {
@@ -261,14 +261,14 @@ TEST_CASE("packed aux loss: edge cases", "[balance][aux][packed]") {
     }
   }
   SECTION("one sequence is the whole-batch loss") {
-    const Mat s = random_matrix(6, 4, 4).cwiseAbs();
+    const Mat s = random_logits(6, 4, 4).cwiseAbs();
     ExpertIdMatrix ids(6, 2);
     ids << 0, 1, 1, 2, 2, 3, 3, 0, 0, 2, 1, 3;
     for (SequenceNormalization norm : kBoth) {
       const auto packed = moe::load_balancing_loss_packed(s, ids, with(c, norm), offsets({0, 6}));
       const auto whole = moe::load_balancing_loss(s, ids, c);
-      CHECK(packed.value == Approx(whole.value).epsilon(tight));
-      CHECK(moe::test::relative_error(packed.grad, whole.grad) < tight);
+      CHECK(packed.value == Approx(whole.value).epsilon(kTight));
+      CHECK(moe::test::relative_error(packed.grad, whole.grad) < kTight);
     }
   }
   SECTION("all padding: value 0, zero gradient") {
@@ -279,7 +279,7 @@ TEST_CASE("packed aux loss: edge cases", "[balance][aux][packed]") {
     CHECK(out.grad.isZero(0.0));
   }
   SECTION("float scores") {
-    const Mat s = random_matrix(5, 3, 5).cwiseAbs();
+    const Mat s = random_logits(5, 3, 5).cwiseAbs();
     ExpertIdMatrix ids(5, 1);
     ids << 0, 1, 2, 0, 1;
     const auto sw = moe::aux_presets::switch_transformer();
