@@ -7,7 +7,8 @@ int main() {
   const moe::Index tokens = 512, hidden = 64, experts = 8;
 
   // A router with Mixtral's settings (softmax over E, top-2, renormalized) and random weights.
-  moe::Router<float> router(moe::presets::mixtral(moe::presets::Hidden{hidden}, moe::presets::Experts{experts}));
+  moe::Router<float> router(
+      moe::presets::mixtral(moe::presets::Hidden{hidden}, moe::presets::Experts{experts}));
   router.init_weights(/*seed=*/1, /*stddev=*/0.1);
 
   moe::RowMatrix<float> x(tokens, hidden);

@@ -14,7 +14,8 @@ int main() {
   const moe::Index tokens = 512, hidden = 64, experts = 8;
 
   // Switch router: softmax over E, top-1, the raw top-1 probability as the gate.
-  moe::Router<S> router(moe::presets::switch_transformer(moe::presets::Hidden{hidden}, moe::presets::Experts{experts}));
+  moe::Router<S> router(moe::presets::switch_transformer(moe::presets::Hidden{hidden},
+                                                         moe::presets::Experts{experts}));
   router.init_weights(/*seed=*/42, /*stddev=*/0.3);
   moe::RowMatrix<S> x(tokens, hidden);
   const moe::CounterRng rng(/*seed=*/7, /*stream=*/0);

@@ -37,7 +37,8 @@ int main() {
   const Mat x = make_tokens(tokens, hidden, 7);
 
   // 1. Mixtral router: HF's aux loss and the z-loss, both as gradients of the logits.
-  moe::Router<double> mixtral(moe::presets::mixtral(moe::presets::Hidden{hidden}, moe::presets::Experts{8}, 2));
+  moe::Router<double> mixtral(
+      moe::presets::mixtral(moe::presets::Hidden{hidden}, moe::presets::Experts{8}, 2));
   mixtral.init_weights(1, 0.3);
   mixtral.weight(0, 0) += 1.0;  // expert 0 starts out hot
   const auto aux_config = moe::aux_presets::hf_mixtral(2, 0.01);
@@ -64,7 +65,8 @@ int main() {
               first_violation, last_violation, first_loss, last_loss, 0.01 * 2);
 
   // 2. DeepSeek-V3 router: the bias balancer, fed every micro-batch, updated once per step.
-  moe::Router<double> deepseek(moe::presets::deepseek_v3(moe::presets::Hidden{hidden}, moe::presets::Experts{16}, 4, 4, 2));
+  moe::Router<double> deepseek(
+      moe::presets::deepseek_v3(moe::presets::Hidden{hidden}, moe::presets::Experts{16}, 4, 4, 2));
   deepseek.init_weights(2, 0.3);
   deepseek.weight(0, 0) += 1.0;
   moe::BiasBalancer<double> balancer(16);  // u = 1e-3, sign rule

@@ -1,7 +1,8 @@
 // A user's program: includes the umbrella header, routes a batch and checks the answer by hand.
 // Built by the find_package consumer, it also checks that moe::version() is the version of the
-// package found (MOE_EXPECTED_VERSION: CMake's moe_VERSION). MOE_EXPECT_OPENMP: it linked moe::openmp, which must thread it; without it
-// nothing may (OpenMP is the consumer's choice, whatever the package was installed with).
+// package found (MOE_EXPECTED_VERSION: CMake's moe_VERSION). MOE_EXPECT_OPENMP: it linked
+// moe::openmp, which must thread it; without it nothing may (OpenMP is the consumer's choice,
+// whatever the package was installed with).
 #include <cstdio>
 #include <cstring>
 
@@ -41,8 +42,8 @@ int main() {
   std::snprintf(version, sizeof version, "%d.%d.%d", v.major, v.minor, v.patch);
   const bool version_ok = std::strcmp(version, MOE_EXPECTED_VERSION) == 0 &&
                           MOE_VERSION == v.major * 10000 + v.minor * 100 + v.patch;
-  std::printf("consumer: moe::version() %s (MOE_VERSION %d), package version %s -> %s\n",
-              version, MOE_VERSION, MOE_EXPECTED_VERSION, version_ok ? "ok" : "WRONG");
+  std::printf("consumer: moe::version() %s (MOE_VERSION %d), package version %s -> %s\n", version,
+              MOE_VERSION, MOE_EXPECTED_VERSION, version_ok ? "ok" : "WRONG");
   ok = ok && version_ok;
 #endif
   return ok ? 0 : 1;

@@ -391,7 +391,8 @@ TEST_CASE("bad dispatch, combine and expert choice input throws moe::Error", "[d
 TEST_CASE("router -> capacity plan -> combine differentiates to the router weight",
           "[dispatch][gradient][router]") {
   const Index tokens = 12, hidden = 4, experts = 4;
-  moe::Router<double> router(moe::presets::mixtral(moe::presets::Hidden{hidden}, moe::presets::Experts{experts}, 2));
+  moe::Router<double> router(
+      moe::presets::mixtral(moe::presets::Hidden{hidden}, moe::presets::Experts{experts}, 2));
   router.init_weights(3, 0.7);
   RowMatrix<double> x = moe::test::random_matrix(tokens, hidden, 31);
   RowMatrix<double> upstream = moe::test::random_matrix(tokens, hidden, 32);

@@ -12,9 +12,9 @@
 
 #include "support/bad_input.hpp"
 #include "support/catch.hpp"
-#include "support/layer_helpers.hpp"
 #include "support/dropless_reference.hpp"
 #include "support/finite_difference.hpp"  // relative_error
+#include "support/layer_helpers.hpp"
 #include "support/random_matrix.hpp"
 
 namespace {

@@ -11,10 +11,10 @@
 #include <moe/routing/replay.hpp>
 
 #include "support/catch.hpp"
-#include "support/layer_helpers.hpp"
 #include "support/dispatch_reference.hpp"
 #include "support/dropless_reference.hpp"
 #include "support/finite_difference.hpp"
+#include "support/layer_helpers.hpp"
 #include "support/random_matrix.hpp"
 #include "support/routing_reference.hpp"
 
@@ -118,8 +118,8 @@ TEST_CASE("MoELayer forward matches the per-token reference", "[layer]") {
     for (auto activation : {moe::Activation::swiglu, moe::Activation::gelu, moe::Activation::relu})
       for (bool shared : {false, true})
         for (auto mode : {moe::Mode::train, moe::Mode::eval}) {
-          INFO(moe::test::dispatch_name(dispatch) << " activation=" << moe::to_string(activation)
-                              << " shared=" << shared);
+          INFO(moe::test::dispatch_name(dispatch)
+               << " activation=" << moe::to_string(activation) << " shared=" << shared);
           auto layer = moe::test::random_layer(small_config(dispatch, activation, shared));
           const Matrix x = random_matrix(12, 5, 8);
           moe::MoELayerContext<double> ctx;
@@ -223,8 +223,8 @@ TEST_CASE("MoELayer rejects bad configuration and input", "[layer][errors]") {
   c = small_config(moe::DispatchKind::dropless, moe::Activation::relu, false);
   c.block_size = 0;
   CHECK_THROWS_AS(moe::MoELayer<double>(c), moe::Error);
-  auto layer =
-      moe::test::random_layer(small_config(moe::DispatchKind::dropless, moe::Activation::relu, false));
+  auto layer = moe::test::random_layer(
+      small_config(moe::DispatchKind::dropless, moe::Activation::relu, false));
   moe::MoELayerContext<double> ctx;
   CHECK_THROWS_AS(layer.forward(Matrix::Zero(3, 4), ctx, moe::Mode::eval), moe::Error);
   layer.forward(Matrix::Zero(3, 5), ctx, moe::Mode::eval);
@@ -329,8 +329,8 @@ TEST_CASE("MoELayer with a token mask: padding takes no work, adds nothing, gets
     }
 
   // gradients: finite differences on the real rows, exact zeros on padding
-  auto layer =
-      moe::test::random_layer(small_config(moe::DispatchKind::dropless, moe::Activation::swiglu, true));
+  auto layer = moe::test::random_layer(
+      small_config(moe::DispatchKind::dropless, moe::Activation::swiglu, true));
   moe::TokenMask mask(12);
   mask << 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0;
   Matrix x = random_matrix(12, 5, 42);
@@ -390,7 +390,8 @@ TEST_CASE("MoELayer with the weight before the FFN (Llama 4): y = FFN_e(w x) + s
 TEST_CASE("MoELayer with zero-computation experts (LongCat-Flash): y gets w x, no FFN work",
           "[layer][zero_computation]") {
   moe::MoELayerConfig c;
-  c.router = moe::presets::longcat_flash(moe::presets::Hidden{5}, moe::presets::Experts{6}, /*top_k=*/3);
+  c.router =
+      moe::presets::longcat_flash(moe::presets::Hidden{5}, moe::presets::Experts{6}, /*top_k=*/3);
   c.zero_computation_experts = 2;  // experts 4 and 5 are identities
   c.ffn_hidden = 3;
   c.expert_bias = true;

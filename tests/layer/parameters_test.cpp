@@ -374,7 +374,8 @@ TEST_CASE("parameters(grads) pairs every trained parameter with its gradient, by
   for (auto& p : pairs) p.value -= lr * p.gradient;
   by_hand.router.weight -= lr * grads.router.weight;
   by_hand.router.bias -= lr * grads.router.bias;
-  for (auto [w, g] : {std::pair{&by_hand.experts, &grads.experts}, {&by_hand.shared, &grads.shared}}) {
+  for (auto [w, g] :
+       {std::pair{&by_hand.experts, &grads.experts}, {&by_hand.shared, &grads.shared}}) {
     w->w1 -= lr * g->w1;
     w->w3 -= lr * g->w3;
     w->w2 -= lr * g->w2;

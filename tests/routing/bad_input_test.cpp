@@ -16,9 +16,9 @@
 
 namespace {
 
+using moe::Index;
 using moe::presets::Experts;
 using moe::presets::Hidden;
-using moe::Index;
 using moe::test::require_rejects;
 using Matrix = moe::RowMatrix<double>;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();

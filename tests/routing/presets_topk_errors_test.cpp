@@ -12,9 +12,9 @@
 
 namespace {
 
+using moe::Index;
 using moe::presets::Experts;
 using moe::presets::Hidden;
-using moe::Index;
 using Matrix = moe::RowMatrix<double>;
 
 // Routes one token x = [1] through a router whose weight column is `logits`: logits = W.
@@ -59,25 +59,33 @@ void check_throws_naming(Fn&& fn, const std::string& argument) {
 // (experts, hidden) order of switch_transformer, qwen_moe, megatron_* and deepspeed_top2 cannot
 // silently route a transposed shape.
 static_assert(!std::is_convertible_v<Index, Hidden> && !std::is_convertible_v<Index, Experts>);
-static_assert(!std::is_invocable_v<decltype(moe::presets::switch_transformer), Index, Index, double>);
-static_assert(!std::is_invocable_v<decltype(moe::presets::switch_transformer), Experts, Hidden, double>);
-static_assert(!std::is_invocable_v<decltype(moe::presets::megatron_topk), Index, Index, Index, bool>);
+static_assert(
+    !std::is_invocable_v<decltype(moe::presets::switch_transformer), Index, Index, double>);
+static_assert(
+    !std::is_invocable_v<decltype(moe::presets::switch_transformer), Experts, Hidden, double>);
+static_assert(
+    !std::is_invocable_v<decltype(moe::presets::megatron_topk), Index, Index, Index, bool>);
 static_assert(!std::is_invocable_v<decltype(moe::presets::mixtral), Index, Index, Index>);
 static_assert(std::is_invocable_v<decltype(moe::presets::deepspeed_top2), Hidden, Experts>);
 
 TEST_CASE("presets route hand-worked cases", "[router][presets]") {
   const auto ln = [](double v) { return std::log(v); };
   SECTION("Switch: softmax over E, top-1, raw probability") {
-    check_token(route_logits(moe::presets::switch_transformer(Hidden{1}, Experts{3}), {0, ln(3), 0}), {1}, {0.6});
+    check_token(
+        route_logits(moe::presets::switch_transformer(Hidden{1}, Experts{3}), {0, ln(3), 0}), {1},
+        {0.6});
   }
   SECTION("Mixtral: softmax, top-2, renormalized") {
-    check_token(route_logits(moe::presets::mixtral(Hidden{1}, Experts{4}), {ln(1), ln(2), ln(3), ln(4)}), {3, 2},
-                {4.0 / 7, 3.0 / 7});
+    check_token(
+        route_logits(moe::presets::mixtral(Hidden{1}, Experts{4}), {ln(1), ln(2), ln(3), ln(4)}),
+        {3, 2}, {4.0 / 7, 3.0 / 7});
   }
   SECTION("Qwen-MoE with and without norm_topk_prob") {
-    check_token(route_logits(moe::presets::qwen_moe(Hidden{1}, Experts{4}, 2, false), {ln(1), ln(2), ln(3), ln(4)}),
+    check_token(route_logits(moe::presets::qwen_moe(Hidden{1}, Experts{4}, 2, false),
+                             {ln(1), ln(2), ln(3), ln(4)}),
                 {3, 2}, {0.4, 0.3});
-    check_token(route_logits(moe::presets::qwen_moe(Hidden{1}, Experts{4}, 2, true), {ln(1), ln(2), ln(3), ln(4)}),
+    check_token(route_logits(moe::presets::qwen_moe(Hidden{1}, Experts{4}, 2, true),
+                             {ln(1), ln(2), ln(3), ln(4)}),
                 {3, 2}, {4.0 / 7, 3.0 / 7});
   }
   SECTION("DeepSeek-V3: sigmoid, group-limited by top-2 sums, renormalized, x2.5") {
@@ -113,21 +121,23 @@ TEST_CASE("presets route hand-worked cases", "[router][presets]") {
     check_token(route_logits(config, z, bias), {0, 1}, {0.1 / 0.3 * 2.5, 0.2 / 0.3 * 2.5});
   }
   SECTION("Megatron-Core: top-k then softmax (default) and pre-softmax") {
-    check_token(
-        route_logits(moe::presets::megatron_topk(Hidden{1}, Experts{4}, 2, false), {ln(1), ln(2), ln(3), ln(4)}),
-        {3, 2}, {4.0 / 7, 3.0 / 7});
-    check_token(
-        route_logits(moe::presets::megatron_topk(Hidden{1}, Experts{4}, 2, true), {ln(1), ln(2), ln(3), ln(4)}),
-        {3, 2}, {0.4, 0.3});
+    check_token(route_logits(moe::presets::megatron_topk(Hidden{1}, Experts{4}, 2, false),
+                             {ln(1), ln(2), ln(3), ln(4)}),
+                {3, 2}, {4.0 / 7, 3.0 / 7});
+    check_token(route_logits(moe::presets::megatron_topk(Hidden{1}, Experts{4}, 2, true),
+                             {ln(1), ln(2), ln(3), ln(4)}),
+                {3, 2}, {0.4, 0.3});
     check_token(route_logits(moe::presets::megatron_sigmoid(Hidden{1}, Experts{4}, 2),
                              {logit(0.2), logit(0.5), logit(0.8), logit(0.6)}),
                 {2, 3}, {0.8 / 1.4, 0.6 / 1.4});
   }
   SECTION("Qwen3-MoE renormalizes, OLMoE keeps raw probabilities") {
-    check_token(route_logits(moe::presets::qwen3_moe(Hidden{1}, Experts{4}, 2), {ln(1), ln(2), ln(3), ln(4)}),
+    check_token(route_logits(moe::presets::qwen3_moe(Hidden{1}, Experts{4}, 2),
+                             {ln(1), ln(2), ln(3), ln(4)}),
                 {3, 2}, {4.0 / 7, 3.0 / 7});
-    check_token(route_logits(moe::presets::olmoe(Hidden{1}, Experts{4}, 2), {ln(1), ln(2), ln(3), ln(4)}), {3, 2},
-                {0.4, 0.3});
+    check_token(
+        route_logits(moe::presets::olmoe(Hidden{1}, Experts{4}, 2), {ln(1), ln(2), ln(3), ln(4)}),
+        {3, 2}, {0.4, 0.3});
   }
   SECTION("GPT-OSS: biased logits, top-k, softmax over the k") {
     moe::RouterConfig c = moe::presets::gpt_oss(Hidden{1}, Experts{4}, 2);
@@ -144,7 +154,8 @@ TEST_CASE("presets route hand-worked cases", "[router][presets]") {
                 {1 / (1 + std::exp(-2.0))});
   }
   SECTION("DeepSpeed top-2: raw probabilities of the two best") {
-    check_token(route_logits(moe::presets::deepspeed_top2(Hidden{1}, Experts{4}), {ln(1), ln(2), ln(3), ln(4)}),
+    check_token(route_logits(moe::presets::deepspeed_top2(Hidden{1}, Experts{4}),
+                             {ln(1), ln(2), ln(3), ln(4)}),
                 {3, 2}, {0.4, 0.3});
   }
 }

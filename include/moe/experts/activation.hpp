@@ -192,36 +192,40 @@ void activation_backward(Activation activation, const Eigen::MatrixBase<H1>& h1,
     case Activation::squared_relu:
       d1.array() *= S(2) * h.cwiseMax(S(0));
       break;
-    case Activation::swiglu_oai: {
-      // d/dg [g s(alpha g)] = s (1 + alpha g (1 - s)); the clamps pass the gradient inside their
-      // bounds, limits included (torch.clamp's backward).
-      const S limit = S(detail::kOaiSwigluLimit), alpha = S(detail::kOaiSwigluAlpha);
-      const auto g = h.cwiseMin(limit);
-      const auto s = S(1) / (S(1) + (-alpha * g).exp());
-      const auto u = h3.array().cwiseMax(-limit).cwiseMin(limit);
-      d3.array() = (h3.array().abs() <= limit).select(d1.array() * g * s, S(0));
-      d1.array() =
-          (h <= limit).select(d1.array() * (u + S(1)) * s * (S(1) + alpha * g * (S(1) - s)), S(0));
-      break;
-    }
     case Activation::silu:
     case Activation::swiglu:
-      // The sigmoid is evaluated once per element into a stack chunk, not once per use.
+    case Activation::swiglu_oai: {
+      // The sigmoid is evaluated once per element into a stack chunk, not once per use. gpt-oss's
+      // is sigmoid(alpha g) of g = min(h1, limit), and d/dg [g s] = s (1 + alpha g (1 - s)); its
+      // clamps pass the gradient inside their bounds, limits included (torch.clamp's backward).
+      const S limit = S(detail::kOaiSwigluLimit), alpha = S(detail::kOaiSwigluAlpha);
       for (Index r = 0; r < h1.rows(); ++r)
         for (Index c0 = 0; c0 < h1.cols(); c0 += detail::kActivationChunk) {
           const Index w = std::min(detail::kActivationChunk, h1.cols() - c0);
           const auto x = h1.row(r).segment(c0, w).array();
-          const Eigen::Array<S, 1, Eigen::Dynamic, Eigen::RowMajor, 1, detail::kActivationChunk> s =
-              S(1) / (S(1) + (-x).exp());
+          Eigen::Array<S, 1, Eigen::Dynamic, Eigen::RowMajor, 1, detail::kActivationChunk> s(w);
+          if (activation == Activation::swiglu_oai)
+            s = S(1) / (S(1) + (-alpha * x.cwiseMin(limit)).exp());
+          else
+            s = S(1) / (S(1) + (-x).exp());
           auto da = d1.row(r).segment(c0, w).array();
+          const auto up = h3.row(r).segment(c0, w).array();
           if (activation == Activation::silu) {
             da *= s * (S(1) + x * (S(1) - s));
-          } else {
+          } else if (activation == Activation::swiglu) {
             d3.row(r).segment(c0, w).array() = da * x * s;
-            da *= h3.row(r).segment(c0, w).array() * s * (S(1) + x * (S(1) - s));
+            da *= up * s * (S(1) + x * (S(1) - s));
+          } else {
+            const auto g = x.cwiseMin(limit);
+            d3.row(r).segment(c0, w).array() = (up.abs() <= limit).select(da * g * s, S(0));
+            da = (x <= limit)
+                     .select(da * (up.cwiseMax(-limit).cwiseMin(limit) + S(1)) * s *
+                                 (S(1) + alpha * g * (S(1) - s)),
+                             S(0));
           }
         }
       break;
+    }
   }
 }
 

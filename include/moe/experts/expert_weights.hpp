@@ -18,10 +18,10 @@ namespace moe {
 
 struct ExpertFFNConfig {
   Index num_experts = 8;
-  Index hidden = 0;      ///< d, the token width
-  Index ffn_hidden = 0;  ///< f, each expert's hidden width
+  Index hidden = 0;                            ///< d, the token width
+  Index ffn_hidden = 0;                        ///< f, each expert's hidden width
   Activation activation = Activation::swiglu;  ///< the layer's default too (MoELayerConfig)
-  bool bias = false;  ///< b1 [E, f], b3 [E, f] (gated), b2 [E, d]
+  bool bias = false;                           ///< b1 [E, f], b3 [E, f] (gated), b2 [E, d]
   /// Width of the column blocks the hidden activation is tiled in (execution only: results do not
   /// depend on it beyond rounding). MegaBlocks uses 128.
   Index block_cols = 128;

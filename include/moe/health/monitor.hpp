@@ -65,7 +65,7 @@ struct CollapseAlert {
 
 struct MonitorConfig {
   Index num_layers = 1;
-  Index window = 64;       ///< the last records per layer the windowed view summarizes
+  Index window = 64;  ///< the last records per layer the windowed view summarizes
   /// Records kept per layer for history(), records() and the exporters: 0 (the default) keeps
   /// every step, so a CSV or heatmap written at the end of a run starts at its first step. A
   /// limit n bounds memory on long runs: the exports then start n steps before the last.

@@ -371,14 +371,11 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     if (config.router.linear_bias) add("router.bias", router.bias, grads.router.bias);
     if (config.router.noise == Noise::noisy_topk)
       add("router.noise_weight", router.noise_weight, grads.router.noise_weight);
+    // ExpertGradients is ExpertWeights: the same slots, in slots() order, name both sides.
     const auto add_experts = [&](const std::string& prefix, ExpertWeights<S>& w,
                                  const ExpertGradients<S>& g) {
-      add(prefix + "w1", w.w1, g.w1);
-      add(prefix + "w3", w.w3, g.w3);
-      add(prefix + "w2", w.w2, g.w2);
-      add(prefix + "b1", w.b1, g.b1);
-      add(prefix + "b3", w.b3, g.b3);
-      add(prefix + "b2", w.b2, g.b2);
+      std::apply([&](auto... s) { (add(prefix + s.name, w.*s.member, g.*s.member), ...); },
+                 ExpertSlots<S>::slots());
     };
     add_experts("experts.", experts, grads.experts);
     add_experts("shared.", shared, grads.shared);
