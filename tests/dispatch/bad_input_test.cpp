@@ -161,7 +161,16 @@ TEST_CASE("dispatch and combine refuse wrong shapes, edited plans and overlappin
   edited = p.plan;
   edited.slot_entry.resize(3);
   require_rejects([&] { moe::combine<double>(edited, Matrix::Zero(slots, 3), y); },
-                  "plan.slot_token", "size E * capacity = 8", "8");
+                  "plan.slot_entry", "size E * capacity = 8", "3");
+  edited = p.plan;
+  edited.entry_weight.resize(2);
+  require_rejects([&] { moe::dispatch<double>(edited, p.x, buffer); }, "plan.entry_weight",
+                  "size entries = " + std::to_string(p.plan.num_entries()), "2");
+  edited = p.plan;
+  edited.renormalized = true;
+  edited.survivor_sum.resize(0);
+  require_rejects([&] { moe::combine<double>(edited, Matrix::Zero(slots, 3), y); },
+                  "plan.survivor_sum", "size T (renormalized) = 6", "0");
 }
 
 TEST_CASE("expert choice plans refuse bad input", "[dispatch][errors]") {

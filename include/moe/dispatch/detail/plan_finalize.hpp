@@ -82,11 +82,16 @@ void require_capacity_plan(const CapacityPlan<S>& plan) {
   for (Index t = 0; t < tokens; ++t)
     if (plan.token_offsets[t + 1] < plan.token_offsets[t])
       fail("plan.token_offsets", "non-decreasing offsets", concat("a decrease at token ", t));
-  require(plan.entry_expert.size() == entries && plan.entry_weight.size() == entries,
-          "plan.entry_expert", concat("size ", entries, " (one per entry)"),
-          plan.entry_expert.size());
-  require(plan.slot_token.size() == slots && plan.slot_entry.size() == slots, "plan.slot_token",
-          concat("size E * capacity = ", slots), plan.slot_token.size());
+  // Every array the kernels index, each named by its own size (entry_slot's is num_entries()).
+  const auto require_size = [](const char* argument, Index size, Index expected, const char* what) {
+    require(size == expected, argument, concat("size ", what, " = ", expected), size);
+  };
+  require_size("plan.entry_expert", plan.entry_expert.size(), entries, "entries");
+  require_size("plan.entry_weight", plan.entry_weight.size(), entries, "entries");
+  require_size("plan.slot_token", plan.slot_token.size(), slots, "E * capacity");
+  require_size("plan.slot_entry", plan.slot_entry.size(), slots, "E * capacity");
+  if (plan.renormalized)
+    require_size("plan.survivor_sum", plan.survivor_sum.size(), tokens, "T (renormalized)");
   for (Index i = 0; i < entries; ++i) {
     const Index e = plan.entry_expert[i], s = plan.entry_slot[i];
     if ((e < 0 || e >= experts) && !(e == kUnusedSlot && s == -1))
