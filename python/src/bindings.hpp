@@ -94,7 +94,8 @@ void def_fields_repr(Class& cls) {
     const py::object type = py::type::of(self);
     std::string out = std::string(py::str(type.attr("__name__"))) + "(";
     bool first = true;
-    for (const auto& name : py::reinterpret_borrow<py::dict>(type.attr("__dict__"))) {
+    // __dict__ is a mappingproxy: copied into a dict to be walked.
+    for (const auto& name : py::dict(type.attr("__dict__"))) {
       const auto key = name.first.cast<std::string>();
       if (key.rfind('_', 0) == 0 ||
           !py::isinstance(name.second, py::module_::import("builtins").attr("property")))
