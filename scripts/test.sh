@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: the include graph of the families, a Release build with g++
-# (C++17, OpenMP, MPI; tests, examples, benches and the consumer projects), the tests under
-# AddressSanitizer + UBSan, and in a clang++ C++20 build the tests and the fuzz targets (15 s
-# each). --quick (or QUICK=1) runs the include graph and the Release stage only. Installs what is
-# missing first, and prints each stage's time and the total.
+# (C++17, OpenMP, MPI; tests, examples, benches, the consumer projects and the Python module), the
+# tests under AddressSanitizer + UBSan, and in a clang++ C++20 build the tests and the fuzz targets
+# (15 s each). --quick (or QUICK=1) runs the include graph and the Release stage only. Installs
+# what is missing first, and prints each stage's time and the total.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -9,6 +9,8 @@ Classes over a dtype exist as ``<Name>_float32`` and ``<Name>_float64``; ``<Name
 dtype=numpy.float32)`` makes either.
 """
 
+import sys as _sys
+
 import numpy as _np
 
 from . import _core
@@ -37,3 +39,8 @@ def _dtype_factory(name):
 
 for _name in getattr(_core, "_dtype_classes", []):
     globals()[_name] = _dtype_factory(_name)
+
+# The C++ submodules, importable by name too (import moe_routing.presets).
+for _name in ("presets", "aux_presets"):
+    if hasattr(_core, _name):
+        _sys.modules[f"{__name__}.{_name}"] = getattr(_core, _name)

@@ -1,16 +1,38 @@
-// Argument conversions the dispatch and balance parts share: float arrays whose precision never
-// changes on the way in, integer arrays (expert ids, offsets, counts) range-checked before they
-// are narrowed, and boolean padding masks. Failures are moe::Error naming the argument.
+// Argument conversions every part shares: float arrays whose precision never changes on the way
+// in, integer arrays (expert ids, offsets, counts) range-checked before they are narrowed, and
+// boolean padding masks. Failures are moe::Error naming the argument.
+//
+// A float array argument is taken one of two ways, by how the function is bound:
+// - bound once per dtype (overloads, float32 first): InMatrix<S> / InVector<S>, whose caster lets
+//   the dtype alone pick the overload;
+// - bound once for both: in_precision(first array, f) calls a generic lambda in the precision the
+//   first array asks for, and float_array<S> converts every array argument, naming it in each
+//   error (a wrong type or number of dimensions included, which an overload set can only report
+//   as "incompatible function arguments").
+// Either way a float array of the other precision is refused (TypeError), never rounded.
 #pragma once
 
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "bindings.hpp"
 
 namespace moe::python {
+
+/// Whether `object` is a float array of the precision S is not (float64 for float, float32 for
+/// double): the one dtype an argument of S refuses, as converting it would override the precision
+/// the caller chose.
+template <class S>
+bool other_precision(const py::handle& object) {
+  using Other = std::conditional_t<std::is_same_v<S, float>, double, float>;
+  if (!py::isinstance<py::array>(object)) return false;
+  const py::dtype type = py::reinterpret_borrow<py::array>(object).dtype();
+  return type.kind() == 'f' && type.itemsize() == static_cast<py::ssize_t>(sizeof(Other));
+}
 
 /// A read-only float array argument, bound as the Eigen::Ref `R` (ConstMatrixRef<S> or
 /// ConstVectorRef<S>). pybind11's own Ref caster converts any dtype in its second, converting
@@ -34,17 +56,10 @@ namespace pybind11::detail {
 
 template <class R>
 struct type_caster<moe::python::Exact<R>> {
-  using Scalar = typename R::Scalar;
-  using Other = std::conditional_t<std::is_same_v<Scalar, float>, double, float>;
-
   static constexpr auto name = make_caster<R>::name;
 
   bool load(handle src, bool convert) {
-    if (isinstance<array>(src)) {
-      const dtype type = reinterpret_borrow<array>(src).dtype();
-      if (type.kind() == 'f' && type.itemsize() == static_cast<ssize_t>(sizeof(Other)))
-        return false;
-    }
+    if (moe::python::other_precision<typename R::Scalar>(src)) return false;
     if (!inner_.load(src, convert)) return false;
     value_.ref = &static_cast<R&>(inner_);
     return true;
@@ -64,6 +79,72 @@ struct type_caster<moe::python::Exact<R>> {
 
 namespace moe::python {
 
+inline std::string type_name(const py::handle& object) {
+  return py::str(py::type::of(object).attr("__name__"));
+}
+
+/// `object` as an array with `ndim` dimensions, converted when it is not one (a list); otherwise a
+/// moe::Error naming `argument` with `expected` (e.g. "a [T, k] integer array").
+inline py::array array_argument(const py::handle& object, const char* argument, int ndim,
+                                const std::string& expected) {
+  py::array a = py::array::ensure(object);
+  // NumPy makes a 0-D array of anything, a str included: such an object is named by its type.
+  constexpr std::string_view numeric = "biuf";
+  if (!a || (!py::isinstance<py::array>(object) &&
+             numeric.find(a.dtype().kind()) == std::string_view::npos))
+    detail::fail(argument, expected, type_name(object));
+  if (a.ndim() != ndim) detail::fail(argument, expected, detail::concat(a.ndim(), "-D array"));
+  return a;
+}
+
+/// Read-only row-major Eigen views of a C-contiguous 2-D or 1-D array.
+template <class T>
+Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> matrix_map(
+    const py::array_t<T, py::array::c_style>& a) {
+  return {a.data(), static_cast<Index>(a.shape(0)), static_cast<Index>(a.shape(1))};
+}
+template <class T>
+Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>> vector_map(
+    const py::array_t<T, py::array::c_style>& a) {
+  return {a.data(), static_cast<Index>(a.shape(0))};
+}
+
+/// Calls `f(S{})` with S the precision `array` asks for: double for a float64 array, float for
+/// anything else (float32, integers, a list), as the overloads bound float32 first choose. Binds a
+/// function once for both precisions; every array argument then goes through float_array<S>.
+template <class F>
+decltype(auto) in_precision(const py::handle& array, F&& f) {
+  if (other_precision<float>(array)) return f(double{});
+  return f(float{});
+}
+
+/// `object` as a C-contiguous float array of S with `ndim` dimensions (`shape` describes it in
+/// messages, e.g. "[T, E]"): read in place when it already is one, else converted once (another
+/// layout, integers, a list). The other float precision is a TypeError naming the argument.
+template <class S>
+py::array_t<S, py::array::c_style> float_array(const py::handle& object, const char* argument,
+                                               int ndim, const char* shape) {
+  const py::array a =
+      array_argument(object, argument, ndim, detail::concat("a ", shape, " float array"));
+  if (other_precision<S>(object))  // a list is converted: only an array has a precision
+    throw py::type_error(
+        detail::concat(argument, ": expected ", std::string(py::str(py::dtype::of<S>())),
+                       " (the call's precision; float32 and float64 do not mix), got ",
+                       std::string(py::str(a.dtype())))
+            .str());
+  return py::array_t<S, py::array::c_style | py::array::forcecast>::ensure(a);
+}
+
+/// float_array, or an empty array (size 0, which the library reads as "absent") for None.
+template <class S>
+py::array_t<S, py::array::c_style> optional_float_array(const py::handle& object,
+                                                        const char* argument, int ndim,
+                                                        const char* shape) {
+  if (object.is_none())
+    return py::array_t<S, py::array::c_style>(std::vector<py::ssize_t>(ndim, 0));
+  return float_array<S>(object, argument, ndim, shape);
+}
+
 /// `object` as a C-contiguous array of the integer type Int with `ndim` dimensions. Int arrays are
 /// taken as they are; other integer dtypes (and lists) are converted after checking that every
 /// value fits Int, so an int64 id past 2^31 is refused rather than wrapped. `shape` describes the
@@ -72,10 +153,7 @@ template <class Int>
 py::array_t<Int, py::array::c_style> integer_array(const py::handle& object, const char* argument,
                                                    int ndim, const char* shape) {
   const std::string expected = detail::concat("a ", shape, " integer array");
-  py::array a = py::array::ensure(object);
-  if (!a)
-    detail::fail(argument, expected, std::string(py::str(py::type::of(object).attr("__name__"))));
-  if (a.ndim() != ndim) detail::fail(argument, expected, detail::concat(a.ndim(), "-D array"));
+  const py::array a = array_argument(object, argument, ndim, expected);
   if (a.size() == 0) return py::array_t<Int, py::array::c_style | py::array::forcecast>::ensure(a);
   const char kind = a.dtype().kind();
   if (kind != 'i' && kind != 'u')
@@ -98,10 +176,7 @@ class ExpertIds {
   ExpertIds(const py::handle& object, const char* argument)
       : array_(integer_array<ExpertId>(object, argument, 2, "[T, k]")) {}
 
-  Eigen::Map<const ExpertIdMatrix> map() const {
-    return {array_.data(), static_cast<Index>(array_.shape(0)),
-            static_cast<Index>(array_.shape(1))};
-  }
+  Eigen::Map<const ExpertIdMatrix> map() const { return matrix_map(array_); }
   /// A copy, for the entry points taking `const ExpertIdMatrix&`.
   ExpertIdMatrix matrix() const { return map(); }
 
@@ -130,11 +205,7 @@ Mask mask_argument(const py::object& object, const char* argument) {
   constexpr bool vector = Mask::ColsAtCompileTime == 1;
   const char* expected = vector ? "None or a [T] bool array" : "None or a [T, k] bool array";
   if (object.is_none()) return Mask();
-  py::array a = py::array::ensure(object);
-  if (!a)
-    detail::fail(argument, expected, std::string(py::str(py::type::of(object).attr("__name__"))));
-  if (a.ndim() != (vector ? 1 : 2))
-    detail::fail(argument, expected, detail::concat(a.ndim(), "-D array"));
+  const py::array a = array_argument(object, argument, vector ? 1 : 2, expected);
   if (a.dtype().kind() != 'b' && a.size() != 0)
     detail::fail(argument, expected, "dtype " + std::string(py::str(a.dtype())));
   const auto b = py::array_t<bool, py::array::c_style | py::array::forcecast>::ensure(a);

@@ -20,9 +20,11 @@ namespace py = pybind11;
 
 /// The docstring sentence every function taking arrays carries.
 inline constexpr const char* kArrayNote =
-    "Arrays: float32 or float64 (the dtype picks the precision). A C-contiguous array of the "
-    "dtype is read in place; anything else (Fortran order, strided, another dtype) is converted "
-    "once into a temporary copy.";
+    "Arrays: float32 or float64. A function computes in its arrays' precision, a method of "
+    "Router_float32, MoELayer_float64, ... in its class's; float32 and float64 mixed in one call "
+    "are a TypeError, never a silent rounding. A C-contiguous array of the precision is read in "
+    "place; anything else (Fortran order, strided, integers, a list) is converted once into a "
+    "temporary copy.";
 
 /// "_float32" / "_float64": the suffix of a class template's bound instantiation.
 template <class S>
@@ -49,8 +51,8 @@ inline void register_dtype_pair(py::module_& m, const char* name) {
 template <class S>
 py::array_t<S> matrix_view(S* data, Index rows, Index cols, py::handle owner) {
   return py::array_t<S>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)},
-                        {static_cast<py::ssize_t>(cols * sizeof(S)), py::ssize_t(sizeof(S))},
-                        data, owner);
+                        {static_cast<py::ssize_t>(cols * sizeof(S)), py::ssize_t(sizeof(S))}, data,
+                        owner);
 }
 
 /// A writable [size] NumPy view of `data`, which `owner` keeps alive.
@@ -66,9 +68,17 @@ py::object to_numpy(Matrix&& matrix) {
   return py::cast(std::forward<Matrix>(matrix), py::return_value_policy::move);
 }
 
+/// Whether `key` names a field of the bound class `type`: a property (what def_readwrite binds)
+/// not starting with '_'. Methods (RouterConfig.groups_enabled) are not fields.
+inline bool is_field(const py::handle& type, const std::string& key) {
+  if (key.rfind('_', 0) == 0 || !py::hasattr(type, key.c_str())) return false;
+  // getattr on the class gives the property object itself, not a value.
+  return py::isinstance(type.attr(key.c_str()), py::module_::import("builtins").attr("property"));
+}
+
 /// `Config(**kwargs)`: every keyword names a field (the C++ field's name) and sets it; an unknown
-/// keyword is a TypeError naming it, as for a Python function. Fields are bound first, with
-/// def_readwrite.
+/// keyword (a method's name included) is a TypeError naming it, as for a Python function. Fields
+/// are bound first, with def_readwrite.
 template <class Config, class Class>
 void def_keyword_init(Class& cls) {
   cls.def(py::init([](const py::kwargs& kwargs) {
@@ -76,7 +86,7 @@ void def_keyword_init(Class& cls) {
             const py::object self = py::cast(config.get(), py::return_value_policy::reference);
             for (const auto& item : kwargs) {
               const auto key = item.first.cast<std::string>();
-              if (key.rfind('_', 0) == 0 || !py::hasattr(py::type::of(self), key.c_str()))
+              if (!is_field(py::type::of(self), key))
                 throw py::type_error(std::string(py::str(py::type::of(self).attr("__name__"))) +
                                      "() got an unexpected keyword argument '" + key + "'");
               py::setattr(self, key.c_str(), item.second);
@@ -97,9 +107,7 @@ void def_fields_repr(Class& cls) {
     // __dict__ is a mappingproxy: copied into a dict to be walked.
     for (const auto& name : py::dict(type.attr("__dict__"))) {
       const auto key = name.first.cast<std::string>();
-      if (key.rfind('_', 0) == 0 ||
-          !py::isinstance(name.second, py::module_::import("builtins").attr("property")))
-        continue;
+      if (!is_field(type, key)) continue;
       out += (first ? "" : ", ") + key + "=" + std::string(py::repr(self.attr(key.c_str())));
       first = false;
     }

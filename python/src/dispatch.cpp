@@ -130,7 +130,8 @@ void bind_capacity_plan_for(py::module_& m) {
       .def_readonly("survivor_sum", &Plan::survivor_sum,
                     "[T]: sum of each token's kept gates before renormalization (empty unless "
                     "renormalized)")
-      .def("num_entries", &Plan::num_entries)
+      .def("num_entries", &Plan::num_entries,
+           "The (token, choice) entries the plan holds, kept or dropped.")
       .def("num_slots", &Plan::num_slots, "E * capacity")
       .def("drop_rate", &Plan::drop_rate, "Dropped entries over all entries (NaN if none).")
       .def("fraction_tokens_without_expert", &Plan::fraction_tokens_without_expert,

@@ -11,66 +11,12 @@
 #include <pybind11/functional.h>
 #include <pybind11/stl/filesystem.h>
 
-#include "bindings.hpp"
+#include "arguments.hpp"
 #include "moe/health/export.hpp"
 
 namespace moe::python {
 
 namespace {
-
-template <class S>
-using CArray = py::array_t<S, py::array::c_style | py::array::forcecast>;
-
-template <class S>
-using ConstRowMap = Eigen::Map<const RowMatrix<S>>;
-
-using MaskMatrix = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-std::string type_name(const py::handle& object) {
-  return py::str(py::type::of(object).attr("__name__"));
-}
-
-/// Whether `array` asks for double precision: a float64 array does; anything else (float32, a
-/// list, integers) runs in float, as the typed overloads of the other parts choose.
-bool wants_double(const py::handle& array) {
-  if (!py::isinstance<py::array>(array)) return false;
-  const py::dtype dtype = py::reinterpret_borrow<py::array>(array).dtype();
-  return dtype.kind() == 'f' && dtype.itemsize() == 8;
-}
-
-/// Calls `f(S{})` with S the precision `array` asks for (wants_double), so one generic lambda binds
-/// both precisions: a float64 array is never rounded to float32.
-template <class F>
-decltype(auto) in_precision(const py::handle& array, F&& f) {
-  if (wants_double(array)) return f(double{});
-  return f(float{});
-}
-
-/// `object` as a C-contiguous array of S with `ndim` dimensions, read in place when it already is
-/// one; otherwise a moe::Error naming `argument`.
-template <class S>
-CArray<S> array_arg(const py::handle& object, const char* argument, int ndim, const char* shape) {
-  CArray<S> array = CArray<S>::ensure(object);
-  if (!array) detail::fail(argument, detail::concat("an array ", shape), type_name(object));
-  require(array.ndim() == ndim, argument, detail::concat("a ", ndim, "-D array ", shape),
-          detail::concat(array.ndim(), "-D array"));
-  return array;
-}
-
-/// Integer expert ids [T, k] (any integer dtype), as ExpertId.
-CArray<ExpertId> ids_arg(const py::handle& object, const char* argument) {
-  const py::array any = py::array::ensure(object);
-  if (!any) detail::fail(argument, "an integer array [T, k]", type_name(object));
-  const char kind = any.dtype().kind();
-  require(kind == 'i' || kind == 'u', argument, "an integer array [T, k]",
-          detail::concat("dtype ", std::string(py::str(any.dtype()))));
-  return array_arg<ExpertId>(any, argument, 2, "[T, k]");
-}
-
-template <class S>
-ConstRowMap<S> as_matrix(const CArray<S>& a) {
-  return ConstRowMap<S>(a.data(), a.shape(0), a.shape(1));
-}
 
 py::dict metrics_dict(const HealthMetrics& values) {
   py::dict out;
@@ -84,8 +30,7 @@ py::array_t<ExpertId> ids_array(const std::vector<ExpertId>& ids) {
 }
 
 std::vector<ExpertId> ids_vector(const py::handle& object, const char* argument) {
-  const CArray<ExpertId> a = CArray<ExpertId>::ensure(object);
-  if (!a || a.ndim() != 1) detail::fail(argument, "a 1-D array of expert ids", type_name(object));
+  const auto a = integer_array<ExpertId>(object, argument, 1, "[n]");
   return std::vector<ExpertId>(a.data(), a.data() + a.size());
 }
 
@@ -214,8 +159,8 @@ void bind_report_parts(py::module_& m) {
       .def_readwrite("hot_threshold", &LoadStats::hot_threshold)
       .def_readwrite("cold_threshold", &LoadStats::cold_threshold)
       .def_readwrite("entropy", &LoadStats::entropy)
-      .def("hot_count", &LoadStats::hot_count)
-      .def("cold_count", &LoadStats::cold_count);
+      .def("hot_count", &LoadStats::hot_count, "len(hot): experts over the hot threshold.")
+      .def("cold_count", &LoadStats::cold_count, "len(cold): experts under the cold threshold.");
   def_fields_repr(load);
 
   py::class_<LogitStats> logits(
@@ -355,17 +300,15 @@ void bind_report(py::module_& m) {
       "capacity_stats_from_mask",
       [](const py::object& expert_ids, const py::object& kept_mask, Index num_experts,
          Index capacity) {
-        const CArray<ExpertId> ids = ids_arg(expert_ids, "expert_ids");
-        const CArray<bool> mask = array_arg<bool>(kept_mask, "kept_mask", 2, "[T, k]");
+        const ExpertIds ids(expert_ids, "expert_ids");
+        const ChoiceMask mask = choice_mask(kept_mask, "kept_mask");
         py::gil_scoped_release release;
-        return capacity_stats_from_mask(as_matrix(ids), as_matrix(mask), num_experts, capacity);
+        return capacity_stats_from_mask(ids.map(), mask, num_experts, capacity);
       },
       py::arg("expert_ids"), py::arg("kept_mask"), py::arg("num_experts"), py::arg("capacity"),
-      (std::string("CapacityStats from the router's expert_ids [T, k] (integers; -1 = unused "
-                   "slot, neither kept nor dropped) and kept_mask [T, k] (nonzero = the choice "
-                   "got a slot), for any dispatcher. ") +
-       kArrayNote)
-          .c_str());
+      "CapacityStats from the router's expert_ids [T, k] (integers that fit int32; -1 = unused "
+      "slot, neither kept nor dropped; a C-contiguous int32 array is read in place) and "
+      "kept_mask [T, k] bool (True = the choice got a slot), for any dispatcher.");
   m.def("capacity_report", &capacity_report, py::arg("stats"), py::arg("tokens"),
         py::arg("experts"), py::arg("top_k"),
         "The capacity part of a report from CapacityStats: drop rate (marin), tokens left "
@@ -412,9 +355,9 @@ void bind_array_entry_points(py::module_& m) {
       [](const py::object& probabilities, Index top_k, const HealthConfig& config) {
         return in_precision(probabilities, [&](auto s) {
           using S = decltype(s);
-          const auto p = array_arg<S>(probabilities, "probabilities", 2, "[T, E]");
+          const auto p = float_array<S>(probabilities, "probabilities", 2, "[T, E]");
           py::gil_scoped_release release;
-          return health_report(as_matrix(p), top_k, config);
+          return health_report(matrix_map(p), top_k, config);
         });
       },
       py::arg("probabilities"), py::arg("top_k"), py::arg("config") = HealthConfig(),
@@ -429,10 +372,10 @@ void bind_array_entry_points(py::module_& m) {
          const HealthConfig& config) {
         return in_precision(probabilities, [&](auto s) {
           using S = decltype(s);
-          const auto p = array_arg<S>(probabilities, "probabilities", 2, "[T, E]");
-          const CArray<ExpertId> ids = ids_arg(expert_ids, "expert_ids");
+          const auto p = float_array<S>(probabilities, "probabilities", 2, "[T, E]");
+          const ExpertIds ids(expert_ids, "expert_ids");
           py::gil_scoped_release release;
-          return health_report(as_matrix(p), as_matrix(ids), config);
+          return health_report(matrix_map(p), ids.map(), config);
         });
       },
       py::arg("probabilities"), py::arg("expert_ids"), py::arg("config") = HealthConfig(),
@@ -445,7 +388,7 @@ void bind_array_entry_points(py::module_& m) {
       [](const py::object& probabilities, Index top_k, const HealthConfig& config) {
         return in_precision(probabilities, [&](auto s) {
           using S = decltype(s);
-          const auto p = array_arg<S>(probabilities, "probabilities", 3, "[L, T, E]");
+          const auto p = float_array<S>(probabilities, "probabilities", 3, "[L, T, E]");
           py::gil_scoped_release release;
           // The loop of moe::health_reports over a row-major tensor, without Eigen's Tensor
           // module: each layer is a contiguous [T, E] matrix.
@@ -453,8 +396,9 @@ void bind_array_entry_points(py::module_& m) {
           std::vector<HealthReport> reports;
           reports.reserve(static_cast<std::size_t>(layers));
           for (Index l = 0; l < layers; ++l)
-            reports.push_back(health_report(ConstRowMap<S>(p.data() + l * rows * cols, rows, cols),
-                                            top_k, config));
+            reports.push_back(health_report(
+                Eigen::Map<const RowMatrix<S>>(p.data() + l * rows * cols, rows, cols), top_k,
+                config));
           return reports;
         });
       },
@@ -468,9 +412,9 @@ void bind_array_entry_points(py::module_& m) {
       [](const py::object& logits) {
         return in_precision(logits, [&](auto s) {
           using S = decltype(s);
-          const auto z = array_arg<S>(logits, "logits", 2, "[T, E]");
+          const auto z = float_array<S>(logits, "logits", 2, "[T, E]");
           py::gil_scoped_release release;
-          return logit_stats(as_matrix(z));
+          return logit_stats(matrix_map(z));
         });
       },
       py::arg("logits"),
@@ -484,9 +428,9 @@ void bind_array_entry_points(py::module_& m) {
       [](const py::object& scores, Index top_k) {
         return in_precision(scores, [&](auto s) {
           using S = decltype(s);
-          const auto p = array_arg<S>(scores, "scores", 2, "[T, E]");
+          const auto p = float_array<S>(scores, "scores", 2, "[T, E]");
           py::gil_scoped_release release;
-          return topk_margins(as_matrix(p), top_k);
+          return topk_margins(matrix_map(p), top_k);
         });
       },
       py::arg("scores"), py::arg("top_k"),
@@ -499,9 +443,9 @@ void bind_array_entry_points(py::module_& m) {
       [](const py::object& logits, Index top_k) {
         return in_precision(logits, [&](auto s) {
           using S = decltype(s);
-          const auto z = array_arg<S>(logits, "logits", 2, "[T, E]");
+          const auto z = float_array<S>(logits, "logits", 2, "[T, E]");
           py::gil_scoped_release release;
-          return bf16_stability(as_matrix(z), top_k);
+          return bf16_stability(matrix_map(z), top_k);
         });
       },
       py::arg("logits"), py::arg("top_k"),
@@ -570,7 +514,7 @@ void bind_monitor(py::module_& m) {
       .def_readwrite("tokens_without_expert", &HealthCounts::tokens_without_expert)
       .def_readwrite("nonfinite_logits", &HealthCounts::nonfinite_logits)
       .def_readwrite("skipped_tokens", &HealthCounts::skipped_tokens)
-      .def("experts", &HealthCounts::experts)
+      .def("experts", &HealthCounts::experts, "E, the length of the per-expert counts (hard_load).")
       .def("add", &HealthCounts::add, py::arg("report"), "Adds one report's counts (same E).")
       .def("merge", &HealthCounts::merge, py::arg("other"),
            "Element-wise sum: merging in any order gives the same counts.")
@@ -585,7 +529,7 @@ void bind_monitor(py::module_& m) {
       .def_static(
           "unpack",
           [](const py::object& flat) {
-            const auto a = array_arg<double>(flat, "flat", 1, "[9 + 4 E]");
+            const auto a = float_array<double>(flat, "flat", 1, "[9 + 4 E]");
             return HealthCounts::unpack(std::vector<double>(a.data(), a.data() + a.size()));
           },
           py::arg("flat"))

@@ -6,7 +6,7 @@
 #include <tuple>
 #include <utility>
 
-#include "bindings.hpp"
+#include "arguments.hpp"
 
 namespace moe::python {
 namespace {
@@ -176,10 +176,15 @@ void bind_layer_for(py::module_& m) {
           "drawn from `seed`: the same values as the C++ MoELayer::init_weights.")
       .def(
           "forward",
-          [](Layer& l, const ConstMatrixRef<S>& x, Mode mode, std::uint64_t seed, Index micro_batch,
-             std::optional<TokenMask> token_mask, std::optional<IndexVector> cu_seqlens) {
+          [](Layer& l, const InMatrix<S>& x, Mode mode, std::uint64_t seed, Index micro_batch,
+             const py::object& token_mask, const py::object& cu_seqlens) {
+            // None stays "absent" (not an empty mask): forward refuses a mask with offsets.
+            std::optional<TokenMask> mask;
+            std::optional<IndexVector> offsets;
+            if (!token_mask.is_none()) mask = moe::python::token_mask(token_mask, "token_mask");
+            if (!cu_seqlens.is_none()) offsets = index_vector(cu_seqlens, "cu_seqlens");
             py::gil_scoped_release release;
-            return l.forward(x, mode, seed, micro_batch, token_mask, cu_seqlens);
+            return l.forward(*x, mode, seed, micro_batch, mask, offsets);
           },
           py::arg("x"), py::arg("mode") = Mode::eval, py::arg("seed") = 0,
           py::arg("micro_batch") = 0, py::arg("token_mask") = py::none(),
@@ -195,26 +200,28 @@ void bind_layer_for(py::module_& m) {
               .c_str())
       .def(
           "replay",
-          [](Layer& l, const ConstMatrixRef<S>& x, const ExpertIdMatrix& recorded_ids, Mode mode,
+          [](Layer& l, const InMatrix<S>& x, const py::object& recorded_ids, Mode mode,
              std::uint64_t seed, Index micro_batch) {
+            const ExpertIdMatrix ids = ExpertIds(recorded_ids, "recorded_ids").matrix();
             py::gil_scoped_release release;
-            return l.replay(x, recorded_ids, mode, seed, micro_batch);
+            return l.replay(*x, ids, mode, seed, micro_batch);
           },
           py::arg("x"), py::arg("recorded_ids"), py::arg("mode") = Mode::eval, py::arg("seed") = 0,
           py::arg("micro_batch") = 0,
           (std::string("Routing replay (Megatron-Core RouterReplay): forward with the tokens "
-                       "routed to recorded_ids [T, k] int32 (an inference engine's choices, or "
+                       "routed to recorded_ids [T, k] (integers that fit int32: an inference "
+                       "engine's choices, or "
                        "layer.routing.expert_ids of an earlier forward) instead of the router's "
                        "top-k; the gates come from the live router at those ids. ") +
            kArrayNote)
               .c_str())
       .def(
           "backward",
-          [](Layer& l, const ConstMatrixRef<S>& x, const ConstMatrixRef<S>& grad_y) {
+          [](Layer& l, const InMatrix<S>& x, const InMatrix<S>& grad_y) {
             RowMatrix<S> grad_x;
             {
               py::gil_scoped_release release;
-              grad_x = l.backward(x, grad_y);
+              grad_x = l.backward(*x, *grad_y);
             }
             return to_numpy(std::move(grad_x));
           },

@@ -5,7 +5,9 @@
 PYBIND11_MODULE(_core, m) {
   namespace py = pybind11;
   m.doc() = "moe-routing: Mixture-of-Experts routing, dispatch, balancing and health (C++ core).";
-  m.attr("__version__") = std::to_string(MOE_VERSION_MAJOR) + "." + std::to_string(MOE_VERSION_MINOR) + "." + std::to_string(MOE_VERSION_PATCH);
+  m.attr("__version__") = std::to_string(MOE_VERSION_MAJOR) + "." +
+                          std::to_string(MOE_VERSION_MINOR) + "." +
+                          std::to_string(MOE_VERSION_PATCH);
   py::register_exception<moe::Error>(m, "Error", PyExc_ValueError);
   moe::python::bind_routing(m);
   moe::python::bind_dispatch(m);

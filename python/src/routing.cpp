@@ -9,59 +9,11 @@
 #include <utility>
 #include <vector>
 
-#include "bindings.hpp"
+#include "arguments.hpp"
 
 namespace moe::python {
 
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// Array arguments of the functions bound for both dtypes.
-
-/// An array argument of a function overloaded on the dtype. pybind11's first pass takes an array
-/// of exactly this dtype in any layout, so the dtype alone picks the overload: a strided or
-/// Fortran-order float64 array, which the Eigen caster would refuse on that pass, never falls
-/// through to the float32 overload on the second. The second pass converts what casts safely
-/// (lists, integers, float16), never float64 to float32.
-template <class S>
-using ArrayArg = py::array_t<S, 0>;
-
-/// `array` C-contiguous, with `ndim` dimensions (moe::Error naming `name` otherwise): the array
-/// itself when it already is, else one copy.
-template <class S>
-py::array_t<S, py::array::c_style> contiguous(const ArrayArg<S>& array, const char* name,
-                                              py::ssize_t ndim) {
-  require(array.ndim() == ndim, name, detail::concat("a ", ndim, "-D array"),
-          detail::concat("an array of ", array.ndim(), " dimensions"));
-  return py::array_t<S, py::array::c_style>::ensure(array);
-}
-
-/// A row-major view of a 2-D argument: in place when it is C-contiguous, else over one copy.
-template <class S>
-class MatrixArg {
- public:
-  MatrixArg(const ArrayArg<S>& array, const char* name)
-      : held_(contiguous(array, name, 2)), map_(held_.data(), held_.shape(0), held_.shape(1)) {}
-  const Eigen::Map<const RowMatrix<S>>& map() const { return map_; }
-
- private:
-  py::array_t<S, py::array::c_style> held_;  // keeps a converted copy alive while map_ reads it
-  Eigen::Map<const RowMatrix<S>> map_;
-};
-
-/// A 1-D argument that may be None (then empty, which the library reads as "absent").
-template <class S>
-class VectorArg {
- public:
-  VectorArg(const std::optional<ArrayArg<S>>& array, const char* name)
-      : held_(array ? contiguous(*array, name, 1) : py::array_t<S, py::array::c_style>(0)),
-        map_(held_.data(), held_.shape(0)) {}
-  const Eigen::Map<const Vector<S>>& map() const { return map_; }
-
- private:
-  py::array_t<S, py::array::c_style> held_;
-  Eigen::Map<const Vector<S>> map_;
-};
 
 // ---------------------------------------------------------------------------------------------
 // Views of the library's matrices.
@@ -344,24 +296,27 @@ void bind_results_for(py::module_& m) {
                                "[E, d] with Noise.noisy_topk, else empty");
 }
 
-template <class S>
-void bind_functions_for(py::module_& m) {
+/// select_experts and its kin are bound once: the logits' dtype picks the precision (in_precision)
+/// and every array argument is converted by name, so that a wrong array is an error naming it.
+void bind_functions(py::module_& m) {
   const std::string array_note = std::string("\n\n") + kArrayNote;
   m.def(
       "select_experts",
-      [](const RouterConfig& config, const ArrayArg<S>& logits,
-         const std::optional<ArrayArg<S>>& selection_bias) {
-        const MatrixArg<S> z(logits, "logits");
-        const VectorArg<S> bias(selection_bias, "selection_bias");
-        Routing<S> out;
-        {
-          py::gil_scoped_release release;
-          RowMatrix<S> selection;
-          moe::select_experts<S>(config, z.map(), bias.map(), out, selection);
-          // The library leaves Routing::logits to the router; here they are the ones given.
-          out.logits = z.map();
-        }
-        return out;
+      [](const RouterConfig& config, const py::object& logits, const py::object& selection_bias) {
+        return in_precision(logits, [&](auto s) {
+          using S = decltype(s);
+          const auto z = float_array<S>(logits, "logits", 2, "[T, E]");
+          const auto bias = optional_float_array<S>(selection_bias, "selection_bias", 1, "[E]");
+          Routing<S> out;
+          {
+            py::gil_scoped_release release;
+            RowMatrix<S> selection;
+            moe::select_experts<S>(config, matrix_map(z), vector_map(bias), out, selection);
+            // The library leaves Routing::logits to the router; here they are the ones given.
+            out.logits = matrix_map(z);
+          }
+          return py::cast(std::move(out));
+        });
       },
       py::arg("config"), py::arg("logits"), py::arg("selection_bias") = py::none(),
       (std::string("Scores over all experts, the top-k experts and their gates from logits "
@@ -376,49 +331,59 @@ void bind_functions_for(py::module_& m) {
           .c_str());
   m.def(
       "replay_experts",
-      [](const RouterConfig& config, const ArrayArg<S>& logits,
-         const ExpertIdMatrix& recorded_ids) {
-        const MatrixArg<S> z(logits, "logits");
-        Routing<S> out;
-        {
-          py::gil_scoped_release release;
-          moe::replay_experts<S>(config, z.map(), recorded_ids, out);
-          out.logits = z.map();
-        }
-        return out;
+      [](const RouterConfig& config, const py::object& logits, const py::object& recorded_ids) {
+        return in_precision(logits, [&](auto s) {
+          using S = decltype(s);
+          const auto z = float_array<S>(logits, "logits", 2, "[T, E]");
+          const ExpertIdMatrix ids = ExpertIds(recorded_ids, "recorded_ids").matrix();
+          Routing<S> out;
+          {
+            py::gil_scoped_release release;
+            moe::replay_experts<S>(config, matrix_map(z), ids, out);
+            out.logits = matrix_map(z);
+          }
+          return py::cast(std::move(out));
+        });
       },
       py::arg("config"), py::arg("logits"), py::arg("recorded_ids"),
       (std::string("Routing replay (Megatron-Core RouterReplay): the recorded experts [T, k] "
-                   "(int32, UNUSED_SLOT allowed) replace top-k selection, and the gates are "
-                   "computed from the live logits [T, E] at those ids by the config's rule, so "
-                   "select_experts_backward trains through the recorded choices. Replaying what "
-                   "select_experts chose on the same logits reproduces its gates bit for bit.") +
+                   "(integers that fit int32, UNUSED_SLOT allowed) replace top-k selection, and "
+                   "the gates are computed from the live logits [T, E] at those ids by the "
+                   "config's rule, so select_experts_backward trains through the recorded "
+                   "choices. Replaying what select_experts chose on the same logits reproduces "
+                   "its gates bit for bit.") +
        array_note)
           .c_str());
   m.def(
       "select_experts_backward",
-      [](const RouterConfig& config, const ArrayArg<S>& logits, const Routing<S>& routing,
-         const ArrayArg<S>& grad_gates, const std::optional<ArrayArg<S>>& grad_scores) {
-        const MatrixArg<S> z(logits, "logits");
-        const MatrixArg<S> dw(grad_gates, "grad_gates");
-        std::optional<MatrixArg<S>> ds;
-        if (grad_scores) ds.emplace(*grad_scores, "grad_scores");
-        RowMatrix<S> d_logits;
-        {
-          py::gil_scoped_release release;
-          const RowMatrix<S> absent;
-          d_logits =
-              ds ? moe::select_experts_backward<S>(config, z.map(), routing, dw.map(), ds->map())
-                 : moe::select_experts_backward<S>(config, z.map(), routing, dw.map(), absent);
-        }
-        return to_numpy(std::move(d_logits));
+      [](const RouterConfig& config, const py::object& logits, const py::object& routing,
+         const py::object& grad_gates, const py::object& grad_scores) {
+        return in_precision(logits, [&](auto s) {
+          using S = decltype(s);
+          const auto z = float_array<S>(logits, "logits", 2, "[T, E]");
+          // The routing's class has a precision too: another is refused as the arrays are.
+          if (!py::isinstance<Routing<S>>(routing))
+            throw py::type_error(detail::concat("routing: expected a ", dtype_name<S>("Routing"),
+                                                " like the logits, got ", type_name(routing))
+                                     .str());
+          const auto& r = routing.cast<const Routing<S>&>();
+          const auto dw = float_array<S>(grad_gates, "grad_gates", 2, "[T, k]");
+          const auto ds = optional_float_array<S>(grad_scores, "grad_scores", 2, "[T, E]");
+          RowMatrix<S> d_logits;
+          {
+            py::gil_scoped_release release;
+            d_logits = moe::select_experts_backward<S>(config, matrix_map(z), r, matrix_map(dw),
+                                                       matrix_map(ds));
+          }
+          return to_numpy(std::move(d_logits));
+        });
       },
       py::arg("config"), py::arg("logits"), py::arg("routing"), py::arg("grad_gates"),
       py::arg("grad_scores") = py::none(),
       (std::string("Backward of select_experts (or replay_experts): d loss / d logits [T, E] "
                    "from d loss / d gates [T, k] and, optionally, d loss / d scores [T, E] (e.g. "
                    "from an aux loss). The selection is a constant. logits are the ones routing "
-                   "was computed from.") +
+                   "was computed from (a Routing of their dtype).") +
        array_note)
           .c_str());
 }
@@ -513,8 +478,8 @@ void bind_router_for(py::module_& m) {
   };
   cls.def(
       "forward",
-      [route](Object& o, const ConstMatrixRef<S>& x, Mode mode, std::uint64_t seed) {
-        return route(o, x, nullptr, mode, seed);
+      [route](Object& o, const InMatrix<S>& x, Mode mode, std::uint64_t seed) {
+        return route(o, *x, nullptr, mode, seed);
       },
       py::arg("x"), py::arg("mode") = Mode::eval, py::arg("seed") = 0,
       py::call_guard<py::gil_scoped_release>(),
@@ -525,11 +490,15 @@ void bind_router_for(py::module_& m) {
           .c_str());
   cls.def(
       "replay",
-      [route](Object& o, const ConstMatrixRef<S>& x, const ExpertIdMatrix& recorded_ids, Mode mode,
-              std::uint64_t seed) { return route(o, x, &recorded_ids, mode, seed); },
+      [route](Object& o, const InMatrix<S>& x, const py::object& recorded_ids, Mode mode,
+              std::uint64_t seed) {
+        const ExpertIdMatrix ids = ExpertIds(recorded_ids, "recorded_ids").matrix();
+        py::gil_scoped_release release;
+        return route(o, *x, &ids, mode, seed);
+      },
       py::arg("x"), py::arg("recorded_ids"), py::arg("mode") = Mode::eval, py::arg("seed") = 0,
-      py::call_guard<py::gil_scoped_release>(),
-      (std::string("Routing replay: forward with the experts recorded_ids [T, k] (int32, e.g. "
+      (std::string("Routing replay: forward with the experts recorded_ids [T, k] (integers that "
+                   "fit int32, e.g. "
                    "a RoutingRecord layer's or an inference engine's) in place of top-k; logits, "
                    "noise and scores as in forward, gates from them at the recorded ids, so "
                    "backward trains the router through the recorded choices.") +
@@ -537,18 +506,25 @@ void bind_router_for(py::module_& m) {
           .c_str());
   cls.def(
       "backward",
-      [](Object& o, const ConstMatrixRef<S>& x, std::optional<RowMatrix<S>> gates,
-         std::optional<RowMatrix<S>> scores, std::optional<RowMatrix<S>> logits) {
+      [](Object& o, const InMatrix<S>& x, const py::object& gates, const py::object& scores,
+         const py::object& logits) {
         RouterUpstream<S> upstream;
-        if (gates) upstream.gates = std::move(*gates);
-        if (scores) upstream.scores = std::move(*scores);
-        if (logits) upstream.logits = std::move(*logits);
+        const auto take = [](const py::object& given, const char* argument, const char* shape,
+                             RowMatrix<S>& into) {
+          if (given.is_none()) return;
+          const auto a = float_array<S>(given, argument, 2, shape);
+          into = Eigen::Map<const RowMatrix<S>>(a.data(), a.shape(0), a.shape(1));
+        };
+        take(gates, "gates", "[T, k]", upstream.gates);
+        take(scores, "scores", "[T, E]", upstream.scores);
+        take(logits, "logits", "[T, E]", upstream.logits);
+        py::gil_scoped_release release;
         const std::lock_guard<std::mutex> lock(o.mutex);
         require(o.filled, "Router.backward", "a forward or replay of this router first", "none");
-        return o.router.backward(x, o.ctx, upstream);
+        return o.router.backward(*x, o.ctx, upstream);
       },
       py::arg("x"), py::arg("gates") = py::none(), py::arg("scores") = py::none(),
-      py::arg("logits") = py::none(), py::call_guard<py::gil_scoped_release>(),
+      py::arg("logits") = py::none(),
       (std::string("Gradients of x and every parameter (a RouterGradients) from the upstream "
                    "gradients d loss / d gates [T, k] (combine), d loss / d scores [T, E] (aux "
                    "losses) and d loss / d logits [T, E] (z-loss); None means zero. x is the "
@@ -572,15 +548,17 @@ void bind_records(py::module_& m) {
   py::class_<RecordedLayer> layer(
       m, "RecordedLayer", "One layer's choices: expert_ids [T, k] over num_experts experts.");
   layer
-      .def(py::init([](Index num_experts, ExpertIdMatrix expert_ids) {
-             return RecordedLayer{num_experts, std::move(expert_ids)};
+      .def(py::init([](Index num_experts, const py::object& expert_ids) {
+             return RecordedLayer{num_experts, ExpertIds(expert_ids, "expert_ids").matrix()};
            }),
            py::kw_only(), py::arg("num_experts"), py::arg("expert_ids"))
       .def_readwrite("num_experts", &RecordedLayer::num_experts)
       .def_property(
           "expert_ids",
           [](py::object self) { return member_view(self.cast<RecordedLayer&>().expert_ids, self); },
-          [](RecordedLayer& l, ExpertIdMatrix ids) { l.expert_ids = std::move(ids); },
+          [](RecordedLayer& l, const py::object& ids) {
+            l.expert_ids = ExpertIds(ids, "expert_ids").matrix();
+          },
           "[T, k] int32 ids in selection order, UNUSED_SLOT for an unused slot (a writable view; "
           "assigning copies)");
 
@@ -629,8 +607,9 @@ void bind_records(py::module_& m) {
 
   m.def(
       "without_padding",
-      [](const ExpertIdMatrix& expert_ids, const Eigen::Matrix<bool, Eigen::Dynamic, 1>& mask) {
-        return to_numpy(moe::without_padding(expert_ids, mask));
+      [](const py::object& expert_ids, const py::object& mask) {
+        const ExpertIds ids(expert_ids, "expert_ids");
+        return to_numpy(moe::without_padding(ids.matrix(), token_mask(mask, "token_mask")));
       },
       py::arg("expert_ids"), py::arg("token_mask"),
       "expert_ids [T, k] with every slot of a padded token (token_mask false; an empty mask = "
@@ -645,10 +624,7 @@ void bind_routing(py::module_& m) {
   bind_presets(m);
   bind_results_for<float>(m);
   bind_results_for<double>(m);
-  // float32 first: on the converting pass, lists and integers become float32 (the package's
-  // default dtype); float64 input always has an exact match (see ArrayArg).
-  bind_functions_for<float>(m);
-  bind_functions_for<double>(m);
+  bind_functions(m);
   bind_router_for<float>(m);
   bind_router_for<double>(m);
   bind_records(m);

@@ -252,6 +252,8 @@ def test_precision_follows_the_dtype(rng):
     wide[:, ::2] = p
     strided = moe.health_report(wide[:, ::2], 2)
     assert strided.soft.load.tobytes() == single.soft.load.tobytes()
+    # A list runs in float32, as the functions bound per dtype choose.
+    assert moe.health_report(p.tolist(), 2).soft.load.tobytes() == single.soft.load.tobytes()
 
 
 def test_views_and_fields():
@@ -323,8 +325,15 @@ def test_bad_input_names_the_argument(tmp_path):
         (lambda: moe.health_report(routing, moe.CapacityStats(capacity=4)),
          "CapacityStats::kept"),
         (lambda: moe.health_reports(probs, 2), "probabilities"),
-        (lambda: moe.capacity_stats_from_mask(routing.expert_ids, np.ones((3, 2)), 4, 8),
+        (lambda: moe.capacity_stats_from_mask(routing.expert_ids, np.ones((3, 2), bool), 4, 8),
          "kept_mask"),
+        # a 0/1 float array is not taken for a mask
+        (lambda: moe.capacity_stats_from_mask(routing.expert_ids, np.ones((16, 2)), 4, 8),
+         "kept_mask"),
+        # an int64 id past 2^31 is refused, not wrapped (2^32 + 1 would read as expert 1)
+        (lambda: moe.health_report(probs, np.full((16, 2), 2**32 + 1, np.int64)), "expert_ids"),
+        (lambda: moe.capacity_stats_from_mask(np.full((16, 2), 2**32 + 1), np.ones((16, 2), bool),
+                                              4, 8), "expert_ids"),
         (lambda: moe.logit_stats(probs[0]), "logits"),
         (lambda: moe.topk_margins(probs, 5), "top_k"),
         (lambda: moe.bf16_stability(probs, 0), "top_k"),
@@ -353,3 +362,8 @@ def test_bad_input_names_the_argument(tmp_path):
     lone = moe.LoadStats()
     with pytest.raises(moe.Error, match="hot"):
         lone.hot = [[1, 2]]
+    with pytest.raises(moe.Error, match="^cold: expected values that fit 32-bit"):
+        lone.cold = np.array([2**31])
+    # Float arrays of the other precision are refused where the precision is fixed.
+    with pytest.raises(TypeError, match="^flat: expected float64"):
+        moe.HealthCounts.unpack(moe.HealthCounts(4).pack().astype(np.float32))

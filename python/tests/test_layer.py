@@ -173,6 +173,17 @@ def test_bad_input_raises_errors_naming_the_argument():
         layer.forward(x, token_mask=np.ones(T, bool), cu_seqlens=np.array([0, T]))
     with pytest.raises(moe.Error, match="cu_seqlens"):
         layer.forward(x, cu_seqlens=np.array([0, T - 1]))
+    # a 0/1 float mask is refused rather than read as booleans
+    with pytest.raises(moe.Error, match="^token_mask: expected None or a .T. bool array"):
+        layer.forward(x, token_mask=np.ones(T))
+    with pytest.raises(moe.Error, match="^cu_seqlens: expected a 1-D integer array"):
+        layer.forward(x, cu_seqlens=np.array([0.0, T]))
+    # an int64 id past 2^31 is refused, not wrapped to a valid id (2^32 + 1 would be expert 1)
+    ids = np.asarray(layer.routing.expert_ids, np.int64)
+    layer.replay(x, ids)  # int64 ids that fit are taken
+    ids[0, 0] = 2**32 + 1
+    with pytest.raises(moe.Error, match="^recorded_ids: expected values that fit 32-bit"):
+        layer.replay(x, ids)
     with pytest.raises(moe.Error, match="step_balancer"):
         layer.step_balancer()
     with pytest.raises(moe.Error, match="ffn_hidden"):
@@ -181,6 +192,10 @@ def test_bad_input_raises_errors_naming_the_argument():
         moe.MoELayer(bad)
     with pytest.raises(moe.Error, match="dtype"):
         moe.MoELayer(dropless_config(), dtype=np.float16)
+    with pytest.raises(TypeError):  # a float32 layer never rounds a float64 input silently
+        layer.forward(x.astype(np.float64))
+    with pytest.raises(TypeError):
+        layer.backward(x, x.astype(np.float64))
     with pytest.raises(TypeError, match="ffn_hiden"):
         moe.MoELayerConfig(ffn_hiden=3)
     assert isinstance(moe.MoELayer(dropless_config(), dtype=np.float64), moe.MoELayer_float64)

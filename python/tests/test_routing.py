@@ -277,7 +277,15 @@ def test_the_dtype_picks_the_overload(rng):
     # a float64 array the Eigen caster would copy still never lands in the float32 overload
     assert name(mr.select_experts(config, np.asfortranarray(z))) == "Routing_float64"
     assert name(mr.select_experts(config, z[:, ::-1])) == "Routing_float64"
-    assert name(mr.select_experts(config, z.astype(np.float32), np.zeros(8))) == "Routing_float64"
+    # mixed precision is refused rather than rounded or widened, naming the odd array
+    with pytest.raises(TypeError, match="^selection_bias: expected float32"):
+        mr.select_experts(config, z.astype(np.float32), np.zeros(8))
+    with pytest.raises(TypeError, match="^grad_gates: expected float64"):
+        mr.select_experts_backward(config, z, mr.select_experts(config, z),
+                                   np.zeros((6, 2), np.float32))
+    with pytest.raises(TypeError, match="^routing: expected a Routing_float32"):
+        mr.select_experts_backward(config, z.astype(np.float32), mr.select_experts(config, z),
+                                   np.zeros((6, 2), np.float32))
     z32 = z.astype(np.float32)
     fortran = mr.select_experts(config, np.asfortranarray(z32))
     assert name(fortran) == "Routing_float32"
@@ -359,6 +367,9 @@ def test_router_config_fields_and_helpers():
     assert text.startswith("RouterConfig(") and "top_k=4" in text and "hidden=32" in text
     with pytest.raises(TypeError, match="bogus"):
         mr.RouterConfig(bogus=1)
+    # a method is not a field: the same TypeError, not an AttributeError from assigning to it
+    with pytest.raises(TypeError, match="unexpected keyword argument 'groups_enabled'"):
+        mr.RouterConfig(groups_enabled=True)
 
 
 def test_presets_build_the_cpp_presets():
@@ -402,14 +413,21 @@ def test_bad_input_raises_errors_naming_the_argument(rng):
     z = rng.standard_normal((3, 8)).astype(np.float32)
     with pytest.raises(mr.Error, match=r"^logits: expected shape \[\*, 8\], got \[3, 7\]"):
         mr.select_experts(config, z[:, :7])
-    with pytest.raises(mr.Error, match="^logits: expected a 2-D array"):
+    with pytest.raises(mr.Error, match=r"^logits: expected a \[T, E\] float array, got 1-D"):
         mr.select_experts(config, z[0])
+    with pytest.raises(mr.Error, match="^logits: expected a .T, E. float array, got str"):
+        mr.select_experts(config, "logits")
     with pytest.raises(mr.Error, match="^logits: expected finite"):
         mr.select_experts(config, np.full((3, 8), np.nan, np.float32))
     with pytest.raises(mr.Error, match="^selection_bias"):
         mr.select_experts(config, z, np.zeros(7, np.float32))
     with pytest.raises(mr.Error, match="^recorded_ids"):
         mr.replay_experts(config, z, np.array([[0, 8]] * 3, np.int32))
+    # an int64 id past 2^31 is refused, not wrapped to a valid id (2^32 + 1 would be expert 1)
+    with pytest.raises(mr.Error, match="^recorded_ids: expected values that fit 32-bit"):
+        mr.replay_experts(config, z, np.array([[0, 2**32 + 1]] * 3, np.int64))
+    with pytest.raises(mr.Error, match="^recorded_ids: expected a .T, k. integer array"):
+        mr.replay_experts(config, z, np.zeros((3, 2), np.float32))
     routing = mr.select_experts(config, z)
     with pytest.raises(mr.Error, match="^grad_gates"):
         mr.select_experts_backward(config, z, routing, np.zeros((3, 3), np.float32))
@@ -440,6 +458,10 @@ def test_router_bad_input(rng):
         router.init_weights(seed=1, stddev=-1.0)
     with pytest.raises(mr.Error, match="^recorded_ids"):
         router.replay(x, np.array([[1, 1]] * 3, np.int32))
+    with pytest.raises(mr.Error, match="^recorded_ids: expected values that fit 32-bit"):
+        router.replay(x, np.array([[0, 2**32 + 1]] * 3, np.int64))
+    with pytest.raises(mr.Error, match="^expert_ids: expected values that fit 32-bit"):
+        mr.RecordedLayer(num_experts=8, expert_ids=np.array([[2**31]], np.int64))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,3 +509,6 @@ def test_without_padding():
     assert_bits(out, np.array([[0, 1], [-1, -1], [4, 5]], np.int32))
     with pytest.raises(mr.Error, match="^token_mask"):
         mr.without_padding(ids, np.array([True, False]))
+    with pytest.raises(mr.Error, match="^token_mask: expected None or a .T. bool array"):
+        mr.without_padding(ids, np.array([1.0, 0.0, 1.0]))
+    assert_bits(mr.without_padding(ids.astype(np.int64), None), ids)  # int64 ids that fit

@@ -12,11 +12,16 @@ int main(int argc, char** argv) {
   }
   const std::string area = argv[1], dir = argv[2];
   try {
-    if (area == "routing") moe::golden::routing(dir);
-    else if (area == "dispatch") moe::golden::dispatch(dir);
-    else if (area == "balance") moe::golden::balance(dir);
-    else if (area == "health") moe::golden::health(dir);
-    else if (area == "layer") moe::golden::layer(dir);
+    if (area == "routing")
+      moe::golden::routing(dir);
+    else if (area == "dispatch")
+      moe::golden::dispatch(dir);
+    else if (area == "balance")
+      moe::golden::balance(dir);
+    else if (area == "health")
+      moe::golden::health(dir);
+    else if (area == "layer")
+      moe::golden::layer(dir);
     else {
       std::fprintf(stderr, "moe_python_golden: unknown area '%s'\n", area.c_str());
       return 2;

@@ -24,10 +24,11 @@ constexpr const char* npy_descr() {
 /// Writes `data` ([rows, cols] row-major, or [rows] when cols < 0) to `path`.
 template <class T>
 void write_npy(const std::string& path, const T* data, Eigen::Index rows, Eigen::Index cols = -1) {
-  const std::string shape = cols < 0 ? "(" + std::to_string(rows) + ",)"
-                                     : "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
-  std::string header =
-      "{'descr': '" + std::string(npy_descr<T>()) + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  const std::string shape = cols < 0
+                                ? "(" + std::to_string(rows) + ",)"
+                                : "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+  std::string header = "{'descr': '" + std::string(npy_descr<T>()) +
+                       "', 'fortran_order': False, 'shape': " + shape + ", }";
   // Magic (6) + version (2) + length (2) + header + '\n', padded with spaces to a multiple of 64.
   const std::size_t unpadded = 10 + header.size() + 1;
   header.append((64 - unpadded % 64) % 64, ' ');
@@ -59,12 +60,13 @@ void write_npy(const std::string& path, const Eigen::DenseBase<Derived>& m) {
 /// numpy (tests/conftest.py, `exact_inputs`) makes the same bits.
 template <class S>
 Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> exact_inputs(Eigen::Index rows,
-                                                                              Eigen::Index cols,
-                                                                              long salt) {
+                                                                               Eigen::Index cols,
+                                                                               long salt) {
   Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m(rows, cols);
   for (Eigen::Index i = 0; i < rows; ++i)
     for (Eigen::Index j = 0; j < cols; ++j)
-      m(i, j) = static_cast<S>(static_cast<double>((i * 7919 + j * 104729 + salt * 13) % 2001 - 1000) / 256.0);
+      m(i, j) = static_cast<S>(
+          static_cast<double>((i * 7919 + j * 104729 + salt * 13) % 2001 - 1000) / 256.0);
   return m;
 }
 
