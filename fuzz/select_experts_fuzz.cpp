@@ -70,7 +70,8 @@ void check_selection(const moe::RouterConfig& c, const moe::RowMatrix<S>& logits
       MOE_FUZZ_CHECK(std::isfinite(g) && g >= S(0));
       gate_sum += static_cast<double>(g);
     }
-    const bool sums_to_one = by_logits || (c.renormalize && c.renormalize_epsilon == 0.0);
+    const bool sums_to_one =
+        by_logits || (c.renormalize && c.renormalize_epsilon == 0.0 && c.renormalize_min == 0.0);
     if (sums_to_one)
       MOE_FUZZ_CHECK(std::abs(gate_sum - c.scaling_factor) <= 4 * k * tol * c.scaling_factor);
     if (!by_logits && !c.renormalize)
@@ -93,6 +94,7 @@ void run(moe::fuzz::FuzzInput& in) {
   c.renormalize = in.flag();
   static constexpr double kEpsilons[] = {0.0, 1e-20, 1e-6, 0.0};
   c.renormalize_epsilon = kEpsilons[in.byte() % 4];
+  c.renormalize_min = c.renormalize && in.flag() ? 6.103515625e-5 : 0.0;  // llama.cpp's floor
   c.scaling_factor = in.flag() ? 2.5 : 1.0;
   if (in.flag()) {  // adaptive k
     c.active_top_k = in.range(0, c.top_k);

@@ -106,6 +106,10 @@ void bind_config(py::module_& m) {
                      "Qwen norm_topk_prob, DeepSeek-V3. Implied by topk_then_softmax.")
       .def_readwrite("renormalize_epsilon", &RouterConfig::renormalize_epsilon,
                      "Megatron and HF DeepSeek-V3 use 1e-20; Mixtral 0")
+      .def_readwrite("renormalize_min", &RouterConfig::renormalize_min,
+                     "Floor of the renormalizing denominator, w_j = s_j / max(sum + "
+                     "renormalize_epsilon, renormalize_min): llama.cpp 6.103515625e-5, ERNIE 4.5 "
+                     "norm_min; 0 = none")
       .def_readwrite("scaling_factor", &RouterConfig::scaling_factor,
                      "Gate multiplier (DeepSeek-V3 routed_scaling_factor 2.5)")
       .def_readwrite("num_groups", &RouterConfig::num_groups,

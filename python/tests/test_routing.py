@@ -512,3 +512,19 @@ def test_without_padding():
     with pytest.raises(mr.Error, match="^token_mask: expected None or a .T. bool array"):
         mr.without_padding(ids, np.array([1.0, 0.0, 1.0]))
     assert_bits(mr.without_padding(ids.astype(np.int64), None), ids)  # int64 ids that fit
+
+
+def test_renormalize_min_floors_the_sum_as_llama_cpp_does():
+    """w_j = s_j / max(sum_j s_j, 6.103515625e-5) over the chosen sigmoid scores, in float32."""
+    config = mr.RouterConfig(num_experts=4, hidden=1, top_k=2, score=mr.ScoreFunction.sigmoid,
+                             renormalize=True, renormalize_min=6.103515625e-5)
+    logits = np.array([[-11, -12, -20, -30], [1, 2, -1, 0]], np.float32)
+    routing = mr.select_experts(config, logits)
+    chosen = np.take_along_axis(routing.scores, routing.expert_ids.astype(np.int64), axis=1)
+    floor = np.float32(6.103515625e-5)
+    np.testing.assert_array_equal(routing.gates,
+                                  chosen / np.maximum(chosen.sum(axis=1, keepdims=True), floor))
+    assert routing.gates[0].sum() < 0.5 and routing.gates[1].sum() == pytest.approx(1, abs=1e-6)
+    with pytest.raises(mr.Error, match="^RouterConfig::renormalize_min"):
+        mr.select_experts(mr.RouterConfig(num_experts=4, hidden=1, top_k=2, renormalize_min=1e-3),
+                          logits)

@@ -87,6 +87,17 @@ TEST_CASE("bad router configurations are refused where the router is built", "[r
                   "RouterConfig::renormalize_epsilon", "a finite value >= 0", "-1");
   require_rejects(build(with([](C& c) { c.renormalize_epsilon = kInf; })),
                   "RouterConfig::renormalize_epsilon", "a finite value >= 0", "inf");
+  const std::string floor_expected = "0, or a finite value >= 1.17549e-38";
+  require_rejects(build(with([](C& c) { c.renormalize = true, c.renormalize_min = -1; })),
+                  "RouterConfig::renormalize_min", floor_expected, "-1");
+  require_rejects(build(with([](C& c) { c.renormalize = true, c.renormalize_min = 1e-40; })),
+                  "RouterConfig::renormalize_min", floor_expected, "1e-40");  // not a normal float
+  require_rejects(build(with([](C& c) { c.renormalize = true, c.renormalize_min = kInf; })),
+                  "RouterConfig::renormalize_min", floor_expected, "inf");
+  require_rejects(
+      build(with([](C& c) { c.renormalize = false, c.renormalize_min = 6.103515625e-5; })),
+      "RouterConfig::renormalize_min", "0 without renormalize (there is no sum to floor)",
+      "6.10352e-05");
   require_rejects(build(with([](C& c) { c.jitter_epsilon = 1.0; })), "RouterConfig::jitter_epsilon",
                   "0 <= eps < 1", "1");
   require_rejects(build(with([](C& c) { c.jitter_epsilon = kNaN; })),

@@ -1,5 +1,6 @@
 // Router forward against the plain-loop reference, over every option combination.
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,8 @@ std::vector<std::pair<std::string, RouterConfig>> option_grid(Index experts, Ind
                                          : moe::SoftmaxOrder::softmax_then_topk;
             c.renormalize = renorm;
             c.renormalize_epsilon = renorm && extras ? 1e-3 : 0.0;
+            // A floor above many of the sums, so that both sides of it are taken.
+            c.renormalize_min = renorm && extras ? 0.6 : 0.0;
             c.scaling_factor = extras ? 2.5 : 1.0;
             c.linear_bias = extras;
             c.min_top_k = extras ? 1 : 0;  // adaptive k: some choices become unused slots
@@ -182,6 +185,66 @@ TEST_CASE("ties go to the lower expert index", "[router][ties]") {
       CHECK(r.expert_ids(t, j) == j);
       CHECK(r.gates(t, j) == r.gates(t, 0));
     }
+}
+
+TEST_CASE("float sigmoid scores keep their relative precision in the tails", "[router][numerics]") {
+  // PyTorch's 1 / (1 + exp(-z)) is accurate to a few ulps for every z; Eigen's logistic() is
+  // exp(z) below z = -9 in float, 1.2e-4 off there, which renormalized gates would inherit.
+  RouterConfig c;
+  c.num_experts = 601;
+  c.hidden = 1;
+  c.top_k = 1;
+  c.score = moe::ScoreFunction::sigmoid;
+  moe::RowMatrix<float> logits(1, c.num_experts);
+  for (Index e = 0; e < c.num_experts; ++e) logits(0, e) = -40.f + 0.125f * static_cast<float>(e);
+  moe::Routing<float> routing;
+  moe::RowMatrix<float> selection;
+  moe::select_experts<float>(c, logits, moe::Vector<float>(), routing, selection);
+  for (Index e = 0; e < c.num_experts; ++e) {
+    const double z = logits(0, e), exact = 1.0 / (1.0 + std::exp(-z));
+    INFO("z = " << z);
+    CHECK(std::abs(routing.scores(0, e) - exact) <=
+          4 * std::numeric_limits<float>::epsilon() * exact);
+  }
+}
+
+TEST_CASE("a floor on the renormalizing sum divides small sums by the floor (llama.cpp)",
+          "[router][renormalize]") {
+  // llama.cpp build_moe_ffn: w_j = s_j / clamp(sum_i s_i, 6.103515625e-5, inf), in float.
+  RouterConfig c;
+  c.num_experts = 4;
+  c.hidden = 1;
+  c.top_k = 2;
+  c.score = moe::ScoreFunction::sigmoid;
+  c.renormalize = true;
+  c.renormalize_min = 6.103515625e-5;
+  moe::RowMatrix<float> logits(2, 4);
+  logits << -11.f, -12.f, -20.f, -30.f,  // sigmoids 1.67e-5 + 6.1e-6: under the floor
+      1.f, 2.f, -1.f, 0.f;               // well above it: the plain ratio
+  moe::Routing<float> routing;
+  moe::RowMatrix<float> selection;
+  moe::select_experts<float>(c, logits, moe::Vector<float>(), routing, selection);
+  const auto sigmoid = [](float z) { return 1.f / (1.f + std::exp(-z)); };
+  REQUIRE(routing.expert_ids.row(0) == (moe::ExpertIdMatrix(1, 2) << 0, 1).finished());
+  CHECK(routing.gates(0, 0) == routing.scores(0, 0) / 6.103515625e-5f);
+  CHECK(routing.gates(0, 1) == routing.scores(0, 1) / 6.103515625e-5f);
+  CHECK(routing.gates(0, 0) == Approx(sigmoid(-11.f) / 6.103515625e-5f).epsilon(1e-5));
+  CHECK(routing.gates.row(0).sum() < 0.5f);
+  const float sum = routing.scores(1, 1) + routing.scores(1, 0);
+  CHECK(routing.gates(1, 0) == routing.scores(1, 1) / sum);
+  CHECK(routing.gates(1, 1) == routing.scores(1, 0) / sum);
+
+  // Under the floor the sum passes no gradient: d logit_j = dw_j s_j (1 - s_j) / floor.
+  moe::RowMatrix<float> grad_gates(2, 2);
+  grad_gates << 1.f, -2.f, 0.f, 0.f;
+  const moe::RowMatrix<float> d =
+      moe::select_experts_backward<float>(c, logits, routing, grad_gates, moe::RowMatrix<float>());
+  for (int j = 0; j < 2; ++j) {
+    const float s = routing.scores(0, j);
+    CHECK(d(0, j) == Approx(grad_gates(0, j) * s * (1.f - s) / 6.103515625e-5f).epsilon(1e-5));
+  }
+  CHECK(d(0, 2) == 0.f);
+  CHECK(d(0, 3) == 0.f);
 }
 
 TEST_CASE("logits of 1e4 give finite, correct routing", "[router][numerics]") {

@@ -50,7 +50,8 @@ inline std::vector<double> reference_gates(const RouterConfig& c, const std::vec
     for (std::size_t j = 0; j < k; ++j)
       if (ids[j] >= 0) sum += gates[j] = s[ids[j]];
     if (c.renormalize)
-      for (std::size_t j = 0; j < k; ++j) gates[j] /= sum + c.renormalize_epsilon;
+      for (std::size_t j = 0; j < k; ++j)
+        gates[j] /= std::max(sum + c.renormalize_epsilon, c.renormalize_min);
   }
   for (double& g : gates) g *= c.scaling_factor;
   return gates;

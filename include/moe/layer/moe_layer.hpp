@@ -550,6 +550,7 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
         mine.top_k == held.top_k && mine.score == held.score &&
         mine.softmax_order == held.softmax_order && mine.renormalize == held.renormalize &&
         mine.renormalize_epsilon == held.renormalize_epsilon &&
+        mine.renormalize_min == held.renormalize_min &&
         mine.scaling_factor == held.scaling_factor && mine.num_groups == held.num_groups &&
         mine.groups_selected == held.groups_selected && mine.group_score == held.group_score &&
         mine.group_mask == held.group_mask && mine.linear_bias == held.linear_bias &&

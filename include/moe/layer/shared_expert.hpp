@@ -10,6 +10,7 @@
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/dropless_ffn.hpp"
 #include "moe/layer/config.hpp"
+#include "moe/routing/scoring.hpp"
 
 namespace moe {
 
@@ -43,7 +44,7 @@ void shared_expert_forward(const ExpertWeights<S>& weights, ConstVectorRef<S> ga
   const Index tokens = x.rows();
   make_dropless_plan(ExpertIdMatrix::Zero(tokens, 1), 1, block_size, ctx.plan);
   if (gated)
-    ctx.gate = (x * gate_weight).array().logistic().matrix();
+    ctx.gate = detail::sigmoid_of((x * gate_weight).array()).matrix();
   else
     ctx.gate = RowMatrix<S>::Ones(tokens, 1);
   ctx.ffn.save_for_backward = mode == Mode::train;

@@ -2,6 +2,8 @@
 // setting given by the presets in routing/presets.hpp.
 #pragma once
 
+#include <limits>
+
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 
@@ -49,7 +51,11 @@ struct RouterConfig {
   /// norm_topk_prob, DeepSeek-V3 sigmoid. Implied by topk_then_softmax.
   bool renormalize = false;
   double renormalize_epsilon = 0.0;  ///< Megatron and HF DeepSeek-V3 use 1e-20; Mixtral 0
-  double scaling_factor = 1.0;       ///< DeepSeek-V3 routed_scaling_factor (2.5)
+  /// Floor of the renormalizing denominator: w_j = s_j / max(sum + renormalize_epsilon,
+  /// renormalize_min) (llama.cpp clamps the sum at 6.103515625e-5, ERNIE 4.5 at `norm_min`); below
+  /// it the weights sum to less than 1 and the sum passes no gradient. 0 (the default): no floor.
+  double renormalize_min = 0.0;
+  double scaling_factor = 1.0;  ///< DeepSeek-V3 routed_scaling_factor (2.5)
 
   /// Group-limited top-k (DeepSeek-V3 n_group / topk_group): experts split in num_groups equal
   /// groups, the best groups_selected groups kept, top-k taken inside them. 1 / 1 disables it.
@@ -105,6 +111,15 @@ inline void validate(const RouterConfig& c) {
           detail::concat("1 <= top_k <= num_experts (", c.num_experts, ")"), c.top_k);
   require(std::isfinite(c.renormalize_epsilon) && c.renormalize_epsilon >= 0.0,
           "RouterConfig::renormalize_epsilon", "a finite value >= 0", c.renormalize_epsilon);
+  // A floor below float's smallest normal number would reach the log-space ratios that keep
+  // underflowing sums finite, whose weights always sum to 1.
+  require(c.renormalize_min == 0.0 || (std::isfinite(c.renormalize_min) &&
+                                       c.renormalize_min >= std::numeric_limits<float>::min()),
+          "RouterConfig::renormalize_min",
+          detail::concat("0, or a finite value >= ", std::numeric_limits<float>::min()),
+          c.renormalize_min);
+  require(c.renormalize_min == 0.0 || c.renormalize, "RouterConfig::renormalize_min",
+          "0 without renormalize (there is no sum to floor)", c.renormalize_min);
   require(std::isfinite(c.scaling_factor) && c.scaling_factor > 0.0, "RouterConfig::scaling_factor",
           "a finite value > 0", c.scaling_factor);
   require(c.score == ScoreFunction::softmax || c.softmax_order == SoftmaxOrder::softmax_then_topk,

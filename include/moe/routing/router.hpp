@@ -40,10 +40,12 @@ S log_sigmoid(S z) {
 /// log sigmoid(z_j) for sigmoid scores, log softplus(z_j) / 2 for sqrt_softplus, z_j itself for
 /// softmax scores (log s_j = z_j - lse(z)).
 template <class S, class Score, class LogScore>
-void renormalized_ratios(Index k, const Score& s, const LogScore& log_s, double eps, S* r) {
+void renormalized_ratios(Index k, const Score& s, const LogScore& log_s, double eps,
+                         double min_denominator, S* r) {
   S sum = 0;
   for (Index j = 0; j < k; ++j) sum += s(j);
-  const S denominator = sum + static_cast<S>(eps);
+  // The floor is 0 or a normal number (validate): a floored denominator takes the first branch.
+  const S denominator = std::max(sum + static_cast<S>(eps), static_cast<S>(min_denominator));
   if (denominator >= std::numeric_limits<S>::min()) {
     for (Index j = 0; j < k; ++j) r[j] = s(j) / denominator;
     return;
@@ -124,7 +126,7 @@ MOE_ALWAYS_INLINE void token_gates(const RouterConfig& config, bool by_logits,
     renormalized_ratios<S>(
         m, [&](Index j) { return scores(t, ids[j]); },
         [&](Index j) { return log_score(config.score, logits(t, ids[j])); },
-        config.renormalize_epsilon, w);
+        config.renormalize_epsilon, config.renormalize_min, w);
   } else {
     for (Index j = 0; j < m; ++j) w[j] = scores(t, ids[j]);
   }
@@ -168,7 +170,7 @@ void select_experts_unchecked(const RouterConfig& config, const ConstMatrixRef<S
                              out.scores.row(first).data(), experts);
         else if (config.score == ScoreFunction::sigmoid)
           out.scores.middleRows(first, rows) =
-              logits.middleRows(first, rows).array().logistic().matrix();
+              sigmoid_of(logits.middleRows(first, rows).array()).matrix();
         else
           out.scores.middleRows(first, rows) =
               softplus<S>(logits.middleRows(first, rows)).array().sqrt().matrix();
@@ -323,7 +325,14 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
       sum += routing.scores(t, id(i));
       inner += dw(i) * routing.scores(t, id(i));
     }
-    const S denominator = sum + static_cast<S>(config.renormalize_epsilon);
+    const S unfloored = sum + static_cast<S>(config.renormalize_epsilon);
+    if (unfloored < static_cast<S>(config.renormalize_min)) {
+      // w_j = s_j / renormalize_min: the constant denominator passes no gradient.
+      const auto floor_value = static_cast<S>(config.renormalize_min);
+      for (Index i = 0; i < m; ++i) d_scores(t, id(i)) += dw(i) / floor_value;
+      return;
+    }
+    const S denominator = unfloored;
     if (denominator * denominator < std::numeric_limits<S>::min()) {
       in_log_space[static_cast<std::size_t>(t)] = 1;
       return;
@@ -350,7 +359,7 @@ RowMatrix<S> select_experts_backward_unchecked(const RouterConfig& config,
     renormalized_ratios<S>(
         m, [&](Index i) { return routing.scores(t, id(i)); },
         [&](Index i) { return log_score(config.score, logits(t, id(i))); },
-        config.renormalize_epsilon, r.data());
+        config.renormalize_epsilon, config.renormalize_min, r.data());
     S weighted = 0, q_sum = 0;
     for (Index i = 0; i < m; ++i) weighted += dw(i) * r[static_cast<std::size_t>(i)];
     for (Index i = 0; i < m; ++i) {
@@ -579,7 +588,8 @@ class Router : public ParameterSet<RouterSlots<S>> {
     if (ctx.noisy()) {
       // d stddev = dH * n;  d softplus(u)/du = sigmoid(u)
       d_noise_logits =
-          (d_scored.array() * ctx.noise.array() * ctx.noise_logits.array().logistic()).matrix();
+          (d_scored.array() * ctx.noise.array() * detail::sigmoid_of(ctx.noise_logits.array()))
+              .matrix();
     }
     RowMatrix<S>& d_logits = d_scored;  // dH/d logits = 1
     if (upstream.logits.size() != 0) d_logits += upstream.logits;

@@ -17,6 +17,16 @@ namespace moe {
 
 namespace detail {
 
+/// sigmoid(z) = 1 / (1 + exp(-z)) elementwise, evaluated as written (PyTorch's and Megatron-Core's
+/// sigmoid), within a few ulps everywhere. Not Eigen's logistic(): in float it returns exp(z) below
+/// z = -9 (a relative error of exp(z), 1.2e-4 at -9), and its approximation is Eigen's own, so it
+/// may change with the Eigen version. The expression refers to `z`: evaluate it in the statement.
+template <class Derived>
+auto sigmoid_of(const Eigen::ArrayBase<Derived>& z) {
+  using S = typename Derived::Scalar;
+  return (S(1) + (-z).exp()).inverse();
+}
+
 /// Rows up to this many experts are padded on the stack for a vectorized exp.
 inline constexpr Index kPaddedSoftmaxMax = 512;
 
@@ -130,7 +140,7 @@ void softmax_rows(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
 template <class S>
 void sigmoid(const ConstMatrixRef<S>& logits, RowMatrix<S>& scores) {
   require_finite(logits, "logits");
-  scores = logits.array().logistic().matrix();
+  scores = detail::sigmoid_of(logits.array()).matrix();
 }
 
 /// dz_tj = s_tj (ds_tj - sum_i s_ti ds_ti): the softmax Jacobian applied row by row.
