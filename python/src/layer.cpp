@@ -289,10 +289,11 @@ void bind_layer_for(py::module_& m) {
 }  // namespace
 
 void bind_layer(py::module_& m) {
-  py::enum_<Activation>(m, "Activation",
-                        "The experts' activation: relu, gelu, gelu_tanh, silu (ungated); swiglu, "
-                        "geglu, geglu_tanh, reglu, swiglu_oai (gated, with a second projection "
-                        "W3); squared_relu.")
+  py::enum_<Activation>(
+      m, "Activation",
+      "The experts' activation: relu, gelu, gelu_tanh, silu (ungated); swiglu, "
+      "geglu, geglu_tanh, reglu, swiglu_oai, swiglu_clamped (gated, with a second projection "
+      "W3); squared_relu.")
       .value("relu", Activation::relu)
       .value("gelu", Activation::gelu)
       .value("gelu_tanh", Activation::gelu_tanh)
@@ -302,7 +303,8 @@ void bind_layer(py::module_& m) {
       .value("geglu_tanh", Activation::geglu_tanh)
       .value("reglu", Activation::reglu)
       .value("squared_relu", Activation::squared_relu)
-      .value("swiglu_oai", Activation::swiglu_oai);
+      .value("swiglu_oai", Activation::swiglu_oai)
+      .value("swiglu_clamped", Activation::swiglu_clamped);
   py::enum_<DispatchKind>(m, "DispatchKind",
                           "dropless (MegaBlocks' block-sparse path) or capacity (a [E, C, d] "
                           "buffer whose overflow is dropped).")
@@ -327,6 +329,9 @@ void bind_layer(py::module_& m) {
   config.def_readwrite("router", &MoELayerConfig::router)
       .def_readwrite("ffn_hidden", &MoELayerConfig::ffn_hidden)
       .def_readwrite("activation", &MoELayerConfig::activation)
+      .def_readwrite("swiglu_limit", &MoELayerConfig::swiglu_limit,
+                     "L of the clamped SwiGLUs (swiglu_oai: gpt-oss 7; swiglu_clamped: "
+                     "DeepSeek-V4's swiglu_limit)")
       .def_readwrite("expert_bias", &MoELayerConfig::expert_bias)
       .def_readwrite("dispatch", &MoELayerConfig::dispatch)
       .def_readwrite("block_size", &MoELayerConfig::block_size)

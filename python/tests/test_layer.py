@@ -190,6 +190,9 @@ def test_bad_input_raises_errors_naming_the_argument():
         bad = dropless_config()
         bad.ffn_hidden = 0
         moe.MoELayer(bad)
+    with pytest.raises(moe.Error, match="^MoELayerConfig::swiglu_limit"):
+        moe.MoELayer(moe.MoELayerConfig(router=dropless_config().router, ffn_hidden=F,
+                                        swiglu_limit=float("nan")))
     with pytest.raises(moe.Error, match="dtype"):
         moe.MoELayer(dropless_config(), dtype=np.float16)
     with pytest.raises(TypeError):  # a float32 layer never rounds a float64 input silently

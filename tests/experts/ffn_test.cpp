@@ -2,6 +2,7 @@
 // reference in double, central finite differences for every parameter, edge cases, bad input and
 // bit-identity across thread counts.
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -21,9 +22,9 @@ using moe::test::RowMatrixD;
 namespace {
 
 constexpr Activation kActivations[] = {
-    Activation::relu,         Activation::gelu,      Activation::gelu_tanh,  Activation::silu,
-    Activation::swiglu,       Activation::geglu,     Activation::geglu_tanh, Activation::reglu,
-    Activation::squared_relu, Activation::swiglu_oai};
+    Activation::relu,         Activation::gelu,       Activation::gelu_tanh,     Activation::silu,
+    Activation::swiglu,       Activation::geglu,      Activation::geglu_tanh,    Activation::reglu,
+    Activation::squared_relu, Activation::swiglu_oai, Activation::swiglu_clamped};
 
 RowMatrixD random_matrix(Index rows, Index cols, unsigned seed, double scale = 1.0) {
   std::mt19937 gen(seed);
@@ -56,6 +57,7 @@ ExpertFFNConfig make_config(Index experts, Index d, Index f, Activation act, boo
   c.activation = act;
   c.bias = bias;
   c.block_cols = block_cols;
+  c.swiglu_limit = 2.0;  // the clamped SwiGLUs' clamps engage on these random inputs
   return c;
 }
 
@@ -356,9 +358,10 @@ TEST_CASE("capacity FFN matches the per-slot reference", "[dropless][ffn][capaci
     }
 }
 
-TEST_CASE("activations over a wide range, past gpt-oss's clamps, match the scalar reference",
+TEST_CASE("activations over a wide range, past the SwiGLU clamps, match the scalar reference",
           "[ffn][activation]") {
-  // Random FFN inputs stay within a few units; these reach the clamps at +-7 and both sides of 0.
+  // Random FFN inputs stay within a few units; these reach the clamps at +-7 (gpt-oss's limit,
+  // and the one the test gives DeepSeek-V4's clamped SwiGLU) and both sides of 0.
   const std::vector<double> values = {-9.5, -7.0, -6.5, -3.0, -0.75, 0.0,
                                       0.5,  2.0,  6.75, 7.0,  8.25};
   const Index n = static_cast<Index>(values.size());
@@ -371,10 +374,10 @@ TEST_CASE("activations over a wide range, past gpt-oss's clamps, match the scala
     }
   for (Activation act : kActivations) {
     INFO(to_string(act));
-    const test::ReferenceActivation ref{act};
+    const test::ReferenceActivation ref{act, 7.0};
     RowMatrixD a(n, n), dh1 = da, dh3(n, n);
-    activation_forward(act, h1, h3, a);
-    activation_backward(act, h1, h3, dh1, dh3);
+    activation_forward(act, 7.0, h1, h3, a);
+    activation_backward(act, 7.0, h1, h3, dh1, dh3);
     for (Index r = 0; r < n; ++r)
       for (Index c = 0; c < n; ++c) {
         INFO("h1 " << h1(r, c) << " h3 " << h3(r, c));
@@ -393,6 +396,20 @@ TEST_CASE("activations over a wide range, past gpt-oss's clamps, match the scala
   CHECK(oai.d_h1(9.5, 1.0) == 0.0);
   CHECK(oai.d_h3(1.0, -9.5) == 0.0);
   CHECK(oai.d_h3(1.0, 7.0) == Approx(1.0 / (1.0 + std::exp(-1.702))).epsilon(1e-15));
+  // DeepSeek-V4's: silu(min(h1, L)) clamp(h3, -L, L), at its limit of 10.
+  const test::ReferenceActivation v4{Activation::swiglu_clamped, 10.0};
+  const double silu10 = 10.0 / (1.0 + std::exp(-10.0));
+  CHECK(v4.value(12.0, -11.0) == Approx(silu10 * -10.0).epsilon(1e-15));
+  CHECK(v4.value(2.0, 3.0) == Approx(2.0 / (1.0 + std::exp(-2.0)) * 3.0).epsilon(1e-15));
+  CHECK(v4.d_h1(12.0, 1.0) == 0.0);
+  CHECK(v4.d_h3(1.0, 10.5) == 0.0);
+  // The library at that limit, past both clamps and inside them.
+  RowMatrixD g(1, 3), u(1, 3), out(1, 3);
+  g << 12.0, 2.0, -3.0;
+  u << -11.0, 3.0, 10.0;
+  activation_forward(Activation::swiglu_clamped, 10.0, g, u, out);
+  for (Index c = 0; c < 3; ++c)
+    CHECK(out(0, c) == Approx(v4.value(g(0, c), u(0, c))).epsilon(1e-14));
 }
 
 TEST_CASE("expert FFNs reject bad input", "[dropless][ffn][errors]") {
@@ -426,6 +443,11 @@ TEST_CASE("expert FFNs reject bad input", "[dropless][ffn][errors]") {
   bad_config = p.weights.config;
   bad_config.block_cols = 0;
   REQUIRE_THROWS_WITH(ExpertWeights<double>(bad_config), Catch::Contains("block_cols"));
+  bad_config = p.weights.config;
+  bad_config.swiglu_limit = std::numeric_limits<double>::infinity();
+  REQUIRE_THROWS_WITH(
+      ExpertWeights<double>(bad_config),
+      Catch::Contains("ExpertFFNConfig::swiglu_limit: expected a finite value > 0"));
 
   dropless_ffn_forward<double>(p.weights, p.x, p.gates, plan, ctx, y);
   // Gradients of another shape are reshaped to the weights' (as MoEGradients are), not refused.

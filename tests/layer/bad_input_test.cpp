@@ -53,6 +53,8 @@ TEST_CASE("bad layer configs are refused where the layer is built", "[layer][err
   };
   require_rejects(build(with([](C& c) { c.block_size = 0; })), "MoELayerConfig::block_size", ">= 1",
                   "0");
+  require_rejects(build(with([](C& c) { c.swiglu_limit = 0; })), "MoELayerConfig::swiglu_limit",
+                  "a finite value > 0", "0");
   require_rejects(build(with([](C& c) { c.z_loss_coefficient = -1; })),
                   "MoELayerConfig::z_loss_coefficient", ">= 0", "-1");
   require_rejects(build(with([](C& c) { c.shared.ffn_hidden = -1; })),

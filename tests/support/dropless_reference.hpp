@@ -28,6 +28,7 @@ inline std::vector<Index> reference_sorted_pairs(const ExpertIdMatrix& ids) {
 /// Activation and its derivative(s), written out per scalar.
 struct ReferenceActivation {
   Activation kind;
+  double limit = 7.0;  ///< L of the clamped SwiGLUs
 
   static double sigmoid(double h) { return 1.0 / (1.0 + std::exp(-h)); }
   static double gelu(double h) { return 0.5 * h * (1.0 + std::erf(h / std::sqrt(2.0))); }
@@ -51,17 +52,20 @@ struct ReferenceActivation {
   }
   // gpt-oss (HF GptOssExperts._apply_gate): gate.clamp(max=7), up.clamp(-7, 7),
   // gate * sigmoid(1.702 gate) * (up + 1); torch.clamp passes the gradient inside the bounds.
-  static constexpr double kOaiAlpha = 1.702, kOaiLimit = 7.0;
-  static double oai_glu(double h1) {
-    const double g = std::min(h1, kOaiLimit);
-    return g * sigmoid(kOaiAlpha * g);
+  /// The clamped SwiGLUs: glu(h1) = g sigmoid(alpha g), g = min(h1, L), times clamp(h3, -L, L)
+  /// + offset; gpt-oss alpha 1.702 and offset 1, DeepSeek-V4 1 and 0.
+  double alpha() const { return kind == Activation::swiglu_oai ? 1.702 : 1.0; }
+  double offset() const { return kind == Activation::swiglu_oai ? 1.0 : 0.0; }
+  double clamped_glu(double h1) const {
+    const double g = std::min(h1, limit);
+    return g * sigmoid(alpha() * g);
   }
-  static double oai_glu_derivative(double h1) {
-    if (h1 > kOaiLimit) return 0.0;
-    const double s = sigmoid(kOaiAlpha * h1);
-    return s + kOaiAlpha * h1 * s * (1.0 - s);
+  double clamped_glu_derivative(double h1) const {
+    if (h1 > limit) return 0.0;
+    const double s = sigmoid(alpha() * h1);
+    return s + alpha() * h1 * s * (1.0 - s);
   }
-  static double oai_up(double h3) { return std::clamp(h3, -kOaiLimit, kOaiLimit) + 1.0; }
+  double clamped_up(double h3) const { return std::clamp(h3, -limit, limit) + offset(); }
 
   double value(double h1, double h3) const {
     switch (kind) {
@@ -84,7 +88,8 @@ struct ReferenceActivation {
       case Activation::squared_relu:
         return h1 > 0 ? h1 * h1 : 0.0;
       case Activation::swiglu_oai:
-        return oai_glu(h1) * oai_up(h3);
+      case Activation::swiglu_clamped:
+        return clamped_glu(h1) * clamped_up(h3);
     }
     return 0.0;
   }
@@ -110,7 +115,8 @@ struct ReferenceActivation {
       case Activation::squared_relu:
         return h1 > 0 ? 2.0 * h1 : 0.0;
       case Activation::swiglu_oai:
-        return oai_glu_derivative(h1) * oai_up(h3);
+      case Activation::swiglu_clamped:
+        return clamped_glu_derivative(h1) * clamped_up(h3);
     }
     return 0.0;
   }
@@ -126,7 +132,8 @@ struct ReferenceActivation {
       case Activation::reglu:
         return h1 > 0 ? h1 : 0.0;
       case Activation::swiglu_oai:
-        return std::abs(h3) <= kOaiLimit ? oai_glu(h1) : 0.0;
+      case Activation::swiglu_clamped:
+        return std::abs(h3) <= limit ? clamped_glu(h1) : 0.0;
       default:
         return 0.0;
     }
@@ -143,7 +150,7 @@ inline ReferenceExpertRow reference_expert_row(const ExpertWeights<double>& w, I
   const ExpertFFNConfig& c = w.config;
   const Index d = c.hidden, f = c.ffn_hidden;
   const bool gated = is_gated(c.activation);
-  const ReferenceActivation act{c.activation};
+  const ReferenceActivation act{c.activation, c.swiglu_limit};
   ReferenceExpertRow r;
   r.h1.assign(static_cast<std::size_t>(f), 0.0);
   r.h3.assign(static_cast<std::size_t>(f), 0.0);
@@ -193,7 +200,7 @@ inline void reference_row_backward(const ExpertWeights<double>& w, Index e, cons
   const ExpertFFNConfig& c = w.config;
   const Index d = c.hidden, f = c.ffn_hidden;
   const bool gated = is_gated(c.activation);
-  const ReferenceActivation act{c.activation};
+  const ReferenceActivation act{c.activation, c.swiglu_limit};
   const ReferenceExpertRow r = reference_expert_row(w, e, x);
   if (grad_gate) {
     double s = 0.0;

@@ -19,9 +19,12 @@ namespace moe {
 ///  - geglu: gelu(h1) h3 (Shazeer 2020); geglu_tanh: gelu_tanh(h1) h3 (Gemma's
 ///    gelu_pytorch_tanh, T5 v1.1 gated-gelu); reglu: relu(h1) h3 (Shazeer 2020);
 ///  - squared_relu: max(h1, 0)^2 (So et al. 2021, Primer; Nemotron-H's relu2 experts);
-///  - swiglu_oai: g sigmoid(1.702 g) (u + 1), g = min(h1, 7), u = clamp(h3, -7, 7) (gpt-oss,
-///    HF GptOssExperts; the clamps pass no gradient outside [., 7] and [-7, 7], as torch.clamp).
-/// New values are appended, so the numbers of the old ones never change.
+///  - swiglu_oai: g sigmoid(1.702 g) (u + 1), g = min(h1, L), u = clamp(h3, -L, L) (gpt-oss,
+///    HF GptOssExperts, L = 7);
+///  - swiglu_clamped: silu(g) u with the same g and u (DeepSeek-V4, HF DeepseekV4Experts; GLM-5's
+///    clamped SwiGLU), L the model's swiglu_limit.
+/// L is ExpertFFNConfig::swiglu_limit; the clamps pass no gradient outside [., L] and [-L, L], as
+/// torch.clamp's backward. New values are appended, so the numbers of the old ones never change.
 enum class Activation {
   relu,
   gelu,
@@ -32,14 +35,15 @@ enum class Activation {
   geglu_tanh,
   reglu,
   squared_relu,
-  swiglu_oai
+  swiglu_oai,
+  swiglu_clamped
 };
 
 /// Gated activations have a second input projection, W3.
 constexpr bool is_gated(Activation activation) noexcept {
   return activation == Activation::swiglu || activation == Activation::geglu ||
          activation == Activation::geglu_tanh || activation == Activation::reglu ||
-         activation == Activation::swiglu_oai;
+         activation == Activation::swiglu_oai || activation == Activation::swiglu_clamped;
 }
 
 inline const char* to_string(Activation activation) noexcept {
@@ -64,6 +68,8 @@ inline const char* to_string(Activation activation) noexcept {
       return "squared_relu";
     case Activation::swiglu_oai:
       return "swiglu_oai";
+    case Activation::swiglu_clamped:
+      return "swiglu_clamped";
   }
   return "unknown";
 }
@@ -76,9 +82,8 @@ inline constexpr double kInvSqrt2 = 0.70710678118654752440;
 inline constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 /// Columns per stack chunk when an intermediate is reused.
 inline constexpr Index kActivationChunk = 256;
-/// gpt-oss's SwiGLU: sigmoid(alpha g), gate clamped above and linear input on both sides at limit.
+/// gpt-oss's SwiGLU: sigmoid(alpha g) of the clamped gate, and its linear input shifted by 1.
 inline constexpr double kOaiSwigluAlpha = 1.702;
-inline constexpr double kOaiSwigluLimit = 7.0;
 
 template <class S>
 S gelu_exact(S h) {
@@ -111,9 +116,10 @@ auto gelu_tanh_derivative(const H& h) {
 
 }  // namespace detail
 
-/// a = act(h1) or, gated, a = act(h1, h3), over same-shaped blocks (h3 unused when not gated).
+/// a = act(h1) or, gated, a = act(h1, h3), over same-shaped blocks (h3 unused when not gated);
+/// `swiglu_limit` is L of the clamped SwiGLUs.
 template <class H1, class H3, class A>
-void activation_forward(Activation activation, const Eigen::MatrixBase<H1>& h1,
+void activation_forward(Activation activation, double swiglu_limit, const Eigen::MatrixBase<H1>& h1,
                         const Eigen::MatrixBase<H3>& h3, const Eigen::MatrixBase<A>& a_out) {
   using S = typename H1::Scalar;
   auto& a = const_cast<Eigen::MatrixBase<A>&>(a_out);
@@ -147,10 +153,16 @@ void activation_forward(Activation activation, const Eigen::MatrixBase<H1>& h1,
       a.array() = h.cwiseMax(S(0)).square();
       break;
     case Activation::swiglu_oai: {
-      const S limit = S(detail::kOaiSwigluLimit), alpha = S(detail::kOaiSwigluAlpha);
+      const S limit = S(swiglu_limit), alpha = S(detail::kOaiSwigluAlpha);
       const auto g = h.cwiseMin(limit);
       a.array() =
           g / (S(1) + (-alpha * g).exp()) * (h3.array().cwiseMax(-limit).cwiseMin(limit) + S(1));
+      break;
+    }
+    case Activation::swiglu_clamped: {
+      const S limit = S(swiglu_limit);
+      const auto g = h.cwiseMin(limit);
+      a.array() = g / (S(1) + (-g).exp()) * h3.array().cwiseMax(-limit).cwiseMin(limit);
       break;
     }
   }
@@ -160,8 +172,9 @@ void activation_forward(Activation activation, const Eigen::MatrixBase<H1>& h1,
 /// silu'(h) = s (1 + h (1 - s)), s = sigmoid(h). `da_dh1` holds da on entry and dh1 on exit; it
 /// may alias `dh3_out` when the activation is not gated (dh3 is then not written).
 template <class H1, class H3, class D1, class D3>
-void activation_backward(Activation activation, const Eigen::MatrixBase<H1>& h1,
-                         const Eigen::MatrixBase<H3>& h3, const Eigen::MatrixBase<D1>& da_dh1,
+void activation_backward(Activation activation, double swiglu_limit,
+                         const Eigen::MatrixBase<H1>& h1, const Eigen::MatrixBase<H3>& h3,
+                         const Eigen::MatrixBase<D1>& da_dh1,
                          const Eigen::MatrixBase<D3>& dh3_out) {
   using S = typename H1::Scalar;
   auto& d1 = const_cast<Eigen::MatrixBase<D1>&>(da_dh1);
@@ -194,17 +207,23 @@ void activation_backward(Activation activation, const Eigen::MatrixBase<H1>& h1,
       break;
     case Activation::silu:
     case Activation::swiglu:
-    case Activation::swiglu_oai: {
-      // The sigmoid is evaluated once per element into a stack chunk, not once per use. gpt-oss's
-      // is sigmoid(alpha g) of g = min(h1, limit), and d/dg [g s] = s (1 + alpha g (1 - s)); its
-      // clamps pass the gradient inside their bounds, limits included (torch.clamp's backward).
-      const S limit = S(detail::kOaiSwigluLimit), alpha = S(detail::kOaiSwigluAlpha);
+    case Activation::swiglu_oai:
+    case Activation::swiglu_clamped: {
+      // The sigmoid is evaluated once per element into a stack chunk, not once per use. The
+      // clamped ones take sigmoid(alpha g) of g = min(h1, limit) (alpha 1.702 for gpt-oss, 1
+      // otherwise), d/dg [g s] = s (1 + alpha g (1 - s)), times u + offset (gpt-oss's 1, else 0);
+      // their clamps pass the gradient inside their bounds, limits included (torch.clamp).
+      const bool clamped =
+          activation == Activation::swiglu_oai || activation == Activation::swiglu_clamped;
+      const bool oai = activation == Activation::swiglu_oai;
+      const S limit = S(swiglu_limit), alpha = S(oai ? detail::kOaiSwigluAlpha : 1.0),
+              offset = S(oai ? 1 : 0);
       for (Index r = 0; r < h1.rows(); ++r)
         for (Index c0 = 0; c0 < h1.cols(); c0 += detail::kActivationChunk) {
           const Index w = std::min(detail::kActivationChunk, h1.cols() - c0);
           const auto x = h1.row(r).segment(c0, w).array();
           Eigen::Array<S, 1, Eigen::Dynamic, Eigen::RowMajor, 1, detail::kActivationChunk> s(w);
-          if (activation == Activation::swiglu_oai)
+          if (clamped)
             s = S(1) / (S(1) + (-alpha * x.cwiseMin(limit)).exp());
           else
             s = S(1) / (S(1) + (-x).exp());
@@ -219,7 +238,7 @@ void activation_backward(Activation activation, const Eigen::MatrixBase<H1>& h1,
             const auto g = x.cwiseMin(limit);
             d3.row(r).segment(c0, w).array() = (up.abs() <= limit).select(da * g * s, S(0));
             da = (x <= limit)
-                     .select(da * (up.cwiseMax(-limit).cwiseMin(limit) + S(1)) * s *
+                     .select(da * (up.cwiseMax(-limit).cwiseMin(limit) + offset) * s *
                                  (S(1) + alpha * g * (S(1) - s)),
                              S(0));
           }

@@ -22,6 +22,9 @@ struct ExpertFFNConfig {
   Index ffn_hidden = 0;                        ///< f, each expert's hidden width
   Activation activation = Activation::swiglu;  ///< the layer's default too (MoELayerConfig)
   bool bias = false;                           ///< b1 [E, f], b3 [E, f] (gated), b2 [E, d]
+  /// L of the clamped SwiGLUs (swiglu_oai, swiglu_clamped): gpt-oss 7, DeepSeek-V4 its config's
+  /// swiglu_limit. Unused by the other activations.
+  double swiglu_limit = 7.0;
   /// Width of the column blocks the hidden activation is tiled in (execution only: results do not
   /// depend on it beyond rounding). MegaBlocks uses 128.
   Index block_cols = 128;
@@ -33,6 +36,8 @@ inline void validate(const ExpertFFNConfig& c) {
   require(c.hidden >= 1, "ExpertFFNConfig::hidden", ">= 1", c.hidden);
   require(c.ffn_hidden >= 1, "ExpertFFNConfig::ffn_hidden", ">= 1", c.ffn_hidden);
   require(c.block_cols >= 1, "ExpertFFNConfig::block_cols", ">= 1", c.block_cols);
+  require(std::isfinite(c.swiglu_limit) && c.swiglu_limit > 0.0, "ExpertFFNConfig::swiglu_limit",
+          "a finite value > 0", c.swiglu_limit);
 }
 
 /// The caller's buffers an ExpertWeights is mapped over, row-major, with E experts, token width d

@@ -29,6 +29,7 @@ struct MoELayerConfig {
   RouterConfig router;
   Index ffn_hidden = 0;  ///< f of every routed expert
   Activation activation = Activation::swiglu;
+  double swiglu_limit = 7.0;  ///< L of the clamped SwiGLUs (ExpertFFNConfig::swiglu_limit)
   bool expert_bias = false;
   DispatchKind dispatch = DispatchKind::dropless;
   Index block_size = 128;  ///< dropless: each expert's rows padded to a multiple of this
@@ -60,6 +61,7 @@ struct MoELayerConfig {
     c.hidden = router.hidden;
     c.ffn_hidden = ffn_hidden;
     c.activation = activation;
+    c.swiglu_limit = swiglu_limit;
     c.bias = expert_bias;
     return c;
   }
@@ -83,6 +85,8 @@ inline void validate(const MoELayerConfig& c) {
           "MoELayerConfig::zero_computation_experts",
           detail::concat("0 <= Z < router.num_experts (", c.router.num_experts, ")"),
           c.zero_computation_experts);
+  require(std::isfinite(c.swiglu_limit) && c.swiglu_limit > 0.0, "MoELayerConfig::swiglu_limit",
+          "a finite value > 0", c.swiglu_limit);
   validate(c.experts());
   require(c.block_size >= 1, "MoELayerConfig::block_size", ">= 1", c.block_size);
   require(c.z_loss_coefficient >= 0.0, "MoELayerConfig::z_loss_coefficient", ">= 0",

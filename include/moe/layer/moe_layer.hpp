@@ -566,6 +566,12 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
                            ", f = ", routed.ffn_hidden,
                            " against experts of E = ", experts.config.num_experts,
                            ", d = ", experts.config.hidden, ", f = ", experts.config.ffn_hidden));
+    // Not a shape, but the experts read their own copy: an edit of the layer's would not reach
+    // them.
+    require(experts.w1.size() == 0 || experts.config.swiglu_limit == config.swiglu_limit,
+            "MoELayer::config.swiglu_limit",
+            detail::concat("the experts' (", experts.config.swiglu_limit, ")"),
+            config.swiglu_limit);
     const bool shared_ok = config.shared.ffn_hidden > 0
                                ? detail::same_shapes(shared.config, config.shared_experts())
                                : shared.w1.size() == 0;

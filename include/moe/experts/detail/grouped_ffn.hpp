@@ -5,11 +5,11 @@
 
 #include <cstddef>
 
-#include "moe/kernels/parallel.hpp"
 #include "moe/core/types.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/experts/activation.hpp"
 #include "moe/experts/expert_weights.hpp"
+#include "moe/kernels/parallel.hpp"
 #include "moe/sparse/ops.hpp"
 #include "moe/sparse/topology.hpp"
 
@@ -73,10 +73,11 @@ void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& t
   const auto activate = [&](Index e, Index r0, Index n, Index c0, Index cw) {
     auto tile = h1.block(r0, c0, n, cw);
     if (w.b1.size()) tile.rowwise() += w.b1.row(e).segment(c0, cw);
-    if (!buf.gated) return activation_forward(c.activation, tile, tile, a.block(r0, c0, n, cw));
+    if (!buf.gated)
+      return activation_forward(c.activation, c.swiglu_limit, tile, tile, a.block(r0, c0, n, cw));
     auto up = h3.block(r0, c0, n, cw);
     if (w.b3.size()) up.rowwise() += w.b3.row(e).segment(c0, cw);
-    activation_forward(c.activation, tile, up, a.block(r0, c0, n, cw));
+    activation_forward(c.activation, c.swiglu_limit, tile, up, a.block(r0, c0, n, cw));
   };
   if (buf.gated)
     sdd_pair_rows<S>(x, w.w1, w.w3, topo, h1, h3, activate);
@@ -105,10 +106,10 @@ void grouped_ffn_backward(const ExpertWeights<S>& w, const BlockSparseTopology& 
   sdd_nt<S>(dy, w.w2, topo, dh1, [&](Index, Index r0, Index n, Index c0, Index cw) {
     auto tile = dh1.block(r0, c0, n, cw);
     if (buf.gated)
-      activation_backward(c.activation, h1.block(r0, c0, n, cw), h3.block(r0, c0, n, cw), tile,
-                          dh3.block(r0, c0, n, cw));
+      activation_backward(c.activation, c.swiglu_limit, h1.block(r0, c0, n, cw),
+                          h3.block(r0, c0, n, cw), tile, dh3.block(r0, c0, n, cw));
     else
-      activation_backward(c.activation, h1.block(r0, c0, n, cw), tile, tile, tile);
+      activation_backward(c.activation, c.swiglu_limit, h1.block(r0, c0, n, cw), tile, tile, tile);
   });
   dsd_tn<S>(a, dy, topo, grads.w2);
   dds_tn<S>(x, dh1, topo, grads.w1);
