@@ -104,6 +104,7 @@ class PyMoELayer {
       g.router.bias.setZero(layer_.router.bias.size());
       g.router.noise_weight.setZero(layer_.router.noise_weight.rows(),
                                     layer_.router.noise_weight.cols());
+      g.router.expert_scale.setZero(layer_.router.expert_scale.size());
       if (layer_.experts.w1.size() > 0) g.experts = ExpertGradients<S>(layer_.experts.config);
       if (c.shared.ffn_hidden > 0) g.shared = ExpertGradients<S>(c.shared_experts());
       g.shared_gate.setZero(layer_.shared_gate_weight.size());

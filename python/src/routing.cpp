@@ -119,6 +119,9 @@ void bind_config(py::module_& m) {
       .def_readwrite("group_score", &RouterConfig::group_score, "GroupScore")
       .def_readwrite("group_mask", &RouterConfig::group_mask, "GroupMask")
       .def_readwrite("linear_bias", &RouterConfig::linear_bias, "logits = x W^T + b")
+      .def_readwrite("expert_scale", &RouterConfig::expert_scale,
+                     "gates *= Router.expert_scale[e], learned per expert, after renormalization "
+                     "and scaling_factor (Gemma 4's per_expert_scale)")
       .def_readwrite("noise", &RouterConfig::noise, "Noise (training only)")
       .def_readwrite("jitter_epsilon", &RouterConfig::jitter_epsilon,
                      "Jitter half-width (Switch / DeepSpeed 1e-2)")
@@ -298,6 +301,8 @@ void bind_results_for(py::module_& m) {
                                "[E], zero unless config.linear_bias");
   def_view<RouterGradients<S>>(grads, "noise_weight", &RouterGradients<S>::noise_weight, true,
                                "[E, d] with Noise.noisy_topk, else empty");
+  def_view<RouterGradients<S>>(grads, "expert_scale", &RouterGradients<S>::expert_scale, true,
+                               "[E] with config.expert_scale, else empty");
 }
 
 /// select_experts and its kin are bound once: the logits' dtype picks the precision (in_precision)
@@ -465,6 +470,11 @@ void bind_router_for(py::module_& m) {
       [](const RouterConfig&) { return true; }, "a router",
       "[E] selection-only bias (aux-loss-free balancing, DeepSeek-V3's e_score_correction_bias): "
       "shifts which experts win, never the gates; zero until written");
+  def_parameter<S>(
+      cls, "expert_scale", &RouterSlots<S>::expert_scale,
+      [](const RouterConfig& c) { return c.expert_scale; }, "a router with config.expert_scale",
+      "[E] learned scale of each expert's gates with config.expert_scale (Gemma 4's "
+      "per_expert_scale), ones at construction; else an empty array");
   cls.def(
       "init_weights",
       [](Object& o, std::uint64_t seed, double stddev) { o.router.init_weights(seed, stddev); },

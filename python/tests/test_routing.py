@@ -528,3 +528,28 @@ def test_renormalize_min_floors_the_sum_as_llama_cpp_does():
     with pytest.raises(mr.Error, match="^RouterConfig::renormalize_min"):
         mr.select_experts(mr.RouterConfig(num_experts=4, hidden=1, top_k=2, renormalize_min=1e-3),
                           logits)
+
+
+def test_expert_scale_is_a_trained_view_that_scales_the_gates():
+    """Gemma 4's per_expert_scale: gates *= scale[e], after renormalization; its gradient is
+    sum over the slots choosing e of d gates * unscaled gate."""
+    plain = mr.RouterConfig(num_experts=6, hidden=4, top_k=2, renormalize=True)
+    scaled_config = mr.RouterConfig(num_experts=6, hidden=4, top_k=2, renormalize=True,
+                                    expert_scale=True)
+    plain_router, router = mr.Router(plain, dtype=np.float64), mr.Router(scaled_config,
+                                                                          dtype=np.float64)
+    plain_router.init_weights(3, 0.5)
+    router.weight[...] = plain_router.weight
+    np.testing.assert_array_equal(router.expert_scale, np.ones(6))
+    scale = np.linspace(0.5, 2.0, 6)
+    router.expert_scale[...] = scale
+    assert plain_router.expert_scale.size == 0
+    x = exact_inputs(5, 4, 3, np.float64)
+    unscaled, routed = plain_router.forward(x), router.forward(x)
+    np.testing.assert_array_equal(routed.expert_ids, unscaled.expert_ids)
+    np.testing.assert_array_equal(routed.gates, unscaled.gates * scale[unscaled.expert_ids])
+    upstream = exact_inputs(5, 2, 4, np.float64)
+    grads = router.backward(x, gates=upstream)
+    expected = np.zeros(6)
+    np.add.at(expected, unscaled.expert_ids, upstream * unscaled.gates)
+    np.testing.assert_allclose(grads.expert_scale, expected, rtol=1e-14, atol=1e-15)

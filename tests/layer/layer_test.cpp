@@ -144,7 +144,12 @@ TEST_CASE("MoELayer gradients match central finite differences", "[layer][backwa
   for (auto dispatch : {moe::DispatchKind::dropless, moe::DispatchKind::capacity})
     for (auto activation : {moe::Activation::swiglu, moe::Activation::gelu_tanh}) {
       INFO(moe::test::dispatch_name(dispatch) << " activation=" << moe::to_string(activation));
-      auto layer = moe::test::random_layer(small_config(dispatch, activation, true));
+      auto config = small_config(dispatch, activation, true);
+      config.router.expert_scale = activation == moe::Activation::swiglu;  // Gemma 4's scale
+      auto layer = moe::test::random_layer(config);
+      const Index experts = config.router.num_experts;
+      if (config.router.expert_scale)
+        layer.router.expert_scale = (1.0 + random_matrix(experts, 1, 11, 0.5).array()).matrix();
       Matrix x = random_matrix(12, 5, 9);
       const Matrix grad_y = random_matrix(12, 5, 10);
       const auto [g, loss] = checked_gradients(
@@ -160,6 +165,10 @@ TEST_CASE("MoELayer gradients match central finite differences", "[layer][backwa
       CHECK(relative_error(g.shared.w2, numerical_gradient(layer.shared.w2, loss)) <= 1e-6);
       auto& gate_w = layer.shared_gate_weight;
       CHECK(relative_error(g.shared_gate, numerical_gradient(gate_w, loss)) <= 1e-6);
+      if (config.router.expert_scale) {
+        auto& scale = layer.router.expert_scale;
+        CHECK(relative_error(g.router.expert_scale, numerical_gradient(scale, loss)) <= 1e-6);
+      }
     }
 }
 

@@ -68,7 +68,8 @@ struct CallerBuffers {
   explicit CallerBuffers(const moe::MoELayer<double>& from) {
     storage.reserve(32);  // the pointers handed out stay valid
     buffers.router = {keep(from.router.weight), keep(from.router.bias),
-                      keep(from.router.noise_weight), keep(from.router.selection_bias)};
+                      keep(from.router.noise_weight), keep(from.router.selection_bias),
+                      keep(from.router.expert_scale)};
     keep(from.experts, buffers.experts);
     keep(from.shared, buffers.shared);
     buffers.shared_gate_weight = keep(from.shared_gate_weight);
@@ -250,7 +251,7 @@ TEST_CASE("copies own their parameters; moves keep the storage", "[layer][parame
   CHECK(mapped.experts.w1 == moved.experts.w1);
   mapped = detached;
   CHECK(mapped.experts.w1.data() == caller.buffers.experts.w1.data);
-  CHECK(caller.storage[4][0] == 0.0);  // storage[4] is experts.w1
+  CHECK(caller.storage[5][0] == 0.0);  // storage[5] is experts.w1, after the router's five
   CHECK(mapped.experts.w1.isZero());
   moe::MoELayer<double> wrong(parameters_config(moe::DispatchKind::dropless));
   wrong = moe::MoELayer<double>([&] {
@@ -392,10 +393,12 @@ TEST_CASE("parameters(grads) pairs every trained parameter with its gradient, by
   CHECK(layer.shared.w3 == by_hand.shared.w3);
   CHECK(layer.shared_gate_weight == by_hand.shared_gate_weight);
 
-  // Noisy top-k trains its noise weights; without linear_bias the router's bias is not listed.
+  // Noisy top-k trains its noise weights, expert_scale its scale; without linear_bias the
+  // router's bias is not listed.
   auto noisy = c;
   noisy.router.noise = moe::Noise::noisy_topk;
   noisy.router.linear_bias = false;
+  noisy.router.expert_scale = true;  // Gemma 4's per-expert gate scale is trained too
   noisy.shared = {};
   noisy.expert_bias = false;
   moe::MoELayer<double> noisy_layer(noisy);
@@ -406,6 +409,7 @@ TEST_CASE("parameters(grads) pairs every trained parameter with its gradient, by
   noisy_layer.backward(x, noisy_ctx, grad_y, noisy_grads);
   std::vector<std::string> names;
   for (const auto& p : noisy_layer.parameters(noisy_grads)) names.push_back(p.name);
-  CHECK(names == std::vector<std::string>{"router.weight", "router.noise_weight", "experts.w1",
-                                          "experts.w3", "experts.w2"});
+  CHECK(names == std::vector<std::string>{"router.weight", "router.noise_weight",
+                                          "router.expert_scale", "experts.w1", "experts.w3",
+                                          "experts.w2"});
 }

@@ -488,7 +488,8 @@ TEST_CASE("an expert-parallel layer over caller buffers computes what the owned 
   };
   moe::MoELayerBuffers<double> buffers;
   buffers.router = {keep(owned.router.weight), keep(owned.router.bias),
-                    keep(owned.router.noise_weight), keep(owned.router.selection_bias)};
+                    keep(owned.router.noise_weight), keep(owned.router.selection_bias),
+                    keep(owned.router.expert_scale)};
   buffers.experts = keep_experts(owned.experts);
   buffers.shared = keep_experts(owned.shared);
   buffers.shared_gate_weight = keep(owned.shared_gate_weight);

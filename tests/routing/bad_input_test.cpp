@@ -2,6 +2,7 @@
 // must raise moe::Error naming the argument, what was expected and what was given.
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include <moe/routing/hash.hpp>
 #include <moe/routing/presets.hpp>
@@ -158,6 +159,19 @@ TEST_CASE("the router's forward checks its input, its parameters and its edited 
   nan_bias.selection_bias[2] = kNaN;
   require_rejects(forward(nan_bias, Matrix::Ones(2, 4)), "Router::selection_bias", "finite values",
                   "nan at row 2");
+  moe::Router<double> scaled(with([](moe::RouterConfig& c) { c.expert_scale = true; }));
+  scaled.expert_scale[6] = kNaN;
+  require_rejects(forward(scaled, Matrix::Ones(2, 4)), "Router::expert_scale", "finite values",
+                  "nan at row 6");
+  moe::RouterBuffers<double> buffers;
+  std::vector<double> weight(8 * 4);
+  buffers.weight = {weight.data(), 32};
+  require_rejects(
+      [&] {
+        moe::Router<double>::mapped(with([](moe::RouterConfig& c) { c.expert_scale = true; }),
+                                    buffers);
+      },
+      "buffers.expert_scale", "8 elements ([8, 1])", "0");
 
   // The config is a public member: an edit is checked at the next use.
   moe::Router<double> edited = r.router;

@@ -38,6 +38,8 @@ void check_gradients(const moe::RouterConfig& c, bool with_scores, moe::Mode mod
   if (c.noise == moe::Noise::noisy_topk)
     router.noise_weight = random_matrix(c.num_experts, c.hidden, 3);
   router.selection_bias = random_matrix(c.num_experts, 1, 4, 0.05);
+  if (c.expert_scale)
+    router.expert_scale = (1.0 + random_matrix(c.num_experts, 1, 9, 0.5).array()).matrix();
   Matrix x = random_matrix(6, c.hidden, 5);
   Upstream up{random_matrix(6, c.top_k, 6),
               with_scores ? random_matrix(6, c.num_experts, 7) : Matrix(),
@@ -57,6 +59,13 @@ void check_gradients(const moe::RouterConfig& c, bool with_scores, moe::Mode mod
     CHECK(moe::test::relative_error(grads.bias, moe::test::numerical_gradient(b, f)) <= 1e-6);
   } else {
     CHECK(grads.bias.isZero());
+  }
+  if (c.expert_scale) {
+    auto& scale = router.expert_scale;
+    CHECK(moe::test::relative_error(grads.expert_scale, moe::test::numerical_gradient(scale, f)) <=
+          1e-6);
+  } else {
+    CHECK(grads.expert_scale.size() == 0);
   }
   if (c.noise == moe::Noise::noisy_topk) {
     const Matrix numeric = moe::test::numerical_gradient(router.noise_weight, f);
@@ -89,6 +98,7 @@ TEST_CASE("router gradients match central finite differences", "[router][backwar
             c.renormalize_min = renorm && extras ? 0.6 : 0.0;  // a floor some sums are under
             c.scaling_factor = extras ? 2.5 : 1.0;
             c.linear_bias = extras;
+            c.expert_scale = extras;
             c.min_top_k = extras ? 1 : 0;  // adaptive k: unused slots carry no gradient
             c.top_k_threshold = extras ? 0.7 : 0.0;
             if (groups) {

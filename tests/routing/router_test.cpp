@@ -187,6 +187,36 @@ TEST_CASE("ties go to the lower expert index", "[router][ties]") {
     }
 }
 
+TEST_CASE("a per-expert gate scale multiplies the finished gates and selects nothing",
+          "[router][expert_scale]") {
+  // Gemma 4's per_expert_scale: w_tj = c[e_tj] * (the gates without it).
+  for (const auto& [name, plain] : option_grid(8, 5)) {
+    INFO(name);
+    RouterConfig scaled_config = plain;
+    scaled_config.expert_scale = true;
+    moe::Router<double> unscaled = random_router<double>(plain, 7, true);
+    moe::Router<double> scaled(scaled_config);
+    scaled.weight = unscaled.weight;
+    scaled.bias = unscaled.bias;
+    scaled.noise_weight = unscaled.noise_weight;
+    scaled.selection_bias = unscaled.selection_bias;
+    REQUIRE(scaled.expert_scale.isOnes());  // a new router's scale changes nothing
+    scaled.expert_scale = random_matrix<double>(8, 1, 11, 0.5);
+    const moe::RowMatrix<double> x = random_matrix<double>(9, 5, 12);
+    moe::RouterContext<double> a, b;
+    const auto& u = unscaled.forward(x, a, moe::Mode::train, 3);
+    const auto& s = scaled.forward(x, b, moe::Mode::train, 3);
+    REQUIRE(s.expert_ids == u.expert_ids);
+    REQUIRE(s.scores == u.scores);
+    for (Index t = 0; t < 9; ++t)
+      for (Index j = 0; j < plain.top_k; ++j) {
+        const moe::ExpertId e = u.expert_ids(t, j);
+        CHECK(s.gates(t, j) ==
+              (e == moe::kUnusedSlot ? 0.0 : u.gates(t, j) * scaled.expert_scale[e]));
+      }
+  }
+}
+
 TEST_CASE("float sigmoid scores keep their relative precision in the tails", "[router][numerics]") {
   // PyTorch's 1 / (1 + exp(-z)) is accurate to a few ulps for every z; Eigen's logistic() is
   // exp(z) below z = -9 in float, 1.2e-4 off there, which renormalized gates would inherit.

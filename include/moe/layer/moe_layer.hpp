@@ -354,10 +354,10 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
 
   /// Every trained parameter of this layer beside its gradient in `grads` (filled by a backward
   /// of this layer), in the order router.weight, router.bias (with linear_bias),
-  /// router.noise_weight (noisy top-k), experts.{w1, w3, w2, b1, b3, b2}, shared.{...},
-  /// shared_gate_weight, each present only when the config gives it elements. Not
-  /// router.selection_bias: the balancer's state, which no gradient trains. A pair whose gradient
-  /// is not of its parameter's size (no backward yet) throws moe::Error naming it.
+  /// router.noise_weight (noisy top-k), router.expert_scale (expert_scale), experts.{w1, w3, w2,
+  /// b1, b3, b2}, shared.{...}, shared_gate_weight, each present only when the config gives it
+  /// elements. Not router.selection_bias: the balancer's state, which no gradient trains. A pair
+  /// whose gradient is not of its parameter's size (no backward yet) throws moe::Error naming it.
   std::vector<ParameterAndGradient<S>> parameters(const MoEGradients<S>& grads) {
     std::vector<ParameterAndGradient<S>> pairs;
     const auto add = [&](const std::string& name, auto& value, const auto& gradient) {
@@ -371,6 +371,8 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     if (config.router.linear_bias) add("router.bias", router.bias, grads.router.bias);
     if (config.router.noise == Noise::noisy_topk)
       add("router.noise_weight", router.noise_weight, grads.router.noise_weight);
+    if (config.router.expert_scale)
+      add("router.expert_scale", router.expert_scale, grads.router.expert_scale);
     // ExpertGradients is ExpertWeights: the same slots, in slots() order, name both sides.
     const auto add_experts = [&](const std::string& prefix, ExpertWeights<S>& w,
                                  const ExpertGradients<S>& g) {
@@ -550,7 +552,7 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
         mine.top_k == held.top_k && mine.score == held.score &&
         mine.softmax_order == held.softmax_order && mine.renormalize == held.renormalize &&
         mine.renormalize_epsilon == held.renormalize_epsilon &&
-        mine.renormalize_min == held.renormalize_min &&
+        mine.renormalize_min == held.renormalize_min && mine.expert_scale == held.expert_scale &&
         mine.scaling_factor == held.scaling_factor && mine.num_groups == held.num_groups &&
         mine.groups_selected == held.groups_selected && mine.group_score == held.group_score &&
         mine.group_mask == held.group_mask && mine.linear_bias == held.linear_bias &&

@@ -65,6 +65,10 @@ struct RouterConfig {
   GroupMask group_mask = GroupMask::neg_inf;
 
   bool linear_bias = false;  ///< logits = x W^T + b
+  /// w_tj *= c[e_tj], a learned scale per expert applied to the finished gates (after
+  /// renormalization and scaling_factor): Gemma 4's `per_expert_scale` (HF Gemma4TextRouter).
+  /// Router::expert_scale [E] starts at 1.
+  bool expert_scale = false;
 
   Noise noise = Noise::none;
   double jitter_epsilon = 1e-2;  ///< Switch / DeepSpeed default

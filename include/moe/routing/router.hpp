@@ -419,13 +419,14 @@ template <class S>
 struct RouterContext {
   Routing<S> routing;  ///< the result forward returned a reference to
   Mode mode = Mode::eval;
-  RowMatrix<S> jitter;        ///< [T, d] multiplicative factors (training with Noise::jitter)
-  RowMatrix<S> noise;         ///< [T, E] N(0, 1) samples (training with Noise::noisy_topk)
-  RowMatrix<S> noise_logits;  ///< [T, E] x W_noise^T
-  RowMatrix<S> noise_stddev;  ///< [T, E] softplus(x W_noise^T) + noise_epsilon
-  RowMatrix<S> noisy_logits;  ///< [T, E] logits + noise * noise_stddev: what was scored
-  RowMatrix<S> selection;     ///< [T, E] scratch for biased / group-masked selection scores
-  Index hidden = 0;           ///< d of the router whose forward filled this context
+  RowMatrix<S> jitter;          ///< [T, d] multiplicative factors (training with Noise::jitter)
+  RowMatrix<S> noise;           ///< [T, E] N(0, 1) samples (training with Noise::noisy_topk)
+  RowMatrix<S> noise_logits;    ///< [T, E] x W_noise^T
+  RowMatrix<S> noise_stddev;    ///< [T, E] softplus(x W_noise^T) + noise_epsilon
+  RowMatrix<S> noisy_logits;    ///< [T, E] logits + noise * noise_stddev: what was scored
+  RowMatrix<S> selection;       ///< [T, E] scratch for biased / group-masked selection scores
+  RowMatrix<S> unscaled_gates;  ///< [T, k] the gates before Router::expert_scale (expert_scale)
+  Index hidden = 0;             ///< d of the router whose forward filled this context
 
   bool jittered() const noexcept { return jitter.size() != 0; }
   bool noisy() const noexcept { return noisy_logits.size() != 0; }
@@ -445,6 +446,7 @@ struct RouterGradients {
   RowMatrix<S> weight;        ///< [E, d]
   Vector<S> bias;             ///< [E], zero unless config.linear_bias
   RowMatrix<S> noise_weight;  ///< [E, d] with Noise::noisy_topk, else empty
+  Vector<S> expert_scale;     ///< [E] with config.expert_scale, else empty
 };
 
 /// The caller's buffers a Router is mapped over, with E experts and token width d.
@@ -457,6 +459,7 @@ struct RouterBuffers {
   ParameterBuffer<S> noise_weight;  ///< E*d elements with Noise::noisy_topk, else 0
   /// E elements. May stay empty (null, 0): the router then owns it (zero until a balancer writes).
   ParameterBuffer<S> selection_bias;
+  ParameterBuffer<S> expert_scale;  ///< E elements with config.expert_scale, else 0
 };
 
 /// The parameters of a Router, in nn.Linear layout (see ParameterSet).
@@ -470,11 +473,13 @@ struct RouterSlots {
   MatrixMap<S> noise_weight{nullptr, 0,
                             0};             ///< [E, d] with Noise::noisy_topk (W_noise), else empty
   VectorMap<S> selection_bias{nullptr, 0};  ///< [E] selection-only bias (aux-loss-free balancer)
+  VectorMap<S> expert_scale{nullptr, 0};    ///< [E] gate scale per expert with config.expert_scale
 
   static constexpr auto slots() {
     return std::make_tuple(slot(&RouterSlots::weight, "weight"), slot(&RouterSlots::bias, "bias"),
                            slot(&RouterSlots::noise_weight, "noise_weight"),
-                           slot(&RouterSlots::selection_bias, "selection_bias"));
+                           slot(&RouterSlots::selection_bias, "selection_bias"),
+                           slot(&RouterSlots::expert_scale, "expert_scale"));
   }
 
   /// Unbound parameters of the config's shapes.
@@ -482,7 +487,8 @@ struct RouterSlots {
       : weight(unbound<MatrixMap<S>>(c.num_experts, c.hidden)),
         bias(unbound<VectorMap<S>>(c.num_experts, 1)),
         noise_weight(unbound<MatrixMap<S>>(noisy(c) ? c.num_experts : 0, noisy(c) ? c.hidden : 0)),
-        selection_bias(unbound<VectorMap<S>>(c.num_experts, 1)) {}
+        selection_bias(unbound<VectorMap<S>>(c.num_experts, 1)),
+        expert_scale(unbound<VectorMap<S>>(c.expert_scale ? c.num_experts : 0, 1)) {}
 
   /// Over the caller's buffers; the bias without linear_bias, and the selection bias, may be left
   /// empty and are then owned.
@@ -496,7 +502,9 @@ struct RouterSlots {
         selection_bias(given(b.selection_bias)
                            ? map_buffer<VectorMap<S>>(b.selection_bias, c.num_experts, 1,
                                                       name + ".selection_bias")
-                           : unbound<VectorMap<S>>(c.num_experts, 1)) {}
+                           : unbound<VectorMap<S>>(c.num_experts, 1)),
+        expert_scale(map_buffer<VectorMap<S>>(b.expert_scale, c.expert_scale ? c.num_experts : 0, 1,
+                                              name + ".expert_scale")) {}
 
  private:
   static bool noisy(const RouterConfig& c) { return c.noise == Noise::noisy_topk; }
@@ -514,13 +522,16 @@ class Router : public ParameterSet<RouterSlots<S>> {
   using RouterSlots<S>::bias;
   using RouterSlots<S>::noise_weight;
   using RouterSlots<S>::selection_bias;
+  using RouterSlots<S>::expert_scale;
 
   RouterConfig config;
 
-  /// Zero parameters of the configured shapes, owned (one allocation).
+  /// Zero parameters of the configured shapes, owned (one allocation); expert_scale ones.
   explicit Router(const RouterConfig& router_config)
       : ParameterSet<RouterSlots<S>>(std::in_place, validated(router_config)),
-        config(router_config) {}
+        config(router_config) {
+    expert_scale.setOnes();
+  }
 
   /// A router whose parameters are views over the caller's buffers, without copying: writing into
   /// a buffer changes the routing, and weight.data() == buffers.weight.data. Each buffer must hold
@@ -580,9 +591,27 @@ class Router : public ParameterSet<RouterSlots<S>> {
     require_upstream(upstream, routing.num_tokens());
     const RowMatrix<S>& scored = ctx.noisy() ? ctx.noisy_logits : routing.logits;
     const RowMatrix<S> no_gates = RowMatrix<S>::Zero(routing.num_tokens(), config.top_k);
+    const RowMatrix<S>& grad_gates = upstream.gates.size() != 0 ? upstream.gates : no_gates;
+    // w = c[e] u: dc[e] = sum over the slots choosing e of dw u, and du = dw c[e].
+    RowMatrix<S> grad_unscaled;
+    if (config.expert_scale) {
+      grads.expert_scale.setZero(config.num_experts);
+      grad_unscaled.resize(grad_gates.rows(), grad_gates.cols());
+      for (Index t = 0; t < grad_gates.rows(); ++t)
+        for (Index j = 0; j < grad_gates.cols(); ++j) {
+          const ExpertId e = routing.expert_ids(t, j);
+          if (e == kUnusedSlot) {
+            grad_unscaled(t, j) = S(0);
+            continue;
+          }
+          grads.expert_scale[e] += grad_gates(t, j) * ctx.unscaled_gates(t, j);
+          grad_unscaled(t, j) = grad_gates(t, j) * expert_scale[e];
+        }
+    } else {
+      grads.expert_scale.resize(0);
+    }
     RowMatrix<S> d_scored = detail::select_experts_backward_unchecked<S>(
-        config, scored, routing, upstream.gates.size() != 0 ? upstream.gates : no_gates,
-        upstream.scores);
+        config, scored, routing, config.expert_scale ? grad_unscaled : grad_gates, upstream.scores);
 
     RowMatrix<S> d_noise_logits;
     if (ctx.noisy()) {
@@ -668,6 +697,15 @@ class Router : public ParameterSet<RouterSlots<S>> {
     const RowMatrix<S>& scored = noisy ? ctx.noisy_logits : out.logits;
     detail::select_experts_unchecked<S>(config, scored, selection_bias, out, ctx.selection,
                                         replayed);
+    if (config.expert_scale) {
+      ctx.unscaled_gates = out.gates;
+      for (Index t = 0; t < out.gates.rows(); ++t)
+        for (Index j = 0; j < out.gates.cols(); ++j)
+          if (out.expert_ids(t, j) != kUnusedSlot)
+            out.gates(t, j) *= expert_scale[out.expert_ids(t, j)];
+    } else {
+      ctx.unscaled_gates.resize(0, 0);
+    }
     return out;
   }
 
@@ -726,6 +764,11 @@ class Router : public ParameterSet<RouterSlots<S>> {
     if (config.noise == Noise::noisy_topk)
       require_shape(noise_weight, "Router::noise_weight", config.num_experts, config.hidden);
     detail::require_selection_bias<S>(selection_bias, config.num_experts, "Router::selection_bias");
+    if (config.expert_scale) {
+      require(expert_scale.size() == config.num_experts, "Router::expert_scale",
+              detail::concat("size ", config.num_experts), expert_scale.size());
+      require_finite(expert_scale, "Router::expert_scale");
+    }
   }
 
   void draw_jitter(Index tokens, std::uint64_t seed, RowMatrix<S>& jitter) const {
