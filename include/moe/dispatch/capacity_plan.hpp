@@ -3,7 +3,6 @@
 // make_expert_choice_plan (expert choice); consumed by dispatch / combine and their backward.
 #pragma once
 
-
 #include <limits>
 
 #include <Eigen/Core>
