@@ -32,10 +32,12 @@ def golden(tmp_path_factory):
         if area not in _golden_dirs:
             program = os.environ.get("MOE_PYTHON_GOLDEN")
             if not program:
-                pytest.fail("MOE_PYTHON_GOLDEN is not set: run the tests with ctest (ctest -R python)")
+                pytest.fail("MOE_PYTHON_GOLDEN is not set: run the tests with ctest "
+                            "(ctest -R python)")
             out = tmp_path_factory.mktemp("golden_" + area)
             subprocess.run([program, area, str(out)], check=True)
-            _golden_dirs[area] = {p[:-4]: np.load(out / p) for p in os.listdir(out) if p.endswith(".npy")}
+            _golden_dirs[area] = {p[:-4]: np.load(out / p)
+                                  for p in os.listdir(out) if p.endswith(".npy")}
         return _golden_dirs[area]
 
     return load
