@@ -191,8 +191,21 @@ void activation_backward(Activation activation, double swiglu_limit,
       d1.array() *= detail::gelu_tanh_derivative(h);
       break;
     case Activation::geglu:
-      d3.array() = d1.array() * h.unaryExpr([](S v) { return detail::gelu_exact(v); });
-      d1.array() *= h3.array() * h.unaryExpr([](S v) { return detail::gelu_exact_derivative(v); });
+      // Phi(h) once per element into a stack chunk: gelu(h) = h Phi(h) and gelu'(h) = Phi(h) +
+      // h phi(h) both read it (the same bits as gelu_exact and gelu_exact_derivative: the factor
+      // 1/2 is exact).
+      for (Index r = 0; r < h1.rows(); ++r)
+        for (Index c0 = 0; c0 < h1.cols(); c0 += detail::kActivationChunk) {
+          const Index w = std::min(detail::kActivationChunk, h1.cols() - c0);
+          const auto x = h1.row(r).segment(c0, w).array();
+          const Eigen::Array<S, 1, Eigen::Dynamic, Eigen::RowMajor, 1, detail::kActivationChunk>
+              cdf = x.unaryExpr(
+                  [](S v) { return S(0.5) * (S(1) + std::erf(v * S(detail::kInvSqrt2))); });
+          auto da = d1.row(r).segment(c0, w).array();
+          d3.row(r).segment(c0, w).array() = da * (x * cdf);
+          da *= h3.row(r).segment(c0, w).array() *
+                (cdf + x * S(detail::kInvSqrt2Pi) * (S(-0.5) * x * x).exp());
+        }
       break;
     case Activation::geglu_tanh:
       d3.array() = d1.array() * detail::gelu_tanh(h);
