@@ -2,13 +2,16 @@
 // in, integer arrays (expert ids, offsets, counts) range-checked before they are narrowed, and
 // boolean padding masks. Failures are moe::Error naming the argument.
 //
-// A float array argument is taken one of two ways, by how the function is bound:
-// - bound once per dtype (overloads, float32 first): InMatrix<S> / InVector<S>, whose caster lets
-//   the dtype alone pick the overload;
-// - bound once for both: in_precision(first array, f) calls a generic lambda in the precision the
-//   first array asks for, and float_array<S> converts every array argument, naming it in each
-//   error (a wrong type or number of dimensions included, which an overload set can only report
-//   as "incompatible function arguments").
+// A float array argument is taken one of two ways:
+// - float_array<S>, by every function and by the methods of GlobalLoadBalancingLoss_*: it converts
+//   each array argument and names it in every error (a wrong type or number of dimensions
+//   included, which an overload set can only report as "incompatible function arguments"). S is
+//   the precision an object argument fixes (a CapacityPlan_float32 passed in: the function is bound
+//   per dtype on that object), else the one the first array asks for (in_precision(first array, f)
+//   binds the function once for both and calls a generic lambda in that precision);
+// - InMatrix<S> / InVector<S>, by the methods of Router_* and MoELayer_* (routing.cpp, layer.cpp):
+//   the class fixes S, and pybind11's Eigen caster reads the array in place; a wrong array is
+//   pybind11's TypeError, which does not name it.
 // Either way a float array of the other precision is refused (TypeError), never rounded.
 #pragma once
 
@@ -17,6 +20,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "bindings.hpp"
@@ -116,6 +120,18 @@ template <class F>
 decltype(auto) in_precision(const py::handle& array, F&& f) {
   if (other_precision<float>(array)) return f(double{});
   return f(float{});
+}
+
+/// Runs `f()` with the GIL released, then moves its result into a Python object (an Eigen matrix
+/// into the array that owns it, no copy): one return type for both precisions of an in_precision
+/// lambda. `f` must touch no Python object; the arrays it reads are mapped before.
+template <class F>
+py::object without_gil(F&& f) {
+  auto result = [&] {
+    py::gil_scoped_release release;
+    return f();
+  }();
+  return py::cast(std::move(result));
 }
 
 /// `object` as a C-contiguous float array of S with `ndim` dimensions (`shape` describes it in

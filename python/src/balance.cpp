@@ -1,7 +1,10 @@
 // The balance part of moe_routing: the load-balancing (auxiliary) losses of each system, the
 // global-batch loss, the router z-loss, the noisy top-k importance and load losses, all with their
 // gradients, and the auxiliary-loss-free BiasBalancer.
+#include <cstddef>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "arguments.hpp"
 
@@ -17,6 +20,38 @@ constexpr const char* kMasks =
 std::string with_notes(const char* doc, bool masks = true) {
   return std::string(doc) + (masks ? kMasks : "") + " " + kArrayNote;
 }
+
+/// A float array argument read in place, seen as the Eigen::Ref R (ConstMatrixRef<S> or
+/// ConstVectorRef<S>) that the losses were bound with per dtype: they are templates on their
+/// argument's type, and a Map (linear access) could order their sums otherwise, so the results
+/// keep the instantiation the golden values were checked against. The array lives as long.
+template <class R>
+class FloatArgument {
+  using S = typename R::Scalar;
+  static constexpr bool kVector = R::ColsAtCompileTime == 1;
+  using Array = py::array_t<S, py::array::c_style>;
+
+ public:
+  FloatArgument(const py::handle& object, const char* argument, const char* shape)
+      : array_(float_array<S>(object, argument, kVector ? 1 : 2, shape)), ref_(view(array_)) {}
+  const R& operator*() const { return ref_; }
+
+ private:
+  static R view(const Array& a) {
+    if constexpr (kVector)
+      return vector_map(a);
+    else
+      return matrix_map(a);
+  }
+
+  Array array_;
+  R ref_;
+};
+
+template <class S>
+using FloatMatrix = FloatArgument<ConstMatrixRef<S>>;
+template <class S>
+using FloatVector = FloatArgument<ConstVectorRef<S>>;
 
 void bind_enums_and_configs(py::module_& m) {
   py::enum_<AuxCounting>(m, "AuxCounting", "Which of a token's choices f_e counts.")
@@ -128,9 +163,10 @@ void bind_enums_and_configs(py::module_& m) {
               "DeepSeek-V3 sequence-wise loss over packed sequences.");
 }
 
-/// The entry points over one scalar type; pybind11 picks the overload by the arrays' dtype.
+/// The result types over one scalar type, and the global-batch loss, whose class fixes the
+/// precision its arrays are taken in.
 template <class S>
-void bind_losses_for(py::module_& m) {
+void bind_loss_types_for(py::module_& m) {
   using Loss = LossGradient<S>;
   py::class_<Loss>(m, dtype_name<S>("LossGradient").c_str(),
                    "A balancing loss: value (the loss, coefficient included) and grad, d value / "
@@ -156,163 +192,6 @@ void bind_losses_for(py::module_& m) {
       .def_readonly("value", &Layered::value)
       .def_readonly("grads", &Layered::grads);
 
-  m.def(
-      "load_balancing_loss",
-      [](InMatrix<S> scores, const py::object& expert_ids, const AuxLossConfig& config,
-         const py::object& mask, const py::object& kept) {
-        const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
-        const TokenMask token = token_mask(mask);
-        const ChoiceMask choices = choice_mask(kept);
-        py::gil_scoped_release release;
-        return load_balancing_loss(*scores, ids, config, token, choices);
-      },
-      py::arg("scores"), py::arg("expert_ids"), py::arg("config"), py::arg("mask") = py::none(),
-      py::arg("kept") = py::none(),
-      with_notes("LossGradient of L = a E mean_b sum_e f_be P_be over scores [T, E] (the "
-                 "Switch/GShard family; the config selects the system): grad = dL/d scores. "
-                 "expert_ids [T, k] int32, or None when config.selection is recomputed.")
-          .c_str());
-  m.def(
-      "load_balancing_loss_from_logits",
-      [](InMatrix<S> logits, ScoreFunction score, const py::object& expert_ids,
-         const AuxLossConfig& config, const py::object& mask, const py::object& kept) {
-        const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
-        const TokenMask token = token_mask(mask);
-        const ChoiceMask choices = choice_mask(kept);
-        py::gil_scoped_release release;
-        return load_balancing_loss_from_logits(*logits, score, ids, config, token, choices);
-      },
-      py::arg("logits"), py::arg("score"), py::arg("expert_ids"), py::arg("config"),
-      py::arg("mask") = py::none(), py::arg("kept") = py::none(),
-      with_notes("load_balancing_loss with the scores computed from logits [T, E] by `score` "
-                 "(as HF recomputes softmax(logits)); grad = dL/d logits.")
-          .c_str());
-  m.def(
-      "load_balancing_loss_packed",
-      [](InMatrix<S> scores, const py::object& expert_ids, const AuxLossConfig& config,
-         const py::object& cu_seqlens, const py::object& mask, const py::object& kept) {
-        const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
-        const IndexVector offsets = index_vector(cu_seqlens, "cu_seqlens");
-        const TokenMask token = token_mask(mask);
-        const ChoiceMask choices = choice_mask(kept);
-        py::gil_scoped_release release;
-        return load_balancing_loss_packed(*scores, ids, config, offsets, token, choices);
-      },
-      py::arg("scores"), py::arg("expert_ids"), py::arg("config"), py::arg("cu_seqlens"),
-      py::arg("mask") = py::none(), py::arg("kept") = py::none(),
-      with_notes("The per-sequence loss over packed sequences: sequence b is rows cu_seqlens[b] "
-                 ".. cu_seqlens[b + 1] - 1 (cu_seqlens [S + 1] integers, non-decreasing, first 0, "
-                 "last T); config.sequence_length must be 0. grad = dL/d scores.")
-          .c_str());
-  m.def(
-      "load_balancing_loss_packed_from_logits",
-      [](InMatrix<S> logits, ScoreFunction score, const py::object& expert_ids,
-         const AuxLossConfig& config, const py::object& cu_seqlens, const py::object& mask,
-         const py::object& kept) {
-        const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
-        const IndexVector offsets = index_vector(cu_seqlens, "cu_seqlens");
-        const TokenMask token = token_mask(mask);
-        const ChoiceMask choices = choice_mask(kept);
-        py::gil_scoped_release release;
-        return load_balancing_loss_packed_from_logits(*logits, score, ids, config, offsets, token,
-                                                      choices);
-      },
-      py::arg("logits"), py::arg("score"), py::arg("expert_ids"), py::arg("config"),
-      py::arg("cu_seqlens"), py::arg("mask") = py::none(), py::arg("kept") = py::none(),
-      with_notes("load_balancing_loss_packed with the scores computed from the logits by "
-                 "`score`; grad = dL/d logits.")
-          .c_str());
-  m.def(
-      "load_balancing_loss_over_layers",
-      [](const std::vector<RowMatrix<S>>& layer_logits, ScoreFunction score,
-         const AuxLossConfig& config, const py::object& mask) {
-        const TokenMask token = token_mask(mask);
-        py::gil_scoped_release release;
-        return load_balancing_loss_over_layers<S>(layer_logits, score, config, token);
-      },
-      py::arg("layer_logits"), py::arg("score"), py::arg("config"), py::arg("mask") = py::none(),
-      with_notes("HF's form over several layers: the layers' logits (a list of [T, E] arrays, "
-                 "copied) concatenated along tokens into one domain, the selection recomputed "
-                 "from each layer's scores. LayeredLossGradient, one gradient per layer.",
-                 false)
-          .c_str());
-  m.def(
-      "router_z_loss",
-      [](InMatrix<S> logits, double coefficient, const py::object& mask) {
-        const TokenMask token = token_mask(mask);
-        py::gil_scoped_release release;
-        return router_z_loss(*logits, coefficient, token);
-      },
-      py::arg("logits"), py::arg("coefficient"), py::arg("mask") = py::none(),
-      with_notes("Router z-loss (ST-MoE): L = b sum_{t real} logsumexp(z_t)^2 / max(n_real, 1), "
-                 "grad_tj = 2 b lse_t softmax(z_t)_j / max(n_real, 1) (Megatron-Core z_loss_func "
-                 "with its padding mask; without one HF Switch's and flaxformer's). logits [T, "
-                 "E]; mask None or [T] bool.",
-                 false)
-          .c_str());
-  m.def(
-      "cv_squared",
-      [](InVector<S> x, VarianceConvention convention) { return cv_squared(*x, convention); },
-      py::arg("x"), py::arg("convention") = VarianceConvention::unbiased,
-      "cv^2(x) = var(x) / (mean(x)^2 + 1e-10) of a 1-D array, 0 for one entry (Shazeer et al. "
-      "2017).");
-  m.def(
-      "importance_loss",
-      [](InMatrix<S> gate_matrix, double weight, VarianceConvention convention,
-         const py::object& mask) {
-        const TokenMask token = token_mask(mask);
-        py::gil_scoped_release release;
-        return importance_loss(*gate_matrix, weight, convention, token);
-      },
-      py::arg("gate_matrix"), py::arg("weight"),
-      py::arg("convention") = VarianceConvention::unbiased, py::arg("mask") = py::none(),
-      with_notes("Importance loss (Shazeer et al. 2017): L = w cv^2(Importance), Importance_e = "
-                 "sum_{t real} G_te over dense gate weights or scores [T, E]; grad = dL/dG.",
-                 false)
-          .c_str());
-  m.def(
-      "importance_loss",
-      [](InMatrix<S> gates, const py::object& expert_ids, Index num_experts, double weight,
-         VarianceConvention convention, const py::object& mask) {
-        const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
-        const TokenMask token = token_mask(mask);
-        py::gil_scoped_release release;
-        return importance_loss(*gates, ids, num_experts, weight, convention, token);
-      },
-      py::arg("gates"), py::arg("expert_ids"), py::arg("num_experts"), py::arg("weight"),
-      py::arg("convention") = VarianceConvention::unbiased, py::arg("mask") = py::none(),
-      with_notes("The importance loss from routed gates [T, k] and their expert_ids [T, k]: "
-                 "Importance_e = sum of the gates routed to e; grad = dL/d gates [T, k].",
-                 false)
-          .c_str());
-  m.def(
-      "noisy_topk_load_loss",
-      [](InMatrix<S> clean_logits, InMatrix<S> noisy_logits, InMatrix<S> noise_stddev, Index top_k,
-         double weight, VarianceConvention convention, const py::object& mask) {
-        const TokenMask token = token_mask(mask);
-        py::gil_scoped_release release;
-        return noisy_topk_load_loss(*clean_logits, *noisy_logits, *noise_stddev, top_k, weight,
-                                    convention, token);
-      },
-      py::arg("clean_logits"), py::arg("noisy_logits"), py::arg("noise_stddev"), py::arg("top_k"),
-      py::arg("weight"), py::arg("convention") = VarianceConvention::unbiased,
-      py::arg("mask") = py::none(),
-      with_notes("Smooth load loss of noisy top-k gating (Shazeer et al. 2017): L = w "
-                 "cv^2(Load), Load_e = sum_t Phi((z_te - thr_te) / sigma_te) over [T, E] arrays; "
-                 "requires top_k < E. Returns NoisyLoadLossGradient (gradients to the clean "
-                 "logits and the noise standard deviations, the noise samples held fixed).",
-                 false)
-          .c_str());
-  m.def(
-      "noise_stddev_backward",
-      [](InMatrix<S> noise_stddev, InMatrix<S> d_noise_stddev, double noise_epsilon) {
-        return to_numpy(noise_stddev_backward(*noise_stddev, *d_noise_stddev, noise_epsilon));
-      },
-      py::arg("noise_stddev"), py::arg("d_noise_stddev"), py::arg("noise_epsilon"),
-      with_notes("d / d r [T, E] from d / d sigma through sigma = softplus(r) + noise_epsilon.",
-                 false)
-          .c_str());
-
   using Global = GlobalLoadBalancingLoss<S>;
   py::class_<Global>(m, dtype_name<S>("GlobalLoadBalancingLoss").c_str(),
                      "Megatron-Core's global_aux_loss (Qwen's global-batch balancing): the "
@@ -323,13 +202,14 @@ void bind_losses_for(py::module_& m) {
            "sequence_length must be 0.")
       .def(
           "micro_batch",
-          [](Global& self, InMatrix<S> scores, const py::object& expert_ids, const py::object& mask,
-             const py::object& kept) {
+          [](Global& self, const py::object& scores, const py::object& expert_ids,
+             const py::object& mask, const py::object& kept) {
+            const FloatMatrix<S> s(scores, "scores", "[T, E]");
             const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
             const TokenMask token = token_mask(mask);
             const ChoiceMask choices = choice_mask(kept);
             py::gil_scoped_release release;
-            return self.micro_batch(*scores, ids, token, choices);
+            return self.micro_batch(*s, ids, token, choices);
           },
           py::arg("scores"), py::arg("expert_ids"), py::arg("mask") = py::none(),
           py::arg("kept") = py::none(),
@@ -338,13 +218,14 @@ void bind_losses_for(py::module_& m) {
               .c_str())
       .def(
           "micro_batch_from_logits",
-          [](Global& self, InMatrix<S> logits, ScoreFunction score, const py::object& expert_ids,
-             const py::object& mask, const py::object& kept) {
+          [](Global& self, const py::object& logits, ScoreFunction score,
+             const py::object& expert_ids, const py::object& mask, const py::object& kept) {
+            const FloatMatrix<S> z(logits, "logits", "[T, E]");
             const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
             const TokenMask token = token_mask(mask);
             const ChoiceMask choices = choice_mask(kept);
             py::gil_scoped_release release;
-            return self.micro_batch_from_logits(*logits, score, ids, token, choices);
+            return self.micro_batch_from_logits(*z, score, ids, token, choices);
           },
           py::arg("logits"), py::arg("score"), py::arg("expert_ids"), py::arg("mask") = py::none(),
           py::arg("kept") = py::none(),
@@ -357,6 +238,231 @@ void bind_losses_for(py::module_& m) {
                              "read-only view of the object's memory)")
       .def_property_readonly("config", &Global::config);
   register_dtype_pair(m, "GlobalLoadBalancingLoss");
+}
+
+/// The losses over plain arrays, bound once for both precisions: the first array's dtype picks the
+/// precision (in_precision), every other array is taken in it.
+void bind_losses(py::module_& m) {
+  m.def(
+      "load_balancing_loss",
+      [](const py::object& scores, const py::object& expert_ids, const AuxLossConfig& config,
+         const py::object& mask, const py::object& kept) {
+        return in_precision(scores, [&](auto p) {
+          using S = decltype(p);
+          const FloatMatrix<S> s(scores, "scores", "[T, E]");
+          const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
+          const TokenMask token = token_mask(mask);
+          const ChoiceMask choices = choice_mask(kept);
+          return without_gil([&] { return load_balancing_loss(*s, ids, config, token, choices); });
+        });
+      },
+      py::arg("scores"), py::arg("expert_ids"), py::arg("config"), py::arg("mask") = py::none(),
+      py::arg("kept") = py::none(),
+      with_notes("LossGradient of L = a E mean_b sum_e f_be P_be over scores [T, E] (the "
+                 "Switch/GShard family; the config selects the system): grad = dL/d scores. "
+                 "expert_ids [T, k] int32, or None when config.selection is recomputed.")
+          .c_str());
+  m.def(
+      "load_balancing_loss_from_logits",
+      [](const py::object& logits, ScoreFunction score, const py::object& expert_ids,
+         const AuxLossConfig& config, const py::object& mask, const py::object& kept) {
+        return in_precision(logits, [&](auto p) {
+          using S = decltype(p);
+          const FloatMatrix<S> z(logits, "logits", "[T, E]");
+          const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
+          const TokenMask token = token_mask(mask);
+          const ChoiceMask choices = choice_mask(kept);
+          return without_gil([&] {
+            return load_balancing_loss_from_logits(*z, score, ids, config, token, choices);
+          });
+        });
+      },
+      py::arg("logits"), py::arg("score"), py::arg("expert_ids"), py::arg("config"),
+      py::arg("mask") = py::none(), py::arg("kept") = py::none(),
+      with_notes("load_balancing_loss with the scores computed from logits [T, E] by `score` "
+                 "(as HF recomputes softmax(logits)); grad = dL/d logits.")
+          .c_str());
+  m.def(
+      "load_balancing_loss_packed",
+      [](const py::object& scores, const py::object& expert_ids, const AuxLossConfig& config,
+         const py::object& cu_seqlens, const py::object& mask, const py::object& kept) {
+        return in_precision(scores, [&](auto p) {
+          using S = decltype(p);
+          const FloatMatrix<S> s(scores, "scores", "[T, E]");
+          const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
+          const IndexVector offsets = index_vector(cu_seqlens, "cu_seqlens");
+          const TokenMask token = token_mask(mask);
+          const ChoiceMask choices = choice_mask(kept);
+          return without_gil(
+              [&] { return load_balancing_loss_packed(*s, ids, config, offsets, token, choices); });
+        });
+      },
+      py::arg("scores"), py::arg("expert_ids"), py::arg("config"), py::arg("cu_seqlens"),
+      py::arg("mask") = py::none(), py::arg("kept") = py::none(),
+      with_notes("The per-sequence loss over packed sequences: sequence b is rows cu_seqlens[b] "
+                 ".. cu_seqlens[b + 1] - 1 (cu_seqlens [S + 1] integers, non-decreasing, first 0, "
+                 "last T); config.sequence_length must be 0. grad = dL/d scores.")
+          .c_str());
+  m.def(
+      "load_balancing_loss_packed_from_logits",
+      [](const py::object& logits, ScoreFunction score, const py::object& expert_ids,
+         const AuxLossConfig& config, const py::object& cu_seqlens, const py::object& mask,
+         const py::object& kept) {
+        return in_precision(logits, [&](auto p) {
+          using S = decltype(p);
+          const FloatMatrix<S> z(logits, "logits", "[T, E]");
+          const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
+          const IndexVector offsets = index_vector(cu_seqlens, "cu_seqlens");
+          const TokenMask token = token_mask(mask);
+          const ChoiceMask choices = choice_mask(kept);
+          return without_gil([&] {
+            return load_balancing_loss_packed_from_logits(*z, score, ids, config, offsets, token,
+                                                          choices);
+          });
+        });
+      },
+      py::arg("logits"), py::arg("score"), py::arg("expert_ids"), py::arg("config"),
+      py::arg("cu_seqlens"), py::arg("mask") = py::none(), py::arg("kept") = py::none(),
+      with_notes("load_balancing_loss_packed with the scores computed from the logits by "
+                 "`score`; grad = dL/d logits.")
+          .c_str());
+  m.def(
+      "load_balancing_loss_over_layers",
+      [](const py::object& layer_logits, ScoreFunction score, const AuxLossConfig& config,
+         const py::object& mask) {
+        // Any sequence of arrays (a list, a 3-D array), but not a string, which is one too.
+        if (!py::isinstance<py::sequence>(layer_logits) || py::isinstance<py::str>(layer_logits) ||
+            py::isinstance<py::bytes>(layer_logits))
+          detail::fail("layer_logits", "a list of [T, E] float arrays", type_name(layer_logits));
+        const auto layers = py::reinterpret_borrow<py::sequence>(layer_logits);
+        const py::object first = layers.size() > 0 ? py::object(layers[0]) : py::none();
+        return in_precision(first, [&](auto p) {
+          using S = decltype(p);
+          std::vector<RowMatrix<S>> logits;
+          for (std::size_t l = 0; l < layers.size(); ++l) {
+            const std::string argument = detail::concat("layer_logits[", l, "]").str();
+            logits.emplace_back(
+                matrix_map(float_array<S>(layers[l], argument.c_str(), 2, "[T, E]")));
+          }
+          const TokenMask token = token_mask(mask);
+          return without_gil(
+              [&] { return load_balancing_loss_over_layers<S>(logits, score, config, token); });
+        });
+      },
+      py::arg("layer_logits"), py::arg("score"), py::arg("config"), py::arg("mask") = py::none(),
+      with_notes("HF's form over several layers: the layers' logits (a list of [T, E] arrays, "
+                 "copied) concatenated along tokens into one domain, the selection recomputed "
+                 "from each layer's scores. LayeredLossGradient, one gradient per layer; the "
+                 "first layer's dtype picks the precision.",
+                 false)
+          .c_str());
+  m.def(
+      "router_z_loss",
+      [](const py::object& logits, double coefficient, const py::object& mask) {
+        return in_precision(logits, [&](auto p) {
+          using S = decltype(p);
+          const FloatMatrix<S> z(logits, "logits", "[T, E]");
+          const TokenMask token = token_mask(mask);
+          return without_gil([&] { return router_z_loss(*z, coefficient, token); });
+        });
+      },
+      py::arg("logits"), py::arg("coefficient"), py::arg("mask") = py::none(),
+      with_notes("Router z-loss (ST-MoE): L = b sum_{t real} logsumexp(z_t)^2 / max(n_real, 1), "
+                 "grad_tj = 2 b lse_t softmax(z_t)_j / max(n_real, 1) (Megatron-Core z_loss_func "
+                 "with its padding mask; without one HF Switch's and flaxformer's). logits [T, "
+                 "E]; mask None or [T] bool.",
+                 false)
+          .c_str());
+  m.def(
+      "cv_squared",
+      [](const py::object& x, VarianceConvention convention) {
+        return in_precision(x, [&](auto p) {
+          using S = decltype(p);
+          const FloatVector<S> v(x, "x", "[n]");
+          return cv_squared(*v, convention);
+        });
+      },
+      py::arg("x"), py::arg("convention") = VarianceConvention::unbiased,
+      with_notes("cv^2(x) = var(x) / (mean(x)^2 + 1e-10) of a 1-D array, 0 for one entry "
+                 "(Shazeer et al. 2017), as a Python float.",
+                 false)
+          .c_str());
+  m.def(
+      "importance_loss",
+      [](const py::object& gate_matrix, double weight, VarianceConvention convention,
+         const py::object& mask) {
+        return in_precision(gate_matrix, [&](auto p) {
+          using S = decltype(p);
+          const FloatMatrix<S> g(gate_matrix, "gate_matrix", "[T, E]");
+          const TokenMask token = token_mask(mask);
+          return without_gil([&] { return importance_loss(*g, weight, convention, token); });
+        });
+      },
+      py::arg("gate_matrix"), py::arg("weight"),
+      py::arg("convention") = VarianceConvention::unbiased, py::arg("mask") = py::none(),
+      with_notes("Importance loss (Shazeer et al. 2017): L = w cv^2(Importance), Importance_e = "
+                 "sum_{t real} G_te over dense gate weights or scores [T, E]; grad = dL/dG.",
+                 false)
+          .c_str());
+  m.def(
+      "importance_loss",
+      [](const py::object& gates, const py::object& expert_ids, Index num_experts, double weight,
+         VarianceConvention convention, const py::object& mask) {
+        return in_precision(gates, [&](auto p) {
+          using S = decltype(p);
+          const FloatMatrix<S> g(gates, "gates", "[T, k]");
+          const ExpertIdMatrix ids = expert_id_matrix(expert_ids, "expert_ids");
+          const TokenMask token = token_mask(mask);
+          return without_gil(
+              [&] { return importance_loss(*g, ids, num_experts, weight, convention, token); });
+        });
+      },
+      py::arg("gates"), py::arg("expert_ids"), py::arg("num_experts"), py::arg("weight"),
+      py::arg("convention") = VarianceConvention::unbiased, py::arg("mask") = py::none(),
+      with_notes("The importance loss from routed gates [T, k] and their expert_ids [T, k]: "
+                 "Importance_e = sum of the gates routed to e; grad = dL/d gates [T, k].",
+                 false)
+          .c_str());
+  m.def(
+      "noisy_topk_load_loss",
+      [](const py::object& clean_logits, const py::object& noisy_logits,
+         const py::object& noise_stddev, Index top_k, double weight, VarianceConvention convention,
+         const py::object& mask) {
+        return in_precision(clean_logits, [&](auto p) {
+          using S = decltype(p);
+          const FloatMatrix<S> clean(clean_logits, "clean_logits", "[T, E]");
+          const FloatMatrix<S> noisy(noisy_logits, "noisy_logits", "[T, E]");
+          const FloatMatrix<S> sigma(noise_stddev, "noise_stddev", "[T, E]");
+          const TokenMask token = token_mask(mask);
+          return without_gil([&] {
+            return noisy_topk_load_loss(*clean, *noisy, *sigma, top_k, weight, convention, token);
+          });
+        });
+      },
+      py::arg("clean_logits"), py::arg("noisy_logits"), py::arg("noise_stddev"), py::arg("top_k"),
+      py::arg("weight"), py::arg("convention") = VarianceConvention::unbiased,
+      py::arg("mask") = py::none(),
+      with_notes("Smooth load loss of noisy top-k gating (Shazeer et al. 2017): L = w "
+                 "cv^2(Load), Load_e = sum_t Phi((z_te - thr_te) / sigma_te) over [T, E] arrays; "
+                 "requires top_k < E. Returns NoisyLoadLossGradient (gradients to the clean "
+                 "logits and the noise standard deviations, the noise samples held fixed).",
+                 false)
+          .c_str());
+  m.def(
+      "noise_stddev_backward",
+      [](const py::object& noise_stddev, const py::object& d_noise_stddev, double noise_epsilon) {
+        return in_precision(noise_stddev, [&](auto p) {
+          using S = decltype(p);
+          const FloatMatrix<S> sigma(noise_stddev, "noise_stddev", "[T, E]");
+          const FloatMatrix<S> d_sigma(d_noise_stddev, "d_noise_stddev", "[T, E]");
+          return without_gil(
+              [&] { return noise_stddev_backward(*sigma, *d_sigma, noise_epsilon); });
+        });
+      },
+      py::arg("noise_stddev"), py::arg("d_noise_stddev"), py::arg("noise_epsilon"),
+      with_notes("d / d r [T, E] from d / d sigma through sigma = softplus(r) + noise_epsilon.",
+                 false)
+          .c_str());
 }
 
 template <class S>
@@ -430,8 +536,9 @@ void bind_bias_balancer_for(py::module_& m) {
 
 void bind_balance(py::module_& m) {
   bind_enums_and_configs(m);
-  bind_losses_for<float>(m);
-  bind_losses_for<double>(m);
+  bind_loss_types_for<float>(m);
+  bind_loss_types_for<double>(m);
+  bind_losses(m);
   bind_bias_balancer_for<float>(m);
   bind_bias_balancer_for<double>(m);
 }

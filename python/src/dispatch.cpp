@@ -1,6 +1,8 @@
 // The dispatch part of moe_routing: expert capacity under each system's rounding, token-choice and
 // expert-choice capacity plans with dispatch / combine and their backward passes, and dropless
 // (MegaBlocks-style) plans with permute / unpermute.
+#include <utility>
+
 #include "arguments.hpp"
 
 namespace moe::python {
@@ -166,14 +168,108 @@ void bind_capacity_plan_for(py::module_& m) {
       .def_readonly("expert_out", &Gradients::expert_out)
       .def_readonly("weight", &Gradients::weight);
 
+  // The plan fixes the precision: the arrays are taken in it, another float dtype refused.
   const std::string note = std::string(" ") + kArrayNote;
   m.def(
       "make_capacity_plan",
-      [](const py::object& expert_ids, InMatrix<S> gates, Index num_experts,
+      [](const Routing<S>& routing, const CapacityConfig& config, Mode mode, std::uint64_t seed) {
+        return make_capacity_plan<S>(routing, config, mode, seed);
+      },
+      py::arg("routing"), py::arg("config"), py::arg("mode") = Mode::train, py::arg("seed") = 0,
+      py::call_guard<py::gil_scoped_release>(),
+      "make_capacity_plan over a Routing: its expert_ids, its gates and E = scores.shape[1].");
+  m.def(
+      "capacity_plan_backward",
+      [](const Plan& p, const py::object& grad_weight) {
+        const auto dw = float_array<S>(grad_weight, "grad_weight", 1, "[N]");
+        const auto dw_map = vector_map(dw);
+        return without_gil([&] { return capacity_plan_backward<S>(p, dw_map); });
+      },
+      py::arg("plan"), py::arg("grad_weight"),
+      ("d loss / d gates [T, k] from d loss / d entry_weight [N] of a token-choice plan: 0 for "
+       "dropped entries; through the renormalization when the plan was renormalized." +
+       note)
+          .c_str());
+  m.def(
+      "expert_choice_backward",
+      [](const Plan& p, const py::object& grad_weight) {
+        const auto dw = float_array<S>(grad_weight, "grad_weight", 1, "[N]");
+        const auto dw_map = vector_map(dw);
+        return without_gil([&] { return expert_choice_backward<S>(p, dw_map); });
+      },
+      py::arg("plan"), py::arg("grad_weight"),
+      ("d loss / d scores [T, E] from d loss / d entry_weight [N] of an expert choice plan." + note)
+          .c_str());
+  m.def(
+      "dispatch",
+      [](const Plan& p, const py::object& x) {
+        const auto a = float_array<S>(x, "x", 2, "[T, d]");
+        const auto x_map = matrix_map(a);
+        return without_gil([&] { return dispatch<S>(p, x_map); });
+      },
+      py::arg("plan"), py::arg("x"),
+      ("buffer [E * capacity, d]: row e * capacity + c = x[token of that slot], 0 for an empty "
+       "slot (GShard 'sec,sm->ecm')." +
+       note)
+          .c_str());
+  m.def(
+      "dispatch_backward",
+      [](const Plan& p, const py::object& grad_buffer) {
+        const auto a = float_array<S>(grad_buffer, "grad_buffer", 2, "[E * capacity, d]");
+        const auto grad_map = matrix_map(a);
+        return without_gil([&] { return dispatch_backward<S>(p, grad_map); });
+      },
+      py::arg("plan"), py::arg("grad_buffer"),
+      ("grad_x [T, d]: the sum over token t's kept entries, in choice order, of "
+       "grad_buffer[slot]." +
+       note)
+          .c_str());
+  m.def(
+      "combine",
+      [](const Plan& p, const py::object& expert_out) {
+        const auto a = float_array<S>(expert_out, "expert_out", 2, "[E * capacity, d]");
+        const auto out_map = matrix_map(a);
+        return without_gil([&] { return combine<S>(p, out_map); });
+      },
+      py::arg("plan"), py::arg("expert_out"),
+      ("y [T, d]: the sum over token t's kept entries, in choice order, of weight * "
+       "expert_out[slot]; 0 for a token with no kept entry." +
+       note)
+          .c_str());
+  m.def(
+      "combine_backward",
+      [](const Plan& p, const py::object& expert_out, const py::object& grad_y) {
+        const auto out = float_array<S>(expert_out, "expert_out", 2, "[E * capacity, d]");
+        const auto dy = float_array<S>(grad_y, "grad_y", 2, "[T, d]");
+        const auto out_map = matrix_map(out), dy_map = matrix_map(dy);
+        return without_gil([&] { return combine_backward<S>(p, out_map, dy_map); });
+      },
+      py::arg("plan"), py::arg("expert_out"), py::arg("grad_y"),
+      ("Backward of combine: CombineGradients with expert_out = weight * grad_y[token] per slot "
+       "and weight[i] = <expert_out[slot], grad_y[token]> per kept entry (0 when dropped)." +
+       note)
+          .c_str());
+}
+
+/// The planners over plain arrays, bound once for both precisions (in_precision): the gates' or
+/// scores' dtype picks the plan's. Bound after make_capacity_plan(routing, ...), so that a Routing
+/// finds its overload before this one takes any object.
+void bind_array_planners(py::module_& m) {
+  const std::string note = std::string(" ") + kArrayNote;
+  m.def(
+      "make_capacity_plan",
+      [](const py::object& expert_ids, const py::object& gates, Index num_experts,
          const CapacityConfig& config, Mode mode, std::uint64_t seed) {
-        const ExpertIds ids(expert_ids, "expert_ids");
-        py::gil_scoped_release release;
-        return make_capacity_plan<S>(ids.map(), *gates, num_experts, config, mode, seed);
+        return in_precision(gates, [&](auto s) {
+          using S = decltype(s);
+          const auto g = float_array<S>(gates, "gates", 2, "[T, k]");
+          const ExpertIds ids(expert_ids, "expert_ids");
+          const auto ids_map = ids.map();
+          const auto g_map = matrix_map(g);
+          return without_gil([&] {
+            return make_capacity_plan<S>(ids_map, g_map, num_experts, config, mode, seed);
+          });
+        });
       },
       py::arg("expert_ids"), py::arg("gates"), py::arg("num_experts"), py::arg("config"),
       py::arg("mode") = Mode::train, py::arg("seed") = 0,
@@ -186,96 +282,20 @@ void bind_capacity_plan_for(py::module_& m) {
        note)
           .c_str());
   m.def(
-      "make_capacity_plan",
-      [](const Routing<S>& routing, const CapacityConfig& config, Mode mode, std::uint64_t seed) {
-        return make_capacity_plan<S>(routing, config, mode, seed);
-      },
-      py::arg("routing"), py::arg("config"), py::arg("mode") = Mode::train, py::arg("seed") = 0,
-      py::call_guard<py::gil_scoped_release>(),
-      "make_capacity_plan over a Routing: its expert_ids, its gates and E = scores.shape[1].");
-  m.def(
-      "capacity_plan_backward",
-      [](const Plan& p, InVector<S> grad_weight) {
-        return to_numpy(capacity_plan_backward<S>(p, *grad_weight));
-      },
-      py::arg("plan"), py::arg("grad_weight"),
-      ("d loss / d gates [T, k] from d loss / d entry_weight [N] of a token-choice plan: 0 for "
-       "dropped entries; through the renormalization when the plan was renormalized." +
-       note)
-          .c_str());
-  m.def(
       "make_expert_choice_plan",
-      [](InMatrix<S> scores, const ExpertChoiceConfig& config, Mode mode) {
-        py::gil_scoped_release release;
-        return make_expert_choice_plan<S>(*scores, config, mode);
+      [](const py::object& scores, const ExpertChoiceConfig& config, Mode mode) {
+        return in_precision(scores, [&](auto s) {
+          using S = decltype(s);
+          const auto a = float_array<S>(scores, "scores", 2, "[T, E]");
+          const auto scores_map = matrix_map(a);
+          return without_gil([&] { return make_expert_choice_plan<S>(scores_map, config, mode); });
+        });
       },
       py::arg("scores"), py::arg("config") = ExpertChoiceConfig(), py::arg("mode") = Mode::train,
       ("Expert choice routing (Zhou et al. 2022) from scores [T, E]: per group each expert keeps "
        "its top-C tokens by score (ties to the lower token), in slots ordered by score; combine "
-       "weight = score. A token gets 0..E entries, in ascending expert id; top_k is 0." +
-       note)
-          .c_str());
-  m.def(
-      "expert_choice_backward",
-      [](const Plan& p, InVector<S> grad_weight) {
-        return to_numpy(expert_choice_backward<S>(p, *grad_weight));
-      },
-      py::arg("plan"), py::arg("grad_weight"),
-      "d loss / d scores [T, E] from d loss / d entry_weight [N] of an expert choice plan.");
-  m.def(
-      "dispatch",
-      [](const Plan& p, InMatrix<S> x) {
-        RowMatrix<S> buffer;
-        {
-          py::gil_scoped_release release;
-          buffer = dispatch<S>(p, *x);
-        }
-        return to_numpy(std::move(buffer));
-      },
-      py::arg("plan"), py::arg("x"),
-      ("buffer [E * capacity, d]: row e * capacity + c = x[token of that slot], 0 for an empty "
-       "slot (GShard 'sec,sm->ecm')." +
-       note)
-          .c_str());
-  m.def(
-      "dispatch_backward",
-      [](const Plan& p, InMatrix<S> grad_buffer) {
-        RowMatrix<S> grad_x;
-        {
-          py::gil_scoped_release release;
-          grad_x = dispatch_backward<S>(p, *grad_buffer);
-        }
-        return to_numpy(std::move(grad_x));
-      },
-      py::arg("plan"), py::arg("grad_buffer"),
-      ("grad_x [T, d]: the sum over token t's kept entries, in choice order, of "
-       "grad_buffer[slot]." +
-       note)
-          .c_str());
-  m.def(
-      "combine",
-      [](const Plan& p, InMatrix<S> expert_out) {
-        RowMatrix<S> y;
-        {
-          py::gil_scoped_release release;
-          y = combine<S>(p, *expert_out);
-        }
-        return to_numpy(std::move(y));
-      },
-      py::arg("plan"), py::arg("expert_out"),
-      ("y [T, d]: the sum over token t's kept entries, in choice order, of weight * "
-       "expert_out[slot]; 0 for a token with no kept entry." +
-       note)
-          .c_str());
-  m.def(
-      "combine_backward",
-      [](const Plan& p, InMatrix<S> expert_out, InMatrix<S> grad_y) {
-        return combine_backward<S>(p, *expert_out, *grad_y);
-      },
-      py::arg("plan"), py::arg("expert_out"), py::arg("grad_y"),
-      py::call_guard<py::gil_scoped_release>(),
-      ("Backward of combine: CombineGradients with expert_out = weight * grad_y[token] per slot "
-       "and weight[i] = <expert_out[slot], grad_y[token]> per kept entry (0 when dropped)." +
+       "weight = score. A token gets 0..E entries, in ascending expert id; top_k is 0. The dtype "
+       "of scores picks CapacityPlan_float32 or _float64." +
        note)
           .c_str());
 }
@@ -329,18 +349,23 @@ void bind_dropless_plan(py::module_& m) {
       "sort, histogram, round_up, cumsum).");
 }
 
-template <class S>
-void bind_dropless_ops_for(py::module_& m) {
+/// The dropless kernels, bound once for both precisions: the first array's dtype picks the
+/// precision (in_precision), every other array is taken in it.
+void bind_dropless_ops(py::module_& m) {
   const std::string note = std::string(" ") + kArrayNote;
   m.def(
       "dropless_permute",
-      [](InMatrix<S> x, const DroplessPlan& plan, bool zero_padding) {
-        RowMatrix<S> out(plan.padded_rows(), (*x).cols());
-        {
-          py::gil_scoped_release release;
-          dropless_permute<S>(*x, plan, out, zero_padding);
-        }
-        return to_numpy(std::move(out));
+      [](const py::object& x, const DroplessPlan& plan, bool zero_padding) {
+        return in_precision(x, [&](auto s) {
+          using S = decltype(s);
+          const auto a = float_array<S>(x, "x", 2, "[T, d]");
+          const auto x_map = matrix_map(a);
+          return without_gil([&] {
+            RowMatrix<S> out(plan.padded_rows(), x_map.cols());
+            dropless_permute<S>(x_map, plan, out, zero_padding);
+            return out;
+          });
+        });
       },
       py::arg("x"), py::arg("plan"), py::arg("zero_padding") = true,
       ("out [padded_rows, d]: out[pair_row[p]] = x[p // k] for every routed pair, padding rows 0 "
@@ -350,13 +375,17 @@ void bind_dropless_ops_for(py::module_& m) {
           .c_str());
   m.def(
       "dropless_permute_backward",
-      [](InMatrix<S> grad_out, const DroplessPlan& plan) {
-        RowMatrix<S> grad_x(plan.num_tokens, (*grad_out).cols());
-        {
-          py::gil_scoped_release release;
-          dropless_permute_backward<S>(*grad_out, plan, grad_x);
-        }
-        return to_numpy(std::move(grad_x));
+      [](const py::object& grad_out, const DroplessPlan& plan) {
+        return in_precision(grad_out, [&](auto s) {
+          using S = decltype(s);
+          const auto a = float_array<S>(grad_out, "grad_out", 2, "[padded_rows, d]");
+          const auto grad_map = matrix_map(a);
+          return without_gil([&] {
+            RowMatrix<S> grad_x(plan.num_tokens, grad_map.cols());
+            dropless_permute_backward<S>(grad_map, plan, grad_x);
+            return grad_x;
+          });
+        });
       },
       py::arg("grad_out"), py::arg("plan"),
       ("grad_x [T, d]: the sum over token t's routed pairs, in choice order, of "
@@ -365,13 +394,18 @@ void bind_dropless_ops_for(py::module_& m) {
           .c_str());
   m.def(
       "dropless_unpermute",
-      [](InMatrix<S> y, InMatrix<S> gates, const DroplessPlan& plan) {
-        RowMatrix<S> out(plan.num_tokens, (*y).cols());
-        {
-          py::gil_scoped_release release;
-          dropless_unpermute<S>(*y, *gates, plan, out);
-        }
-        return to_numpy(std::move(out));
+      [](const py::object& y, const py::object& gates, const DroplessPlan& plan) {
+        return in_precision(y, [&](auto s) {
+          using S = decltype(s);
+          const auto a = float_array<S>(y, "y", 2, "[padded_rows, d]");
+          const auto g = float_array<S>(gates, "gates", 2, "[T, k]");
+          const auto y_map = matrix_map(a), g_map = matrix_map(g);
+          return without_gil([&] {
+            RowMatrix<S> out(plan.num_tokens, y_map.cols());
+            dropless_unpermute<S>(y_map, g_map, plan, out);
+            return out;
+          });
+        });
       },
       py::arg("y"), py::arg("gates"), py::arg("plan"),
       ("out [T, d]: out[t] = sum_j gates[t, j] * y[pair_row[t * k + j]] over the routed pairs, j "
@@ -380,16 +414,24 @@ void bind_dropless_ops_for(py::module_& m) {
           .c_str());
   m.def(
       "dropless_unpermute_backward",
-      [](InMatrix<S> grad_out, InMatrix<S> y, InMatrix<S> gates, const DroplessPlan& plan,
-         bool zero_padding) {
-        RowMatrix<S> grad_y(plan.padded_rows(), (*grad_out).cols());
-        RowMatrix<S> grad_gates(plan.num_tokens, plan.top_k);
-        {
-          py::gil_scoped_release release;
-          dropless_unpermute_backward<S>(*grad_out, *y, *gates, plan, grad_y, grad_gates,
-                                         zero_padding);
-        }
-        return py::make_tuple(to_numpy(std::move(grad_y)), to_numpy(std::move(grad_gates)));
+      [](const py::object& grad_out, const py::object& y, const py::object& gates,
+         const DroplessPlan& plan, bool zero_padding) {
+        return in_precision(grad_out, [&](auto s) {
+          using S = decltype(s);
+          const auto dout = float_array<S>(grad_out, "grad_out", 2, "[T, d]");
+          const auto a = float_array<S>(y, "y", 2, "[padded_rows, d]");
+          const auto g = float_array<S>(gates, "gates", 2, "[T, k]");
+          const auto dout_map = matrix_map(dout), y_map = matrix_map(a), g_map = matrix_map(g);
+          // A pair of matrices becomes a tuple of two arrays, each owning its matrix.
+          return without_gil([&] {
+            std::pair<RowMatrix<S>, RowMatrix<S>> grads(
+                RowMatrix<S>(plan.padded_rows(), dout_map.cols()),
+                RowMatrix<S>(plan.num_tokens, plan.top_k));
+            dropless_unpermute_backward<S>(dout_map, y_map, g_map, plan, grads.first, grads.second,
+                                           zero_padding);
+            return grads;
+          });
+        });
       },
       py::arg("grad_out"), py::arg("y"), py::arg("gates"), py::arg("plan"),
       py::arg("zero_padding") = true,
@@ -407,9 +449,9 @@ void bind_dispatch(py::module_& m) {
   bind_capacity_config(m);
   bind_capacity_plan_for<float>(m);
   bind_capacity_plan_for<double>(m);
+  bind_array_planners(m);
   bind_dropless_plan(m);
-  bind_dropless_ops_for<float>(m);
-  bind_dropless_ops_for<double>(m);
+  bind_dropless_ops(m);
 }
 
 }  // namespace moe::python

@@ -2,6 +2,8 @@
 noisy top-k losses and the BiasBalancer, against the library (tests/golden/balance.cpp, bit for
 bit) and PyTorch re-implementations of the Switch loss, HF Mixtral's loss and the ST-MoE z-loss."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -232,6 +234,59 @@ def test_bad_input_names_the_argument(g):
         balancer.accumulate(0, bad)
     with pytest.raises(mr.Error, match="checkpoint"):
         balancer.load("not a checkpoint")
+
+
+def test_bad_arrays_are_named(g):
+    """A float array is converted by name: the wrong number of dimensions, or an object that is no
+    array, is moe_routing.Error starting with the argument's name (not pybind11's anonymous
+    "incompatible function arguments"), whichever argument it is."""
+    scores, ids = g["scores_float32"], g["expert_ids"]
+    gates = np.take_along_axis(scores, ids.astype(np.int64), axis=1)
+    config = P.deepspeed_top2()
+    global_loss = mr.GlobalLoadBalancingLoss_float32(E, config)
+    calls = [
+        ("gates", "[T, k]", lambda a: mr.importance_loss(a, ids, E, 0.1)),
+        ("scores", "[T, E]", lambda a: mr.load_balancing_loss(a, ids, config)),
+        ("logits", "[T, E]", lambda a: mr.load_balancing_loss_packed_from_logits(
+            a, mr.ScoreFunction.softmax, ids, P.deepseek_v3_packed_sequence(2), [0, T])),
+        ("logits", "[T, E]", lambda a: mr.router_z_loss(a, 1e-3)),
+        ("noise_stddev", "[T, E]", lambda a: mr.noisy_topk_load_loss(scores, scores, a, K, 0.1)),
+        ("layer_logits[1]", "[T, E]", lambda a: mr.load_balancing_loss_over_layers(
+            [scores, a], mr.ScoreFunction.softmax, P.hf_mixtral(K))),
+        ("scores", "[T, E]", lambda a: global_loss.micro_batch(a, ids)),
+    ]
+    for argument, shape, call in calls:
+        expected = f"^{re.escape(argument)}: expected a {re.escape(shape)} float array, got "
+        with pytest.raises(mr.Error, match=expected + "1-D array$"):
+            call(np.ones(T, np.float32))
+        with pytest.raises(mr.Error, match=expected + "str$"):
+            call("not an array")
+    with pytest.raises(mr.Error, match=r"^x: expected a \[n\] float array, got 2-D array$"):
+        mr.cv_squared(scores)
+    with pytest.raises(mr.Error, match="^layer_logits: expected a list of .T, E. float arrays, "
+                                       "got str$"):
+        mr.load_balancing_loss_over_layers("abc", mr.ScoreFunction.softmax, P.hf_mixtral(K))
+
+
+def test_precision_is_not_mixed(g):
+    """The first array (or the global loss's class) fixes the precision: another float array of
+    the other one is a TypeError naming it, never a rounding; integers and lists are converted."""
+    scores32, scores64 = g["scores_float32"], g["scores_float64"]
+    with pytest.raises(TypeError, match="^noisy_logits: expected float64"):
+        mr.noisy_topk_load_loss(scores64, scores32, np.ones_like(scores64), K, 0.1)
+    with pytest.raises(TypeError, match=r"^layer_logits\[1\]: expected float32"):
+        mr.load_balancing_loss_over_layers([scores32, scores64], mr.ScoreFunction.softmax,
+                                           P.hf_mixtral(K))
+    with pytest.raises(TypeError, match="^scores: expected float32"):
+        mr.GlobalLoadBalancingLoss_float32(E, P.deepspeed_top2()).micro_batch(scores64,
+                                                                              g["expert_ids"])
+    from_list = mr.router_z_loss(scores64.tolist(), 1e-3)
+    assert type(from_list).__name__ == "LossGradient_float32"
+    assert_bits(from_list.grad, mr.router_z_loss(scores64.astype(np.float32), 1e-3).grad)
+    # a 3-D array is a sequence of layers too, in its own precision
+    layered = mr.load_balancing_loss_over_layers(np.stack([scores64, scores64]),
+                                                 mr.ScoreFunction.softmax, P.hf_mixtral(K))
+    assert type(layered).__name__ == "LayeredLossGradient_float64"
 
 
 def test_switch_loss_against_torch(g):

@@ -3,6 +3,7 @@ dropless plans, against the library (tests/golden/dispatch.cpp, bit for bit) and
 re-implementation of Megatron's capacity rule."""
 
 import gc
+import re
 
 import numpy as np
 import pytest
@@ -252,6 +253,56 @@ def test_bad_input_names_the_argument(g):
         mr.dropless_permute(exact_inputs(T - 1, D, 2), dropless)
     with pytest.raises(mr.Error, match="gates"):
         mr.dropless_unpermute(exact_inputs(dropless.padded_rows(), D, 2), gates[:, :1], dropless)
+
+
+def test_bad_arrays_are_named(g):
+    """A float array is converted by name: the wrong number of dimensions, or an object that is no
+    array, is moe_routing.Error starting with the argument's name (not pybind11's anonymous
+    "incompatible function arguments"), whichever argument it is."""
+    ids, gates = g["expert_ids"], g["gates_float32"]
+    config = mr.CapacityConfig()
+    plan = mr.make_capacity_plan(ids, gates, E, config)
+    dropless = mr.make_dropless_plan(ids, E)
+    x = exact_inputs(T, D, 2)
+    y = exact_inputs(dropless.padded_rows(), D, 3)
+    expert_out = exact_inputs(plan.num_slots(), D, 4)
+    calls = [
+        ("gates", "[T, k]", lambda a: mr.make_capacity_plan(ids, a, E, config)),
+        ("gates", "[T, k]", lambda a: mr.dropless_unpermute(y, a, dropless)),
+        ("gates", "[T, k]", lambda a: mr.dropless_unpermute_backward(x, y, a, dropless)),
+        ("scores", "[T, E]", lambda a: mr.make_expert_choice_plan(a)),
+        ("x", "[T, d]", lambda a: mr.dispatch(plan, a)),
+        ("grad_y", "[T, d]", lambda a: mr.combine_backward(plan, expert_out, a)),
+        ("x", "[T, d]", lambda a: mr.dropless_permute(a, dropless)),
+    ]
+    for argument, shape, call in calls:
+        expected = f"^{argument}: expected a {re.escape(shape)} float array, got "
+        with pytest.raises(mr.Error, match=expected + "1-D array$"):
+            call(np.zeros(T, np.float32))
+        with pytest.raises(mr.Error, match=expected + "str$"):
+            call("not an array")
+    with pytest.raises(mr.Error, match=r"^grad_weight: expected a \[N\] float array, got 2-D"):
+        mr.capacity_plan_backward(plan, gates)
+
+
+def test_a_plan_fixes_the_precision(g):
+    """A plan's functions take their arrays in the plan's precision: the other one is a TypeError
+    naming the array, never a rounding; integers and lists are converted."""
+    ids = g["expert_ids"]
+    plan32 = mr.make_capacity_plan(ids, g["gates_float32"], E, mr.CapacityConfig())
+    plan64 = mr.make_capacity_plan(ids, g["gates_float64"], E, mr.CapacityConfig())
+    x = exact_inputs(T, D, 2, np.float64)
+    with pytest.raises(TypeError, match="^x: expected float32"):
+        mr.dispatch(plan32, x)
+    with pytest.raises(TypeError, match="^grad_weight: expected float64"):
+        mr.capacity_plan_backward(plan64, np.zeros(plan64.num_entries(), np.float32))
+    assert_bits(mr.dispatch(plan32, x.astype(np.float32).tolist()),
+                mr.dispatch(plan32, x.astype(np.float32)))
+    assert mr.dispatch(plan64, np.ones((T, D), np.int64)).dtype == np.float64
+    dropless = mr.make_dropless_plan(ids, E)
+    y = exact_inputs(dropless.padded_rows(), D, 3, np.float64)
+    with pytest.raises(TypeError, match="^gates: expected float64"):
+        mr.dropless_unpermute(y, g["gates_float32"], dropless)
 
 
 def test_megatron_capacity_rule_against_torch(g):
