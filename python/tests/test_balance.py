@@ -241,7 +241,6 @@ def test_bad_arrays_are_named(g):
     array, is moe_routing.Error starting with the argument's name (not pybind11's anonymous
     "incompatible function arguments"), whichever argument it is."""
     scores, ids = g["scores_float32"], g["expert_ids"]
-    gates = np.take_along_axis(scores, ids.astype(np.int64), axis=1)
     config = P.deepspeed_top2()
     global_loss = mr.GlobalLoadBalancingLoss_float32(E, config)
     calls = [
