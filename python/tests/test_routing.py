@@ -553,3 +553,10 @@ def test_expert_scale_is_a_trained_view_that_scales_the_gates():
     expected = np.zeros(6)
     np.add.at(expected, unscaled.expert_ids, upstream * unscaled.gates)
     np.testing.assert_allclose(grads.expert_scale, expected, rtol=1e-14, atol=1e-15)
+
+
+def test_free_functions_refuse_a_per_expert_scale_they_cannot_apply():
+    config = mr.RouterConfig(num_experts=4, hidden=1, top_k=2, expert_scale=True)
+    logits = exact_inputs(3, 4, 1)
+    with pytest.raises(mr.Error, match="^RouterConfig::expert_scale: expected false in select"):
+        mr.select_experts(config, logits)

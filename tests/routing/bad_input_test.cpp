@@ -271,6 +271,12 @@ TEST_CASE("select_experts and its backward check what they are given", "[routing
       select(with([](moe::RouterConfig& c) { c.num_groups = 2, c.groups_selected = 3; }), logits,
              none),
       "RouterConfig::groups_selected", "<= num_groups (2)", "3");
+  // A per-expert scale is the Router's parameter: the free functions would route without it.
+  const moe::RouterConfig scaled = with([](moe::RouterConfig& c) { c.expert_scale = true; });
+  require_rejects(select(scaled, logits, none), "RouterConfig::expert_scale",
+                  "false in select_experts (the scale is a Router parameter", "true");
+  require_rejects([&] { moe::replay_experts<double>(scaled, logits, routing.expert_ids, routing); },
+                  "RouterConfig::expert_scale", "false in replay_experts", "true");
 
   moe::select_experts<double>(good_config(), logits, none, routing, selection);
   const auto backward = [&](const moe::RouterConfig& c, const Matrix& grad_gates,
@@ -290,6 +296,8 @@ TEST_CASE("select_experts and its backward check what they are given", "[routing
   require_rejects(
       backward(with([](moe::RouterConfig& c) { c.top_k = 3; }), Matrix::Zero(3, 3), Matrix()),
       "routing.expert_ids", "shape [3, 3]", "[3, 2]");
+  require_rejects(backward(scaled, Matrix::Zero(3, 2), Matrix()), "RouterConfig::expert_scale",
+                  "false in select_experts_backward", "true");
 }
 
 TEST_CASE("top-k and the score functions check their arguments", "[routing][errors]") {

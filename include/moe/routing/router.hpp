@@ -232,18 +232,31 @@ void require_selection_bias(const ConstVectorRef<S>& bias, Index experts, const 
 /// Scores over all experts, the top-k experts and their gate weights, from the logits the router
 /// scores with. `selection_bias` ([E] or empty) shifts which experts win, never the gate weights
 /// (Wang et al. 2024; DeepSeek-V3's e_score_correction_bias).
-///   softmax_then_topk: w = s[top-k(s + b)], optionally w /= (sum w + eps)
+///   softmax_then_topk: w = s[top-k(s + b)], optionally w /= max(sum w + eps, renormalize_min)
 ///   topk_then_softmax: w = softmax(z[top-k(z + b)]) (Megatron-Core's default)
 ///   sigmoid, sqrt_softplus: w = s[top-k(s + b)], optionally renormalized;  then w *=
 ///   scaling_factor
 /// With adaptive k (RouterConfig::active_top_k, min_top_k, top_k_threshold) the choices it leaves
 /// out are kUnusedSlot with gate 0, and each formula runs over the used choices only.
 /// The config is validated, the logits and the bias must be finite (moe::Error otherwise).
+namespace detail {
+
+/// The free functions have no per-expert scale: a config asking for one would be routed without it.
+inline void require_no_expert_scale(const RouterConfig& config, const char* function) {
+  require(!config.expert_scale, "RouterConfig::expert_scale",
+          concat("false in ", function, " (the scale is a Router parameter: Router::forward, ",
+                 "replay and backward apply it)"),
+          "true");
+}
+
+}  // namespace detail
+
 template <class S>
 void select_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
                     const ConstVectorRef<S>& selection_bias, Routing<S>& out,
                     RowMatrix<S>& selection) {
   validate(config);
+  detail::require_no_expert_scale(config, "select_experts");
   require_shape(logits, "logits", -1, config.num_experts);
   require_finite(logits, "logits");
   detail::require_selection_bias<S>(selection_bias, config.num_experts, "selection_bias");
@@ -263,6 +276,7 @@ template <class S>
 void replay_experts(const RouterConfig& config, const ConstMatrixRef<S>& logits,
                     const ExpertIdMatrix& recorded_ids, Routing<S>& out) {
   validate(config);
+  detail::require_no_expert_scale(config, "replay_experts");
   require_shape(logits, "logits", -1, config.num_experts);
   require_finite(logits, "logits");
   detail::require_expert_ids(recorded_ids, logits.rows(), config.top_k, config.num_experts,
@@ -399,6 +413,7 @@ RowMatrix<S> select_experts_backward(const RouterConfig& config, const ConstMatr
                                      const Routing<S>& routing, const ConstMatrixRef<S>& grad_gates,
                                      const ConstMatrixRef<S>& grad_scores) {
   validate(config);
+  detail::require_no_expert_scale(config, "select_experts_backward");
   const Index tokens = logits.rows();
   require_shape(logits, "logits", -1, config.num_experts);
   require_finite(logits, "logits");
