@@ -61,6 +61,13 @@ py::array_t<S> vector_view(S* data, Index size, py::handle owner) {
   return py::array_t<S>({static_cast<py::ssize_t>(size)}, {py::ssize_t(sizeof(S))}, data, owner);
 }
 
+/// `array` made read-only: a view of results that are the library's, not the caller's to edit.
+template <class Array>
+Array read_only(Array array) {
+  array.attr("setflags")(py::arg("write") = false);
+  return array;
+}
+
 /// An Eigen result handed to NumPy without a copy: the array owns the moved matrix.
 template <class Matrix>
 py::object to_numpy(Matrix&& matrix) {

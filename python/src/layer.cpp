@@ -130,8 +130,7 @@ py::array shaped_view(const ParameterShape<S>& shape, const S* data, py::handle 
   py::array view =
       shape.cols == 0 ? py::array(vector_view(const_cast<S*>(data), shape.rows, owner))
                       : py::array(matrix_view(const_cast<S*>(data), shape.rows, shape.cols, owner));
-  if (!writable) view.attr("setflags")(py::arg("write") = false);
-  return view;
+  return writable ? view : read_only(std::move(view));
 }
 
 template <class S>

@@ -18,13 +18,6 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Views of the library's matrices.
 
-/// A read-only view: results are the library's, not the caller's to edit.
-template <class T>
-py::array_t<T> read_only(py::array_t<T> array) {
-  array.attr("setflags")(py::arg("write") = false);
-  return array;
-}
-
 /// A view of an Eigen matrix member of the object `self` (a vector becomes 1-D).
 template <class Matrix>
 py::array_t<typename Matrix::Scalar> member_view(Matrix& matrix, py::handle self) {

@@ -1,10 +1,13 @@
 """Shared fixtures of the moe_routing tests."""
 
 import os
+import re
 import subprocess
 
 import numpy as np
 import pytest
+
+import moe_routing
 
 
 @pytest.fixture
@@ -41,3 +44,15 @@ def golden(tmp_path_factory):
         return _golden_dirs[area]
 
     return load
+
+
+def assert_arrays_named(calls, rows):
+    """Each (argument, shape, call) of `calls` refuses, as moe_routing.Error starting with the
+    argument's name, a 1-D array of `rows` where `shape` is expected and an object that is no
+    array."""
+    for argument, shape, call in calls:
+        expected = f"^{re.escape(argument)}: expected a {re.escape(shape)} float array, got "
+        with pytest.raises(moe_routing.Error, match=expected + "1-D array$"):
+            call(np.zeros(rows, np.float32))
+        with pytest.raises(moe_routing.Error, match=expected + "str$"):
+            call("not an array")

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "areas.hpp"
+#include "inputs.hpp"
 #include "npy.hpp"
 
 #include "moe/moe.hpp"
@@ -44,23 +45,6 @@ std::vector<LossCase> loss_cases() {
   };
 }
 
-/// Logits [T, E] that route unevenly and differently from token to token: every 7th row and
-/// 11th column of exact_inputs (numpy: exact_inputs(7 T, 11 E, salt)[::7, ::11]). exact_inputs
-/// itself shifts every column alike from row to row, which routes runs of tokens alike.
-template <class S>
-RowMatrix<S> mixed_logits(long salt) {
-  const RowMatrix<S> wide = exact_inputs<S>(7 * kTokens, 11 * kExperts, salt);
-  RowMatrix<S> logits(kTokens, kExperts);
-  for (Index i = 0; i < kTokens; ++i)
-    for (Index j = 0; j < kExperts; ++j) logits(i, j) = wide(7 * i, 11 * j);
-  return logits;
-}
-
-template <class S>
-const char* tag() {
-  return std::is_same_v<S, float> ? "float32" : "float64";
-}
-
 template <class S>
 void write_loss(const std::string& prefix, const LossGradient<S>& loss) {
   write_npy(prefix + "_value.npy", &loss.value, 1);
@@ -82,9 +66,9 @@ ChoiceMask kept_mask(Index columns) {
 
 template <class S>
 void write_for(const std::string& dir, const ExpertIdMatrix& ids) {
-  const std::string t = tag<S>();
+  const std::string t = precision_name<S>();
   const std::string p = dir + "/";
-  const RowMatrix<S> logits = mixed_logits<S>(1);
+  const RowMatrix<S> logits = mixed_logits<S>(kTokens, kExperts, 1);
   RowMatrix<S> scores;
   score_rows<S>(ScoreFunction::softmax, logits, scores);
   write_npy(p + "scores_" + t + ".npy", scores);
@@ -119,8 +103,9 @@ void write_for(const std::string& dir, const ExpertIdMatrix& ids) {
              load_balancing_loss_packed_from_logits(logits, ScoreFunction::softmax, ids,
                                                     aux_presets::deepseek_v3_packed_sequence(2),
                                                     cu_seqlens, TokenMask(), kept_mask(2)));
-  const auto layered = load_balancing_loss_over_layers<S>(
-      {logits, mixed_logits<S>(9)}, ScoreFunction::softmax, aux_presets::hf_mixtral(2), mask);
+  const auto layered =
+      load_balancing_loss_over_layers<S>({logits, mixed_logits<S>(kTokens, kExperts, 9)},
+                                         ScoreFunction::softmax, aux_presets::hf_mixtral(2), mask);
   write_npy(p + "layers_value_" + t + ".npy", &layered.value, 1);
   write_npy(p + "layers_grad0_" + t + ".npy", layered.grads[0]);
   write_npy(p + "layers_grad1_" + t + ".npy", layered.grads[1]);
@@ -179,16 +164,10 @@ void write_for(const std::string& dir, const ExpertIdMatrix& ids) {
 }  // namespace
 
 void balance(const std::string& dir) {
-  RouterConfig config;
-  config.num_experts = kExperts;
-  config.top_k = kTopK;
-  config.hidden = 1;  // unused: the logits are given
-  Routing<float> routing;
-  RowMatrix<float> selection;
-  select_experts<float>(config, mixed_logits<float>(1), Vector<float>(), routing, selection);
-  write_npy(dir + "/expert_ids.npy", routing.expert_ids);
-  write_for<float>(dir, routing.expert_ids);
-  write_for<double>(dir, routing.expert_ids);
+  const ExpertIdMatrix expert_ids = mixed_routing(kTokens, kExperts, kTopK).expert_ids;
+  write_npy(dir + "/expert_ids.npy", expert_ids);
+  write_for<float>(dir, expert_ids);
+  write_for<double>(dir, expert_ids);
 }
 
 }  // namespace moe::golden

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "areas.hpp"
+#include "inputs.hpp"
 #include "npy.hpp"
 
 #include "moe/moe.hpp"
@@ -50,23 +51,6 @@ std::vector<CapacityCase> capacity_cases() {
   return cases;
 }
 
-/// Logits [T, E] that route unevenly and differently from token to token: every 7th row and
-/// 11th column of exact_inputs (numpy: exact_inputs(7 T, 11 E, salt)[::7, ::11]). exact_inputs
-/// itself shifts every column alike from row to row, which routes runs of tokens alike.
-template <class S>
-RowMatrix<S> mixed_logits(long salt) {
-  const RowMatrix<S> wide = exact_inputs<S>(7 * kTokens, 11 * kExperts, salt);
-  RowMatrix<S> logits(kTokens, kExperts);
-  for (Index i = 0; i < kTokens; ++i)
-    for (Index j = 0; j < kExperts; ++j) logits(i, j) = wide(7 * i, 11 * j);
-  return logits;
-}
-
-template <class S>
-const char* tag() {
-  return std::is_same_v<S, float> ? "float32" : "float64";
-}
-
 template <class S>
 void write_capacity_plan(const std::string& prefix, const CapacityPlan<S>& plan) {
   write_npy(prefix + "token_offsets.npy", plan.token_offsets);
@@ -94,7 +78,7 @@ void write_dropless_plan(const std::string& prefix, const DroplessPlan& plan) {
 template <class S>
 void write_for(const std::string& dir, const Routing<float>& routing,
                const ExpertIdMatrix& ids_unused) {
-  const std::string t = tag<S>();
+  const std::string t = precision_name<S>();
   const RowMatrix<S> gates = routing.gates.cast<S>();
   const RowMatrix<S> scores = routing.scores.cast<S>();
   write_npy(dir + "/gates_" + t + ".npy", gates);
@@ -148,13 +132,7 @@ void write_for(const std::string& dir, const Routing<float>& routing,
 }  // namespace
 
 void dispatch(const std::string& dir) {
-  RouterConfig config;
-  config.num_experts = kExperts;
-  config.top_k = kTopK;
-  config.hidden = 1;  // unused: the logits are given
-  Routing<float> routing;
-  RowMatrix<float> selection;
-  select_experts<float>(config, mixed_logits<float>(1), Vector<float>(), routing, selection);
+  const Routing<float> routing = mixed_routing(kTokens, kExperts, kTopK);
   write_npy(dir + "/expert_ids.npy", routing.expert_ids);
   // Two unused slots (-1): a token routed to one expert only.
   ExpertIdMatrix ids_unused = routing.expert_ids;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "areas.hpp"
+#include "inputs.hpp"
 #include "npy.hpp"
 
 #include "moe/health/export.hpp"

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "areas.hpp"
+#include "inputs.hpp"
 #include "npy.hpp"
 
 #include "moe/moe.hpp"

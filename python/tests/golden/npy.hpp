@@ -55,19 +55,4 @@ void write_npy(const std::string& path, const Eigen::DenseBase<Derived>& m) {
     write_npy(path, row_major.data(), row_major.rows(), row_major.cols());
 }
 
-/// Inputs the Python tests rebuild exactly: element (i, j) of a [rows, cols] matrix is
-/// ((i * 7919 + j * 104729 + salt * 13) % 2001 - 1000) / 256, exactly representable in float, so
-/// numpy (tests/conftest.py, `exact_inputs`) makes the same bits.
-template <class S>
-Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> exact_inputs(Eigen::Index rows,
-                                                                               Eigen::Index cols,
-                                                                               long salt) {
-  Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m(rows, cols);
-  for (Eigen::Index i = 0; i < rows; ++i)
-    for (Eigen::Index j = 0; j < cols; ++j)
-      m(i, j) = static_cast<S>(
-          static_cast<double>((i * 7919 + j * 104729 + salt * 13) % 2001 - 1000) / 256.0);
-  return m;
-}
-
 }  // namespace moe::golden

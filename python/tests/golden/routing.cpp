@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "areas.hpp"
+#include "inputs.hpp"
 #include "moe/moe.hpp"
 #include "npy.hpp"
 
