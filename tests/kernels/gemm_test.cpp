@@ -104,6 +104,8 @@ TEST_CASE("gemm matches a triple loop for every operand storage order", "[core][
     check_all_orders<double>(8, 70, 301);
     check_all_orders<float>(3, 50, 7);
     check_all_orders<float>(7, 16, 1);
+    check_all_orders<float>(1, 300, 70);  // a row vector: two bursts, packets, a sliver
+    check_all_orders<double>(1, 19, 33);
   }
   SECTION("tens of rows times a row-major rhs: register tiles, every row and column remainder") {
     check_all_orders<double>(9, 83, 37);

@@ -176,16 +176,19 @@ TEMPLATE_TEST_CASE("each product kernel computes its reference's bits", "[kernel
   using S = TestType;
   constexpr Index lanes = simd::kLanes<S>;
   using B = kernels::ProductBlocking<S>;
-  SECTION("streamed: every depth remainder of 4, every row group of 4, every column remainder") {
-    for (Index m : {Index(2), Index(3), Index(5), B::kStreamedMaxRows})
-      for (Index n : {lanes, lanes + 3, Index(37)})
-        for (Index k : {Index(1), Index(3), Index(4), Index(9), Index(301)})
+  SECTION("streamed: every depth remainder of a pass, bursts, packets and a column sliver") {
+    constexpr Index burst = kernels::detail::streamed::kBurstPackets * lanes;
+    constexpr Index depth = kernels::detail::streamed::kDepth;
+    for (Index m : {Index(1), Index(2), Index(5), B::kStreamedMaxRows})
+      for (Index n : {Index(3), lanes, lanes + 3, burst, 2 * burst + lanes + 5})
+        for (Index k : {Index(1), Index(3), depth, depth + 1, 3 * depth - 1})
           check_streamed<S>(m, n, k);
   }
   SECTION("register tiles in place and over transposed chunks") {
     for (Index m : {B::kStreamedMaxRows + 1, Index(13), Index(23), B::kSkinnyMaxRows})
       for (Index n : {lanes, lanes + 1, B::kTileCols, Index(131)})
-        for (Index k : {Index(0), Index(1), Index(37), B::kTransposeDepth, Index(300)})
+        for (Index k : {Index(0), Index(1), Index(37), B::kTransposeDepth, Index(300),
+                        2 * B::kSkinnyDepth + 1})
           check_skinny<S>(m, n, k);
   }
   SECTION("weight gradients over tens of rows of depth") {
@@ -236,8 +239,10 @@ TEST_CASE("select_product_kernel picks each kernel from storage and shapes", "[k
   // Results narrower than a packet: Eigen's blocked GEMM on this thread.
   CHECK(pick(R, R, 4096, lanes - 1 > 1 ? lanes - 1 : 2, 1024) ==
         (own ? ProductKernel::eigen_gemm : ProductKernel::eigen));
-  // A row vector is Eigen's GEMV; tiny products its coefficient-wise product; expressions its own.
-  CHECK(pick(R, R, 1, 1024, 2048) == ProductKernel::eigen);
+  // A row vector streams the weights too (Eigen's GEMV without vectors); tiny products are
+  // Eigen's coefficient-wise product; expressions its own.
+  CHECK(pick(R, R, 1, 1024, 2048) == (vectors ? ProductKernel::streamed : ProductKernel::eigen));
+  CHECK(pick(G, R, 1, 1024, 2048) == (vectors ? ProductKernel::streamed : ProductKernel::eigen));
   CHECK(pick(R, R, 2, 2, 2) ==
         (vectors && lanes <= 2 ? ProductKernel::streamed : ProductKernel::eigen));
   CHECK(pick(X, R, 100, 100, 100) == ProductKernel::eigen);

@@ -16,6 +16,9 @@
 
 namespace moe::kernels {
 
+/// Rows up to which a product streams its right operand, whatever the scalar.
+inline constexpr Index kStreamedProductMaxRows = 8;
+
 /// The products' blocking for scalar S on the instruction set compiled for.
 ///
 /// | instruction set | float lanes | registers | register tile   | panel width (float) |
@@ -27,10 +30,10 @@ template <class S>
 struct ProductBlocking {
   static constexpr Index kPacket = simd::kLanes<S>;
 
-  /// Products of 2..kStreamedMaxRows rows stream the right operand (streamed_product). One
+  /// Products of 1..kStreamedMaxRows rows stream the right operand (streamed_product). One
   /// AVX-512 core, [m, 2048] x [2048, 1024] float from memory, against Eigen's blocked GEMM:
   /// 2.0-2.4x faster at m = 2-4, 1.5-1.7x at m = 8, even at 12, slower from 16 on.
-  static constexpr Index kStreamedMaxRows = 8;
+  static constexpr Index kStreamedMaxRows = kStreamedProductMaxRows;
   /// Products of up to kSkinnyMaxRows rows run register tiles over the right operand in place
   /// (skinny_product); past it the weights' reads are spread over enough rows that packing pays.
   static constexpr Index kSkinnyMaxRows = 64;
@@ -45,6 +48,10 @@ struct ProductBlocking {
   static constexpr int kTilePackets = 3;
   static constexpr Index kTileCols = kTilePackets * kPacket;
 
+  /// Rows of the weights a column panel of skinny_product runs over before the next group of
+  /// rows resumes it: kTileCols x 128 scalars (24 KiB of float at 48 columns) stay in L1. Changes
+  /// no bit: the sums resume from c exactly.
+  static constexpr Index kSkinnyDepth = 256;
   /// Depth of one transposed chunk of skinny_product_nt: kTileCols x 128 scalars (24 KiB of float
   /// at 48 columns) stays in L1; 256 deep spilled to L2 and ran 10-15% slower. Bits depend on it.
   static constexpr Index kTransposeDepth = 128;
@@ -74,6 +81,11 @@ struct ThreadBlocking {
   /// fraction of a tile's work, small enough that a hot expert splits into many tiles.
   static constexpr Index kSparseTileRows = 1024;
   static constexpr Index kSparseTileCols = 1024;
+  /// Column tiles of a block-sparse product whose every row tile streams the weights (a decode
+  /// step: at most kStreamedProductMaxRows rows per expert): the weights' whole rows, split into
+  /// the fewest equal pieces of at most this many columns. A 1024-column tile of a row 5.6 KB
+  /// long read 4 KB runs one page apart, which the hardware prefetchers restart on at every page.
+  static constexpr Index kStreamedTileCols = 4096;
 };
 
 /// The row kernels' (dispatch, combine) prefetch distance and batch.

@@ -32,7 +32,7 @@ namespace moe::kernels {
 
 /// The kernels a product can run (see select_product_kernel for which shapes take which).
 enum class ProductKernel {
-  streamed,    ///< 2..kStreamedMaxRows rows times a row-major rhs, read once in order
+  streamed,    ///< 1..kStreamedMaxRows rows times a row-major rhs, read once in order
   skinny,      ///< up to kSkinnyMaxRows rows times a row-major rhs, register tiles in place
   skinny_nt,   ///< up to kSkinnyMaxRows rows times a row-major rhs seen transposed
   skinny_tn,   ///< a transposed lhs of at most kSkinnyMaxDepth rows of depth (weight gradients)
@@ -78,7 +78,7 @@ constexpr ProductKernel select_product_kernel(Storage dst, Storage lhs, Storage 
   const bool rhs_direct = rhs == Storage::row_major || rhs == Storage::column_major;
   if (dst == Storage::row_major && vectors) {
     const bool skinny_rows = m > B::kStreamedMaxRows && m <= B::kSkinnyMaxRows;
-    if (rhs == Storage::row_major && (lhs_rows || lhs_columns) && m >= 2 &&
+    if (rhs == Storage::row_major && (lhs_rows || lhs_columns) && m >= 1 &&
         m <= B::kStreamedMaxRows)
       return ProductKernel::streamed;
     if (rhs == Storage::row_major && lhs_rows && skinny_rows) return ProductKernel::skinny;

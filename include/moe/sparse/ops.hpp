@@ -16,6 +16,7 @@
 #include "moe/kernels/gemm.hpp"
 #include "moe/kernels/parallel.hpp"
 #include "moe/kernels/prefetch.hpp"
+#include "moe/kernels/simd.hpp"
 #include "moe/sparse/detail/tiles.hpp"
 #include "moe/sparse/topology.hpp"
 
@@ -88,11 +89,12 @@ void for_dense_row_tiles(const BlockSparseTopology& topo, MatrixRef<S> c, bool a
                          TileProduct&& product) {
   const std::vector<RowTile> tiles = row_tiles(topo);
   const Index n = c.cols();
-  const Index col_tiles = std::max<Index>(1, tile_count(n, kTileCols));
+  const Index width = column_tile_width(n, simd::kLanes<S>, kTileCols, streams_weights(tiles));
+  const Index col_tiles = std::max<Index>(1, tile_count(n, width));
   kernels::parallel_items(static_cast<Index>(tiles.size()) * col_tiles, [&](Index w) {
-    const auto [tile, n0, nw] = work_item(tiles, col_tiles, kTileCols, n, w);
+    const auto [tile, n0, nw] = work_item(tiles, col_tiles, width, n, w);
     if (nw <= 0) return;
-    if (tile->data_rows > 0) product(*tile, n0, nw, tile_ahead(tiles, col_tiles, kTileCols, n, w));
+    if (tile->data_rows > 0) product(*tile, n0, nw, tile_ahead(tiles, col_tiles, width, n, w));
     if (topo.write_padding && !accumulate && tile->rows > tile->data_rows)
       c.block(tile->begin + tile->data_rows, n0, tile->rows - tile->data_rows, nw).setZero();
   });
@@ -104,7 +106,8 @@ template <class TileProduct, class Epilogue, class... Results>
 void for_sparse_tiles(const BlockSparseTopology& topo, TileProduct&& product, Epilogue&& epilogue,
                       Results&... results) {
   const std::vector<RowTile> tiles = row_tiles(topo);
-  const Index width = sparse_tile_cols(topo);
+  const Index width = column_tile_width(topo.ffn_hidden, topo.block_cols, sparse_tile_cols(topo),
+                                        streams_weights(tiles));
   const Index col_tiles = tile_count(topo.ffn_hidden, width);
   kernels::parallel_items(static_cast<Index>(tiles.size()) * col_tiles, [&](Index w) {
     const auto [tile, c0, cw] = work_item(tiles, col_tiles, width, topo.ffn_hidden, w);

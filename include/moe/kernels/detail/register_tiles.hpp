@@ -36,15 +36,19 @@ struct TransposedRows {
 };
 
 /// c[i, 0 .. Packets·P) = sum_p lhs(first + i, p) * w[p, 0 .. Packets·P) for i < Rows, summed in
-/// registers from 0 in order of p (madd), then stored, or added to c with `accumulate`.
+/// registers from 0 in order of p (madd), then stored, or added to c with `accumulate`. With
+/// `resume` the sums start from c instead of 0 and are stored: a depth range continues the sums an
+/// earlier range stored, with the bits of one pass over both (c holds them exactly).
 template <int Rows, int Packets, class S, class Lhs, class Prefetcher>
 MOE_ALWAYS_INLINE void tile(const Lhs& lhs, Index first, Index k, const S* w, Index w_stride, S* c,
-                            Index c_stride, bool accumulate, Prefetcher& prefetcher) {
+                            Index c_stride, bool accumulate, Prefetcher& prefetcher,
+                            bool resume = false) {
   using Packet = simd::Packet<S>;
   constexpr Index kPacket = simd::kLanes<S>;
   Packet acc[Rows][Packets];
-  for (auto& row : acc)
-    for (Packet& a : row) a = simd::broadcast(S(0));
+  for (int i = 0; i < Rows; ++i)
+    for (int q = 0; q < Packets; ++q)
+      acc[i][q] = resume ? simd::loadu(c + i * c_stride + q * kPacket) : simd::broadcast(S(0));
   for (Index p = 0; p < k; ++p, w += w_stride) {
     Packet wp[Packets];
     for (int q = 0; q < Packets; ++q) wp[q] = simd::loadu(w + q * kPacket);
@@ -71,10 +75,10 @@ MOE_ALWAYS_INLINE void tile(const Lhs& lhs, Index first, Index k, const S* w, In
 /// The same for a last sliver of fewer columns than a packet.
 template <class S, class Lhs>
 void scalar_tile(const Lhs& lhs, Index first, Index rows, Index cols, Index k, const S* w,
-                 Index w_stride, S* c, Index c_stride, bool accumulate) {
+                 Index w_stride, S* c, Index c_stride, bool accumulate, bool resume = false) {
   for (Index i = 0; i < rows; ++i)
     for (Index j = 0; j < cols; ++j) {
-      S sum(0);
+      S sum = resume ? c[i * c_stride + j] : S(0);
       for (Index p = 0; p < k; ++p) sum = simd::madd(lhs(first + i, p), w[p * w_stride + j], sum);
       S& out = c[i * c_stride + j];
       out = accumulate ? out + sum : sum;
@@ -85,13 +89,13 @@ void scalar_tile(const Lhs& lhs, Index first, Index rows, Index cols, Index k, c
 template <int Rows, int Packets, class S, class Lhs, class Prefetcher>
 MOE_ALWAYS_INLINE void tile_rows(Index rows, const Lhs& lhs, Index first, Index k, const S* w,
                                  Index w_stride, S* c, Index c_stride, bool accumulate,
-                                 Prefetcher& prefetcher) {
+                                 Prefetcher& prefetcher, bool resume = false) {
   if constexpr (Rows > 1) {
     if (rows < Rows)
       return tile_rows<Rows - 1, Packets>(rows, lhs, first, k, w, w_stride, c, c_stride, accumulate,
-                                          prefetcher);
+                                          prefetcher, resume);
   }
-  tile<Rows, Packets>(lhs, first, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+  tile<Rows, Packets>(lhs, first, k, w, w_stride, c, c_stride, accumulate, prefetcher, resume);
 }
 
 /// The width of the column range starting `remaining` columns before the end: a full register
@@ -109,15 +113,16 @@ Index width_at(Index remaining) {
 template <class S, class Lhs, class Prefetcher>
 MOE_ALWAYS_INLINE void tile_block(const Lhs& lhs, Index first, Index rows, Index width, Index k,
                                   const S* w, Index w_stride, S* c, Index c_stride, bool accumulate,
-                                  Prefetcher& prefetcher) {
+                                  Prefetcher& prefetcher, bool resume = false) {
   constexpr int kRows = static_cast<int>(Blocking<S>::kTileRows);
   if (width == Blocking<S>::kTileCols)
     tile_rows<kRows, Blocking<S>::kTilePackets>(rows, lhs, first, k, w, w_stride, c, c_stride,
-                                                accumulate, prefetcher);
+                                                accumulate, prefetcher, resume);
   else if (width == simd::kLanes<S>)
-    tile_rows<kRows, 1>(rows, lhs, first, k, w, w_stride, c, c_stride, accumulate, prefetcher);
+    tile_rows<kRows, 1>(rows, lhs, first, k, w, w_stride, c, c_stride, accumulate, prefetcher,
+                        resume);
   else
-    scalar_tile(lhs, first, rows, width, k, w, w_stride, c, c_stride, accumulate);
+    scalar_tile(lhs, first, rows, width, k, w, w_stride, c, c_stride, accumulate, resume);
 }
 
 /// Register tiles over every row of c for one column range: w's rows are reused from L1 by each

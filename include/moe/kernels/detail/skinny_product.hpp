@@ -24,18 +24,33 @@ namespace moe::kernels::detail {
 /// kSkinnyMaxRows: register tiles over rhs (row-major [k, n], rows rhs_stride apart) in place, one
 /// cache line of `next` prefetched every few depth steps. Each element is summed from 0 in order
 /// of p (tiles::tile), then stored or added to c.
+/// Stored sums run kSkinnyDepth rows of rhs at a time across all its columns, every group of rows
+/// taking a panel's rows while they are in L1 and resuming the sums stored in c: each weight is
+/// read from memory once per product, not once per group of rows, and a depth range's pages stay
+/// in the TLB while its panels are swept (a [4096, 48] panel of a row-major [4096, 14336] matrix
+/// touches 4096 pages, and with the next product's prefetch no longer fits L2 between groups).
 template <class S, class LhsRow>
 void skinny_product(S* c, Index c_stride, Index m, Index n, Index k, const LhsRow& lhs_row,
                     const S* rhs, Index rhs_stride, bool accumulate, const PrefetchBlock& next) {
-  const S* rows[ProductBlocking<S>::kSkinnyMaxRows];
+  using B = ProductBlocking<S>;
+  const S* rows[B::kSkinnyMaxRows];
   for (Index i = 0; i < m; ++i) rows[i] = lhs_row(i);
-  const tiles::RowPointers<S> lhs{rows};
   LinePrefetcher prefetcher(next, tiles::ticks<S>(m, n, k));
-  for (Index j = 0, width = 0; j < n; j += width) {
-    width = tiles::width_at<S>(n - j);
-    tiles::column_range(lhs, m, width, k, rhs + j, rhs_stride, c + j, c_stride, accumulate,
-                        prefetcher);
-  }
+  // Adding to c needs the sums whole before they meet it: one pass over the depth.
+  const Index depth_step = accumulate ? std::max<Index>(k, 1) : B::kSkinnyDepth;
+  Index p0 = 0;
+  do {  // at least once: depth 0 still stores zeros
+    const Index depth = std::min(depth_step, k - p0);
+    const tiles::RowPointers<S> lhs{rows, p0};
+    for (Index j = 0, width = 0; j < n; j += width) {
+      width = tiles::width_at<S>(n - j);
+      for (Index i = 0; i < m; i += B::kTileRows)
+        tiles::tile_block(lhs, i, std::min(B::kTileRows, m - i), width, depth,
+                          rhs + p0 * rhs_stride + j, rhs_stride, c + i * c_stride + j, c_stride,
+                          accumulate, prefetcher, /*resume=*/p0 > 0);
+    }
+    p0 += depth;
+  } while (p0 < k);
 }
 
 /// buffer[p, j] = w[j, p] for j < width, p < depth: w row-major with row stride w_stride, buffer

@@ -59,6 +59,23 @@ inline Index sparse_tile_cols(const BlockSparseTopology& topo) {
 
 inline Index tile_count(Index extent, Index width) { return (extent + width - 1) / width; }
 
+/// Whether every row tile's products stream the weights (a decode step's few rows per expert).
+inline bool streams_weights(const std::vector<RowTile>& tiles) {
+  return std::all_of(tiles.begin(), tiles.end(), [](const RowTile& t) {
+    return t.data_rows <= kernels::kStreamedProductMaxRows;
+  });
+}
+
+/// Width of the column tiles over `extent` columns, whole `unit`s: `width` as given, or when the
+/// products stream the weights, the fewest equal pieces of at most kStreamedTileCols, so that each
+/// product reads long runs of each weight row.
+inline Index column_tile_width(Index extent, Index unit, Index width, bool streamed) {
+  if (!streamed) return width;
+  const Index units = tile_count(extent, unit);
+  const Index pieces = tile_count(extent, kernels::ThreadBlocking::kStreamedTileCols);
+  return std::max<Index>(1, tile_count(units, pieces)) * unit;
+}
+
 /// The work item a thread is likely to take after item i, under parallel_items' dynamic schedule
 /// (the team takes items in turn): i + the team's size. A prefetch hint only: results never
 /// depend on which thread runs what.

@@ -1,0 +1,234 @@
+// The dropless expert FFN (SwiGLU, float, inference forward) at the batch sizes of serving, from a
+// single decoded token to a prefill, beside the two limits of each shape in the same binary:
+//   read   — one pass reading the weights of every expert the batch routes to (the least any
+//            forward must move from memory; decode is bound by it);
+//   memcpy — the same bytes copied (read and written), the limit the first tables quoted;
+//   gemm   — the same FLOPs as dense GEMMs over [T*k, d] through the library's packed kernel.
+// Each round runs the forward and its limits back to back and the medians of the per-round ratios
+// are reported, so load from other processes hits both sides of a ratio alike. Wall time: the
+// 2-thread rows run a team.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "moe/dispatch/dropless_plan.hpp"
+#include "moe/experts/dropless_ffn.hpp"
+#include "moe/kernels/simd.hpp"
+#include "moe/routing/synthetic.hpp"
+
+#include "swiglu_limit.hpp"
+
+namespace {
+
+using moe::Index;
+using moe::bench::fill;
+using moe::bench::SwigluGemmLimit;
+using Matrix = moe::RowMatrix<float>;
+
+struct Shape {
+  Index tokens, d, f, experts, k;
+};
+
+// (T, d, f, E, k): a prefill, Mixtral-like 128 tokens, a single decoded token, a decode batch,
+// Mixtral-like single-token decode.
+const Shape kShapes[] = {{512, 2048, 1408, 64, 6},
+                         {128, 4096, 14336, 8, 2},
+                         {1, 2048, 1408, 64, 6},
+                         {16, 2048, 1408, 64, 6},
+                         {1, 4096, 14336, 8, 2}};
+
+/// Everything one shape needs, built once and kept while consecutive benchmarks use the shape:
+/// Mixtral-like weights are 5.6 GB.
+struct Setup {
+  explicit Setup(const Shape& shape)
+      : s(shape), w(config(shape)), x(s.tokens, s.d), gates(s.tokens, s.k), y(s.tokens, s.d) {
+    fill(w.w1, 1);
+    fill(w.w3, 2);
+    fill(w.w2, 3);
+    fill(x, 4);
+    fill(gates, 5);
+    moe::SyntheticRoutingConfig routing;
+    routing.num_tokens = s.tokens;
+    routing.num_experts = s.experts;
+    routing.top_k = s.k;
+    routing.seed = 42;
+    ids = moe::synthetic_expert_ids(routing);
+    ctx.save_for_backward = false;
+    std::vector<bool> active(static_cast<std::size_t>(s.experts), false);
+    for (Index i = 0; i < ids.size(); ++i) active[static_cast<std::size_t>(ids.data()[i])] = true;
+    // The active experts' weights as contiguous runs: each expert's W1, W3 and W2 block.
+    const Index block = s.d * s.f;
+    for (Index e = 0; e < s.experts; ++e)
+      if (active[static_cast<std::size_t>(e)])
+        for (const float* base : {w.w1.data(), w.w3.data(), w.w2.data()})
+          runs.push_back(base + e * block);
+    run_size = block;
+    copy.resize(runs.size() * static_cast<std::size_t>(block));
+  }
+  static moe::ExpertFFNConfig config(const Shape& s) {
+    moe::ExpertFFNConfig c;
+    c.num_experts = s.experts;
+    c.hidden = s.d;
+    c.ffn_hidden = s.f;
+    c.activation = moe::Activation::swiglu;
+    return c;
+  }
+
+  void forward() {
+    moe::make_dropless_plan(ids, s.experts, 128, plan);
+    moe::dropless_ffn_forward<float>(w, x, gates, plan, ctx, y);
+    benchmark::DoNotOptimize(y.data());
+  }
+
+  /// Chunks of the active weights, 1 MiB each, handed to the team in order: both threads stream.
+  template <class Body>
+  void for_chunks(Body&& body) {
+    constexpr Index kChunk = Index{1} << 18;
+    const Index per_run = (run_size + kChunk - 1) / kChunk;
+    const Index chunks = static_cast<Index>(runs.size()) * per_run;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+    for (Index c = 0; c < chunks; ++c) {
+      const Index r = c / per_run, first = (c % per_run) * kChunk;
+      body(r, first, std::min(kChunk, run_size - first));
+    }
+  }
+
+  /// Sums every active weight (four packet accumulators per thread): the reads alone.
+  float read() {
+    using namespace moe::simd;
+    float total = 0;
+    for_chunks([&](Index r, Index first, Index n) {
+      const float* p = runs[static_cast<std::size_t>(r)] + first;
+      constexpr Index kStep = 4 * kLanes<float>;
+      Packet<float> a0 = broadcast(0.0f), a1 = a0, a2 = a0, a3 = a0;
+      Index i = 0;
+      for (; i + kStep <= n; i += kStep) {
+        a0 = add(a0, loadu(p + i));
+        a1 = add(a1, loadu(p + i + kLanes<float>));
+        a2 = add(a2, loadu(p + i + 2 * kLanes<float>));
+        a3 = add(a3, loadu(p + i + 3 * kLanes<float>));
+      }
+      float part = reduce_add(add(add(a0, a1), add(a2, a3)));
+      for (; i < n; ++i) part += p[i];
+#if defined(_OPENMP)
+#pragma omp atomic
+#endif
+      total += part;
+    });
+    benchmark::DoNotOptimize(total);
+    return total;
+  }
+
+  void memcpy_weights() {
+    for_chunks([&](Index r, Index first, Index n) {
+      std::memcpy(copy.data() + r * run_size + first, runs[static_cast<std::size_t>(r)] + first,
+                  static_cast<std::size_t>(n) * sizeof(float));
+    });
+    benchmark::DoNotOptimize(copy.data());
+  }
+
+  double active_bytes() const {
+    return static_cast<double>(runs.size()) * static_cast<double>(run_size) * sizeof(float);
+  }
+
+  Shape s;
+  moe::ExpertWeights<float> w;
+  Matrix x, gates, y;
+  moe::ExpertIdMatrix ids;
+  moe::DroplessPlan plan;
+  moe::DroplessFFNContext<float> ctx;
+  std::vector<const float*> runs;
+  Index run_size = 0;
+  std::vector<float> copy;
+};
+
+Setup& setup_for(Index shape) {
+  static std::unique_ptr<Setup> cached;
+  static Index cached_shape = -1;
+  if (cached_shape != shape) {
+    cached.reset();  // free the last shape's weights first
+    cached = std::make_unique<Setup>(kShapes[shape]);
+    cached_shape = shape;
+  }
+  return *cached;
+}
+
+template <class Fn>
+double seconds(Fn&& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+/// Args: shape, threads. Counters: the forward's median time (ms) and its ratios to the limits
+/// (forward / limit: 1 is at the limit); the read limit's bandwidth.
+void BM_experts_forward(benchmark::State& state) {
+  const Index shape = state.range(0);
+  const int threads = static_cast<int>(state.range(1));
+#if defined(_OPENMP)
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(threads);
+#else
+  if (threads > 1) return state.SkipWithError("built without OpenMP");
+#endif
+  Setup& run = setup_for(shape);
+  const Shape& s = run.s;
+  SwigluGemmLimit gemm(s.tokens * s.k, s.d, s.f, /*with_backward=*/false);
+  run.forward();  // warm-up: workspaces grow, pages fault in
+  run.read();
+  run.memcpy_weights();
+  gemm.step();
+  std::vector<double> forward, to_read, to_memcpy, to_gemm, read;
+  const int rounds = s.tokens * s.d * s.f > (Index{1} << 33) ? 5 : 15;
+  for (auto _ : state) {
+    for (int i = 0; i < rounds; ++i) {
+      const double t_forward = seconds([&] { run.forward(); });
+      const double t_read = seconds([&] { run.read(); });
+      const double t_memcpy = seconds([&] { run.memcpy_weights(); });
+      const double t_gemm = seconds([&] { gemm.step(); });
+      forward.push_back(t_forward);
+      read.push_back(t_read);
+      to_read.push_back(t_forward / t_read);
+      to_memcpy.push_back(t_forward / t_memcpy);
+      to_gemm.push_back(t_forward / t_gemm);
+    }
+  }
+#if defined(_OPENMP)
+  omp_set_num_threads(saved_threads);
+#endif
+  state.counters["forward_ms"] = 1e3 * median(forward);
+  state.counters["read_GB/s"] = run.active_bytes() * 1e-9 / median(read);
+  state.counters["fwd/read"] = median(to_read);
+  state.counters["fwd/memcpy"] = median(to_memcpy);
+  state.counters["fwd/gemm"] = median(to_gemm);
+  state.counters["GFLOP/s"] =
+      2.0 * 3.0 * static_cast<double>(s.tokens * s.k * s.d * s.f) * 1e-9 / median(forward);
+}
+
+void shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"shape", "threads"});
+  for (Index shape = 0; shape < 5; ++shape)
+    for (Index threads : {1, 2}) b->Args({shape, threads});
+  b->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+}  // namespace
+
+BENCHMARK(BM_experts_forward)->Apply(shapes);
+
+BENCHMARK_MAIN();
