@@ -19,6 +19,10 @@
 #   parallel          find_package(moe CONFIG REQUIRED COMPONENTS parallel), parallel_consumer.cpp
 #                     run under MPIEXEC with 2 processes; with MPI hidden the same configuration
 #                     must fail, saying why
+#   compiled          find_package(moe CONFIG REQUIRED COMPONENTS compiled) from PREFIX,
+#                     layer_consumer.cpp linked with moe::compiled (built from the installed
+#                     source) must give the hand-worked answer; the same program with the
+#                     component's definition but without its library must fail to link
 #   add_subdirectory  add_subdirectory() of this source tree, topk_consumer.cpp; with MPI,
 #                     parallel_consumer.cpp is built too (not run). The parent's `cmake --install`
 #                     must install the parent's program and nothing of moe (MOE_INSTALL is off)
@@ -152,6 +156,14 @@ elseif(MODE STREQUAL "parallel")
     ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumers/parallel -B ${WORK_DIR}/build-without-mpi
     ${common} -D CMAKE_PREFIX_PATH=${PREFIX} -D CMAKE_DISABLE_FIND_PACKAGE_MPI=ON)
 
+elseif(MODE STREQUAL "compiled")
+  run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumers/compiled -B ${build} ${common}
+    -D CMAKE_PREFIX_PATH=${PREFIX})
+  run(${CMAKE_COMMAND} --build ${build})
+  run(${build}/consumer)
+  run_expecting_failure("undefined reference to"
+    ${CMAKE_COMMAND} --build ${build} --target without_instantiations)
+
 elseif(MODE STREQUAL "add_subdirectory")
   run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumers/add_subdirectory -B ${build} ${common}
     -D MOE_SOURCE_DIR=${SOURCE_DIR} -D EXPECT_PARALLEL=${EXPECT_PARALLEL}
@@ -167,6 +179,6 @@ elseif(MODE STREQUAL "add_subdirectory")
   endif()
 
 else()
-  message(FATAL_ERROR "MODE: expected install, find_package, eigen5, pkg_config, eigen3.3, parallel "
-    "or add_subdirectory, got '${MODE}'")
+  message(FATAL_ERROR "MODE: expected install, find_package, eigen5, pkg_config, eigen3.3, parallel, "
+    "compiled or add_subdirectory, got '${MODE}'")
 endif()

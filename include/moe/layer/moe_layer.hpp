@@ -396,140 +396,17 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
   }
 
  private:
-  /// The backward of one step(), over the rows it ran on.
+  /// The backward of one step(), over the rows it ran on. Defined below the class, not inline:
+  /// with the compiled component (moe::compiled) it is instantiated there, not in every
+  /// translation unit that calls backward.
   void backward_of_step(const ConstMatrixRef<S>& x, Context& ctx, const ConstMatrixRef<S>& grad_y,
-                        MoEGradients<S>& grads) {
-    const Routing<S>& routing = ctx.router.routing;
-    const Index tokens = routing.num_tokens(), d = config.router.hidden;
-    exchange.agree([&] {
-      check_config();
-      // The context first: a backward without its forward is what a wrong shape here means.
-      exchange.require_forward(ctx.exchange, config.dispatch, x.rows());
-      require(tokens == x.rows(), "ctx",
-              detail::concat("a context filled by the forward of ", x.rows(), " tokens"),
-              detail::concat("a router context of ", tokens, " tokens"));
-      require_shape(x, "x", tokens, d);
-      require_shape(grad_y, "grad_y", tokens, d);
-      require_finite(grad_y, "grad_y");
-    });
-    shape_gradients(grads, tokens);
-    RouterUpstream<S>& upstream = ctx.upstream;
-    upstream.gates.resize(tokens, config.router.top_k);
-    if (config.weight_before_ffn) {
-      // The experts saw x'_t = w_t x_t with unit gates: dw_t = <dx'_t, x_t>, dx_t = w_t dx'_t.
-      ctx.unit_gate_grad.resize(tokens, 1);
-      exchange.template backward<S>(config, experts, ctx.weighted_x, grad_y, ctx.exchange,
-                                    grads.experts, grads.x, ctx.unit_gate_grad);
-      for (Index t = 0; t < tokens; ++t) {
-        upstream.gates(t, 0) = grads.x.row(t).dot(x.row(t));
-        grads.x.row(t) *= routing.gates(t, 0);
-      }
-    } else {
-      exchange.template backward<S>(config, experts, x, grad_y, ctx.exchange, grads.experts,
-                                    grads.x, upstream.gates);
-      if (config.zero_computation_experts > 0) {
-        // y_t += w0_t x_t: dx_t += w0_t dy_t, and each zero-expert gate gets <x_t, dy_t>.
-        const ExpertId first_zero = static_cast<ExpertId>(config.num_ffn_experts());
-        for (Index t = 0; t < tokens; ++t) {
-          const S through = x.row(t).dot(grad_y.row(t));
-          for (Index j = 0; j < routing.top_k(); ++j)
-            if (routing.expert_ids(t, j) >= first_zero) upstream.gates(t, j) = through;
-          grads.x.row(t) += ctx.identity_gate[t] * grad_y.row(t);
-        }
-      }
-    }
+                        MoEGradients<S>& grads);
 
-    // Parameters every process holds whole: the shared expert, then the router from its three
-    // upstream gradients (gates from the routed experts, scores from the aux loss, logits from the
-    // z-loss). Both add their input gradient to grads.x.
-    if (config.shared.ffn_hidden > 0)
-      shared_expert_backward<S>(shared, shared_gate_weight, config.shared.gated, x, ctx.shared,
-                                grad_y, grads.shared, grads.shared_gate, grads.x);
-    upstream.scores = ctx.aux.grad;
-    upstream.logits = ctx.z.grad;
-    router.backward(x, ctx.router, upstream, grads.router);
-    grads.x += grads.router.x;
-  }
-
-  /// forward (recorded_ids null) and replay.
+  /// forward (recorded_ids null) and replay. Defined below the class, as backward_of_step.
   MoEOutput<S> step(const ConstMatrixRef<S>& x, const ExpertIdMatrix* recorded_ids, Context& ctx,
                     Mode mode, std::uint64_t seed, Index micro_batch,
-                    const IndexVector* cu_seqlens = nullptr) {
-    ctx.mode = mode;
-    const Routing<S>* routed = nullptr;
-    exchange.agree([&] {
-      check_config();
-      // Adaptive k is chosen per call: the layer's config.router sets it for the router.
-      router.config.active_top_k = config.router.active_top_k;
-      router.config.min_top_k = config.router.min_top_k;
-      router.config.top_k_threshold = config.router.top_k_threshold;
-      const std::uint64_t router_seed = exchange.router_seed(seed);
-      routed = recorded_ids != nullptr
-                   ? &router.replay(x, *recorded_ids, ctx.router, mode, router_seed)
-                   : &router.forward(x, ctx.router, mode, router_seed);
-    });
-    const Routing<S>& own = *routed;
-    const Routing<S>& batch = exchange.batch_routing(own, ctx.exchange);
+                    const IndexVector* cu_seqlens = nullptr);
 
-    MoEOutput<S> out;
-    out.y.resize(x.rows(), config.router.hidden);
-    std::optional<CapacityStats> capacity;
-    if (config.weight_before_ffn) {
-      // y_t = FFN_e(w_t x_t) (Llama 4): the experts take the scaled rows with unit gates.
-      ctx.weighted_x = (x.array().colwise() * own.gates.col(0).array()).matrix();
-      ctx.unit_routing.expert_ids = own.expert_ids;
-      ctx.unit_routing.gates.setOnes(own.num_tokens(), 1);
-      capacity = exchange.template forward<S>(config, experts, ctx.weighted_x, ctx.unit_routing,
-                                              batch, mode, seed, ctx.exchange, out.y);
-    } else if (config.zero_computation_experts > 0) {
-      // LongCat-Flash: the FFN experts get the choices of FFN experts; the zero-computation ones
-      // add w0_t x_t, w0_t the sum of their gates in choice order.
-      const ExpertId first_zero = static_cast<ExpertId>(config.num_ffn_experts());
-      ctx.ffn_routing.expert_ids = own.expert_ids;
-      ctx.ffn_routing.gates = own.gates;
-      ctx.identity_gate.setZero(own.num_tokens());
-      for (Index t = 0; t < own.num_tokens(); ++t)
-        for (Index j = 0; j < own.top_k(); ++j)
-          if (own.expert_ids(t, j) >= first_zero) {
-            ctx.identity_gate[t] += own.gates(t, j);
-            ctx.ffn_routing.expert_ids(t, j) = kUnusedSlot;
-          }
-      capacity = exchange.template forward<S>(config, experts, x, ctx.ffn_routing, batch, mode,
-                                              seed, ctx.exchange, out.y);
-      out.y += (x.array().colwise() * ctx.identity_gate.array()).matrix();
-    } else {
-      capacity = exchange.template forward<S>(config, experts, x, own, batch, mode, seed,
-                                              ctx.exchange, out.y);
-    }
-    if (config.shared.ffn_hidden > 0)
-      shared_expert_forward<S>(shared, shared_gate_weight, config.shared.gated, config.block_size,
-                               x, ctx.shared, out.y, mode);
-
-    ctx.aux = LossGradient<S>();
-    ctx.z = LossGradient<S>();
-    if (mode == Mode::train) {
-      if (cu_seqlens != nullptr) {
-        const IndexVector sequences = exchange.batch_sequences(*cu_seqlens, ctx.exchange);
-        detail::routing_losses(config, batch, ctx.aux, ctx.z, &sequences);
-      } else {
-        detail::routing_losses(config, batch, ctx.aux, ctx.z);
-      }
-      exchange.keep_own_rows(ctx.aux, ctx.exchange);
-      exchange.keep_own_rows(ctx.z, ctx.exchange);
-      out.aux_loss = ctx.aux.value;
-      out.z_loss = ctx.z.value;
-      if (balancer) {
-        // loads after capacity drops (Megatron counts the final routing map)
-        if (capacity)
-          balancer->accumulate_counts(micro_batch, capacity->kept);
-        else
-          balancer->accumulate(micro_batch, batch.expert_ids);
-      }
-    }
-    out.health = capacity ? health_report(batch, *capacity, config.health)
-                          : health_report(batch, config.health);
-    return out;
-  }
   struct Mapped {};
 
   template <class... ExchangeArgs>
@@ -620,5 +497,150 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     }
   }
 };
+
+template <class S, class Exchange>
+void MoELayer<S, Exchange>::backward_of_step(const ConstMatrixRef<S>& x, Context& ctx,
+                                             const ConstMatrixRef<S>& grad_y,
+                                             MoEGradients<S>& grads) {
+  const Routing<S>& routing = ctx.router.routing;
+  const Index tokens = routing.num_tokens(), d = config.router.hidden;
+  exchange.agree([&] {
+    check_config();
+    // The context first: a backward without its forward is what a wrong shape here means.
+    exchange.require_forward(ctx.exchange, config.dispatch, x.rows());
+    require(tokens == x.rows(), "ctx",
+            detail::concat("a context filled by the forward of ", x.rows(), " tokens"),
+            detail::concat("a router context of ", tokens, " tokens"));
+    require_shape(x, "x", tokens, d);
+    require_shape(grad_y, "grad_y", tokens, d);
+    require_finite(grad_y, "grad_y");
+  });
+  shape_gradients(grads, tokens);
+  RouterUpstream<S>& upstream = ctx.upstream;
+  upstream.gates.resize(tokens, config.router.top_k);
+  if (config.weight_before_ffn) {
+    // The experts saw x'_t = w_t x_t with unit gates: dw_t = <dx'_t, x_t>, dx_t = w_t dx'_t.
+    ctx.unit_gate_grad.resize(tokens, 1);
+    exchange.template backward<S>(config, experts, ctx.weighted_x, grad_y, ctx.exchange,
+                                  grads.experts, grads.x, ctx.unit_gate_grad);
+    for (Index t = 0; t < tokens; ++t) {
+      upstream.gates(t, 0) = grads.x.row(t).dot(x.row(t));
+      grads.x.row(t) *= routing.gates(t, 0);
+    }
+  } else {
+    exchange.template backward<S>(config, experts, x, grad_y, ctx.exchange, grads.experts, grads.x,
+                                  upstream.gates);
+    if (config.zero_computation_experts > 0) {
+      // y_t += w0_t x_t: dx_t += w0_t dy_t, and each zero-expert gate gets <x_t, dy_t>.
+      const ExpertId first_zero = static_cast<ExpertId>(config.num_ffn_experts());
+      for (Index t = 0; t < tokens; ++t) {
+        const S through = x.row(t).dot(grad_y.row(t));
+        for (Index j = 0; j < routing.top_k(); ++j)
+          if (routing.expert_ids(t, j) >= first_zero) upstream.gates(t, j) = through;
+        grads.x.row(t) += ctx.identity_gate[t] * grad_y.row(t);
+      }
+    }
+  }
+
+  // Parameters every process holds whole: the shared expert, then the router from its three
+  // upstream gradients (gates from the routed experts, scores from the aux loss, logits from the
+  // z-loss). Both add their input gradient to grads.x.
+  if (config.shared.ffn_hidden > 0)
+    shared_expert_backward<S>(shared, shared_gate_weight, config.shared.gated, x, ctx.shared,
+                              grad_y, grads.shared, grads.shared_gate, grads.x);
+  upstream.scores = ctx.aux.grad;
+  upstream.logits = ctx.z.grad;
+  router.backward(x, ctx.router, upstream, grads.router);
+  grads.x += grads.router.x;
+}
+
+template <class S, class Exchange>
+MoEOutput<S> MoELayer<S, Exchange>::step(const ConstMatrixRef<S>& x,
+                                         const ExpertIdMatrix* recorded_ids, Context& ctx,
+                                         Mode mode, std::uint64_t seed, Index micro_batch,
+                                         const IndexVector* cu_seqlens) {
+  ctx.mode = mode;
+  const Routing<S>* routed = nullptr;
+  exchange.agree([&] {
+    check_config();
+    // Adaptive k is chosen per call: the layer's config.router sets it for the router.
+    router.config.active_top_k = config.router.active_top_k;
+    router.config.min_top_k = config.router.min_top_k;
+    router.config.top_k_threshold = config.router.top_k_threshold;
+    const std::uint64_t router_seed = exchange.router_seed(seed);
+    routed = recorded_ids != nullptr
+                 ? &router.replay(x, *recorded_ids, ctx.router, mode, router_seed)
+                 : &router.forward(x, ctx.router, mode, router_seed);
+  });
+  const Routing<S>& own = *routed;
+  const Routing<S>& batch = exchange.batch_routing(own, ctx.exchange);
+
+  MoEOutput<S> out;
+  out.y.resize(x.rows(), config.router.hidden);
+  std::optional<CapacityStats> capacity;
+  if (config.weight_before_ffn) {
+    // y_t = FFN_e(w_t x_t) (Llama 4): the experts take the scaled rows with unit gates.
+    ctx.weighted_x = (x.array().colwise() * own.gates.col(0).array()).matrix();
+    ctx.unit_routing.expert_ids = own.expert_ids;
+    ctx.unit_routing.gates.setOnes(own.num_tokens(), 1);
+    capacity = exchange.template forward<S>(config, experts, ctx.weighted_x, ctx.unit_routing,
+                                            batch, mode, seed, ctx.exchange, out.y);
+  } else if (config.zero_computation_experts > 0) {
+    // LongCat-Flash: the FFN experts get the choices of FFN experts; the zero-computation ones
+    // add w0_t x_t, w0_t the sum of their gates in choice order.
+    const ExpertId first_zero = static_cast<ExpertId>(config.num_ffn_experts());
+    ctx.ffn_routing.expert_ids = own.expert_ids;
+    ctx.ffn_routing.gates = own.gates;
+    ctx.identity_gate.setZero(own.num_tokens());
+    for (Index t = 0; t < own.num_tokens(); ++t)
+      for (Index j = 0; j < own.top_k(); ++j)
+        if (own.expert_ids(t, j) >= first_zero) {
+          ctx.identity_gate[t] += own.gates(t, j);
+          ctx.ffn_routing.expert_ids(t, j) = kUnusedSlot;
+        }
+    capacity = exchange.template forward<S>(config, experts, x, ctx.ffn_routing, batch, mode, seed,
+                                            ctx.exchange, out.y);
+    out.y += (x.array().colwise() * ctx.identity_gate.array()).matrix();
+  } else {
+    capacity = exchange.template forward<S>(config, experts, x, own, batch, mode, seed,
+                                            ctx.exchange, out.y);
+  }
+  if (config.shared.ffn_hidden > 0)
+    shared_expert_forward<S>(shared, shared_gate_weight, config.shared.gated, config.block_size, x,
+                             ctx.shared, out.y, mode);
+
+  ctx.aux = LossGradient<S>();
+  ctx.z = LossGradient<S>();
+  if (mode == Mode::train) {
+    if (cu_seqlens != nullptr) {
+      const IndexVector sequences = exchange.batch_sequences(*cu_seqlens, ctx.exchange);
+      detail::routing_losses(config, batch, ctx.aux, ctx.z, &sequences);
+    } else {
+      detail::routing_losses(config, batch, ctx.aux, ctx.z);
+    }
+    exchange.keep_own_rows(ctx.aux, ctx.exchange);
+    exchange.keep_own_rows(ctx.z, ctx.exchange);
+    out.aux_loss = ctx.aux.value;
+    out.z_loss = ctx.z.value;
+    if (balancer) {
+      // loads after capacity drops (Megatron counts the final routing map)
+      if (capacity)
+        balancer->accumulate_counts(micro_batch, capacity->kept);
+      else
+        balancer->accumulate(micro_batch, batch.expert_ids);
+    }
+  }
+  out.health = capacity ? health_report(batch, *capacity, config.health)
+                        : health_report(batch, config.health);
+  return out;
+}
+
+#if defined(MOE_COMPILED_LAYER)
+// The compiled component (moe::compiled, src/moe_layer.cpp) holds the layer's instantiations for
+// float and double: a translation unit that uses the layer then compiles its inline members only,
+// not the step and backward below them (README, "Your build's flags").
+extern template class MoELayer<float>;
+extern template class MoELayer<double>;
+#endif
 
 }  // namespace moe
