@@ -96,12 +96,7 @@ struct DroplessRun {
     ctx.save_for_backward = pass != inference_forward;
   }
   static moe::ExpertFFNConfig make_config(const Shape& s) {
-    moe::ExpertFFNConfig c;
-    c.num_experts = s.experts;
-    c.hidden = s.d;
-    c.ffn_hidden = s.f;
-    c.activation = moe::Activation::swiglu;
-    return c;
+    return moe::bench::swiglu_experts(s.experts, s.d, s.f);
   }
   void step() {
     moe::make_dropless_plan(ids, s.experts, block, plan);

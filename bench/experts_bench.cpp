@@ -74,12 +74,7 @@ struct Setup {
     copy.resize(runs.size() * static_cast<std::size_t>(block));
   }
   static moe::ExpertFFNConfig config(const Shape& s) {
-    moe::ExpertFFNConfig c;
-    c.num_experts = s.experts;
-    c.hidden = s.d;
-    c.ffn_hidden = s.f;
-    c.activation = moe::Activation::swiglu;
-    return c;
+    return moe::bench::swiglu_experts(s.experts, s.d, s.f);
   }
 
   void forward() {

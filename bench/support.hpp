@@ -8,9 +8,9 @@
 #include <vector>
 
 #include <benchmark/benchmark.h>
-#include <moe/kernels/parallel.hpp>
 #include <moe/core/random.hpp>
 #include <moe/core/types.hpp>
+#include <moe/kernels/parallel.hpp>
 
 namespace moe::bench {
 

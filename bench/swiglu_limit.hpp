@@ -5,8 +5,9 @@
 #include <cstdint>
 
 #include <benchmark/benchmark.h>
-#include <moe/kernels/gemm.hpp>
 #include <moe/core/types.hpp>
+#include <moe/experts/expert_weights.hpp>
+#include <moe/kernels/gemm.hpp>
 
 namespace moe::bench {
 
@@ -21,6 +22,16 @@ inline void fill(float* data, Index size, std::uint32_t salt) {
   }
 }
 inline void fill(Eigen::Ref<Matrix> m, std::uint32_t salt) { fill(m.data(), m.size(), salt); }
+
+/// The config of E SwiGLU experts of width d -> f -> d, which the expert benches run.
+inline ExpertFFNConfig swiglu_experts(Index experts, Index d, Index f) {
+  ExpertFFNConfig c;
+  c.num_experts = experts;
+  c.hidden = d;
+  c.ffn_hidden = f;
+  c.activation = Activation::swiglu;
+  return c;
+}
 
 /// The same FLOPs as dense GEMMs over [T*k, d]: forward h1 = X W1, h3 = X W3, y = A W2; backward
 /// dA = dY W2^T, dW2 = A^T dY, dW1 = X^T dH1, dW3 = X^T dH3, dX = dH1 W1^T + dH3 W3^T.
