@@ -3,6 +3,7 @@
 // (which pulls in Eigen's Tensor module); neither is included here.
 #pragma once
 
+#include "moe/health/bf16_what_if.hpp"
 #include "moe/health/capacity.hpp"
 #include "moe/health/config.hpp"
 #include "moe/health/counts.hpp"
