@@ -84,6 +84,27 @@ void bind_enums(py::module_& m) {
   m.attr("UNUSED_SLOT") = kUnusedSlot;
 }
 
+/// What Router.bf16_what_if takes and returns (bound before the Router, whose method defaults to
+/// Bf16Operands.both).
+void bind_bf16_what_if(py::module_& m) {
+  py::enum_<Bf16Operands>(m, "Bf16Operands", "What bf16_what_if rounds to bfloat16.")
+      .value("x", Bf16Operands::x, "the router's input")
+      .value("weights", Bf16Operands::weights, "the router's weight and linear bias")
+      .value("both", Bf16Operands::both, "both");
+  py::class_<Bf16WhatIf> what_if(
+      m, "Bf16WhatIf",
+      "The router's selections in its own precision against those from bfloat16 operands: tokens "
+      "(compared), flipped_tokens, flipped_choices (experts swapped out, summed over tokens), "
+      "lost [E] and gained [E] (tokens each expert lost or gained).");
+  what_if.def(py::init<>())
+      .def_readwrite("tokens", &Bf16WhatIf::tokens)
+      .def_readwrite("flipped_tokens", &Bf16WhatIf::flipped_tokens)
+      .def_readwrite("flipped_choices", &Bf16WhatIf::flipped_choices)
+      .def_readwrite("lost", &Bf16WhatIf::lost)
+      .def_readwrite("gained", &Bf16WhatIf::gained);
+  def_fields_repr(what_if);
+}
+
 void bind_config(py::module_& m) {
   py::class_<RouterConfig> cls(
       m, "RouterConfig",
@@ -496,6 +517,19 @@ void bind_router_for(py::module_& m) {
        array_note)
           .c_str());
   cls.def(
+      "bf16_what_if",
+      [](const Object& o, const InMatrix<S>& x, Bf16Operands rounded) {
+        return bf16_what_if<S>(o.router, *x, rounded);
+      },
+      py::arg("x"), py::arg("rounded") = Bf16Operands::both,
+      py::call_guard<py::gil_scoped_release>(),
+      (std::string("Bf16WhatIf: the tokens x [T, d] that this router's selection sends elsewhere "
+                   "when x, its weights or both (rounded: Bf16Operands) are rounded to bfloat16 "
+                   "and the logits accumulated in float32; per expert, the tokens lost and "
+                   "gained.") +
+       array_note)
+          .c_str());
+  cls.def(
       "replay",
       [route](Object& o, const InMatrix<S>& x, const py::object& recorded_ids, Mode mode,
               std::uint64_t seed) {
@@ -628,6 +662,7 @@ void bind_records(py::module_& m) {
 void bind_routing(py::module_& m) {
   bind_enums(m);
   bind_config(m);
+  bind_bf16_what_if(m);
   bind_presets(m);
   bind_results_for<float>(m);
   bind_results_for<double>(m);

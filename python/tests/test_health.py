@@ -367,3 +367,47 @@ def test_bad_input_names_the_argument(tmp_path):
     # Float arrays of the other precision are refused where the precision is fixed.
     with pytest.raises(TypeError, match="^flat: expected float64"):
         moe.HealthCounts.unpack(moe.HealthCounts(4).pack().astype(np.float32))
+
+
+def bf16(a):
+    """a rounded to bfloat16 (nearest, ties to even), as float64: the float32 bits, rounded."""
+    bits = np.asarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def test_bf16_what_if_against_numpy():
+    # 12-bit values in [1, 2) over d = 4: x W^T is exact in float64 and, rounded to bfloat16
+    # (8 bits), exact in float32, so NumPy's products give the library's logits to the bit.
+    rng = np.random.default_rng(5)
+    tokens, experts, d, k = 300, 8, 4, 2
+    x = 1 + rng.integers(0, 4096, (tokens, d)) / 4096.0
+    # Experts' weights within 2^-6 of each other: logits as close as bfloat16's rounding errors.
+    w = 1 + (2048 + rng.integers(0, 64, (experts, d))) / 4096.0
+    router = moe.Router(moe.RouterConfig(num_experts=experts, hidden=d, top_k=k), dtype=np.float64)
+    router.weight[...] = w
+
+    def top_k(z):
+        return [set(np.argsort(-row, kind="stable")[:k].tolist()) for row in z]
+
+    flips = 0
+    for rounded, round_x, round_w in ((moe.Bf16Operands.x, True, False),
+                                      (moe.Bf16Operands.weights, False, True),
+                                      (moe.Bf16Operands.both, True, True)):
+        before = top_k(x @ w.T)
+        after = top_k((bf16(x) if round_x else x) @ (bf16(w) if round_w else w).T)
+        lost, gained = [0] * experts, [0] * experts
+        for b, a in zip(before, after):
+            for e in b - a:
+                lost[e] += 1
+            for e in a - b:
+                gained[e] += 1
+        got = router.bf16_what_if(x, rounded)
+        assert got.tokens == tokens
+        assert got.flipped_tokens == sum(b != a for b, a in zip(before, after))
+        flips += got.flipped_tokens
+        assert got.flipped_choices == sum(lost)
+        assert list(got.lost) == lost and list(got.gained) == gained
+    assert flips > 0  # the case exercises flips (rounding the weights makes hundreds)
+    with pytest.raises(moe.Error, match="x: expected"):
+        router.bf16_what_if(x[:, :3].copy())
