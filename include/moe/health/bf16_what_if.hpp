@@ -33,14 +33,13 @@ struct Bf16WhatIf {
 };
 
 /// K = the router's selection from its logits x W^T (+ b) in S (Router::forward in eval mode:
-/// score, selection bias, group limit, adaptive k), K' = the same selection from
+/// score, selection bias, group limit, adaptive k), K' = the same selection (select_experts) from
 /// bf16(x) bf16(W)^T (+ bf16(b)) accumulated in float, with `rounded` saying which operands are
 /// rounded (round_to_bfloat16: nearest, ties to even). Sets are compared per token, unused slots
 /// (adaptive k) left out. Router::expert_scale does not steer selection and is not applied.
 template <class S>
 Bf16WhatIf bf16_what_if(const Router<S>& router, const ConstMatrixRef<S>& x, Bf16Operands rounded) {
   const RouterConfig& config = router.config;
-  validate(config);
   require_shape(x, "x", -1, config.hidden);
   require_finite(x, "x");
   const Index tokens = x.rows(), experts = config.num_experts;
@@ -52,28 +51,22 @@ Bf16WhatIf bf16_what_if(const Router<S>& router, const ConstMatrixRef<S>& x, Bf1
         .eval();
   };
 
-  RouterConfig selection = config;
-  selection.expert_scale = false;  // a gate scale, not part of the selection
-  RowMatrix<S> logits(tokens, experts);
-  kernels::fixed_block_product(logits, x, router.weight.transpose());
+  // K: the router's own forward. K': the same selection over the rounded operands' logits.
+  RouterContext<S> ctx;
+  const Routing<S>& own = router.forward(x, ctx, Mode::eval);
   RowMatrix<float> logits_rounded(tokens, experts);
   const RowMatrix<float> x_rounded = to_float(round_x, x);
   const RowMatrix<float> weight_rounded = to_float(round_weights, router.weight);
   kernels::fixed_block_product(logits_rounded, x_rounded, weight_rounded.transpose());
-  if (config.linear_bias) {
-    logits.rowwise() += router.bias.transpose();
+  if (config.linear_bias)
     logits_rounded.rowwise() += to_float(round_weights, router.bias).transpose();
-  }
-  require_finite(logits, "logits");
   require_finite(logits_rounded, "bfloat16 logits");
-
-  Routing<S> own;
+  RouterConfig selection = config;
+  selection.expert_scale = false;  // a gate scale, not part of the selection
   Routing<float> other;
-  RowMatrix<S> scratch;
-  RowMatrix<float> scratch_float;
-  select_experts<S>(selection, logits, router.selection_bias, own, scratch);
+  RowMatrix<float> scratch;
   const Vector<float> bias_float = router.selection_bias.template cast<float>();
-  select_experts<float>(selection, logits_rounded, bias_float, other, scratch_float);
+  select_experts<float>(selection, logits_rounded, bias_float, other, scratch);
 
   Bf16WhatIf out;
   out.tokens = tokens;
