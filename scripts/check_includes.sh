@@ -9,7 +9,9 @@
 # side by side and include neither each other. Nobody includes another family's detail/ folder.
 # moe/moe.hpp (the umbrella) and moe/version.hpp sit outside the families: the umbrella may include
 # any public header, no family header includes it. And one header, moe/kernels/simd.hpp, is the
-# SIMD seam: no other names Eigen::internal or an intrinsic. Exits 1 listing every break.
+# SIMD seam: no other names Eigen::internal or an intrinsic. The product kernels' bodies
+# (kernels/detail/products/*.inc, included once per instruction set) are checked like headers.
+# Exits 1 listing every break.
 set -euo pipefail
 cd "$(dirname "$0")/../include"
 
@@ -64,7 +66,7 @@ while IFS= read -r header; do
       problems+=("$header -> $included: $target_family is not below $family")
     fi
   done < <(sed -n 's/^[[:space:]]*#[[:space:]]*include[[:space:]]*["<]\(moe\/[^">]*\)[">].*/\1/p' "$header")
-done < <(find moe -name '*.hpp' | sort)
+done < <(find moe -name '*.hpp' -o -name '*.inc' | sort)
 
 # The SIMD seam.
 seam=moe/kernels/simd.hpp

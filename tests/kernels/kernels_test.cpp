@@ -1,9 +1,13 @@
 // Each product kernel against its plain-loop reference (reference_kernels.hpp), bit for bit, over
 // every row, column and depth remainder of its tiles; the transposition the kernels pack with; and
-// which kernel select_product_kernel gives each shape.
+// which kernel select_product_kernel gives each shape. Every check runs on each copy of the
+// kernels this build has: the compiled instruction set's and, on a CPU with AVX-512 in a build for
+// an older x86-64, the run-time AVX-512 copy.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/reference_kernels.hpp"
@@ -15,6 +19,73 @@ using kernels::ProductKernel;
 using kernels::Storage;
 
 namespace {
+
+/// One copy of the product kernels, from its namespace: its blocking, its kernels, and whether its
+/// multiply-adds are fused.
+#define MOE_PRODUCT_KERNEL_SET(Name, ns, fused_madd)                          \
+  struct Name {                                                               \
+    static constexpr const char* name = #ns;                                  \
+    static constexpr bool fused = fused_madd;                                 \
+    template <class S>                                                        \
+    using Blocking = ns::ProductBlocking<S>;                                  \
+    template <class S>                                                        \
+    using RowGroup = ns::detail::packed::RowGroup<S>;                         \
+    template <class S>                                                        \
+    using TransposedRows = ns::detail::tiles::TransposedRows<S>;              \
+    static constexpr int kBurstPackets = ns::detail::streamed::kBurstPackets; \
+    static constexpr Index kStreamedDepth = ns::detail::streamed::kDepth;     \
+    template <class... A>                                                     \
+    static void streamed_product(A&&... a) {                                  \
+      ns::detail::streamed_product(std::forward<A>(a)...);                    \
+    }                                                                         \
+    template <class... A>                                                     \
+    static void skinny_product(A&&... a) {                                    \
+      ns::detail::skinny_product(std::forward<A>(a)...);                      \
+    }                                                                         \
+    template <class... A>                                                     \
+    static void skinny_product_nt(A&&... a) {                                 \
+      ns::detail::skinny_product_nt(std::forward<A>(a)...);                   \
+    }                                                                         \
+    template <class... A>                                                     \
+    static void skinny_product_tn(A&&... a) {                                 \
+      ns::detail::skinny_product_tn(std::forward<A>(a)...);                   \
+    }                                                                         \
+    template <class S, class... A>                                            \
+    static void packed_product(A&&... a) {                                    \
+      ns::detail::packed_product<S>(std::forward<A>(a)...);                   \
+    }                                                                         \
+    template <class... A>                                                     \
+    static void transpose_into(A&&... a) {                                    \
+      ns::detail::transpose_into(std::forward<A>(a)...);                      \
+    }                                                                         \
+  }
+
+#if defined(__FMA__)
+MOE_PRODUCT_KERNEL_SET(CompiledKernels, kernels, true);
+#else
+MOE_PRODUCT_KERNEL_SET(CompiledKernels, kernels, false);
+#endif
+#if MOE_RUNTIME_AVX512
+MOE_PRODUCT_KERNEL_SET(Avx512Kernels, kernels::avx512, true);
+#endif
+
+/// Runs check<Set>() for each copy of the kernels this build and CPU have, the reference's
+/// multiply-add fused as that copy's is.
+template <class Check>
+void for_each_kernel_set(const Check& check) {
+  const auto run = [&](auto set) {
+    using Set = decltype(set);
+    INFO("kernels: " << Set::name);
+    test::ref::fused_madd = Set::fused;
+    check(set);
+  };
+  run(CompiledKernels{});
+#if MOE_RUNTIME_AVX512
+  if (simd::cpu_has_avx512()) run(Avx512Kernels{});
+#endif
+  test::ref::fused_madd =
+      kernels::product_isa() == kernels::ProductIsa::avx512 || CompiledKernels::fused;
+}
 
 /// A [rows, cols] row-major block at an offset inside a wider random buffer, so a kernel that
 /// writes past the block's columns shows.
@@ -42,7 +113,7 @@ void require_same_bits(Buffer<S> c, const Kernel& kernel, const Reference& refer
   REQUIRE(std::memcmp(c.values.data(), expected.values.data(), c.values.size() * sizeof(S)) == 0);
 }
 
-template <class S>
+template <class Set, class S>
 void check_streamed(Index m, Index n, Index k) {
   const Buffer<S> a(m, k, 1), at(k, m, 2), b(k, n, 3);
   const auto by_rows = [&](Index i, Index p) { return a.row(i)[p]; };
@@ -54,11 +125,9 @@ void check_streamed(Index m, Index n, Index k) {
           Buffer<S>(m, n, 4),
           [&](S* c, Index cs) {
             if (transposed)
-              kernels::detail::streamed_product(c, cs, m, n, k, by_columns, b.data(), b.stride,
-                                                accumulate);
+              Set::streamed_product(c, cs, m, n, k, by_columns, b.data(), b.stride, accumulate);
             else
-              kernels::detail::streamed_product(c, cs, m, n, k, by_rows, b.data(), b.stride,
-                                                accumulate);
+              Set::streamed_product(c, cs, m, n, k, by_rows, b.data(), b.stride, accumulate);
           },
           [&](S* c, Index cs) {
             if (transposed)
@@ -71,7 +140,7 @@ void check_streamed(Index m, Index n, Index k) {
   }
 }
 
-template <class S>
+template <class Set, class S>
 void check_skinny(Index m, Index n, Index k) {
   const Buffer<S> a(m, k, 5), b(k, n, 6), bt(n, k, 7), next(4, 300, 8);
   const auto lhs_row = [&](Index i) { return a.row(i); };
@@ -83,8 +152,7 @@ void check_skinny(Index m, Index n, Index k) {
     require_same_bits<S>(
         Buffer<S>(m, n, 9),
         [&](S* c, Index cs) {
-          kernels::detail::skinny_product(c, cs, m, n, k, lhs_row, b.data(), b.stride, accumulate,
-                                          hint);
+          Set::skinny_product(c, cs, m, n, k, lhs_row, b.data(), b.stride, accumulate, hint);
         },
         [&](S* c, Index cs) {
           test::ref::skinny_product(c, cs, m, n, k, lhs_row, b.data(), b.stride, accumulate, hint);
@@ -92,8 +160,7 @@ void check_skinny(Index m, Index n, Index k) {
     require_same_bits<S>(
         Buffer<S>(m, n, 10),
         [&](S* c, Index cs) {
-          kernels::detail::skinny_product_nt(c, cs, m, n, k, lhs_row, bt.data(), bt.stride,
-                                             accumulate, hint);
+          Set::skinny_product_nt(c, cs, m, n, k, lhs_row, bt.data(), bt.stride, accumulate, hint);
         },
         [&](S* c, Index cs) {
           test::ref::skinny_product_nt(c, cs, m, n, k, lhs_row, bt.data(), bt.stride, accumulate,
@@ -102,7 +169,7 @@ void check_skinny(Index m, Index n, Index k) {
   }
 }
 
-template <class S>
+template <class Set, class S>
 void check_skinny_tn(Index m, Index n, Index k) {
   const Buffer<S> a(k, m, 11), b(k, n, 12);
   for (bool accumulate : {false, true}) {
@@ -110,8 +177,8 @@ void check_skinny_tn(Index m, Index n, Index k) {
     require_same_bits<S>(
         Buffer<S>(m, n, 13),
         [&](S* c, Index cs) {
-          kernels::detail::skinny_product_tn(c, cs, m, n, k, a.data(), a.stride, b.data(), b.stride,
-                                             accumulate);
+          Set::skinny_product_tn(c, cs, m, n, k, a.data(), a.stride, b.data(), b.stride,
+                                 accumulate);
         },
         [&](S* c, Index cs) {
           test::ref::skinny_product_tn(c, cs, m, n, k, a.data(), a.stride, b.data(), b.stride,
@@ -120,16 +187,16 @@ void check_skinny_tn(Index m, Index n, Index k) {
   }
 }
 
-template <class S>
+template <class Set, class S>
 void check_packed(Index m, Index n, Index k) {
   const Buffer<S> a(m, k, 14), at(k, m, 15), b(k, n, 16), bt(n, k, 17);
   const auto row_groups = [&](Index first, Index count, Index p0) {
-    kernels::detail::packed::RowGroup<S> group{};
+    typename Set::template RowGroup<S> group{};
     for (Index r = 0; r < count; ++r) group.rows[r] = a.row(first + r) + p0;
     return group;
   };
   const auto transposed_groups = [&](Index first, Index, Index p0) {
-    return kernels::detail::tiles::TransposedRows<S>{at.row(p0) + first, at.stride};
+    return typename Set::template TransposedRows<S>{at.row(p0) + first, at.stride};
   };
   for (bool accumulate : {false, true})
     for (bool rhs_transposed : {false, true})
@@ -148,22 +215,21 @@ void check_packed(Index m, Index n, Index k) {
                       accumulate);
           };
         };
-        require_same_bits<S>(Buffer<S>(m, n, 18), run([](auto&&... args) {
-                               kernels::detail::packed_product<S>(args...);
-                             }),
+        require_same_bits<S>(Buffer<S>(m, n, 18),
+                             run([](auto&&... args) { Set::template packed_product<S>(args...); }),
                              run([](auto&&... args) { test::ref::packed_product<S>(args...); }));
       }
 }
 
-template <class S>
+template <class Set, class S>
 void check_transpose(Index width, Index depth) {
-  constexpr Index kStride = kernels::ProductBlocking<S>::kTileCols;
+  constexpr Index kStride = Set::template Blocking<S>::kTileCols;
   const Buffer<S> w(width, depth, 19);
   // The kernels' buffer: cache-line aligned, kTileCols wide.
   AlignedBuffer<S> ours(static_cast<std::size_t>(kStride * depth), S(0));
   std::vector<S> expected(static_cast<std::size_t>(kStride * depth), S(0));
-  kernels::detail::transpose_into(ours.data(), w.data(), w.stride, width, depth);
-  test::ref::transpose_into(expected.data(), w.data(), w.stride, width, depth);
+  Set::transpose_into(ours.data(), w.data(), w.stride, width, depth);
+  test::ref::transpose_into(expected.data(), kStride, w.data(), w.stride, width, depth);
   for (Index p = 0; p < depth; ++p)
     for (Index j = 0; j < width; ++j)
       REQUIRE(ours.data()[p * kStride + j] == expected[static_cast<std::size_t>(p * kStride + j)]);
@@ -174,36 +240,60 @@ void check_transpose(Index width, Index depth) {
 TEMPLATE_TEST_CASE("each product kernel computes its reference's bits", "[kernels][reference]",
                    float, double) {
   using S = TestType;
-  constexpr Index lanes = simd::kLanes<S>;
-  using B = kernels::ProductBlocking<S>;
   SECTION("streamed: every depth remainder of a pass, bursts, packets and a column sliver") {
-    constexpr Index burst = kernels::detail::streamed::kBurstPackets * lanes;
-    constexpr Index depth = kernels::detail::streamed::kDepth;
-    for (Index m : {Index(1), Index(2), Index(5), B::kStreamedMaxRows})
-      for (Index n : {Index(3), lanes, lanes + 3, burst, 2 * burst + lanes + 5})
-        for (Index k : {Index(1), Index(3), depth, depth + 1, 3 * depth - 1})
-          check_streamed<S>(m, n, k);
+    for_each_kernel_set([](auto set) {
+      using Set = decltype(set);
+      using B = typename Set::template Blocking<S>;
+      constexpr Index lanes = B::kPacket;
+      constexpr Index burst = Set::kBurstPackets * lanes;
+      constexpr Index depth = Set::kStreamedDepth;
+      for (Index m : {Index(1), Index(2), Index(5), B::kStreamedMaxRows})
+        for (Index n : {Index(3), lanes, lanes + 3, burst, 2 * burst + lanes + 5})
+          for (Index k : {Index(1), Index(3), depth, depth + 1, 3 * depth - 1})
+            check_streamed<Set, S>(m, n, k);
+    });
   }
   SECTION("register tiles in place and over transposed chunks") {
-    for (Index m : {B::kStreamedMaxRows + 1, Index(13), Index(23), B::kSkinnyMaxRows})
-      for (Index n : {lanes, lanes + 1, B::kTileCols, Index(131)})
-        for (Index k : {Index(0), Index(1), Index(37), B::kTransposeDepth, Index(300),
-                        2 * B::kSkinnyDepth + 1})
-          check_skinny<S>(m, n, k);
+    for_each_kernel_set([](auto set) {
+      using Set = decltype(set);
+      using B = typename Set::template Blocking<S>;
+      constexpr Index lanes = B::kPacket;
+      for (Index m : {B::kStreamedMaxRows + 1, Index(13), Index(23), B::kSkinnyMaxRows})
+        for (Index n : {lanes, lanes + 1, B::kTileCols, Index(131)})
+          for (Index k : {Index(0), Index(1), Index(37), B::kTransposeDepth, Index(300),
+                          2 * B::kSkinnyDepth + 1})
+            check_skinny<Set, S>(m, n, k);
+    });
   }
   SECTION("weight gradients over tens of rows of depth") {
-    for (Index m : {Index(5), Index(37)})
-      for (Index n : {lanes, B::kTileCols + 5, Index(70)})
-        for (Index k : {Index(1), Index(20), B::kSkinnyMaxDepth}) check_skinny_tn<S>(m, n, k);
+    for_each_kernel_set([](auto set) {
+      using Set = decltype(set);
+      using B = typename Set::template Blocking<S>;
+      constexpr Index lanes = B::kPacket;
+      for (Index m : {Index(5), Index(37)})
+        for (Index n : {lanes, B::kTileCols + 5, Index(70)})
+          for (Index k : {Index(1), Index(20), B::kSkinnyMaxDepth})
+            check_skinny_tn<Set, S>(m, n, k);
+    });
   }
   SECTION("packed panels: row, column and depth blocks with their remainders") {
-    for (Index m : {Index(2), B::kTileRows + 3, Index(100)})
-      for (Index n : {lanes, lanes + 3, B::kTileCols + 5, B::kPackedCols + B::kTileCols + 1})
-        for (Index k : {Index(1), Index(9), B::kPackedDepth + 44}) check_packed<S>(m, n, k);
+    for_each_kernel_set([](auto set) {
+      using Set = decltype(set);
+      using B = typename Set::template Blocking<S>;
+      constexpr Index lanes = B::kPacket;
+      for (Index m : {Index(2), B::kTileRows + 3, Index(100)})
+        for (Index n : {lanes, lanes + 3, B::kTileCols + 5, B::kPackedCols + B::kTileCols + 1})
+          for (Index k : {Index(1), Index(9), B::kPackedDepth + 44}) check_packed<Set, S>(m, n, k);
+    });
   }
   SECTION("the transposition of weights into panels") {
-    for (Index width : {Index(1), lanes, std::min(2 * lanes + 1, B::kTileCols), B::kTileCols})
-      for (Index depth : {Index(1), lanes, lanes * 8 + 1}) check_transpose<S>(width, depth);
+    for_each_kernel_set([](auto set) {
+      using Set = decltype(set);
+      using B = typename Set::template Blocking<S>;
+      constexpr Index lanes = B::kPacket;
+      for (Index width : {Index(1), lanes, std::min(2 * lanes + 1, B::kTileCols), B::kTileCols})
+        for (Index depth : {Index(1), lanes, lanes * 8 + 1}) check_transpose<Set, S>(width, depth);
+    });
   }
 }
 
@@ -254,4 +344,45 @@ TEST_CASE("select_product_kernel picks each kernel from storage and shapes", "[k
   STATIC_REQUIRE(kernels::storage_of<decltype(RowMatrix<S>().block(0, 0, 1, 1))>() == R);
   STATIC_REQUIRE(kernels::storage_of<decltype(RowMatrix<S>().col(0))>() == X);
   STATIC_REQUIRE(kernels::storage_of<decltype(RowMatrix<S>() + RowMatrix<S>())>() == X);
+}
+
+TEST_CASE("gemm takes the AVX-512 copy of the kernels where the build and the CPU allow",
+          "[kernels][gemm]") {
+  const bool avx512 = kernels::product_isa() == kernels::ProductIsa::avx512;
+#if MOE_RUNTIME_AVX512
+  constexpr auto R = Storage::row_major;
+  if (std::getenv("MOE_PRODUCT_ISA") == nullptr) CHECK(avx512 == simd::cpu_has_avx512());
+  // The copy picks its kernels by its own packet: 8 floats are narrower than its 16 lanes.
+  using B = kernels::avx512::ProductBlocking<float>;
+  STATIC_REQUIRE(B::kPacket == 16);
+  STATIC_REQUIRE(B::kTileRows == 8);
+  STATIC_REQUIRE(B::kTileCols == 48);
+  CHECK(kernels::avx512::detail::select_product_kernel<float>(R, R, R, 4, 8, 512) ==
+        ProductKernel::eigen_gemm);
+  CHECK(kernels::avx512::detail::select_product_kernel<float>(R, R, R, 4, 16, 512) ==
+        ProductKernel::streamed);
+#else
+  CHECK_FALSE(avx512);
+#endif
+  // The bits of a streamed product (4 rows, 64 columns: a whole packet on every instruction set)
+  // are its reference's with the multiply-add of the copy that ran.
+  using S = float;
+  const Index m = 4, n = 64, k = 300;
+  const Buffer<S> a(m, k, 31), b(k, n, 32);
+  RowMatrix<S> lhs(m, k), rhs(k, n), c(m, n), expected(m, n);
+  for (Index i = 0; i < m; ++i) std::copy_n(a.row(i), k, lhs.row(i).data());
+  for (Index p = 0; p < k; ++p) std::copy_n(b.row(p), n, rhs.row(p).data());
+  kernels::gemm(c, lhs, rhs);
+  test::ref::fused_madd = avx512 || CompiledKernels::fused;
+  test::ref::streamed_product(
+      expected.data(), n, m, n, k, [&](Index i, Index p) { return lhs(i, p); }, rhs.data(), n,
+      false);
+  CHECK(std::memcmp(c.data(), expected.data(), sizeof(S) * m * n) == 0);
+  // And the other multiply-add gives other bits here, so the check above tells the copies apart.
+  RowMatrix<S> other(m, n);
+  test::ref::fused_madd = !test::ref::fused_madd;
+  test::ref::streamed_product(
+      other.data(), n, m, n, k, [&](Index i, Index p) { return lhs(i, p); }, rhs.data(), n, false);
+  test::ref::fused_madd = !test::ref::fused_madd;
+  CHECK(std::memcmp(other.data(), expected.data(), sizeof(S) * m * n) != 0);
 }

@@ -11,15 +11,20 @@
 
 namespace moe::test::ref {
 
-/// a * b + c rounded once where the instruction set has a fused multiply-add, twice elsewhere:
-/// the `madd` every kernel documents.
+/// Whether the kernels under test fuse their multiply-adds: the compiled instruction set does
+/// where it has FMA, the run-time AVX-512 copy always. A test of one copy sets it for that copy.
+inline bool fused_madd =
+#if defined(__FMA__)
+    true;
+#else
+    false;
+#endif
+
+/// a * b + c rounded once where the kernels' instruction set has a fused multiply-add, twice
+/// elsewhere: the `madd` every kernel documents.
 template <class S>
 S madd(S a, S b, S c) {
-#if defined(__FMA__)
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
+  return fused_madd ? std::fma(a, b, c) : a * b + c;
 }
 
 /// sum_{p0 <= p < p1} lhs(i, p) * rhs(p, j) as the register tiles form it: madd in order of p
@@ -101,12 +106,12 @@ void packed_product(S* c, Index c_stride, Index m, Index n, Index k, const LhsGr
       accumulate, kernels::ProductBlocking<S>::kPackedDepth);
 }
 
-/// buffer[p, j] = w[j, p], buffer rows kTileCols apart.
+/// buffer[p, j] = w[j, p], buffer rows buffer_stride apart (the kernels' kTileCols).
 template <class S>
-void transpose_into(S* buffer, const S* w, Index w_stride, Index width, Index depth) {
+void transpose_into(S* buffer, Index buffer_stride, const S* w, Index w_stride, Index width,
+                    Index depth) {
   for (Index p = 0; p < depth; ++p)
-    for (Index j = 0; j < width; ++j)
-      buffer[p * kernels::ProductBlocking<S>::kTileCols + j] = w[j * w_stride + p];
+    for (Index j = 0; j < width; ++j) buffer[p * buffer_stride + j] = w[j * w_stride + p];
 }
 
 }  // namespace moe::test::ref

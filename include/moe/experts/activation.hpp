@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include <Eigen/Core>
 
 #include "moe/core/types.hpp"
+#include "moe/kernels/silu_rows.hpp"
 
 namespace moe {
 
@@ -114,6 +116,23 @@ auto gelu_tanh_derivative(const H& h) {
          S(0.5) * h * (S(1) - t.square()) * c * (S(1) + S(3) * q * h.square());
 }
 
+#if MOE_RUNTIME_AVX512
+/// Runs `row(i)` (a generic lambda: instantiated only here) for every row i of `rows` rows when
+/// SiLU and SwiGLU run on the products' AVX-512 copy (kernels/silu_rows.hpp) and every operand is a
+/// row-major block of float or double; false, having done nothing, otherwise.
+template <class S, class... Operands, class Row>
+bool silu_rows_on_avx512(Index rows, const Row& row) {
+  constexpr bool kRowMajor =
+      ((kernels::storage_of<Operands>() == kernels::Storage::row_major) && ...);
+  if constexpr (kRowMajor && (std::is_same_v<S, float> || std::is_same_v<S, double>)) {
+    if (!kernels::activations_on_avx512()) return false;
+    for (Index i = 0; i < rows; ++i) row(i);
+    return true;
+  }
+  return false;
+}
+#endif
+
 }  // namespace detail
 
 /// a = act(h1) or, gated, a = act(h1, h3), over same-shaped blocks (h3 unused when not gated);
@@ -135,11 +154,22 @@ void activation_forward(Activation activation, double swiglu_limit, const Eigen:
       a.array() = detail::gelu_tanh(h);
       break;
     case Activation::silu:
-      a.array() = h / (S(1) + (-h).exp());
+    case Activation::swiglu: {
+      const bool gated = activation == Activation::swiglu;
+#if MOE_RUNTIME_AVX512
+      if (detail::silu_rows_on_avx512<S, H1, H3, A>(h1.rows(), [&](auto i) {
+            kernels::avx512::silu_row(h1.derived().row(i).data(),
+                                      gated ? h3.derived().row(i).data() : nullptr,
+                                      a.derived().row(i).data(), h1.cols());
+          }))
+        break;
+#endif
+      if (gated)
+        a.array() = h / (S(1) + (-h).exp()) * h3.array();
+      else
+        a.array() = h / (S(1) + (-h).exp());
       break;
-    case Activation::swiglu:
-      a.array() = h / (S(1) + (-h).exp()) * h3.array();
-      break;
+    }
     case Activation::geglu:
       a.array() = h.unaryExpr([](S v) { return detail::gelu_exact(v); }) * h3.array();
       break;
@@ -231,6 +261,16 @@ void activation_backward(Activation activation, double swiglu_limit,
       const bool oai = activation == Activation::swiglu_oai;
       const S limit = S(swiglu_limit), alpha = S(oai ? detail::kOaiSwigluAlpha : 1.0),
               offset = S(oai ? 1 : 0);
+#if MOE_RUNTIME_AVX512
+      const bool gated = activation == Activation::swiglu;
+      if (!clamped && detail::silu_rows_on_avx512<S, H1, H3, D1, D3>(h1.rows(), [&](auto i) {
+            kernels::avx512::silu_row_backward(
+                h1.derived().row(i).data(), gated ? h3.derived().row(i).data() : nullptr,
+                d1.derived().row(i).data(), gated ? d3.derived().row(i).data() : nullptr,
+                h1.cols());
+          }))
+        break;
+#endif
       for (Index r = 0; r < h1.rows(); ++r)
         for (Index c0 = 0; c0 < h1.cols(); c0 += detail::kActivationChunk) {
           const Index w = std::min(detail::kActivationChunk, h1.cols() - c0);

@@ -19,16 +19,18 @@ namespace moe::kernels {
 /// Rows up to which a product streams its right operand, whatever the scalar.
 inline constexpr Index kStreamedProductMaxRows = 8;
 
-/// The products' blocking for scalar S on the instruction set compiled for.
+/// The products' blocking for scalar S on an instruction set of `Lanes` lanes of S and `Registers`
+/// vector registers: by default the one compiled for; the run-time AVX-512 copy of the kernels
+/// (simd.hpp) passes its own.
 ///
 /// | instruction set | float lanes | registers | register tile   | panel width (float) |
 /// |-----------------|-------------|-----------|-----------------|---------------------|
 /// | AVX-512         | 16          | 32        | 8 rows x 3 pkts | 48                  |
 /// | AVX, AVX2       | 8           | 16        | 4 rows x 3 pkts | 24                  |
 /// | SSE, NEON       | 4           | 16 / 32   | 4 / 8 rows      | 12                  |
-template <class S>
+template <class S, Index Lanes = simd::kLanes<S>, int Registers = simd::kVectorRegisters>
 struct ProductBlocking {
-  static constexpr Index kPacket = simd::kLanes<S>;
+  static constexpr Index kPacket = Lanes;
 
   /// Products of 1..kStreamedMaxRows rows stream the right operand (streamed_product). One
   /// AVX-512 core, [m, 2048] x [2048, 1024] float from memory, against Eigen's blocked GEMM:
@@ -44,7 +46,7 @@ struct ProductBlocking {
   /// depth step and one broadcast token value; each weight packet loaded serves every row. With
   /// 32 registers, 8 x 3 (28 registers) loads weights from L2 half as often per FMA as 4 x 4 did
   /// (1.34x faster in cache, 1.2x streaming); with 16, 4 x 3 fills them (4 x 4 spilled: 0.6x).
-  static constexpr Index kTileRows = simd::kVectorRegisters >= 32 ? 8 : 4;
+  static constexpr Index kTileRows = Registers >= 32 ? 8 : 4;
   static constexpr int kTilePackets = 3;
   static constexpr Index kTileCols = kTilePackets * kPacket;
 

@@ -9,6 +9,12 @@
 //   Eigen's own product.
 // Operands are reduced to views (pointer, stride, storage order) before a kernel is picked, so each
 // kernel is compiled once per scalar type whatever Eigen expression the caller passes.
+//
+// The kernels (detail/products/) are compiled for the instruction set of the translation unit, in
+// moe::kernels, and where that set is older than AVX-512 on x86-64 (CMake's default flags) a
+// second time for AVX-512, in moe::kernels::avx512; each product takes the AVX-512 copy when the
+// CPU has it (product_isa). So a build without -march flags multiplies at the speed of one with
+// -march=native on the same machine, and still runs on any x86-64.
 #pragma once
 
 #include <algorithm>
@@ -18,11 +24,12 @@
 
 #include <Eigen/Core>
 
+#include <cstdlib>
+#include <string>
 #include "moe/core/types.hpp"
 #include "moe/kernels/blocking.hpp"
-#include "moe/kernels/detail/packed_product.hpp"
-#include "moe/kernels/detail/skinny_product.hpp"
-#include "moe/kernels/detail/streamed_product.hpp"
+
+#include "moe/core/error.hpp"
 #include "moe/kernels/detail/thread_buffer.hpp"
 #include "moe/kernels/parallel.hpp"
 #include "moe/kernels/prefetch.hpp"
@@ -65,34 +72,6 @@ inline constexpr bool kOwnLargeProducts = false;
 #else
 inline constexpr bool kOwnLargeProducts = true;
 #endif
-
-/// The kernel gemm runs for dst [m, n] (+)= lhs [m, k] * rhs [k, n] of scalar S with operands
-/// stored as given: the first that serves the shapes, in the order of ProductKernel.
-template <class S>
-constexpr ProductKernel select_product_kernel(Storage dst, Storage lhs, Storage rhs, Index m,
-                                              Index n, Index k) {
-  using B = ProductBlocking<S>;
-  const bool vectors = simd::kVectorized<S> && n >= simd::kLanes<S>;
-  const bool lhs_rows = lhs == Storage::row_major || lhs == Storage::gathered;
-  const bool lhs_columns = lhs == Storage::column_major;
-  const bool rhs_direct = rhs == Storage::row_major || rhs == Storage::column_major;
-  if (dst == Storage::row_major && vectors) {
-    const bool skinny_rows = m > B::kStreamedMaxRows && m <= B::kSkinnyMaxRows;
-    if (rhs == Storage::row_major && (lhs_rows || lhs_columns) && m >= 1 &&
-        m <= B::kStreamedMaxRows)
-      return ProductKernel::streamed;
-    if (rhs == Storage::row_major && lhs_rows && skinny_rows) return ProductKernel::skinny;
-    if (rhs == Storage::column_major && lhs_rows && skinny_rows) return ProductKernel::skinny_nt;
-    if (rhs == Storage::row_major && lhs_columns && k >= 1 && k <= B::kSkinnyMaxDepth)
-      return ProductKernel::skinny_tn;
-    if (kOwnLargeProducts && rhs_direct && (lhs_rows || lhs_columns) && m >= 2)
-      return ProductKernel::packed;
-  }
-  if (kOwnLargeProducts && dst == Storage::row_major && lhs != Storage::expression && rhs_direct &&
-      m >= 2 && n >= 2 && k >= 1 && m + n + k >= B::kCoefficientProductMaxSize)
-    return ProductKernel::eigen_gemm;
-  return ProductKernel::eigen;
-}
 
 /// The rows of a row-major matrix in the order of an index list: row r is source row index[r].
 /// The kernels read them in place, so a grouped product needs no gathered copy of its input.
@@ -178,103 +157,114 @@ void eigen_product(S* c, Index c_stride, const View<S>& lhs, const View<S>& rhs,
     dst.noalias() = a * b;
 }
 
-/// Runs `kernel` (one select_product_kernel allows) for c [m, n] (+)= lhs * rhs, c row-major.
+/// Eigen's two kernels for c [m, n] (+)= lhs * rhs, c row-major: its blocked GEMM with the calling
+/// thread's packing buffers (eigen_gemm) or its product expression (eigen), in the instruction set
+/// the translation unit is compiled for.
 template <class S>
-void run_product(ProductKernel kernel, S* c, Index c_stride, const View<S>& lhs, const View<S>& rhs,
-                 bool accumulate, const PrefetchBlock& next) {
+void run_eigen_product(ProductKernel kernel, S* c, Index c_stride, const View<S>& lhs,
+                       const View<S>& rhs, bool accumulate) {
   const Index m = lhs.rows, n = rhs.cols, k = lhs.cols;
+  const bool lhs_rows = lhs.storage == Storage::row_major;
   const bool rhs_rows = rhs.storage == Storage::row_major;
-  const auto lhs_row = [&lhs](Index i) { return lhs.row(i); };
-  switch (kernel) {
-    case ProductKernel::streamed:
-      return streamed_product(c, c_stride, m, n, k, lhs, rhs.data, rhs.stride, accumulate);
-    case ProductKernel::skinny:
-      return skinny_product(c, c_stride, m, n, k, lhs_row, rhs.data, rhs.stride, accumulate, next);
-    case ProductKernel::skinny_nt:
-      return skinny_product_nt(c, c_stride, m, n, k, lhs_row, rhs.data, rhs.stride, accumulate,
-                               next);
-    case ProductKernel::skinny_tn:
-      return skinny_product_tn(c, c_stride, m, n, k, lhs.data, lhs.stride, rhs.data, rhs.stride,
-                               accumulate);
-    case ProductKernel::packed: {
-      const double work = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
-      // Outside a team the rows are split over Eigen::nbThreads() threads in whole register
-      // tiles: an element's arithmetic never depends on its row range, so no bit changes.
-      split_rows(
-          m, ProductBlocking<S>::kTileRows, work, Eigen::nbThreads(), [&](Index first, Index rows) {
-            S* c_rows = c + first * c_stride;
-            if (lhs.storage == Storage::column_major) {
-              // The transpose of a row-major matrix: a group of rows is a run of columns.
-              const auto groups = [&](Index i, Index, Index p0) {
-                return tiles::TransposedRows<S>{lhs.data + p0 * lhs.stride + first + i, lhs.stride};
-              };
-              packed_product(c_rows, c_stride, rows, n, k, groups, rhs.data, rhs.stride, !rhs_rows,
-                             accumulate);
-            } else {
-              const auto groups = [&](Index i, Index count, Index p0) {
-                packed::RowGroup<S> group{};
-                for (Index r = 0; r < count; ++r) group.rows[r] = lhs.row(first + i + r) + p0;
-                return group;
-              };
-              packed_product(c_rows, c_stride, rows, n, k, groups, rhs.data, rhs.stride, !rhs_rows,
-                             accumulate);
-            }
-          });
-      return;
-    }
-    case ProductKernel::eigen_gemm: {
-      if (!accumulate)
-        for (Index i = 0; i < m; ++i) std::fill(c + i * c_stride, c + i * c_stride + n, S(0));
-      simd::EigenGemm<S> gemm(m, n, k);
-      S* scratch = thread_buffer<S>(gemm.scratch_size());
-      const bool lhs_rows = lhs.storage == Storage::row_major;
-      if (lhs_rows && rhs_rows)
-        gemm.template run<true, true>(m, n, k, lhs.data, lhs.stride, rhs.data, rhs.stride, c,
+  if (kernel == ProductKernel::eigen_gemm) {
+    if (!accumulate)
+      for (Index i = 0; i < m; ++i) std::fill(c + i * c_stride, c + i * c_stride + n, S(0));
+    simd::EigenGemm<S> gemm(m, n, k);
+    S* scratch = thread_buffer<S>(gemm.scratch_size());
+    if (lhs_rows && rhs_rows)
+      gemm.template run<true, true>(m, n, k, lhs.data, lhs.stride, rhs.data, rhs.stride, c,
+                                    c_stride, scratch);
+    else if (lhs_rows)
+      gemm.template run<true, false>(m, n, k, lhs.data, lhs.stride, rhs.data, rhs.stride, c,
+                                     c_stride, scratch);
+    else if (rhs_rows)
+      gemm.template run<false, true>(m, n, k, lhs.data, lhs.stride, rhs.data, rhs.stride, c,
+                                     c_stride, scratch);
+    else
+      gemm.template run<false, false>(m, n, k, lhs.data, lhs.stride, rhs.data, rhs.stride, c,
                                       c_stride, scratch);
-      else if (lhs_rows)
-        gemm.template run<true, false>(m, n, k, lhs.data, lhs.stride, rhs.data, rhs.stride, c,
-                                       c_stride, scratch);
-      else if (rhs_rows)
-        gemm.template run<false, true>(m, n, k, lhs.data, lhs.stride, rhs.data, rhs.stride, c,
-                                       c_stride, scratch);
-      else
-        gemm.template run<false, false>(m, n, k, lhs.data, lhs.stride, rhs.data, rhs.stride, c,
-                                        c_stride, scratch);
-      return;
-    }
-    case ProductKernel::eigen: {
-      const bool lhs_rows = lhs.storage == Storage::row_major;
-      if (lhs_rows && rhs_rows)
-        eigen_product<S, Eigen::RowMajor, Eigen::RowMajor>(c, c_stride, lhs, rhs, accumulate);
-      else if (lhs_rows)
-        eigen_product<S, Eigen::RowMajor, Eigen::ColMajor>(c, c_stride, lhs, rhs, accumulate);
-      else if (rhs_rows)
-        eigen_product<S, Eigen::ColMajor, Eigen::RowMajor>(c, c_stride, lhs, rhs, accumulate);
-      else
-        eigen_product<S, Eigen::ColMajor, Eigen::ColMajor>(c, c_stride, lhs, rhs, accumulate);
-      return;
-    }
+  } else if (lhs_rows && rhs_rows) {
+    eigen_product<S, Eigen::RowMajor, Eigen::RowMajor>(c, c_stride, lhs, rhs, accumulate);
+  } else if (lhs_rows) {
+    eigen_product<S, Eigen::RowMajor, Eigen::ColMajor>(c, c_stride, lhs, rhs, accumulate);
+  } else if (rhs_rows) {
+    eigen_product<S, Eigen::ColMajor, Eigen::RowMajor>(c, c_stride, lhs, rhs, accumulate);
+  } else {
+    eigen_product<S, Eigen::ColMajor, Eigen::ColMajor>(c, c_stride, lhs, rhs, accumulate);
   }
 }
 
-/// c (+)= lhs * rhs over views: the kernel select_product_kernel names; gathered rows that only
-/// Eigen can take are copied first (a single row is read in place).
+}  // namespace detail
+
+// The product kernels for the instruction set this translation unit is compiled for.
+#include "moe/kernels/detail/products/all.inc"
+
+using detail::select_product_kernel;
+
+}  // namespace moe::kernels
+
+#if MOE_RUNTIME_AVX512
+// The same kernels for AVX-512, taken at run time (product_isa).
+MOE_BEGIN_AVX512
+namespace moe::kernels::avx512 {
+namespace simd = moe::simd::avx512;
+template <class S>
+using ProductBlocking = kernels::ProductBlocking<S, simd::kLanes<S>, simd::kVectorRegisters>;
+namespace detail {
+using kernels::detail::thread_buffer;
+using kernels::detail::View;
+using kernels::detail::view_of;
+}  // namespace detail
+#include "moe/kernels/detail/products/all.inc"
+}  // namespace moe::kernels::avx512
+MOE_END_AVX512
+#endif
+
+namespace moe::kernels {
+
+/// The instruction set the products run on: the one compiled for, or AVX-512 picked at run time.
+enum class ProductIsa {
+  compiled,  ///< the translation unit's (-march), Eigen's packets
+  avx512     ///< AVX-512 on a CPU that has it, in a build for an older x86-64
+};
+
+/// The instruction set the products take, decided on first use: AVX-512 where its copy of the
+/// kernels is compiled (MOE_RUNTIME_AVX512) and the CPU has it, else the compiled one. The
+/// environment variable MOE_PRODUCT_ISA=compiled keeps the compiled one (as oneDNN's
+/// ONEDNN_MAX_CPU_ISA caps its own); =avx512 demands AVX-512, and fails where neither the build
+/// nor the run-time copy gives it.
+inline ProductIsa product_isa() {
+  static const ProductIsa isa = [] {
+    const bool available = simd::cpu_has_avx512();
+    const char* asked = std::getenv("MOE_PRODUCT_ISA");
+    const std::string name = asked == nullptr ? "" : asked;
+    if (name.empty()) return available ? ProductIsa::avx512 : ProductIsa::compiled;
+    require(name == "compiled" || name == "avx512", "MOE_PRODUCT_ISA", "'compiled' or 'avx512'",
+            "'" + name + "'");
+    if (name == "compiled") return ProductIsa::compiled;
+#if defined(__AVX512F__)
+    return ProductIsa::compiled;  // compiled for AVX-512 already
+#else
+    require(available, "MOE_PRODUCT_ISA=avx512", "a CPU with AVX-512 (x86-64-v4)",
+            MOE_RUNTIME_AVX512 ? "a CPU without it" : "a build without the run-time AVX-512 copy");
+    return ProductIsa::avx512;
+#endif
+  }();
+  return isa;
+}
+
+namespace detail {
+
+/// c (+)= lhs * rhs over views, on the instruction set product_isa() names.
 template <class S>
 void product(S* c, Index c_stride, const View<S>& lhs, const View<S>& rhs, bool accumulate,
              const PrefetchBlock& next) {
-  const Index m = lhs.rows, n = rhs.cols, k = lhs.cols;
-  const ProductKernel kernel =
-      select_product_kernel<S>(Storage::row_major, lhs.storage, rhs.storage, m, n, k);
-  if (lhs.storage != Storage::gathered ||
-      (kernel != ProductKernel::eigen_gemm && kernel != ProductKernel::eigen))
-    return run_product(kernel, c, c_stride, lhs, rhs, accumulate, next);
-  if (m == 1) {
-    const View<S> row{lhs.row(0), 1, k, k, Storage::row_major, nullptr};
-    return product(c, c_stride, row, rhs, accumulate, next);
-  }
-  RowMatrix<S> copy(m, k);
-  for (Index r = 0; r < m; ++r) std::copy_n(lhs.row(r), k, copy.row(r).data());
-  product(c, c_stride, view_of<S>(copy), rhs, accumulate, next);
+#if MOE_RUNTIME_AVX512
+  if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>)
+    if (product_isa() == ProductIsa::avx512)
+      return avx512::detail::product_here(c, c_stride, lhs, rhs, accumulate, next);
+#endif
+  product_here(c, c_stride, lhs, rhs, accumulate, next);
 }
 
 }  // namespace detail

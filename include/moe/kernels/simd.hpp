@@ -5,8 +5,16 @@
 //
 // Packets are Eigen's (packet_traits<S>::type): AVX-512, AVX, SSE, NEON, ... as Eigen was
 // configured by the compiler flags, or S itself (one lane) when Eigen does not vectorize S.
+//
+// A build for an x86-64 older than AVX-512 (CMake's default flags: SSE2) also gets
+// moe::simd::avx512, the same names over AVX-512 intrinsics inside a target region
+// (MOE_BEGIN_AVX512 ... MOE_END_AVX512), which the product kernels are compiled against a second
+// time and take when the CPU has AVX-512 (cpu_has_avx512): the instruction set picked at run time,
+// as oneDNN and OpenBLAS pick theirs. Eigen's packets cannot serve there: Eigen is configured once,
+// by the flags of the translation unit.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <type_traits>
 
@@ -16,6 +24,37 @@
 
 #if defined(__SSE2__)
 #include <immintrin.h>
+#endif
+
+/// Whether the product kernels are also compiled for AVX-512 and picked at run time: x86-64, GCC or
+/// Clang, a target without AVX-512, and not turned off with MOE_NO_RUNTIME_ISA.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX512F__) && \
+    !defined(MOE_NO_RUNTIME_ISA)
+#define MOE_RUNTIME_AVX512 1
+#else
+#define MOE_RUNTIME_AVX512 0
+#endif
+
+#if MOE_RUNTIME_AVX512
+// Every function defined between these two is compiled for AVX-512 (x86-64-v4's set), lambdas
+// included; nothing may be #included in between.
+// GCC 12 reports its own AVX-512 shuffles (an _mm512_undefined_ps() operand under a full mask) as
+// maybe uninitialized: a false report, silenced inside the region only.
+// clang-format off
+#if defined(__clang__)
+#define MOE_BEGIN_AVX512 \
+  _Pragma("clang attribute push(__attribute__((target(\"avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,popcnt\"))), apply_to = function)")
+#define MOE_END_AVX512 _Pragma("clang attribute pop")
+#else
+#define MOE_BEGIN_AVX512 \
+  _Pragma("GCC push_options") \
+  _Pragma("GCC target(\"avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,popcnt\")") \
+  _Pragma("GCC diagnostic push") \
+  _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define MOE_END_AVX512 _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
+#endif
+// clang-format on
 #endif
 
 #if defined(__GNUC__)
@@ -267,4 +306,199 @@ class EigenGemm {
   Blocking blocking_;
 };
 
+/// Whether this CPU runs the AVX-512 copy of the product kernels (and the OS saves its registers),
+/// read once. Always false where that copy is not compiled (MOE_RUNTIME_AVX512).
+inline bool cpu_has_avx512() {
+#if MOE_RUNTIME_AVX512
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+           __builtin_cpu_supports("popcnt");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 }  // namespace moe::simd
+
+#if MOE_RUNTIME_AVX512
+MOE_BEGIN_AVX512
+/// The names above over AVX-512 packets of float and double, for the product kernels' run-time
+/// copy. `madd` is fused, scalars included (std::fma), as in a build for AVX-512.
+namespace moe::simd::avx512 {
+
+template <class S>
+struct PacketOf;
+template <>
+struct PacketOf<float> {
+  using type = __m512;
+};
+template <>
+struct PacketOf<double> {
+  using type = __m512d;
+};
+
+template <class S>
+using Packet = typename PacketOf<S>::type;
+template <class S>
+inline constexpr Index kLanes = static_cast<Index>(64 / sizeof(S));
+template <class S>
+inline constexpr bool kVectorized = true;
+inline constexpr int kVectorRegisters = 32;
+using moe::simd::kCacheLineBytes;
+using moe::simd::prefetch;
+
+MOE_ALWAYS_INLINE __m512 load(const float* p) { return _mm512_load_ps(p); }
+MOE_ALWAYS_INLINE __m512d load(const double* p) { return _mm512_load_pd(p); }
+MOE_ALWAYS_INLINE __m512 loadu(const float* p) { return _mm512_loadu_ps(p); }
+MOE_ALWAYS_INLINE __m512d loadu(const double* p) { return _mm512_loadu_pd(p); }
+MOE_ALWAYS_INLINE void store(float* p, __m512 v) { _mm512_store_ps(p, v); }
+MOE_ALWAYS_INLINE void store(double* p, __m512d v) { _mm512_store_pd(p, v); }
+MOE_ALWAYS_INLINE void storeu(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+MOE_ALWAYS_INLINE void storeu(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
+MOE_ALWAYS_INLINE __m512 broadcast(float x) { return _mm512_set1_ps(x); }
+MOE_ALWAYS_INLINE __m512d broadcast(double x) { return _mm512_set1_pd(x); }
+MOE_ALWAYS_INLINE __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+MOE_ALWAYS_INLINE __m512d add(__m512d a, __m512d b) { return _mm512_add_pd(a, b); }
+MOE_ALWAYS_INLINE __m512 madd(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+MOE_ALWAYS_INLINE __m512d madd(__m512d a, __m512d b, __m512d c) { return _mm512_fmadd_pd(a, b, c); }
+MOE_ALWAYS_INLINE float madd(float a, float b, float c) { return std::fma(a, b, c); }
+MOE_ALWAYS_INLINE double madd(double a, double b, double c) { return std::fma(a, b, c); }
+MOE_ALWAYS_INLINE __m512 sub(__m512 a, __m512 b) { return _mm512_sub_ps(a, b); }
+MOE_ALWAYS_INLINE __m512d sub(__m512d a, __m512d b) { return _mm512_sub_pd(a, b); }
+MOE_ALWAYS_INLINE __m512 mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+MOE_ALWAYS_INLINE __m512d mul(__m512d a, __m512d b) { return _mm512_mul_pd(a, b); }
+MOE_ALWAYS_INLINE __m512 div(__m512 a, __m512 b) { return _mm512_div_ps(a, b); }
+MOE_ALWAYS_INLINE __m512d div(__m512d a, __m512d b) { return _mm512_div_pd(a, b); }
+
+/// The first `count` < kLanes<S> lanes of p (the rest zero), and their store: a row's last
+/// partial packet, without reading or writing past the row.
+MOE_ALWAYS_INLINE __m512 load_first(const float* p, Index count) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p);
+}
+MOE_ALWAYS_INLINE __m512d load_first(const double* p, Index count) {
+  return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << count) - 1), p);
+}
+MOE_ALWAYS_INLINE void store_first(float* p, __m512 v, Index count) {
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), v);
+}
+MOE_ALWAYS_INLINE void store_first(double* p, __m512d v, Index count) {
+  _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << count) - 1), v);
+}
+
+/// exp of each lane, Cephes' expf (S. Moshier): x clamped to +-88.723, n = floor(x log2(e) + 1/2),
+/// r = x - n ln 2 in two parts, a degree-5 polynomial in r, scaled by 2^n. Relative error below
+/// 2 ulp; +inf gives +inf (the final max with x, as Eigen's pexp).
+MOE_ALWAYS_INLINE __m512 exp(__m512 x) {
+  const __m512 clamped =
+      _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.723f)), _mm512_set1_ps(-88.723f));
+  const __m512 n = _mm512_roundscale_ps(
+      _mm512_fmadd_ps(clamped, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), clamped);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  const __m512 r2 = _mm512_mul_ps(r, r), r3 = _mm512_mul_ps(r2, r);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+  __m512 y1 =
+      _mm512_fmadd_ps(_mm512_set1_ps(4.1665795894e-2f), r, _mm512_set1_ps(1.6666665459e-1f));
+  const __m512 y2 = _mm512_add_ps(r, _mm512_set1_ps(1.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y1 = _mm512_fmadd_ps(y1, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, r3, y1);
+  y = _mm512_fmadd_ps(y, r2, y2);
+  return _mm512_max_ps(_mm512_scalef_ps(y, n), x);
+}
+
+/// exp of each lane, Cephes' exp (S. Moshier): x clamped to +-709.784, n = floor(x log2(e) + 1/2),
+/// r = x - n ln 2 in two parts, the rational approximation 1 + 2 P(r^2) r / (Q(r^2) - P(r^2) r),
+/// scaled by 2^n.
+MOE_ALWAYS_INLINE __m512d exp(__m512d x) {
+  const __m512d clamped =
+      _mm512_max_pd(_mm512_min_pd(x, _mm512_set1_pd(709.784)), _mm512_set1_pd(-709.784));
+  const __m512d n = _mm512_roundscale_pd(
+      _mm512_fmadd_pd(_mm512_set1_pd(1.4426950408889634073599), clamped, _mm512_set1_pd(0.5)),
+      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512d r = _mm512_sub_pd(clamped, _mm512_mul_pd(n, _mm512_set1_pd(0.693145751953125)));
+  r = _mm512_sub_pd(r, _mm512_mul_pd(n, _mm512_set1_pd(1.42860682030941723212e-6)));
+  const __m512d r2 = _mm512_mul_pd(r, r);
+  __m512d p = _mm512_fmadd_pd(_mm512_set1_pd(1.26177193074810590878e-4), r2,
+                              _mm512_set1_pd(3.02994407707441961300e-2));
+  p = _mm512_mul_pd(_mm512_fmadd_pd(p, r2, _mm512_set1_pd(9.99999999999999999910e-1)), r);
+  __m512d q = _mm512_fmadd_pd(_mm512_set1_pd(3.00198505138664455042e-6), r2,
+                              _mm512_set1_pd(2.52448340349684104192e-3));
+  q = _mm512_fmadd_pd(q, r2, _mm512_set1_pd(2.27265548208155028766e-1));
+  q = _mm512_fmadd_pd(q, r2, _mm512_set1_pd(2.00000000000000000009e0));
+  const __m512d e = _mm512_fmadd_pd(_mm512_set1_pd(2.0), _mm512_div_pd(p, _mm512_sub_pd(q, p)),
+                                    _mm512_set1_pd(1.0));
+  return _mm512_max_pd(_mm512_scalef_pd(e, n), x);
+}
+
+/// `kLanes<S>` packets, transposed in place: lane j of packet i becomes lane i of packet j.
+template <class S>
+struct PacketSquare;
+
+/// 16 x 16 floats: pairs of rows interleaved (unpack), then pairs of pairs (as doubles), then
+/// 128-bit lanes gathered across four rows twice (shuffle_f32x4).
+template <>
+struct PacketSquare<float> {
+  __m512 rows[16];
+  MOE_ALWAYS_INLINE __m512& operator[](Index i) { return rows[i]; }
+  MOE_ALWAYS_INLINE void transpose() {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
+    }
+    // u[4i + c], 128-bit lane L: column 4L + c of rows 4i .. 4i + 3.
+    for (int i = 0; i < 4; ++i)
+      for (int h = 0; h < 2; ++h) {
+        const __m512d a = _mm512_castps_pd(t[4 * i + h]), b = _mm512_castps_pd(t[4 * i + h + 2]);
+        u[4 * i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+      }
+    for (int c = 0; c < 4; ++c) {
+      const __m512 even_lo = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+      const __m512 odd_lo = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
+      const __m512 even_hi = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+      const __m512 odd_hi = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+      rows[c] = _mm512_shuffle_f32x4(even_lo, even_hi, 0x88);
+      rows[8 + c] = _mm512_shuffle_f32x4(even_lo, even_hi, 0xdd);
+      rows[4 + c] = _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88);
+      rows[12 + c] = _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xdd);
+    }
+  }
+};
+
+/// 8 x 8 doubles: pairs of rows interleaved, then 128-bit lanes gathered across rows twice.
+template <>
+struct PacketSquare<double> {
+  __m512d rows[8];
+  MOE_ALWAYS_INLINE __m512d& operator[](Index i) { return rows[i]; }
+  MOE_ALWAYS_INLINE void transpose() {
+    __m512d t[8];
+    // t[2i + c], 128-bit lane L: column 2L + c of rows 2i, 2i + 1.
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm512_unpacklo_pd(rows[2 * i], rows[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_pd(rows[2 * i], rows[2 * i + 1]);
+    }
+    for (int c = 0; c < 2; ++c) {
+      const __m512d even_lo = _mm512_shuffle_f64x2(t[c], t[2 + c], 0x88);
+      const __m512d odd_lo = _mm512_shuffle_f64x2(t[c], t[2 + c], 0xdd);
+      const __m512d even_hi = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0x88);
+      const __m512d odd_hi = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0xdd);
+      rows[c] = _mm512_shuffle_f64x2(even_lo, even_hi, 0x88);
+      rows[4 + c] = _mm512_shuffle_f64x2(even_lo, even_hi, 0xdd);
+      rows[2 + c] = _mm512_shuffle_f64x2(odd_lo, odd_hi, 0x88);
+      rows[6 + c] = _mm512_shuffle_f64x2(odd_lo, odd_hi, 0xdd);
+    }
+  }
+};
+
+}  // namespace moe::simd::avx512
+MOE_END_AVX512
+#endif
