@@ -68,6 +68,9 @@ MOE_PRODUCT_KERNEL_SET(CompiledKernels, kernels, false);
 #if MOE_RUNTIME_AVX512
 MOE_PRODUCT_KERNEL_SET(Avx512Kernels, kernels::avx512, true);
 #endif
+#if MOE_RUNTIME_AVX2
+MOE_PRODUCT_KERNEL_SET(Avx2Kernels, kernels::avx2, true);
+#endif
 
 /// Runs check<Set>() for each copy of the kernels this build and CPU have, the reference's
 /// multiply-add fused as that copy's is.
@@ -83,8 +86,11 @@ void for_each_kernel_set(const Check& check) {
 #if MOE_RUNTIME_AVX512
   if (simd::cpu_has_avx512()) run(Avx512Kernels{});
 #endif
+#if MOE_RUNTIME_AVX2
+  if (simd::cpu_has_avx2()) run(Avx2Kernels{});
+#endif
   test::ref::fused_madd =
-      kernels::product_isa() == kernels::ProductIsa::avx512 || CompiledKernels::fused;
+      kernels::product_isa() != kernels::ProductIsa::compiled || CompiledKernels::fused;
 }
 
 /// A [rows, cols] row-major block at an offset inside a wider random buffer, so a kernel that
@@ -346,23 +352,40 @@ TEST_CASE("select_product_kernel picks each kernel from storage and shapes", "[k
   STATIC_REQUIRE(kernels::storage_of<decltype(RowMatrix<S>() + RowMatrix<S>())>() == X);
 }
 
-TEST_CASE("gemm takes the AVX-512 copy of the kernels where the build and the CPU allow",
+TEST_CASE("gemm takes the widest copy of the kernels the build and the CPU allow",
           "[kernels][gemm]") {
-  const bool avx512 = kernels::product_isa() == kernels::ProductIsa::avx512;
+  const kernels::ProductIsa isa = kernels::product_isa();
+  if (std::getenv("MOE_PRODUCT_ISA") == nullptr)
+    CHECK(isa == (simd::cpu_has_avx512() ? kernels::ProductIsa::avx512
+                  : simd::cpu_has_avx2() ? kernels::ProductIsa::avx2
+                                         : kernels::ProductIsa::compiled));
 #if MOE_RUNTIME_AVX512
-  constexpr auto R = Storage::row_major;
-  if (std::getenv("MOE_PRODUCT_ISA") == nullptr) CHECK(avx512 == simd::cpu_has_avx512());
-  // The copy picks its kernels by its own packet: 8 floats are narrower than its 16 lanes.
-  using B = kernels::avx512::ProductBlocking<float>;
-  STATIC_REQUIRE(B::kPacket == 16);
-  STATIC_REQUIRE(B::kTileRows == 8);
-  STATIC_REQUIRE(B::kTileCols == 48);
-  CHECK(kernels::avx512::detail::select_product_kernel<float>(R, R, R, 4, 8, 512) ==
-        ProductKernel::eigen_gemm);
-  CHECK(kernels::avx512::detail::select_product_kernel<float>(R, R, R, 4, 16, 512) ==
-        ProductKernel::streamed);
-#else
-  CHECK_FALSE(avx512);
+  {
+    // Each copy picks its kernels by its own packet: 8 floats are narrower than 16 lanes.
+    constexpr auto R = Storage::row_major;
+    using B = kernels::avx512::ProductBlocking<float>;
+    STATIC_REQUIRE(B::kPacket == 16);
+    STATIC_REQUIRE(B::kTileRows == 8);
+    STATIC_REQUIRE(B::kTileCols == 48);
+    CHECK(kernels::avx512::detail::select_product_kernel<float>(R, R, R, 4, 8, 512) ==
+          ProductKernel::eigen_gemm);
+    CHECK(kernels::avx512::detail::select_product_kernel<float>(R, R, R, 4, 16, 512) ==
+          ProductKernel::streamed);
+  }
+#endif
+#if MOE_RUNTIME_AVX2
+  {
+    // 16 vector registers: register tiles of 4 rows x 3 packets.
+    constexpr auto R = Storage::row_major;
+    using B = kernels::avx2::ProductBlocking<float>;
+    STATIC_REQUIRE(B::kPacket == 8);
+    STATIC_REQUIRE(B::kTileRows == 4);
+    STATIC_REQUIRE(B::kTileCols == 24);
+    CHECK(kernels::avx2::detail::select_product_kernel<float>(R, R, R, 4, 7, 512) ==
+          ProductKernel::eigen_gemm);
+    CHECK(kernels::avx2::detail::select_product_kernel<float>(R, R, R, 4, 8, 512) ==
+          ProductKernel::streamed);
+  }
 #endif
   // The bits of a streamed product (4 rows, 64 columns: a whole packet on every instruction set)
   // are its reference's with the multiply-add of the copy that ran.
@@ -373,7 +396,7 @@ TEST_CASE("gemm takes the AVX-512 copy of the kernels where the build and the CP
   for (Index i = 0; i < m; ++i) std::copy_n(a.row(i), k, lhs.row(i).data());
   for (Index p = 0; p < k; ++p) std::copy_n(b.row(p), n, rhs.row(p).data());
   kernels::gemm(c, lhs, rhs);
-  test::ref::fused_madd = avx512 || CompiledKernels::fused;
+  test::ref::fused_madd = isa != kernels::ProductIsa::compiled || CompiledKernels::fused;
   test::ref::streamed_product(
       expected.data(), n, m, n, k, [&](Index i, Index p) { return lhs(i, p); }, rhs.data(), n,
       false);

@@ -12,9 +12,10 @@
 //
 // The kernels (detail/products/) are compiled for the instruction set of the translation unit, in
 // moe::kernels, and where that set is older than AVX-512 on x86-64 (CMake's default flags) a
-// second time for AVX-512, in moe::kernels::avx512; each product takes the AVX-512 copy when the
-// CPU has it (product_isa). So a build without -march flags multiplies at the speed of one with
-// -march=native on the same machine, and still runs on any x86-64.
+// second time for AVX-512, in moe::kernels::avx512 (and, below AVX2 with FMA, for AVX2 in
+// moe::kernels::avx2); each product takes the widest copy the CPU runs (product_isa). So a build
+// without -march flags multiplies at the speed of one with -march=native on the same machine, and
+// still runs on any x86-64.
 #pragma once
 
 #include <algorithm>
@@ -220,35 +221,60 @@ using kernels::detail::view_of;
 MOE_END_AVX512
 #endif
 
+#if MOE_RUNTIME_AVX2
+// And for AVX2 with FMA, taken on a CPU without AVX-512.
+MOE_BEGIN_AVX2
+namespace moe::kernels::avx2 {
+namespace simd = moe::simd::avx2;
+template <class S>
+using ProductBlocking = kernels::ProductBlocking<S, simd::kLanes<S>, simd::kVectorRegisters>;
+namespace detail {
+using kernels::detail::thread_buffer;
+using kernels::detail::View;
+using kernels::detail::view_of;
+}  // namespace detail
+#include "moe/kernels/detail/products/all.inc"
+}  // namespace moe::kernels::avx2
+MOE_END_AVX2
+#endif
+
 namespace moe::kernels {
 
-/// The instruction set the products run on: the one compiled for, or AVX-512 picked at run time.
+/// The instruction set the products run on: the one compiled for, or one picked at run time.
 enum class ProductIsa {
   compiled,  ///< the translation unit's (-march), Eigen's packets
-  avx512     ///< AVX-512 on a CPU that has it, in a build for an older x86-64
+  avx512,    ///< AVX-512 on a CPU that has it, in a build for an older x86-64
+  avx2       ///< AVX2 and FMA on a CPU that has them without AVX-512, in a build for an older one
 };
 
-/// The instruction set the products take, decided on first use: AVX-512 where its copy of the
-/// kernels is compiled (MOE_RUNTIME_AVX512) and the CPU has it, else the compiled one. The
-/// environment variable MOE_PRODUCT_ISA=compiled keeps the compiled one (as oneDNN's
-/// ONEDNN_MAX_CPU_ISA caps its own); =avx512 demands AVX-512, and fails where neither the build
-/// nor the run-time copy gives it.
+/// The instruction set the products take, decided on first use: of the copies compiled here
+/// (MOE_RUNTIME_AVX512, MOE_RUNTIME_AVX2) the widest this CPU runs, else the compiled one. The
+/// environment variable MOE_PRODUCT_ISA (as oneDNN's ONEDNN_MAX_CPU_ISA) names one instead:
+/// `compiled`, `avx2` or `avx512`, refused where neither the build nor a run-time copy gives it.
 inline ProductIsa product_isa() {
   static const ProductIsa isa = [] {
-    const bool available = simd::cpu_has_avx512();
     const char* asked = std::getenv("MOE_PRODUCT_ISA");
     const std::string name = asked == nullptr ? "" : asked;
-    if (name.empty()) return available ? ProductIsa::avx512 : ProductIsa::compiled;
-    require(name == "compiled" || name == "avx512", "MOE_PRODUCT_ISA", "'compiled' or 'avx512'",
-            "'" + name + "'");
+    if (name.empty())
+      return simd::cpu_has_avx512() ? ProductIsa::avx512
+             : simd::cpu_has_avx2() ? ProductIsa::avx2
+                                    : ProductIsa::compiled;
+    require(name == "compiled" || name == "avx2" || name == "avx512", "MOE_PRODUCT_ISA",
+            "'compiled', 'avx2' or 'avx512'", "'" + name + "'");
     if (name == "compiled") return ProductIsa::compiled;
+    const bool avx512 = name == "avx512";
+    // A build for the named set already (or for a wider one) is that set.
 #if defined(__AVX512F__)
-    return ProductIsa::compiled;  // compiled for AVX-512 already
-#else
-    require(available, "MOE_PRODUCT_ISA=avx512", "a CPU with AVX-512 (x86-64-v4)",
-            MOE_RUNTIME_AVX512 ? "a CPU without it" : "a build without the run-time AVX-512 copy");
-    return ProductIsa::avx512;
+    return ProductIsa::compiled;
 #endif
+#if defined(__AVX2__) && defined(__FMA__)
+    if (!avx512) return ProductIsa::compiled;
+#endif
+    require(avx512 ? simd::cpu_has_avx512() : simd::cpu_has_avx2(),
+            avx512 ? "MOE_PRODUCT_ISA=avx512" : "MOE_PRODUCT_ISA=avx2",
+            avx512 ? "a CPU with AVX-512 (x86-64-v4)" : "a CPU with AVX2 and FMA (x86-64-v3)",
+            "a CPU or build without it");
+    return avx512 ? ProductIsa::avx512 : ProductIsa::avx2;
   }();
   return isa;
 }
@@ -259,11 +285,16 @@ namespace detail {
 template <class S>
 void product(S* c, Index c_stride, const View<S>& lhs, const View<S>& rhs, bool accumulate,
              const PrefetchBlock& next) {
+  if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
 #if MOE_RUNTIME_AVX512
-  if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>)
     if (product_isa() == ProductIsa::avx512)
       return avx512::detail::product_here(c, c_stride, lhs, rhs, accumulate, next);
 #endif
+#if MOE_RUNTIME_AVX2
+    if (product_isa() == ProductIsa::avx2)
+      return avx2::detail::product_here(c, c_stride, lhs, rhs, accumulate, next);
+#endif
+  }
   product_here(c, c_stride, lhs, rhs, accumulate, next);
 }
 

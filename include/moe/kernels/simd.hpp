@@ -10,8 +10,9 @@
 // moe::simd::avx512, the same names over AVX-512 intrinsics inside a target region
 // (MOE_BEGIN_AVX512 ... MOE_END_AVX512), which the product kernels are compiled against a second
 // time and take when the CPU has AVX-512 (cpu_has_avx512): the instruction set picked at run time,
-// as oneDNN and OpenBLAS pick theirs. Eigen's packets cannot serve there: Eigen is configured once,
-// by the flags of the translation unit.
+// as oneDNN and OpenBLAS pick theirs. A build older than AVX2 with FMA also gets moe::simd::avx2,
+// for CPUs with AVX2 and without AVX-512. Eigen's packets cannot serve there: Eigen is configured
+// once, by the flags of the translation unit.
 #pragma once
 
 #include <cmath>
@@ -34,6 +35,13 @@
 #else
 #define MOE_RUNTIME_AVX512 0
 #endif
+/// The same for AVX2 with FMA (x86-64-v3), for CPUs that have it without AVX-512.
+#if defined(__x86_64__) && defined(__GNUC__) && !(defined(__AVX2__) && defined(__FMA__)) && \
+    !defined(MOE_NO_RUNTIME_ISA)
+#define MOE_RUNTIME_AVX2 1
+#else
+#define MOE_RUNTIME_AVX2 0
+#endif
 
 #if MOE_RUNTIME_AVX512
 // Every function defined between these two is compiled for AVX-512 (x86-64-v4's set), lambdas
@@ -53,6 +61,25 @@
   _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
   _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
 #define MOE_END_AVX512 _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
+#endif
+// clang-format on
+#endif
+
+#if MOE_RUNTIME_AVX2
+// The same for AVX2 and FMA.
+// clang-format off
+#if defined(__clang__)
+#define MOE_BEGIN_AVX2 \
+  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma\"))), apply_to = function)")
+#define MOE_END_AVX2 _Pragma("clang attribute pop")
+#else
+#define MOE_BEGIN_AVX2 \
+  _Pragma("GCC push_options") \
+  _Pragma("GCC target(\"avx2,fma\")") \
+  _Pragma("GCC diagnostic push") \
+  _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define MOE_END_AVX2 _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
 #endif
 // clang-format on
 #endif
@@ -324,6 +351,20 @@ inline bool cpu_has_avx512() {
 #endif
 }
 
+/// Whether this CPU runs the AVX2 copy of the product kernels (AVX2 and FMA), read once. Always
+/// false where that copy is not compiled (MOE_RUNTIME_AVX2).
+inline bool cpu_has_avx2() {
+#if MOE_RUNTIME_AVX2
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 }  // namespace moe::simd
 
 #if MOE_RUNTIME_AVX512
@@ -501,4 +542,99 @@ struct PacketSquare<double> {
 
 }  // namespace moe::simd::avx512
 MOE_END_AVX512
+#endif
+
+#if MOE_RUNTIME_AVX2
+MOE_BEGIN_AVX2
+/// The names above over AVX2 packets of float and double, for the product kernels' run-time copy
+/// on CPUs without AVX-512. `madd` is fused, scalars included (std::fma).
+namespace moe::simd::avx2 {
+
+template <class S>
+struct PacketOf;
+template <>
+struct PacketOf<float> {
+  using type = __m256;
+};
+template <>
+struct PacketOf<double> {
+  using type = __m256d;
+};
+
+template <class S>
+using Packet = typename PacketOf<S>::type;
+template <class S>
+inline constexpr Index kLanes = static_cast<Index>(32 / sizeof(S));
+template <class S>
+inline constexpr bool kVectorized = true;
+inline constexpr int kVectorRegisters = 16;
+using moe::simd::kCacheLineBytes;
+using moe::simd::prefetch;
+
+MOE_ALWAYS_INLINE __m256 load(const float* p) { return _mm256_load_ps(p); }
+MOE_ALWAYS_INLINE __m256d load(const double* p) { return _mm256_load_pd(p); }
+MOE_ALWAYS_INLINE __m256 loadu(const float* p) { return _mm256_loadu_ps(p); }
+MOE_ALWAYS_INLINE __m256d loadu(const double* p) { return _mm256_loadu_pd(p); }
+MOE_ALWAYS_INLINE void store(float* p, __m256 v) { _mm256_store_ps(p, v); }
+MOE_ALWAYS_INLINE void store(double* p, __m256d v) { _mm256_store_pd(p, v); }
+MOE_ALWAYS_INLINE void storeu(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+MOE_ALWAYS_INLINE void storeu(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
+MOE_ALWAYS_INLINE __m256 broadcast(float x) { return _mm256_set1_ps(x); }
+MOE_ALWAYS_INLINE __m256d broadcast(double x) { return _mm256_set1_pd(x); }
+MOE_ALWAYS_INLINE __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+MOE_ALWAYS_INLINE __m256d add(__m256d a, __m256d b) { return _mm256_add_pd(a, b); }
+MOE_ALWAYS_INLINE __m256 madd(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+MOE_ALWAYS_INLINE __m256d madd(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
+MOE_ALWAYS_INLINE float madd(float a, float b, float c) { return std::fma(a, b, c); }
+MOE_ALWAYS_INLINE double madd(double a, double b, double c) { return std::fma(a, b, c); }
+
+/// `kLanes<S>` packets, transposed in place: lane j of packet i becomes lane i of packet j.
+template <class S>
+struct PacketSquare;
+
+/// 8 x 8 floats: pairs of rows interleaved, then pairs of pairs (shuffle), then the 128-bit halves
+/// of rows i and i + 4 exchanged.
+template <>
+struct PacketSquare<float> {
+  __m256 rows[8];
+  MOE_ALWAYS_INLINE __m256& operator[](Index i) { return rows[i]; }
+  MOE_ALWAYS_INLINE void transpose() {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm256_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
+      t[2 * i + 1] = _mm256_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
+    }
+    // u[4h + c], 128-bit half L: column 4L + c of rows 4h .. 4h + 3.
+    for (int h = 0; h < 2; ++h) {
+      u[4 * h] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+      u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xee);
+      u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+      u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xee);
+    }
+    for (int c = 0; c < 4; ++c) {
+      rows[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+      rows[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+  }
+};
+
+/// 4 x 4 doubles: pairs of rows interleaved, then the 128-bit halves exchanged.
+template <>
+struct PacketSquare<double> {
+  __m256d rows[4];
+  MOE_ALWAYS_INLINE __m256d& operator[](Index i) { return rows[i]; }
+  MOE_ALWAYS_INLINE void transpose() {
+    const __m256d t0 = _mm256_unpacklo_pd(rows[0], rows[1]);
+    const __m256d t1 = _mm256_unpackhi_pd(rows[0], rows[1]);
+    const __m256d t2 = _mm256_unpacklo_pd(rows[2], rows[3]);
+    const __m256d t3 = _mm256_unpackhi_pd(rows[2], rows[3]);
+    rows[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    rows[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    rows[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    rows[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+  }
+};
+
+}  // namespace moe::simd::avx2
+MOE_END_AVX2
 #endif
