@@ -1,8 +1,8 @@
 // Each product kernel against its plain-loop reference (reference_kernels.hpp), bit for bit, over
 // every row, column and depth remainder of its tiles; the transposition the kernels pack with; and
 // which kernel select_product_kernel gives each shape. Every check runs on each copy of the
-// kernels this build has: the compiled instruction set's and, on a CPU with AVX-512 in a build for
-// an older x86-64, the run-time AVX-512 copy.
+// kernels this build and CPU have: the compiled instruction set's and, in a build for an older
+// x86-64, the run-time AVX-512 and AVX2 copies.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -61,16 +61,22 @@ namespace {
   }
 
 #if defined(__FMA__)
-MOE_PRODUCT_KERNEL_SET(CompiledKernels, kernels, true);
+constexpr bool kCompiledFma = true;
 #else
-MOE_PRODUCT_KERNEL_SET(CompiledKernels, kernels, false);
+constexpr bool kCompiledFma = false;
 #endif
+MOE_PRODUCT_KERNEL_SET(CompiledKernels, kernels, kCompiledFma);
 #if MOE_RUNTIME_AVX512
 MOE_PRODUCT_KERNEL_SET(Avx512Kernels, kernels::avx512, true);
 #endif
 #if MOE_RUNTIME_AVX2
 MOE_PRODUCT_KERNEL_SET(Avx2Kernels, kernels::avx2, true);
 #endif
+
+/// Whether the copy gemm takes (product_isa) fuses its multiply-adds: every run-time copy does.
+bool gemm_fuses_madd() {
+  return kernels::product_isa() != kernels::ProductIsa::compiled || CompiledKernels::fused;
+}
 
 /// Runs check<Set>() for each copy of the kernels this build and CPU have, the reference's
 /// multiply-add fused as that copy's is.
@@ -89,8 +95,7 @@ void for_each_kernel_set(const Check& check) {
 #if MOE_RUNTIME_AVX2
   if (simd::cpu_has_avx2()) run(Avx2Kernels{});
 #endif
-  test::ref::fused_madd =
-      kernels::product_isa() != kernels::ProductIsa::compiled || CompiledKernels::fused;
+  test::ref::fused_madd = gemm_fuses_madd();
 }
 
 /// A [rows, cols] row-major block at an offset inside a wider random buffer, so a kernel that
@@ -396,7 +401,7 @@ TEST_CASE("gemm takes the widest copy of the kernels the build and the CPU allow
   for (Index i = 0; i < m; ++i) std::copy_n(a.row(i), k, lhs.row(i).data());
   for (Index p = 0; p < k; ++p) std::copy_n(b.row(p), n, rhs.row(p).data());
   kernels::gemm(c, lhs, rhs);
-  test::ref::fused_madd = isa != kernels::ProductIsa::compiled || CompiledKernels::fused;
+  test::ref::fused_madd = gemm_fuses_madd();
   test::ref::streamed_product(
       expected.data(), n, m, n, k, [&](Index i, Index p) { return lhs(i, p); }, rhs.data(), n,
       false);

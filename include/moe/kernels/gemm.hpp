@@ -209,14 +209,7 @@ using detail::select_product_kernel;
 MOE_BEGIN_AVX512
 namespace moe::kernels::avx512 {
 namespace simd = moe::simd::avx512;
-template <class S>
-using ProductBlocking = kernels::ProductBlocking<S, simd::kLanes<S>, simd::kVectorRegisters>;
-namespace detail {
-using kernels::detail::thread_buffer;
-using kernels::detail::View;
-using kernels::detail::view_of;
-}  // namespace detail
-#include "moe/kernels/detail/products/all.inc"
+#include "moe/kernels/detail/products/run_time_copy.inc"
 }  // namespace moe::kernels::avx512
 MOE_END_AVX512
 #endif
@@ -226,14 +219,7 @@ MOE_END_AVX512
 MOE_BEGIN_AVX2
 namespace moe::kernels::avx2 {
 namespace simd = moe::simd::avx2;
-template <class S>
-using ProductBlocking = kernels::ProductBlocking<S, simd::kLanes<S>, simd::kVectorRegisters>;
-namespace detail {
-using kernels::detail::thread_buffer;
-using kernels::detail::View;
-using kernels::detail::view_of;
-}  // namespace detail
-#include "moe/kernels/detail/products/all.inc"
+#include "moe/kernels/detail/products/run_time_copy.inc"
 }  // namespace moe::kernels::avx2
 MOE_END_AVX2
 #endif
