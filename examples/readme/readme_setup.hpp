@@ -10,6 +10,9 @@
 
 #ifdef MOE_README_MPI
 #include <mpi.h>
+
+#include <filesystem>
+#include <string>
 #endif
 
 namespace readme_setup {
@@ -28,12 +31,19 @@ moe::RowMatrix<S> random(moe::Index rows, moe::Index cols, std::uint32_t seed = 
 }
 
 /// MPI for the process when the MPI block is compiled in, as the README's block asks for it.
+/// Every process then runs every block: each works in a directory of its own (rank_<r>), so the
+/// files a block writes and reads back (a routing record) are never another process's.
 class Session {
  public:
   Session(int& argc, char**& argv) {
 #ifdef MOE_README_MPI
     int provided = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    const std::filesystem::path own = "rank_" + std::to_string(rank);
+    std::filesystem::create_directories(own);
+    std::filesystem::current_path(own);
 #else
     (void)argc;
     (void)argv;
