@@ -4,6 +4,9 @@
 //            forward must move from memory; decode is bound by it);
 //   memcpy — the same bytes copied (read and written), the limit the first tables quoted;
 //   gemm   — the same FLOPs as dense GEMMs over [T*k, d] through the library's packed kernel.
+// The same shapes with bf16 weights and activations (BM_experts_forward_bf16) beside the float
+// forward and the bf16 limits: a read of the active bf16 weights, and the same FLOPs as dense bf16
+// products through the library's bf16 kernel.
 // Each round runs the forward and its limits back to back and the medians of the per-round ratios
 // are reported, so load from other processes hits both sides of a ratio alike. Wall time: the
 // 2-thread rows run a team.
@@ -20,6 +23,7 @@
 #endif
 
 #include "moe/dispatch/dropless_plan.hpp"
+#include "moe/experts/bf16_dropless_ffn.hpp"
 #include "moe/experts/dropless_ffn.hpp"
 #include "moe/kernels/simd.hpp"
 #include "moe/routing/synthetic.hpp"
@@ -86,24 +90,32 @@ struct Setup {
   /// Chunks of the active weights, 1 MiB each, handed to the team in order: both threads stream.
   template <class Body>
   void for_chunks(Body&& body) {
+    for_chunks(runs.size(), run_size, std::forward<Body>(body));
+  }
+  template <class Body>
+  void for_chunks(std::size_t run_count, Index size, Body&& body) {
     constexpr Index kChunk = Index{1} << 18;
-    const Index per_run = (run_size + kChunk - 1) / kChunk;
-    const Index chunks = static_cast<Index>(runs.size()) * per_run;
+    const Index per_run = (size + kChunk - 1) / kChunk;
+    const Index chunks = static_cast<Index>(run_count) * per_run;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static)
 #endif
     for (Index c = 0; c < chunks; ++c) {
       const Index r = c / per_run, first = (c % per_run) * kChunk;
-      body(r, first, std::min(kChunk, run_size - first));
+      body(r, first, std::min(kChunk, size - first));
     }
   }
 
   /// Sums every active weight (four packet accumulators per thread): the reads alone.
-  float read() {
+  float read() { return read_runs(runs, run_size); }
+
+  /// The same over runs of `size` floats' bytes each.
+  template <class Runs>
+  float read_runs(const Runs& over, Index size) {
     using namespace moe::simd;
     float total = 0;
-    for_chunks([&](Index r, Index first, Index n) {
-      const float* p = runs[static_cast<std::size_t>(r)] + first;
+    for_chunks(over.size(), size, [&](Index r, Index first, Index n) {
+      const float* p = reinterpret_cast<const float*>(over[static_cast<std::size_t>(r)]) + first;
       constexpr Index kStep = 4 * kLanes<float>;
       Packet<float> a0 = broadcast(0.0f), a1 = a0, a2 = a0, a3 = a0;
       Index i = 0;
@@ -136,12 +148,40 @@ struct Setup {
     return static_cast<double>(runs.size()) * static_cast<double>(run_size) * sizeof(float);
   }
 
+  /// The bf16 copy of the weights and the active experts' panels, made on first use.
+  void make_bf16() {
+    if (w16.config().num_experts == s.experts) return;
+    w16.refresh(w);
+    up16.clear();
+    down16.clear();
+    for (Index e = 0; e < s.experts; ++e)
+      if (std::find(ids.data(), ids.data() + ids.size(), static_cast<moe::ExpertId>(e)) !=
+          ids.data() + ids.size()) {
+        up16.push_back(w16.w1(e));
+        up16.push_back(w16.w3(e));
+        down16.push_back(w16.w2(e));
+      }
+  }
+  void forward_bf16() {
+    moe::make_dropless_plan(ids, s.experts, 128, plan);
+    moe::dropless_ffn_forward(w16, x, gates, plan, ctx16, y);
+    benchmark::DoNotOptimize(y.data());
+  }
+  /// Reads the active experts' bf16 panels (as floats: the same bytes).
+  float read_bf16() {
+    return read_runs(up16, w16.up_panels().size() / 2) +
+           read_runs(down16, w16.down_panels().size() / 2);
+  }
+
   Shape s;
   moe::ExpertWeights<float> w;
   Matrix x, gates, y;
   moe::ExpertIdMatrix ids;
   moe::DroplessPlan plan;
   moe::DroplessFFNContext<float> ctx;
+  moe::Bf16ExpertWeights w16;
+  moe::Bf16FFNContext ctx16;
+  std::vector<const moe::bf16*> up16, down16;
   std::vector<const float*> runs;
   Index run_size = 0;
   std::vector<float> copy;
@@ -215,6 +255,93 @@ void BM_experts_forward(benchmark::State& state) {
       2.0 * 3.0 * static_cast<double>(s.tokens * s.k * s.d * s.f) * 1e-9 / median(forward);
 }
 
+/// The same FLOPs as dense bf16 products over [T*k, d] through kernels::bf16_product: h1 = X W1,
+/// h3 = X W3, y = A W2 with X, A in bf16, split over the team in items of 256 rows by 192 columns.
+struct Bf16GemmLimit {
+  Bf16GemmLimit(Index token_rows, Index d, Index f)
+      : rows(token_rows),
+        up{d, f},
+        down{f, d},
+        x(static_cast<std::size_t>(rows * d), moe::to_bf16(0.5f)),
+        a(static_cast<std::size_t>(rows * f), moe::to_bf16(0.25f)),
+        w1(static_cast<std::size_t>(up.size()), moe::to_bf16(0.01f)),
+        w3(static_cast<std::size_t>(up.size()), moe::to_bf16(0.02f)),
+        w2(static_cast<std::size_t>(down.size()), moe::to_bf16(0.03f)),
+        h1(rows, f),
+        h3(rows, f),
+        y(rows, d) {}
+  void product(const moe::kernels::Bf16Panels& shape, const moe::bf16* left, const moe::bf16* w,
+               Matrix& out) {
+    constexpr Index kRows = 256, kCols = 4 * moe::kernels::Bf16Panels::kCols;
+    const Index row_items = (rows + kRows - 1) / kRows,
+                col_items = (shape.cols + kCols - 1) / kCols;
+    const moe::kernels::Bf16Kernel kernel = moe::kernels::bf16_kernel();
+    moe::kernels::parallel_items(row_items * col_items, [&](Index item) {
+      const Index r0 = item / col_items * kRows, c0 = item % col_items * kCols;
+      moe::kernels::bf16_product(
+          &out(r0, c0), out.cols(), std::min(kRows, rows - r0),
+          [&](Index i) { return left + (r0 + i) * shape.depth; }, w, shape, c0,
+          std::min(kCols, shape.cols - c0), false, kernel);
+    });
+  }
+  void step() {
+    product(up, x.data(), w1.data(), h1);
+    product(up, x.data(), w3.data(), h3);
+    product(down, a.data(), w2.data(), y);
+    benchmark::DoNotOptimize(y.data());
+  }
+  Index rows;
+  moe::kernels::Bf16Panels up, down;
+  moe::AlignedBuffer<moe::bf16> x, a, w1, w3, w2;
+  Matrix h1, h3, y;
+};
+
+/// Args: shape, threads. Counters: the bf16 forward's median time (ms), the float forward's, their
+/// ratio (float / bf16: above 1 bf16 is faster), and the bf16 forward over its limits.
+void BM_experts_forward_bf16(benchmark::State& state) {
+  const Index shape = state.range(0);
+  const int threads = static_cast<int>(state.range(1));
+#if defined(_OPENMP)
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(threads);
+#else
+  if (threads > 1) return state.SkipWithError("built without OpenMP");
+#endif
+  Setup& run = setup_for(shape);
+  const Shape& s = run.s;
+  run.make_bf16();
+  Bf16GemmLimit gemm(s.tokens * s.k, s.d, s.f);
+  run.forward_bf16();  // warm-up
+  run.forward();
+  run.read_bf16();
+  gemm.step();
+  std::vector<double> forward, float_forward, speedup, to_read, to_gemm;
+  const int rounds = s.tokens * s.d * s.f > (Index{1} << 33) ? 5 : 15;
+  for (auto _ : state) {
+    for (int i = 0; i < rounds; ++i) {
+      const double t_forward = seconds([&] { run.forward_bf16(); });
+      const double t_float = seconds([&] { run.forward(); });
+      const double t_read = seconds([&] { run.read_bf16(); });
+      const double t_gemm = seconds([&] { gemm.step(); });
+      forward.push_back(t_forward);
+      float_forward.push_back(t_float);
+      speedup.push_back(t_float / t_forward);
+      to_read.push_back(t_forward / t_read);
+      to_gemm.push_back(t_forward / t_gemm);
+    }
+  }
+#if defined(_OPENMP)
+  omp_set_num_threads(saved_threads);
+#endif
+  state.counters["bf16_ms"] = 1e3 * median(forward);
+  state.counters["float_ms"] = 1e3 * median(float_forward);
+  state.counters["float/bf16"] = median(speedup);
+  state.counters["fwd/read"] = median(to_read);
+  state.counters["fwd/gemm"] = median(to_gemm);
+  state.counters["GFLOP/s"] =
+      2.0 * 3.0 * static_cast<double>(s.tokens * s.k * s.d * s.f) * 1e-9 / median(forward);
+}
+
 void shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"shape", "threads"});
   for (Index shape = 0; shape < 5; ++shape)
@@ -225,5 +352,6 @@ void shapes(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_experts_forward)->Apply(shapes);
+BENCHMARK(BM_experts_forward_bf16)->Apply(shapes);
 
 BENCHMARK_MAIN();

@@ -6,12 +6,14 @@
 #include "moe/version.hpp"
 
 #include "moe/core/aligned_buffer.hpp"
+#include "moe/core/bfloat16.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/parameters.hpp"
 #include "moe/core/random.hpp"
 #include "moe/core/types.hpp"
 #include "moe/core/workspace.hpp"
 
+#include "moe/kernels/bf16_product.hpp"
 #include "moe/kernels/gemm.hpp"
 
 #include "moe/routing/config.hpp"
@@ -30,6 +32,7 @@
 
 #include "moe/sparse/ops.hpp"
 
+#include "moe/experts/bf16_dropless_ffn.hpp"
 #include "moe/experts/capacity_ffn.hpp"
 #include "moe/experts/dropless_ffn.hpp"
 

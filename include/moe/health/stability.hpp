@@ -4,13 +4,11 @@
 #pragma once
 
 #include <algorithm>
-#include <cstdint>
-#include <cstring>
-#include <limits>
 #include <vector>
 
 #include <Eigen/Core>
 
+#include "moe/core/bfloat16.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
 #include "moe/health/detail/row_blocks.hpp"
@@ -25,29 +23,6 @@ struct Bf16Stability {
   Index flipped_tokens = 0;   ///< tokens whose top-k set changed (<= tokens)
   Index flipped_choices = 0;  ///< sum over tokens of |K \ K'|, experts swapped out (<= tokens k)
 };
-
-/// x rounded to the nearest bfloat16 (ties to even), as a float: the value a float32 -> bfloat16
-/// cast gives (PyTorch's `.to(torch.bfloat16)`, round_to_nearest_even), including overflow to
-/// +-inf past the largest bfloat16 (3.3895e38). A double is first rounded to float32, to +-inf
-/// beyond its range. NaN stays NaN.
-template <class S>
-float round_to_bfloat16(S value) noexcept {
-  constexpr double max_float = std::numeric_limits<float>::max();
-  const double v = static_cast<double>(value);
-  const float x = v > max_float    ? std::numeric_limits<float>::infinity()
-                  : v < -max_float ? -std::numeric_limits<float>::infinity()
-                                   : static_cast<float>(value);
-  if (x != x) return x;
-  std::uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  // Adding 0x7fff plus the lowest kept bit carries into the kept half exactly when the dropped
-  // half is above one half ulp, or equal to it and the kept half is odd: nearest, ties to even.
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  bits &= 0xffff0000u;
-  float rounded;
-  std::memcpy(&rounded, &bits, sizeof rounded);
-  return rounded;
-}
 
 namespace detail {
 

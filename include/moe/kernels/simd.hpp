@@ -17,6 +17,8 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -84,12 +86,49 @@
 // clang-format on
 #endif
 
+/// Whether the bf16 products have their AVX512-BF16 kernel (vdpbf16ps): compiled for a target
+/// with it, or inside a target region (MOE_BEGIN_AVX512BF16 ... MOE_END_AVX512BF16) on any x86-64
+/// built by GCC or Clang, taken where the CPU has it (cpu_has_avx512bf16).
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define MOE_AVX512BF16 1
+#define MOE_BEGIN_AVX512BF16
+#define MOE_END_AVX512BF16
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(MOE_NO_RUNTIME_ISA)
+#define MOE_AVX512BF16 1
+// clang-format off
+#if defined(__clang__)
+#define MOE_BEGIN_AVX512BF16 \
+  _Pragma("clang attribute push(__attribute__((target(\"avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,avx2,fma\"))), apply_to = function)")
+#define MOE_END_AVX512BF16 _Pragma("clang attribute pop")
+#else
+#define MOE_BEGIN_AVX512BF16 \
+  _Pragma("GCC push_options") \
+  _Pragma("GCC target(\"avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,avx2,fma\")") \
+  _Pragma("GCC diagnostic push") \
+  _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define MOE_END_AVX512BF16 _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
+#endif
+// clang-format on
+#else
+#define MOE_AVX512BF16 0
+#endif
+
 #if defined(__GNUC__)
 #define MOE_ALWAYS_INLINE inline __attribute__((always_inline))
 #elif defined(_MSC_VER)
 #define MOE_ALWAYS_INLINE __forceinline
 #else
 #define MOE_ALWAYS_INLINE inline
+#endif
+
+/// Unrolls the loop that follows completely (up to n iterations) at any optimization level, so a
+/// register tile's accumulators stay in registers in a -O2 build too.
+#if defined(__GNUC__)
+#define MOE_UNROLL(n) _Pragma(MOE_UNROLL_STRING(GCC unroll n))
+#define MOE_UNROLL_STRING(text) #text
+#else
+#define MOE_UNROLL(n)
 #endif
 
 namespace moe::simd {
@@ -358,6 +397,23 @@ inline bool cpu_has_avx2() {
   static const bool has = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+/// Whether this CPU runs the AVX512-BF16 kernel of the bf16 products (vdpbf16ps with AVX-512BW and
+/// VL), read once. Always false where that kernel is not compiled (MOE_AVX512BF16).
+inline bool cpu_has_avx512bf16() {
+#if MOE_AVX512BF16
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
   }();
   return has;
 #else
@@ -637,4 +693,52 @@ struct PacketSquare<double> {
 
 }  // namespace moe::simd::avx2
 MOE_END_AVX2
+#endif
+
+#if MOE_AVX512BF16
+MOE_BEGIN_AVX512BF16
+/// vdpbf16ps and what its kernel needs around it: 16 float sums per register, each fed two bf16
+/// products per instruction (a pair of depth rows side by side).
+namespace moe::simd::avx512bf16 {
+
+/// 16 float sums.
+using Sums = __m512;
+/// 16 pairs of bf16 values: (a, b) of lane j in its two halves, a in the low one.
+using Pairs = __m512i;
+
+/// Columns of float sums in one register.
+inline constexpr Index kLanes = 16;
+
+MOE_ALWAYS_INLINE Sums zero() { return _mm512_setzero_ps(); }
+/// The 16 pairs at a 64-byte aligned `pairs`.
+MOE_ALWAYS_INLINE Pairs load_pairs(const void* pairs) { return _mm512_load_si512(pairs); }
+/// The pair (pair[0], pair[1]) in every lane; `pair` need not be aligned.
+MOE_ALWAYS_INLINE Pairs broadcast_pair(const void* pair) {
+  std::int32_t bits;
+  std::memcpy(&bits, pair, sizeof bits);
+  return _mm512_set1_epi32(bits);
+}
+/// The pair (value[0], 0) in every lane: the last of an odd depth.
+MOE_ALWAYS_INLINE Pairs broadcast_first(const void* value) {
+  std::uint16_t bits;
+  std::memcpy(&bits, value, sizeof bits);
+  return _mm512_set1_epi32(static_cast<std::int32_t>(bits));
+}
+/// sums[j] + a[j].high * b[j].high, then + a[j].low * b[j].low, each rounded to nearest even;
+/// bf16 inputs below the normal range read as zero and such sums flush to zero (vdpbf16ps, as
+/// the Intel SDM specifies it and AMD Zen 4/5 run it).
+MOE_ALWAYS_INLINE Sums dot_pairs(Sums sums, Pairs a, Pairs b) {
+  return _mm512_dpbf16_ps(sums, (__m512bh)a, (__m512bh)b);
+}
+MOE_ALWAYS_INLINE Sums add(Sums a, Sums b) { return _mm512_add_ps(a, b); }
+/// The first `count` <= 16 floats at `p` (the rest 0), and stores of them.
+MOE_ALWAYS_INLINE Sums load_first(const float* p, Index count) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1u), p);
+}
+MOE_ALWAYS_INLINE void store_first(float* p, Sums v, Index count) {
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1u), v);
+}
+
+}  // namespace moe::simd::avx512bf16
+MOE_END_AVX512BF16
 #endif

@@ -1,0 +1,100 @@
+// Expert weights in bfloat16 for compute: a copy of float (or double) master weights rounded to
+// bf16 in the panel layout of the bf16 products, as mixed-precision training keeps one (Megatron's
+// bf16 params next to its fp32 main params) and as a float checkpoint is served in bf16.
+#pragma once
+
+#include <cstddef>
+
+#include "moe/core/aligned_buffer.hpp"
+#include "moe/core/bfloat16.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/types.hpp"
+#include "moe/experts/expert_weights.hpp"
+#include "moe/kernels/bf16_product.hpp"
+
+namespace moe {
+
+/// bf16 copies of an ExpertWeights' matrices, each expert's W1[e] and W3[e] as [d, f] bf16 panels
+/// and W2[e] as [f, d] (kernels::Bf16Panels), rounded to nearest even; the biases stay float, as
+/// they are added to float sums. Made from the master weights, and refresh() after each optimizer
+/// step rounds them again: the bf16 forward reads only this copy, the master weights take the
+/// gradients. Holds 2 bytes per weight (half a float copy).
+class Bf16ExpertWeights {
+ public:
+  /// No experts (config().num_experts == -1): no forward takes it.
+  Bf16ExpertWeights() = default;
+
+  /// The bf16 copy of `master`.
+  template <class S>
+  explicit Bf16ExpertWeights(const ExpertWeights<S>& master) {
+    refresh(master);
+  }
+
+  /// Rounds `master` into this copy again (its memory kept when the shapes are unchanged): after
+  /// each optimizer step of mixed-precision training. Costs one pass over the weights
+  /// (README: bf16 performance).
+  template <class S>
+  void refresh(const ExpertWeights<S>& master) {
+    detail::require_weights(master, "master");
+    const ExpertFFNConfig& c = master.config;
+    up_ = kernels::Bf16Panels{c.hidden, c.ffn_hidden};
+    down_ = kernels::Bf16Panels{c.ffn_hidden, c.hidden};
+    const bool gated = is_gated(c.activation);
+    const auto resize = [&](AlignedBuffer<bf16>& buffer, Index size) {
+      if (static_cast<Index>(buffer.size()) != size)
+        buffer = AlignedBuffer<bf16>(static_cast<std::size_t>(size));
+    };
+    resize(w1_, c.num_experts * up_.size());
+    resize(w3_, gated ? c.num_experts * up_.size() : 0);
+    resize(w2_, c.num_experts * down_.size());
+    const Index d = c.hidden, f = c.ffn_hidden;
+    for (Index e = 0; e < c.num_experts; ++e) {
+      kernels::pack_bf16_panels(master.w1.data() + e * d * f, f, false, up_,
+                                panels_of(w1_, e, up_));
+      if (gated)
+        kernels::pack_bf16_panels(master.w3.data() + e * d * f, f, false, up_,
+                                  panels_of(w3_, e, up_));
+      kernels::pack_bf16_panels(master.w2.data() + e * f * d, d, false, down_,
+                                panels_of(w2_, e, down_));
+    }
+    b1_ = master.b1.template cast<float>();
+    b3_ = master.b3.template cast<float>();
+    b2_ = master.b2.template cast<float>();
+    config_ = c;
+  }
+
+  /// The master weights' config (num_experts -1 before any).
+  const ExpertFFNConfig& config() const noexcept { return config_; }
+
+  /// Panels of W1[e] and W3[e] ([d, f]) and of W2[e] ([f, d]).
+  const kernels::Bf16Panels& up_panels() const noexcept { return up_; }
+  const kernels::Bf16Panels& down_panels() const noexcept { return down_; }
+
+  const bf16* w1(Index e) const noexcept { return w1_.data() + e * up_.size(); }
+  const bf16* w3(Index e) const noexcept { return w3_.data() + e * up_.size(); }
+  const bf16* w2(Index e) const noexcept { return w2_.data() + e * down_.size(); }
+
+  /// The biases in float ([E, f], [E, f], [E, d]; empty without config().bias).
+  const RowMatrix<float>& b1() const noexcept { return b1_; }
+  const RowMatrix<float>& b3() const noexcept { return b3_; }
+  const RowMatrix<float>& b2() const noexcept { return b2_; }
+
+  /// Bytes of the bf16 weights (the biases aside): what a decode step reads of its active experts.
+  std::size_t bytes_per_expert() const noexcept {
+    const Index matrices = is_gated(config_.activation) ? 2 : 1;
+    return static_cast<std::size_t>(matrices * up_.size() + down_.size()) * sizeof(bf16);
+  }
+
+ private:
+  /// Expert e's panels in `buffer`.
+  static bf16* panels_of(AlignedBuffer<bf16>& buffer, Index e, const kernels::Bf16Panels& shape) {
+    return buffer.data() + e * shape.size();
+  }
+
+  ExpertFFNConfig config_{-1};
+  kernels::Bf16Panels up_, down_;
+  AlignedBuffer<bf16> w1_, w3_, w2_;
+  RowMatrix<float> b1_, b3_, b2_;
+};
+
+}  // namespace moe
