@@ -1,13 +1,15 @@
-// The bf16 dropless FFN (moe/experts/bf16_dropless_ffn.hpp): against the per-token double reference
-// on the float weights, within a bound built from the bf16 and float unit roundoffs, the depths of
-// the sums and the activation's derivatives; the same bits at 1 and 2 threads and from float or
-// bf16 token rows; refresh() after a weight update; bad input.
+// The bf16 dropless FFN (moe/experts/bf16_dropless_ffn.hpp): the forward against the per-token
+// double reference on the float weights, within a bound built from the bf16 and float unit
+// roundoffs, the depths of the sums and the activation's derivatives; the backward stage by stage
+// against plain loops (bit for bit) and as a whole near the float backward; the same bits at 1 and
+// 2 threads and from float or bf16 token rows; refresh() after a weight update; bad input.
 #include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
 
 #include "moe/experts/bf16_dropless_ffn.hpp"
+#include "support/bf16_reference.hpp"
 #include "support/catch.hpp"
 #include "support/dropless_reference.hpp"
 
@@ -242,4 +244,136 @@ TEST_CASE("bf16 dropless FFN refuses bad input", "[dropless][ffn][bf16][errors]"
   RowMatrix<float> x_and_out = p.x;
   CHECK_THROWS_WITH(dropless_ffn_forward(weights, x_and_out, p.gates, plan, ctx, x_and_out),
                     Contains("out") && Contains("overlap"));
+}
+
+TEST_CASE("bf16 dropless FFN backward: every stage the plain loops' bits, near the float gradients",
+          "[dropless][ffn][bf16][gradient]") {
+  for (const Activation activation : {Activation::swiglu, Activation::gelu}) {
+    const bool gated = is_gated(activation), bias = gated;
+    INFO("activation " << to_string(activation));
+    // d > 256 (dA's depth spans two blocks), ~270 rows per expert (the weight gradients' too).
+    const Index experts = 3, d = 260, f = 100, tokens = 400, k = 2;
+    const Bf16Problem p = bf16_problem(activation, bias, experts, d, f, tokens, k, 21);
+    const DroplessPlan plan = make_dropless_plan(p.ids, experts, 4);
+    const Bf16ExpertWeights weights(p.weights, Bf16Copies::training);
+    RowMatrix<float> grad_out(tokens, d);
+    std::mt19937 gen(5);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (Index i = 0; i < grad_out.size(); ++i) grad_out.data()[i] = normal(gen);
+    Bf16FFNContext ctx;
+    RowMatrix<float> out(tokens, d), grad_x(tokens, d), grad_gates(tokens, k);
+    ExpertGradients<float> grads;
+    dropless_ffn_forward(weights, p.x, p.gates, plan, ctx, out);
+    dropless_ffn_backward(weights, grad_out, plan, ctx, grads, grad_x, grad_gates);
+
+    // The forward's saved values it starts from (the forward has its own test).
+    const Index rows = plan.padded_rows();
+    const RowMatrix<float> h1 = ctx.workspace.matrix<float>(Bf16FFNContext::kH1, rows, f);
+    const RowMatrix<float> h3 =
+        ctx.workspace.matrix<float>(Bf16FFNContext::kH3, gated ? rows : 0, gated ? f : 0);
+    const RowMatrix<bf16> a16 = ctx.workspace.matrix<bf16>(Bf16FFNContext::kA16, rows, f);
+    const RowMatrix<float> y = ctx.expert_outputs(d);
+    const RowMatrix<bf16> x16 = test::rounded(p.x);
+
+    ExpertGradients<float> want(p.weights.config);
+    RowMatrix<float> dx(rows, d);
+    for (Index e = 0; e < experts; ++e) {
+      const Index r0 = plan.padded_offsets[e], n = plan.tokens_per_expert[e];
+      // dY = bf16(g grad_out) and the expert's token rows, in plan order.
+      RowMatrix<float> dy(n, d);
+      RowMatrix<bf16> x_rows(n, d);
+      for (Index i = 0; i < n; ++i) {
+        const Index pair = plan.sorted_pairs[plan.offsets[e] + i], t = pair / k;
+        dy.row(i) = p.gates(t, pair % k) * grad_out.row(t);
+        x_rows.row(i) = x16.row(t);
+      }
+      const RowMatrix<bf16> dy16 = test::rounded(dy);
+      const auto transpose16 = [](const auto& m) {
+        return test::rounded(RowMatrix<float>(m.transpose()));
+      };
+      const RowMatrix<float> zero_nf = RowMatrix<float>::Zero(n, f),
+                             zero_nd = RowMatrix<float>::Zero(n, d);
+      // dA = dY W2^T, through the activation in float.
+      RowMatrix<float> dh1 = test::reference_bf16_product(
+          dy16, transpose16(p.weights.w2.middleRows(e * f, f)), zero_nf, false);
+      RowMatrix<float> dh3(gated ? n : 0, gated ? f : 0);
+      if (gated)
+        activation_backward(activation, p.weights.config.swiglu_limit, h1.middleRows(r0, n),
+                            h3.middleRows(r0, n), dh1, dh3);
+      else
+        activation_backward(activation, p.weights.config.swiglu_limit, h1.middleRows(r0, n), dh1,
+                            dh1, dh1);
+      const RowMatrix<bf16> dh16 = test::rounded(dh1), dh316 = test::rounded(dh3);
+      // dX = dH1 W1^T + dH3 W3^T.
+      RowMatrix<float> dx_e = test::reference_bf16_product(
+          dh16, transpose16(p.weights.w1.middleRows(e * d, d)), zero_nd, false);
+      if (gated)
+        dx_e = test::reference_bf16_product(dh316, transpose16(p.weights.w3.middleRows(e * d, d)),
+                                            dx_e, true);
+      dx.middleRows(r0, n) = dx_e;
+      // dW2 = A^T dY, dW1 = X^T dH1, dW3 = X^T dH3, over the expert's rows in plan order.
+      const RowMatrix<bf16> a_t = a16.middleRows(r0, n).transpose(), x_t = x_rows.transpose();
+      want.w2.middleRows(e * f, f) =
+          test::reference_bf16_product(a_t, dy16, RowMatrix<float>::Zero(f, d), false);
+      want.w1.middleRows(e * d, d) =
+          test::reference_bf16_product(x_t, dh16, RowMatrix<float>::Zero(d, f), false);
+      if (gated)
+        want.w3.middleRows(e * d, d) =
+            test::reference_bf16_product(x_t, dh316, RowMatrix<float>::Zero(d, f), false);
+      if (bias) {  // float sums over the rows in order
+        want.b2.row(e).setZero();
+        want.b1.row(e).setZero();
+        want.b3.row(e).setZero();
+        for (Index i = 0; i < n; ++i) {
+          want.b2.row(e) += dy.row(i);
+          want.b1.row(e) += dh1.row(i);
+          want.b3.row(e) += dh3.row(i);
+        }
+      }
+    }
+    CHECK((grads.w1.array() == want.w1.array()).all());
+    CHECK((grads.w2.array() == want.w2.array()).all());
+    CHECK((grads.w3.array() == want.w3.array()).all());
+    CHECK((grads.b1.array() == want.b1.array()).all());
+    CHECK((grads.b2.array() == want.b2.array()).all());
+    CHECK((grads.b3.array() == want.b3.array()).all());
+    // grad_x[t] = sum_j dX[row(t, j)] in order of j; grad_gates(t, j) = <y[row], grad_out[t]> in
+    // float, within gamma_d of the exact dot product.
+    const double uf = std::ldexp(1.0, -24);
+    for (Index t = 0; t < tokens; ++t) {
+      RowMatrix<float> sum = RowMatrix<float>::Zero(1, d);
+      for (Index j = 0; j < k; ++j) {
+        const Index r = plan.pair_row[t * k + j];
+        sum += dx.row(r);
+        double dot = 0, magnitude = 0;
+        for (Index q = 0; q < d; ++q) {
+          dot += static_cast<double>(y(r, q)) * grad_out(t, q);
+          magnitude += std::fabs(static_cast<double>(y(r, q)) * grad_out(t, q));
+        }
+        REQUIRE(std::fabs(grad_gates(t, j) - dot) <= d * uf / (1 - d * uf) * magnitude);
+      }
+      REQUIRE((grad_x.row(t).array() == sum.array()).all());
+    }
+
+    // As a whole, near the float backward's gradients: each operand of a product carries a relative
+    // rounding of at most 2^-8, so a gradient's relative (Frobenius) error is a few 2^-8.
+    DroplessFFNContext<float> float_ctx;
+    RowMatrix<float> float_out(tokens, d), float_gx(tokens, d), float_gg(tokens, k);
+    ExpertGradients<float> float_grads;
+    dropless_ffn_forward<float>(p.weights, p.x, p.gates, plan, float_ctx, float_out);
+    dropless_ffn_backward<float>(p.weights, grad_out, plan, float_ctx, float_grads, float_gx,
+                                 float_gg);
+    const auto relative = [](const auto& ours, const auto& exact) {
+      return (ours - exact).norm() / exact.norm();
+    };
+    const double bound = 8 * std::ldexp(1.0, -8);
+    CHECK(relative(grads.w1, float_grads.w1) < bound);
+    CHECK(relative(grads.w2, float_grads.w2) < bound);
+    CHECK(relative(grad_x, float_gx) < bound);
+    CHECK(relative(grad_gates, float_gg) < bound);
+    CHECK(relative(out, float_out) < bound);
+    INFO("relative to float: w1 " << relative(grads.w1, float_grads.w1) << " grad_x "
+                                  << relative(grad_x, float_gx));
+    CHECK(relative(grads.w1, float_grads.w1) > 0);
+  }
 }

@@ -9,6 +9,7 @@
 
 #include "moe/core/aligned_buffer.hpp"
 #include "moe/kernels/bf16_product.hpp"
+#include "support/bf16_reference.hpp"
 #include "support/catch.hpp"
 #include "support/random_matrix.hpp"
 
@@ -23,12 +24,6 @@ std::vector<kernels::Bf16Kernel> bf16_kernels_here() {
   return all;
 }
 
-RowMatrix<bf16> rounded(const RowMatrix<float>& m) {
-  RowMatrix<bf16> r(m.rows(), m.cols());
-  for (Index i = 0; i < m.size(); ++i) r.data()[i] = to_bf16(m.data()[i]);
-  return r;
-}
-
 /// Panels of w [depth, cols] (row-major), owned.
 struct PackedOperand {
   kernels::Bf16Panels shape;
@@ -38,28 +33,6 @@ struct PackedOperand {
     kernels::pack_bf16_panels(w.data(), w.cols(), false, shape, values.data());
   }
 };
-
-/// c (+)= a w by a plain loop in the bf16 products' stated order: per depth block of 256, from
-/// 0, per pair (p, p + 1): + a[p+1] w[p+1] (0 past an odd depth), then + a[p] w[p]; the block's sum
-/// stored, or added to c after the first block or with `accumulate`.
-RowMatrix<float> reference_product(const RowMatrix<bf16>& a, const RowMatrix<bf16>& w,
-                                   RowMatrix<float> c, bool accumulate) {
-  const Index depth = a.cols();
-  for (Index i = 0; i < a.rows(); ++i)
-    for (Index j = 0; j < w.cols(); ++j) {
-      if (depth == 0 && !accumulate) c(i, j) = 0.0f;
-      for (Index p0 = 0; p0 < depth; p0 += 256) {
-        float sum = 0.0f;
-        for (Index p = p0; p < std::min(p0 + 256, depth); p += 2) {
-          const float high = p + 1 < depth ? to_float(a(i, p + 1)) * to_float(w(p + 1, j)) : 0.0f;
-          sum = sum + high;
-          sum = sum + to_float(a(i, p)) * to_float(w(p, j));
-        }
-        c(i, j) = (accumulate || p0 > 0) ? c(i, j) + sum : sum;
-      }
-    }
-  return c;
-}
 
 }  // namespace
 
@@ -114,7 +87,8 @@ TEST_CASE("bf16_product: each kernel gives the plain loop's bits", "[kernels][bf
         for (const Index cols : {1, 16, 47, 48, 49, 100}) {
           INFO("kernel " << static_cast<int>(kernel) << " m " << m << " depth " << depth << " cols "
                          << cols);
-          const RowMatrix<bf16> a = rounded(test::random_matrix<float>(m, depth, ++seed, 2.0));
+          const RowMatrix<bf16> a =
+              test::rounded(test::random_matrix<float>(m, depth, ++seed, 2.0));
           const RowMatrix<float> w = test::random_matrix<float>(depth, cols, ++seed, 1.5);
           const PackedOperand packed(w);
           const RowMatrix<float> c0 = test::random_matrix<float>(m, cols, ++seed);
@@ -123,7 +97,8 @@ TEST_CASE("bf16_product: each kernel gives the plain loop's bits", "[kernels][bf
             kernels::bf16_product(
                 c.data(), c.cols(), m, [&](Index i) { return a.row(i).data(); },
                 packed.values.data(), packed.shape, 0, cols, accumulate, kernel);
-            const RowMatrix<float> want = reference_product(a, rounded(w), c0, accumulate);
+            const RowMatrix<float> want =
+                test::reference_bf16_product(a, test::rounded(w), c0, accumulate);
             REQUIRE((c.array() == want.array()).all());
           }
           // A column range of whole panels, as a tile of a threaded product computes it.
@@ -133,7 +108,7 @@ TEST_CASE("bf16_product: each kernel gives the plain loop's bits", "[kernels][bf
                 c.data() + 48, c.cols(), m, [&](Index i) { return a.row(i).data(); },
                 packed.values.data(), packed.shape, 48, cols - 48, false, kernel);
             want.rightCols(cols - 48) =
-                reference_product(a, rounded(w), c0, false).rightCols(cols - 48);
+                test::reference_bf16_product(a, test::rounded(w), c0, false).rightCols(cols - 48);
             REQUIRE((c.array() == want.array()).all());
           }
         }
@@ -150,7 +125,7 @@ TEST_CASE("bf16_product against double within the bf16 and float rounding bound"
       const Index m = 11, cols = 70;
       const RowMatrix<float> a = test::random_matrix<float>(m, depth, 40 + depth, 3.0);
       const RowMatrix<float> w = test::random_matrix<float>(depth, cols, 41 + depth, 0.5);
-      const RowMatrix<bf16> ab = rounded(a);
+      const RowMatrix<bf16> ab = test::rounded(a);
       const PackedOperand packed(w);
       RowMatrix<float> c(m, cols);
       kernels::bf16_product(

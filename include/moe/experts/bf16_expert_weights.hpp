@@ -14,19 +14,28 @@
 
 namespace moe {
 
+/// Which bf16 copies of the weights a Bf16ExpertWeights holds.
+enum class Bf16Copies {
+  forward,  ///< W1, W3, W2 as the forward reads them: 2 bytes per weight
+  training  ///< and their transposes, which the backward's dX and dA read: 4 bytes per weight
+};
+
 /// bf16 copies of an ExpertWeights' matrices, each expert's W1[e] and W3[e] as [d, f] bf16 panels
 /// and W2[e] as [f, d] (kernels::Bf16Panels), rounded to nearest even; the biases stay float, as
 /// they are added to float sums. Made from the master weights, and refresh() after each optimizer
 /// step rounds them again: the bf16 forward reads only this copy, the master weights take the
-/// gradients. Holds 2 bytes per weight (half a float copy).
+/// gradients. Holds 2 bytes per weight (half a float copy), and with Bf16Copies::training the
+/// transposes the backward reads too (W1[e]^T, W3[e]^T as [f, d], W2[e]^T as [d, f]).
 class Bf16ExpertWeights {
  public:
   /// No experts (config().num_experts == -1): no forward takes it.
   Bf16ExpertWeights() = default;
 
-  /// The bf16 copy of `master`.
+  /// The bf16 copy of `master`, with the transposes the backward needs when `copies` is training.
   template <class S>
-  explicit Bf16ExpertWeights(const ExpertWeights<S>& master) {
+  explicit Bf16ExpertWeights(const ExpertWeights<S>& master,
+                             Bf16Copies copies = Bf16Copies::forward)
+      : copies_(copies) {
     refresh(master);
   }
 
@@ -44,11 +53,25 @@ class Bf16ExpertWeights {
       if (static_cast<Index>(buffer.size()) != size)
         buffer = AlignedBuffer<bf16>(static_cast<std::size_t>(size));
     };
+    const bool transposes = copies_ == Bf16Copies::training;
     resize(w1_, c.num_experts * up_.size());
     resize(w3_, gated ? c.num_experts * up_.size() : 0);
     resize(w2_, c.num_experts * down_.size());
+    // W1[e]^T and W3[e]^T have W2[e]'s shape [f, d], W2[e]^T has W1[e]'s [d, f].
+    resize(w1t_, transposes ? c.num_experts * down_.size() : 0);
+    resize(w3t_, transposes && gated ? c.num_experts * down_.size() : 0);
+    resize(w2t_, transposes ? c.num_experts * up_.size() : 0);
     const Index d = c.hidden, f = c.ffn_hidden;
     for (Index e = 0; e < c.num_experts; ++e) {
+      if (transposes) {
+        kernels::pack_bf16_panels(master.w1.data() + e * d * f, f, true, down_,
+                                  panels_of(w1t_, e, down_));
+        if (gated)
+          kernels::pack_bf16_panels(master.w3.data() + e * d * f, f, true, down_,
+                                    panels_of(w3t_, e, down_));
+        kernels::pack_bf16_panels(master.w2.data() + e * f * d, d, true, up_,
+                                  panels_of(w2t_, e, up_));
+      }
       kernels::pack_bf16_panels(master.w1.data() + e * d * f, f, false, up_,
                                 panels_of(w1_, e, up_));
       if (gated)
@@ -74,12 +97,21 @@ class Bf16ExpertWeights {
   const bf16* w3(Index e) const noexcept { return w3_.data() + e * up_.size(); }
   const bf16* w2(Index e) const noexcept { return w2_.data() + e * down_.size(); }
 
+  /// Which copies this holds.
+  Bf16Copies copies() const noexcept { return copies_; }
+  /// Panels of W1[e]^T and W3[e]^T ([f, d]: down_panels()) and of W2[e]^T ([d, f]: up_panels());
+  /// with Bf16Copies::training only.
+  const bf16* w1t(Index e) const noexcept { return w1t_.data() + e * down_.size(); }
+  const bf16* w3t(Index e) const noexcept { return w3t_.data() + e * down_.size(); }
+  const bf16* w2t(Index e) const noexcept { return w2t_.data() + e * up_.size(); }
+
   /// The biases in float ([E, f], [E, f], [E, d]; empty without config().bias).
   const RowMatrix<float>& b1() const noexcept { return b1_; }
   const RowMatrix<float>& b3() const noexcept { return b3_; }
   const RowMatrix<float>& b2() const noexcept { return b2_; }
 
-  /// Bytes of the bf16 weights (the biases aside): what a decode step reads of its active experts.
+  /// Bytes of the forward's bf16 weights of one expert (the biases aside): what a decode step
+  /// reads of each active expert. The training copies hold twice as much.
   std::size_t bytes_per_expert() const noexcept {
     const Index matrices = is_gated(config_.activation) ? 2 : 1;
     return static_cast<std::size_t>(matrices * up_.size() + down_.size()) * sizeof(bf16);
@@ -91,9 +123,10 @@ class Bf16ExpertWeights {
     return buffer.data() + e * shape.size();
   }
 
+  Bf16Copies copies_ = Bf16Copies::forward;
   ExpertFFNConfig config_{-1};
   kernels::Bf16Panels up_, down_;
-  AlignedBuffer<bf16> w1_, w3_, w2_;
+  AlignedBuffer<bf16> w1_, w3_, w2_, w1t_, w3t_, w2t_;
   RowMatrix<float> b1_, b3_, b2_;
 };
 
