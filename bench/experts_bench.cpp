@@ -342,6 +342,129 @@ void BM_experts_forward_bf16(benchmark::State& state) {
       2.0 * 3.0 * static_cast<double>(s.tokens * s.k * s.d * s.f) * 1e-9 / median(forward);
 }
 
+// Training shapes (T, d, f, E, k): the prefill above, and E = 8 against E = 256 at the same
+// active FLOPs (bench_dropless's pair).
+const Shape kTrainingShapes[] = {
+    {512, 2048, 1408, 64, 6}, {4096, 512, 256, 8, 2}, {4096, 512, 256, 256, 2}};
+
+/// A training step's expert FFN in float and in mixed precision (bf16 training copies of the float
+/// weights, float gradients), forward and backward.
+struct TrainingSetup {
+  explicit TrainingSetup(const Shape& shape)
+      : s(shape),
+        w(moe::bench::swiglu_experts(s.experts, s.d, s.f)),
+        x(s.tokens, s.d),
+        gates(s.tokens, s.k),
+        y(s.tokens, s.d),
+        grad_out(s.tokens, s.d),
+        grad_x(s.tokens, s.d),
+        grad_gates(s.tokens, s.k) {
+    fill(w.w1, 1);
+    fill(w.w3, 2);
+    fill(w.w2, 3);
+    fill(x, 4);
+    fill(gates, 5);
+    fill(grad_out, 6);
+    moe::SyntheticRoutingConfig routing;
+    routing.num_tokens = s.tokens;
+    routing.num_experts = s.experts;
+    routing.top_k = s.k;
+    routing.seed = 42;
+    ids = moe::synthetic_expert_ids(routing);
+    moe::make_dropless_plan(ids, s.experts, 128, plan);
+    w16 = moe::Bf16ExpertWeights(w, moe::Bf16Copies::training);
+  }
+  void float_forward() {
+    moe::dropless_ffn_forward<float>(w, x, gates, plan, ctx, y);
+    benchmark::DoNotOptimize(y.data());
+  }
+  void float_backward() {
+    moe::dropless_ffn_backward<float>(w, grad_out, plan, ctx, grads, grad_x, grad_gates);
+    benchmark::DoNotOptimize(grads.w1.data());
+  }
+  void bf16_forward() {
+    moe::dropless_ffn_forward(w16, x, gates, plan, ctx16, y);
+    benchmark::DoNotOptimize(y.data());
+  }
+  void bf16_backward() {
+    moe::dropless_ffn_backward(w16, grad_out, plan, ctx16, grads, grad_x, grad_gates);
+    benchmark::DoNotOptimize(grads.w1.data());
+  }
+  void refresh() {
+    w16.refresh(w);
+    benchmark::DoNotOptimize(w16.w1(0));
+  }
+
+  Shape s;
+  moe::ExpertWeights<float> w;
+  moe::ExpertGradients<float> grads;
+  Matrix x, gates, y, grad_out, grad_x, grad_gates;
+  moe::ExpertIdMatrix ids;
+  moe::DroplessPlan plan;
+  moe::DroplessFFNContext<float> ctx;
+  moe::Bf16ExpertWeights w16;
+  moe::Bf16FFNContext ctx16;
+};
+
+/// Args: training shape, threads. Counters: float and bf16 forward, forward + backward (ms), their
+/// ratios (float / bf16), and refresh_ms, the rounding of the master weights into the training
+/// copies that follows each optimizer step.
+void BM_experts_training_bf16(benchmark::State& state) {
+  const Index shape = state.range(0);
+  const int threads = static_cast<int>(state.range(1));
+#if defined(_OPENMP)
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(threads);
+#else
+  if (threads > 1) return state.SkipWithError("built without OpenMP");
+#endif
+  static std::unique_ptr<TrainingSetup> cached;
+  static Index cached_shape = -1;
+  if (cached_shape != shape) {
+    cached.reset();
+    cached = std::make_unique<TrainingSetup>(kTrainingShapes[shape]);
+    cached_shape = shape;
+  }
+  TrainingSetup& run = *cached;
+  run.float_forward();  // warm-up
+  run.float_backward();
+  run.bf16_forward();
+  run.bf16_backward();
+  std::vector<double> fwd32, fwd16, step32, step16, fwd_ratio, step_ratio, refresh;
+  for (auto _ : state) {
+    for (int i = 0; i < 7; ++i) {
+      const double f32 = seconds([&] { run.float_forward(); });
+      const double b32 = seconds([&] { run.float_backward(); });
+      const double f16 = seconds([&] { run.bf16_forward(); });
+      const double b16 = seconds([&] { run.bf16_backward(); });
+      refresh.push_back(seconds([&] { run.refresh(); }));
+      fwd32.push_back(f32);
+      fwd16.push_back(f16);
+      step32.push_back(f32 + b32);
+      step16.push_back(f16 + b16);
+      fwd_ratio.push_back(f32 / f16);
+      step_ratio.push_back((f32 + b32) / (f16 + b16));
+    }
+  }
+#if defined(_OPENMP)
+  omp_set_num_threads(saved_threads);
+#endif
+  state.counters["float_fwd_ms"] = 1e3 * median(fwd32);
+  state.counters["bf16_fwd_ms"] = 1e3 * median(fwd16);
+  state.counters["float_step_ms"] = 1e3 * median(step32);
+  state.counters["bf16_step_ms"] = 1e3 * median(step16);
+  state.counters["fwd_float/bf16"] = median(fwd_ratio);
+  state.counters["step_float/bf16"] = median(step_ratio);
+  state.counters["refresh_ms"] = 1e3 * median(refresh);
+}
+
+void training_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"shape", "threads"});
+  for (Index shape = 0; shape < 3; ++shape)
+    for (Index threads : {1, 2}) b->Args({shape, threads});
+  b->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 void shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"shape", "threads"});
   for (Index shape = 0; shape < 5; ++shape)
@@ -353,5 +476,6 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_experts_forward)->Apply(shapes);
 BENCHMARK(BM_experts_forward_bf16)->Apply(shapes);
+BENCHMARK(BM_experts_training_bf16)->Apply(training_shapes);
 
 BENCHMARK_MAIN();

@@ -11,6 +11,7 @@
 #include "moe/core/types.hpp"
 #include "moe/experts/expert_weights.hpp"
 #include "moe/kernels/bf16_product.hpp"
+#include "moe/kernels/parallel.hpp"
 
 namespace moe {
 
@@ -62,24 +63,36 @@ class Bf16ExpertWeights {
     resize(w3t_, transposes && gated ? c.num_experts * down_.size() : 0);
     resize(w2t_, transposes ? c.num_experts * up_.size() : 0);
     const Index d = c.hidden, f = c.ffn_hidden;
-    for (Index e = 0; e < c.num_experts; ++e) {
-      if (transposes) {
-        kernels::pack_bf16_panels(master.w1.data() + e * d * f, f, true, down_,
-                                  panels_of(w1t_, e, down_));
-        if (gated)
-          kernels::pack_bf16_panels(master.w3.data() + e * d * f, f, true, down_,
-                                    panels_of(w3t_, e, down_));
-        kernels::pack_bf16_panels(master.w2.data() + e * f * d, d, true, up_,
-                                  panels_of(w2t_, e, up_));
+    // One item per expert and matrix, spread over the threads: (source, its row stride, whether
+    // transposed, the panels' shape, the destination).
+    const Index per_expert = 6;
+    kernels::parallel_items(c.num_experts * per_expert, [&](Index item) {
+      const Index e = item / per_expert;
+      switch (item % per_expert) {
+        case 0:
+          return kernels::pack_bf16_panels(master.w1.data() + e * d * f, f, false, up_,
+                                           panels_of(w1_, e, up_));
+        case 1:
+          if (!gated) return;
+          return kernels::pack_bf16_panels(master.w3.data() + e * d * f, f, false, up_,
+                                           panels_of(w3_, e, up_));
+        case 2:
+          return kernels::pack_bf16_panels(master.w2.data() + e * f * d, d, false, down_,
+                                           panels_of(w2_, e, down_));
+        case 3:
+          if (!transposes) return;
+          return kernels::pack_bf16_panels(master.w1.data() + e * d * f, f, true, down_,
+                                           panels_of(w1t_, e, down_));
+        case 4:
+          if (!transposes || !gated) return;
+          return kernels::pack_bf16_panels(master.w3.data() + e * d * f, f, true, down_,
+                                           panels_of(w3t_, e, down_));
+        default:
+          if (!transposes) return;
+          return kernels::pack_bf16_panels(master.w2.data() + e * f * d, d, true, up_,
+                                           panels_of(w2t_, e, up_));
       }
-      kernels::pack_bf16_panels(master.w1.data() + e * d * f, f, false, up_,
-                                panels_of(w1_, e, up_));
-      if (gated)
-        kernels::pack_bf16_panels(master.w3.data() + e * d * f, f, false, up_,
-                                  panels_of(w3_, e, up_));
-      kernels::pack_bf16_panels(master.w2.data() + e * f * d, d, false, down_,
-                                panels_of(w2_, e, down_));
-    }
+    });
     b1_ = master.b1.template cast<float>();
     b3_ = master.b3.template cast<float>();
     b2_ = master.b2.template cast<float>();

@@ -12,7 +12,6 @@
 #include "moe/core/bfloat16.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/types.hpp"
-#include "moe/kernels/parallel.hpp"
 #include "moe/kernels/simd.hpp"
 
 namespace moe::kernels {
@@ -39,29 +38,52 @@ struct Bf16Panels {
 
 /// panels = bf16 of w in the layout of `shape` (to_bf16: nearest, ties to even): w(p, j) =
 /// w[p * stride + j] (row-major [depth, cols]), or w[j * stride + p] when `transposed` (the
-/// transpose of a row-major [cols, depth]). `panels` holds shape.size() values, 64-byte aligned.
+/// transpose of a row-major [cols, depth]), each source row read in order. `panels` holds
+/// shape.size() values, 64-byte aligned. Runs on the calling thread: callers spread whole
+/// matrices over a team (Bf16ExpertWeights::refresh).
 template <class S>
 void pack_bf16_panels(const S* w, Index stride, bool transposed, const Bf16Panels& shape,
                       bf16* panels) {
   constexpr Index kCols = Bf16Panels::kCols;
-  const Index pairs = shape.pairs();
-  const auto at = [&](Index p, Index j) -> bf16 {
-    if (p >= shape.depth || j >= shape.cols) return bf16_from_bits(0);
-    const S v = transposed ? w[j * stride + p] : w[p * stride + j];
+  const auto round = [](S v) {
     if constexpr (std::is_same_v<S, bf16>)
       return v;
     else
       return to_bf16(static_cast<float>(v));
   };
-  parallel_for(0, shape.panels(), [&](Index panel) {
+  const bf16 zero = bf16_from_bits(0);
+  const Index pairs = shape.pairs();
+  for (Index panel = 0; panel < shape.panels(); ++panel) {
     bf16* out = panels + panel * shape.panel_size();
-    const Index j0 = panel * kCols;
-    for (Index q = 0; q < pairs; ++q)
-      for (Index j = 0; j < kCols; ++j) {
-        out[(q * kCols + j) * 2] = at(2 * q, j0 + j);
-        out[(q * kCols + j) * 2 + 1] = at(2 * q + 1, j0 + j);
+    const Index j0 = panel * kCols, width = std::min(kCols, shape.cols - j0);
+    if (transposed) {
+      for (Index j = 0; j < width; ++j) {
+        const S* column = w + (j0 + j) * stride;
+        for (Index p = 0; p < shape.depth; ++p)
+          out[(p / 2 * kCols + j) * 2 + p % 2] = round(column[p]);
+        if (shape.depth % 2 != 0) out[((pairs - 1) * kCols + j) * 2 + 1] = zero;
       }
-  });
+    } else {
+      for (Index q = 0; q < pairs; ++q) {
+        const S* even = w + 2 * q * stride + j0;
+        bf16* pair = out + q * kCols * 2;
+        if (2 * q + 1 < shape.depth) {
+          const S* odd = even + stride;
+          for (Index j = 0; j < width; ++j) {
+            pair[2 * j] = round(even[j]);
+            pair[2 * j + 1] = round(odd[j]);
+          }
+        } else {
+          for (Index j = 0; j < width; ++j) {
+            pair[2 * j] = round(even[j]);
+            pair[2 * j + 1] = zero;
+          }
+        }
+      }
+    }
+    for (Index q = 0; q < pairs; ++q)  // columns past the operand's last
+      std::fill(out + (q * kCols + width) * 2, out + (q + 1) * kCols * 2, zero);
+  }
 }
 
 /// The kernels of the bf16 products.
