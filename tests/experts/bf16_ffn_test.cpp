@@ -244,6 +244,30 @@ TEST_CASE("bf16 dropless FFN refuses bad input", "[dropless][ffn][bf16][errors]"
   RowMatrix<float> x_and_out = p.x;
   CHECK_THROWS_WITH(dropless_ffn_forward(weights, x_and_out, p.gates, plan, ctx, x_and_out),
                     Contains("out") && Contains("overlap"));
+
+  // Backward: the training copies, a context its forward filled and saved, the forward's plan.
+  const Bf16ExpertWeights training(p.weights, Bf16Copies::training);
+  ExpertGradients<float> grads;
+  RowMatrix<float> grad_x(10, 16), grad_gates(10, 2);
+  Bf16FFNContext fresh;
+  CHECK_THROWS_WITH(dropless_ffn_backward(training, p.x, plan, fresh, grads, grad_x, grad_gates),
+                    Contains("ctx") && Contains("an empty context"));
+  dropless_ffn_forward(weights, p.x, p.gates, plan, ctx, out);
+  CHECK_THROWS_WITH(dropless_ffn_backward(weights, p.x, plan, ctx, grads, grad_x, grad_gates),
+                    Contains("Bf16Copies::training") && Contains("forward copies only"));
+  Bf16FFNContext unsaved;
+  unsaved.save_for_backward = false;
+  dropless_ffn_forward(training, p.x, p.gates, plan, unsaved, out);
+  CHECK_THROWS_WITH(dropless_ffn_backward(training, p.x, plan, unsaved, grads, grad_x, grad_gates),
+                    Contains("save_for_backward = false"));
+  const DroplessPlan fewer = make_dropless_plan(p.ids.topRows(9), 3, 1);
+  CHECK_THROWS_WITH(dropless_ffn_backward(training, p.x, fewer, ctx, grads, grad_x, grad_gates),
+                    Contains("plan") && Contains("another shape"));
+  RowMatrix<float> bad_grad = p.x;
+  bad_grad(0, 0) = std::nanf("");
+  CHECK_THROWS_WITH(dropless_ffn_backward(training, bad_grad, plan, ctx, grads, grad_x, grad_gates),
+                    Contains("grad_out") && Contains("row 0, column 0"));
+  CHECK_NOTHROW(dropless_ffn_backward(training, p.x, plan, ctx, grads, grad_x, grad_gates));
 }
 
 TEST_CASE("bf16 dropless FFN backward: every stage the plain loops' bits, near the float gradients",
