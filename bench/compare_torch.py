@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The same MoE layer shapes in PyTorch on the CPU, written the ways a user would write them.
 
-Variants, float32, the same thread count as the C++ benchmark:
+Variants, float32 and (ops named *_bf16) bfloat16, the same thread count as the C++ benchmark:
   loop     Hugging Face Mixtral-style: per hit expert, index the tokens, run the FFN, index_add_.
   sorted   argsort by expert, per-expert matmuls on contiguous slices, unpermute, sum over k.
   capacity (switch shape) top-1, position by cumsum, [E, C, d] buffer, batched matmul, gather.
@@ -80,12 +80,30 @@ class Params:
             t.grad = None
 
 
+class Bf16Params:
+    """The same parameters in bfloat16, as model.to(torch.bfloat16) holds them; PyTorch 1.13 runs
+    its bf16 matmuls on the CPU through oneDNN (AVX512-BF16 where the CPU has it)."""
+
+    def __init__(self, p):
+        def leaf(t):
+            return t.detach().to(torch.bfloat16).requires_grad_()
+        self.x, self.wg = leaf(p.x), leaf(p.wg)
+        self.w1, self.w3, self.w2 = leaf(p.w1), leaf(p.w3), leaf(p.w2)
+        self.gy = p.gy.to(torch.bfloat16)
+        self.experts = [tuple(leaf(w) for w in e) for e in p.experts]
+
+    def zero_grad(self):
+        for t in (self.x, self.wg, self.w1, self.w2, self.w3, *sum(self.experts, ())):
+            t.grad = None
+
+
 def route(p, k):
     probs = torch.softmax(p.x @ p.wg.t(), dim=-1, dtype=torch.float32)
     weights, ids = torch.topk(probs, k, dim=-1)
     if k > 1:
         weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights, ids
+    # Hugging Face Mixtral: routing_weights.to(hidden_states.dtype) (a no-op in float32).
+    return weights.to(p.x.dtype), ids
 
 
 def ffn(p, e, h):
@@ -225,6 +243,19 @@ def main():
         with torch.no_grad():
             for piece, fn in pieces(p, k).items():
                 emit(f"{shape}/piece/{piece}", best_seconds(fn, min_time=0.2))
+        if cf is None:  # the dropless shapes in bfloat16
+            p16 = Bf16Params(p)
+            for variant, layer in variants.items():
+                with torch.no_grad():
+                    emit(f"{shape}/{variant}/forward_bf16", best_seconds(lambda: layer(p16)))
+
+                def step16():
+                    p16.zero_grad()
+                    (layer(p16) * p16.gy).sum().backward()
+
+                emit(f"{shape}/{variant}/forward_backward_bf16", best_seconds(step16))
+                p16.zero_grad()
+            del p16
         del p
 
 if __name__ == "__main__":

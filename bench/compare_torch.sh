@@ -108,6 +108,10 @@ for b in json.load(open(f"{out}/layer.json"))["benchmarks"]:
     if name.startswith(("BM_layer_forward/", "BM_layer_forward_backward/")):
         op = "forward_backward" if "forward_backward" in name else "forward"
         ours[(label, op)] = (b["layer_ms"] / 1e3, b["ratio"])
+    elif name.startswith(("BM_layer_bf16_forward/", "BM_layer_bf16_forward_backward/")):
+        # bf16 experts; "ours / limit" is then the bf16 layer over the float one
+        op = "forward_backward_bf16" if "forward_backward" in name else "forward_bf16"
+        ours[(label, op)] = (b["layer_ms"] / 1e3, b["ratio"])
     elif name.startswith("BM_piece_") and "memcpy" not in name:
         piece = name.split("/")[0][len("BM_piece_"):]
         scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b["time_unit"]]
@@ -144,12 +148,12 @@ if have_torch and blas_seen:
 def fmt(s):
     return f"{s * 1e3:.3f} ms" if s < 1e-2 else f"{s * 1e3:.1f} ms"
 
-print("| shape | op | ours | ours / limit | PyTorch best (variant, setting, BLAS kernels) "
-      "| PyTorch / ours |")
+print("| shape | op | ours | ours / limit (bf16 ops: / our float layer) "
+      "| PyTorch best (variant, setting, BLAS kernels) | PyTorch / ours |")
 print("|---|---|---|---|---|---|")
 for shape in ("small", "medium", "fine_grained", "switch", "decode"):
-    for op in ("forward", "forward_backward", "score_topk", "plan", "permute",
-               "unpermute_combine"):
+    for op in ("forward", "forward_backward", "forward_bf16", "forward_backward_bf16",
+               "score_topk", "plan", "permute", "unpermute_combine"):
         mine = ours.get((f"{shape}/uniform", op))
         if mine is None:
             continue

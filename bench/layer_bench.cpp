@@ -94,13 +94,19 @@ moe::MoELayerConfig layer_config(const Shape& s) {
   return c;
 }
 
+moe::MoELayerConfig with_precision(moe::MoELayerConfig c, moe::ExpertPrecision precision) {
+  c.expert_precision = precision;
+  return c;
+}
+
 /// One layer step on forced routing: the forward alone in Mode::eval (inference, as the no_grad
 /// PyTorch forward it is compared with), forward and backward in Mode::train.
 struct LayerRun {
-  LayerRun(const Shape& shape, Distribution distribution, bool with_backward)
+  LayerRun(const Shape& shape, Distribution distribution, bool with_backward,
+           moe::ExpertPrecision precision = moe::ExpertPrecision::native)
       : s(shape),
         backward(with_backward),
-        layer(layer_config(shape)),
+        layer(with_precision(layer_config(shape), precision)),
         ids(route(shape, distribution)),
         x(s.tokens, s.d),
         grad_y(s.tokens, s.d) {
@@ -264,6 +270,24 @@ void layer_vs_limit(benchmark::State& state, bool backward) {
 void BM_layer_forward(benchmark::State& state) { layer_vs_limit(state, false); }
 void BM_layer_forward_backward(benchmark::State& state) { layer_vs_limit(state, true); }
 
+/// The layer with bf16 experts (ExpertPrecision::bf16) and the float layer in alternation, at the
+/// dropless shapes: bf16_ms and float_ms, ratio = bf16 / float (below 1 bf16 is faster). The bf16
+/// copy is made at the warm-up and stays current (the weights do not change).
+void layer_bf16_vs_float(benchmark::State& state, bool backward) {
+  const Shape& s = kShapes[state.range(0)];
+  const auto distribution = static_cast<Distribution>(state.range(1));
+  LayerRun bf16(s, distribution, backward, moe::ExpertPrecision::bf16);
+  LayerRun native(s, distribution, backward);
+  const Paired p = run_paired(
+      state, [&] { bf16.step(); }, [&] { native.step(); });
+  state.counters["layer_ms"] = 1e3 * median(p.a_s);
+  state.counters["float_ms"] = 1e3 * median(p.b_s);
+  state.counters["tokens/s"] = static_cast<double>(s.tokens) / median(p.a_s);
+  state.SetLabel(std::string(s.name) + "/" + kDistributionNames[distribution]);
+}
+void BM_layer_bf16_forward(benchmark::State& state) { layer_bf16_vs_float(state, false); }
+void BM_layer_bf16_forward_backward(benchmark::State& state) { layer_bf16_vs_float(state, true); }
+
 /// Forward+backward with a fresh MoEGradients each step (what the value-returning backward costs:
 /// every expert's gradient allocated and zero-filled) against gradients kept across steps, in
 /// alternation; ratio = fresh / kept.
@@ -282,6 +306,13 @@ void layer_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"shape", "dist"});
   for (Index shape : {kSmall, kMedium, kFine, kSwitch, kDecode}) b->Args({shape, uniform});
   for (Index d : {balanced, zipf, all_to_one}) b->Args({kFine, d});
+  b->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+/// The dropless shapes (bf16 experts run dropless only).
+void bf16_layer_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"shape", "dist"});
+  for (Index shape : {kSmall, kMedium, kFine, kDecode}) b->Args({shape, uniform});
   b->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
@@ -392,6 +423,8 @@ void piece_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_layer_forward)->Apply(layer_args);
 BENCHMARK(BM_layer_forward_backward)->Apply(layer_args);
+BENCHMARK(BM_layer_bf16_forward)->Apply(bf16_layer_args);
+BENCHMARK(BM_layer_bf16_forward_backward)->Apply(bf16_layer_args);
 BENCHMARK(BM_layer_gradients_fresh_vs_kept)
     ->ArgNames({"shape", "dist"})
     ->Args({kDecode, uniform})

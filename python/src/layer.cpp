@@ -282,7 +282,12 @@ void bind_layer_for(py::module_& m) {
           "step_balancer", [](Layer& l) { l.layer().step_balancer(); },
           "Once per optimizer step: the bias balancer updates from the loads of the step's "
           "micro-batches and hands its bias to the router's selection (DeepSeek-V3). Raises "
-          "moe_routing.Error on a layer configured without bias_balancer.");
+          "moe_routing.Error on a layer configured without bias_balancer.")
+      .def(
+          "refresh_bf16_experts", [](Layer& l) { l.layer().refresh_bf16_experts(); },
+          "With expert_precision = bf16: rounds the routed experts' float weights into the bf16 "
+          "copy their products read, now (a forward does it by itself when sampled weights "
+          "changed; call this after editing a few weights by hand).");
   register_dtype_pair(m, "MoELayer");
 }
 
@@ -310,6 +315,11 @@ void bind_layer(py::module_& m) {
                           "buffer whose overflow is dropped).")
       .value("dropless", DispatchKind::dropless)
       .value("capacity", DispatchKind::capacity);
+  py::enum_<ExpertPrecision>(m, "ExpertPrecision",
+                             "native (the layer's dtype) or bf16 (bf16 products with float sums "
+                             "over a bf16 copy of the float32 weights; dropless, float32 layers).")
+      .value("native", ExpertPrecision::native)
+      .value("bf16", ExpertPrecision::bf16);
 
   py::class_<SharedExpertConfig> shared(
       m, "SharedExpertConfig",
@@ -342,6 +352,7 @@ void bind_layer(py::module_& m) {
       .def_readwrite("shared", &MoELayerConfig::shared)
       .def_readwrite("weight_before_ffn", &MoELayerConfig::weight_before_ffn)
       .def_readwrite("zero_computation_experts", &MoELayerConfig::zero_computation_experts)
+      .def_readwrite("expert_precision", &MoELayerConfig::expert_precision)
       .def_readwrite("health", &MoELayerConfig::health)
       .def("num_ffn_experts", &MoELayerConfig::num_ffn_experts,
            "The experts with weights: router.num_experts less the zero-computation ones.");

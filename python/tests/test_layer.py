@@ -202,3 +202,34 @@ def test_bad_input_raises_errors_naming_the_argument():
     with pytest.raises(TypeError, match="ffn_hiden"):
         moe.MoELayerConfig(ffn_hiden=3)
     assert isinstance(moe.MoELayer(dropless_config(), dtype=np.float64), moe.MoELayer_float64)
+
+
+def test_bf16_experts_follow_a_pytorch_optimizer_step_and_stay_near_float():
+    torch = pytest.importorskip("torch")
+    config = dropless_config()
+    config.expert_precision = moe.ExpertPrecision.bf16
+    native_config = dropless_config()
+    layer = moe.MoELayer(config, dtype=np.float32)
+    native = moe.MoELayer(native_config, dtype=np.float32)
+    layer.init_weights(7)
+    native.init_weights(7)
+    x = exact_inputs(T, D, 1, np.float32)
+    y = layer.forward(x, mode=moe.Mode.train, seed=0).y
+    want = native.forward(x, mode=moe.Mode.train, seed=0).y
+    # bf16 operands, float sums: a relative error of a few 2^-8, and not none.
+    error = np.linalg.norm(y - want) / np.linalg.norm(want)
+    assert 0 < error < 8 * 2.0 ** -8
+    layer.backward(x, exact_inputs(T, D, 2, np.float32))
+    # An SGD step through torch views of the float weights: the next forward reads the new ones.
+    params, grads = layer.parameters(), layer.gradients()
+    tensors = [torch.from_numpy(v) for v in params.values()]
+    for t, g in zip(tensors, grads.values()):
+        t.grad = torch.from_numpy(g.copy())
+    torch.optim.SGD(tensors, lr=0.5).step()
+    stepped = moe.MoELayer(config, dtype=np.float32)
+    for name, value in stepped.parameters().items():
+        value[...] = params[name]
+    np.testing.assert_array_equal(layer.forward(x).y, stepped.forward(x).y)
+    layer.refresh_bf16_experts()
+    with pytest.raises(moe.Error, match="expert_precision = bf16"):
+        native.refresh_bf16_experts()

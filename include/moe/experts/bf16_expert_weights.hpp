@@ -3,6 +3,7 @@
 // bf16 params next to its fp32 main params) and as a float checkpoint is served in bf16.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 
 #include "moe/core/aligned_buffer.hpp"
@@ -39,6 +40,28 @@ class Bf16ExpertWeights {
       : copies_(copies) {
     refresh(master);
   }
+
+  /// Copies own their panels.
+  Bf16ExpertWeights(const Bf16ExpertWeights& other)
+      : copies_(other.copies_),
+        config_(other.config_),
+        up_(other.up_),
+        down_(other.down_),
+        w1_(copied(other.w1_)),
+        w3_(copied(other.w3_)),
+        w2_(copied(other.w2_)),
+        w1t_(copied(other.w1t_)),
+        w3t_(copied(other.w3t_)),
+        w2t_(copied(other.w2t_)),
+        b1_(other.b1_),
+        b3_(other.b3_),
+        b2_(other.b2_) {}
+  Bf16ExpertWeights(Bf16ExpertWeights&&) noexcept = default;
+  Bf16ExpertWeights& operator=(const Bf16ExpertWeights& other) {
+    if (this != &other) *this = Bf16ExpertWeights(other);
+    return *this;
+  }
+  Bf16ExpertWeights& operator=(Bf16ExpertWeights&&) noexcept = default;
 
   /// Rounds `master` into this copy again (its memory kept when the shapes are unchanged): after
   /// each optimizer step of mixed-precision training. Costs one pass over the weights
@@ -99,6 +122,13 @@ class Bf16ExpertWeights {
     config_ = c;
   }
 
+  /// The same, holding `copies` from now on.
+  template <class S>
+  void refresh(const ExpertWeights<S>& master, Bf16Copies copies) {
+    copies_ = copies;
+    refresh(master);
+  }
+
   /// The master weights' config (num_experts -1 before any).
   const ExpertFFNConfig& config() const noexcept { return config_; }
 
@@ -131,6 +161,12 @@ class Bf16ExpertWeights {
   }
 
  private:
+  static AlignedBuffer<bf16> copied(const AlignedBuffer<bf16>& from) {
+    AlignedBuffer<bf16> to(from.size());
+    std::copy_n(from.data(), from.size(), to.data());
+    return to;
+  }
+
   /// Expert e's panels in `buffer`.
   static bf16* panels_of(AlignedBuffer<bf16>& buffer, Index e, const kernels::Bf16Panels& shape) {
     return buffer.data() + e * shape.size();

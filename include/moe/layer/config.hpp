@@ -18,6 +18,14 @@ namespace moe {
 /// buffer [E, C, d] whose overflow is dropped (the caller's residual carries dropped tokens).
 enum class DispatchKind { dropless, capacity };
 
+/// The precision the routed experts compute in.
+enum class ExpertPrecision {
+  native,  ///< the layer's scalar (float or double), as its weights
+  /// bf16 products with float sums over a bf16 copy of the float weights, kept by the layer
+  /// (MoELayer<float>, dropless dispatch): mixed-precision training and bf16 inference
+  bf16
+};
+
 /// Always-on experts every token passes through, added to the routed output (DeepSeek-V3), and
 /// optionally scaled by sigmoid(x . w_gate) (Qwen2-MoE shared_expert_gate). ffn_hidden 0: none.
 struct SharedExpertConfig {
@@ -48,6 +56,11 @@ struct MoELayerConfig {
   /// loads and the selection bias include the zero experts); the FFN experts are the first
   /// num_experts - Z. Dropless dispatch only, as LongCat runs them.
   Index zero_computation_experts = 0;
+  /// bf16: the routed experts' products read a bf16 copy of their float weights, which the layer
+  /// makes at its first forward and refreshes (MoELayer::refresh_bf16_experts) once the float
+  /// weights changed; gradients stay float. The router, shared expert, losses and health stay in
+  /// the layer's precision.
+  ExpertPrecision expert_precision = ExpertPrecision::native;
   /// The step's health report (MoEOutput::health): thresholds, and the opt-in top-k margins and
   /// bfloat16 stability (HealthConfig::selection_metrics).
   HealthConfig health;
@@ -101,6 +114,9 @@ inline void validate(const MoELayerConfig& c) {
     require(c.dispatch == DispatchKind::dropless, "MoELayerConfig::weight_before_ffn",
             "dropless dispatch", "capacity dispatch");
   }
+  if (c.expert_precision == ExpertPrecision::bf16)
+    require(c.dispatch == DispatchKind::dropless, "MoELayerConfig::expert_precision",
+            "dropless dispatch with bf16 experts", "capacity dispatch");
   if (c.aux_loss) validate(*c.aux_loss);
   validate(c.health);
   if (c.zero_computation_experts > 0) {

@@ -18,6 +18,7 @@
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/capacity_ffn.hpp"
 #include "moe/experts/dropless_ffn.hpp"
+#include "moe/experts/expert_compute.hpp"
 #include "moe/experts/expert_weights.hpp"
 #include "moe/health/capacity.hpp"
 #include "moe/layer/config.hpp"
@@ -44,9 +45,9 @@ class LocalExchange {
   /// What a step keeps for backward, and the buffers it reuses.
   template <class S>
   struct Context {
-    DroplessPlan plan;               ///< dropless: the rows sorted by expert
-    DroplessFFNContext<S> dropless;  ///< dropless: the experts' activations
-    CapacityPlan<S> capacity_plan;   ///< capacity: each entry's slot, or dropped
+    DroplessPlan plan;                ///< dropless: the rows sorted by expert
+    DroplessFFNContexts<S> dropless;  ///< dropless: the experts' activations
+    CapacityPlan<S> capacity_plan;    ///< capacity: each entry's slot, or dropped
     CapacityFFNContext<S> capacity_ffn;
     RowMatrix<S> expert_in, expert_out;  ///< capacity buffers [E*C, d], kept until backward
     CombineGradients<S> combine;         ///< backward's scratch
@@ -80,15 +81,15 @@ class LocalExchange {
   /// [E, C, d] buffer, the experts over its filled slots, combine (GShard, DeepSpeed, Tutel).
   template <class S>
   std::optional<CapacityStats> forward(const MoELayerConfig& config,
-                                       const ExpertWeights<S>& experts, ConstMatrixRef<S> x,
+                                       const ExpertCompute<S>& experts, ConstMatrixRef<S> x,
                                        const Routing<S>& routing, const Routing<S>& /*batch*/,
                                        Mode mode, std::uint64_t seed, Context<S>& ctx,
                                        MatrixRef<S> y) const {
     if (config.dispatch == DispatchKind::dropless) {
       make_dropless_plan(routing.expert_ids, config.num_ffn_experts(), config.block_size, ctx.plan);
       // Eval reads token rows in place; a backward after it groups x then (it is given x).
-      ctx.dropless.save_for_backward = mode == Mode::train;
-      dropless_ffn_forward<S>(experts, x, routing.gates, ctx.plan, ctx.dropless, y);
+      dropless_ffn_forward<S>(experts, x, routing.gates, ctx.plan, ctx.dropless,
+                              /*save_for_backward=*/mode == Mode::train, y);
       return std::nullopt;
     }
     ctx.capacity_plan = make_capacity_plan(routing, config.capacity, mode, seed);
@@ -98,8 +99,8 @@ class LocalExchange {
     dispatch<S>(plan, x, ctx.expert_in);
     // The dispatch buffer stays in the context until backward: the experts read it in place.
     ctx.capacity_ffn.save_for_backward = false;
-    capacity_ffn_forward<S>(experts, ctx.expert_in, plan.capacity, plan.kept, ctx.capacity_ffn,
-                            ctx.expert_out);
+    capacity_ffn_forward<S>(experts.weights, ctx.expert_in, plan.capacity, plan.kept,
+                            ctx.capacity_ffn, ctx.expert_out);
     combine<S>(plan, ctx.expert_out, y);
     return capacity_stats(plan);
   }
@@ -108,7 +109,7 @@ class LocalExchange {
   template <class S>
   void require_forward(const Context<S>& ctx, DispatchKind kind, Index tokens) const {
     const Index planned = kind == DispatchKind::dropless
-                              ? ctx.dropless.num_tokens
+                              ? ctx.dropless.num_tokens()
                               : (ctx.capacity_ffn.capacity < 0 ? -1 : ctx.capacity_plan.num_tokens);
     require(planned == tokens, "ctx",
             detail::concat("a context filled by the forward of ", tokens, " tokens"),
@@ -118,7 +119,7 @@ class LocalExchange {
   /// Backward of forward: grad_x of the routed path, every expert's gradient (overwritten; experts
   /// that received no rows get zeros) and d loss / d gates [T, k].
   template <class S>
-  void backward(const MoELayerConfig& config, const ExpertWeights<S>& experts, ConstMatrixRef<S> x,
+  void backward(const MoELayerConfig& config, const ExpertCompute<S>& experts, ConstMatrixRef<S> x,
                 ConstMatrixRef<S> grad_y, Context<S>& ctx, ExpertGradients<S>& grads,
                 MatrixRef<S> grad_x, RowMatrix<S>& grad_gates) const {
     if (config.dispatch == DispatchKind::dropless) {
@@ -132,8 +133,8 @@ class LocalExchange {
     ctx.combine.weight.resize(plan.num_entries());
     combine_backward<S>(plan, ctx.expert_out, grad_y, ctx.combine.expert_out, ctx.combine.weight);
     ctx.grad_expert_in.resize(plan.num_slots(), d);
-    capacity_ffn_backward<S>(experts, ctx.expert_in, ctx.combine.expert_out, ctx.capacity_ffn,
-                             grads, ctx.grad_expert_in);
+    capacity_ffn_backward<S>(experts.weights, ctx.expert_in, ctx.combine.expert_out,
+                             ctx.capacity_ffn, grads, ctx.grad_expert_in);
     dispatch_backward<S>(plan, ctx.grad_expert_in, grad_x);
     grad_gates = capacity_plan_backward<S>(plan, ctx.combine.weight);
   }

@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -16,6 +18,8 @@
 #include "moe/balance/loss_result.hpp"
 #include "moe/balance/token_mask.hpp"
 #include "moe/core/parameters.hpp"
+#include "moe/experts/bf16_expert_weights.hpp"
+#include "moe/experts/expert_compute.hpp"
 #include "moe/experts/expert_weights.hpp"
 #include "moe/health/report.hpp"
 #include "moe/layer/config.hpp"
@@ -395,6 +399,21 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     balancer->apply_to(router);
   }
 
+  /// With ExpertPrecision::bf16: rounds the routed experts' float weights into the bf16 copy their
+  /// products read, now. A forward does it by itself when it finds the float weights changed: the
+  /// layer compares a few values of each expert's matrices (an optimizer step changes them all);
+  /// call this after an edit that may leave those untouched (a few weights set by hand). The copy
+  /// holds the transposes the backward reads once a forward ran in Mode::train (Bf16Copies).
+  void refresh_bf16_experts() {
+    require(config.expert_precision == ExpertPrecision::bf16, "MoELayer::refresh_bf16_experts",
+            "a layer configured with expert_precision = bf16", "native expert precision");
+    refresh_bf16(bf16_experts_.copies());
+  }
+
+  /// The bf16 copy of the routed experts (ExpertPrecision::bf16, after a forward or
+  /// refresh_bf16_experts; empty before).
+  const Bf16ExpertWeights& bf16_experts() const noexcept { return bf16_experts_; }
+
  private:
   /// The backward of one step(), over the rows it ran on. Defined below the class, not inline:
   /// with the compiled component (moe::compiled) it is instantiated there, not in every
@@ -408,6 +427,49 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
                     const IndexVector* cu_seqlens = nullptr);
 
   struct Mapped {};
+
+  /// The routed experts as the exchange runs them. With bf16 experts the copy is brought up to
+  /// date first by a forward (`forward`) when the float weights changed since it was made, and
+  /// made with the transposes the backward reads when `training` (never dropped once made).
+  ExpertCompute<S> expert_compute(bool forward, bool training) {
+    if (config.expert_precision != ExpertPrecision::bf16 || experts.w1.size() == 0)
+      return ExpertCompute<S>{experts, nullptr};
+    const bool has_transposes = bf16_experts_.copies() == Bf16Copies::training;
+    const Bf16Copies copies =
+        training || has_transposes ? Bf16Copies::training : Bf16Copies::forward;
+    const bool missing = bf16_experts_.config().num_experts < 0 || (training && !has_transposes);
+    if (missing || (forward && bf16_fingerprint_ != fingerprint())) refresh_bf16(copies);
+    return ExpertCompute<S>{experts, &bf16_experts_};
+  }
+
+  void refresh_bf16(Bf16Copies copies) {
+    if constexpr (std::is_same_v<S, float>) {
+      if (experts.w1.size() == 0) return;
+      bf16_experts_.refresh(experts, copies);
+      bf16_fingerprint_ = fingerprint();
+    } else {
+      (void)copies;
+    }
+  }
+
+  /// A few values of each expert's matrices and biases (8 spread over each block), compared bit
+  /// for bit: when none changed, the float weights are taken as unchanged.
+  std::vector<std::uint32_t> fingerprint() const {
+    std::vector<std::uint32_t> values;
+    const Index count = std::max<Index>(experts.config.num_experts, 1);
+    for (const MatrixMap<S>* m :
+         {&experts.w1, &experts.w3, &experts.w2, &experts.b1, &experts.b3, &experts.b2}) {
+      const Index block = m->size() / count;
+      for (Index e = 0; block > 0 && e < count; ++e)
+        for (Index i = 0; i < 8; ++i) {
+          const float v = static_cast<float>(m->data()[e * block + (2 * i + 1) * block / 16]);
+          std::uint32_t bits;
+          std::memcpy(&bits, &v, sizeof bits);
+          values.push_back(bits);
+        }
+    }
+    return values;
+  }
 
   template <class... ExchangeArgs>
   MoELayer(Mapped, const MoELayerConfig& layer_config, const MoELayerBuffers<S>& buffers,
@@ -459,6 +521,9 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
         "MoELayer::config.shared", "the shapes of the shared expert it was built with",
         detail::concat("ffn_hidden ", config.shared.ffn_hidden,
                        config.shared.gated ? ", gated" : ""));
+    require(config.expert_precision == ExpertPrecision::native || std::is_same_v<S, float>,
+            "MoELayerConfig::expert_precision", "bf16 experts in a MoELayer<float>",
+            "a MoELayer<double>");
     require(!balancer || balancer->num_experts() == config.router.num_experts, "MoELayer::balancer",
             detail::concat("a balancer of ", config.router.num_experts, " experts"),
             balancer ? balancer->num_experts() : 0);
@@ -496,6 +561,9 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
                   target[p]->data() + to_expert * block);
     }
   }
+
+  Bf16ExpertWeights bf16_experts_;               ///< ExpertPrecision::bf16: what the products read
+  std::vector<std::uint32_t> bf16_fingerprint_;  ///< fingerprint() when bf16_experts_ was made
 };
 
 template <class S, class Exchange>
@@ -521,15 +589,16 @@ void MoELayer<S, Exchange>::backward_of_step(const ConstMatrixRef<S>& x, Context
   if (config.weight_before_ffn) {
     // The experts saw x'_t = w_t x_t with unit gates: dw_t = <dx'_t, x_t>, dx_t = w_t dx'_t.
     ctx.unit_gate_grad.resize(tokens, 1);
-    exchange.template backward<S>(config, experts, ctx.weighted_x, grad_y, ctx.exchange,
-                                  grads.experts, grads.x, ctx.unit_gate_grad);
+    exchange.template backward<S>(config, expert_compute(/*forward=*/false, /*training=*/true),
+                                  ctx.weighted_x, grad_y, ctx.exchange, grads.experts, grads.x,
+                                  ctx.unit_gate_grad);
     for (Index t = 0; t < tokens; ++t) {
       upstream.gates(t, 0) = grads.x.row(t).dot(x.row(t));
       grads.x.row(t) *= routing.gates(t, 0);
     }
   } else {
-    exchange.template backward<S>(config, experts, x, grad_y, ctx.exchange, grads.experts, grads.x,
-                                  upstream.gates);
+    exchange.template backward<S>(config, expert_compute(/*forward=*/false, /*training=*/true), x,
+                                  grad_y, ctx.exchange, grads.experts, grads.x, upstream.gates);
     if (config.zero_computation_experts > 0) {
       // y_t += w0_t x_t: dx_t += w0_t dy_t, and each zero-expert gate gets <x_t, dy_t>.
       const ExpertId first_zero = static_cast<ExpertId>(config.num_ffn_experts());
@@ -574,6 +643,8 @@ MoEOutput<S> MoELayer<S, Exchange>::step(const ConstMatrixRef<S>& x,
   });
   const Routing<S>& own = *routed;
   const Routing<S>& batch = exchange.batch_routing(own, ctx.exchange);
+  const ExpertCompute<S> experts_now =
+      expert_compute(/*forward=*/true, /*training=*/mode == Mode::train);
 
   MoEOutput<S> out;
   out.y.resize(x.rows(), config.router.hidden);
@@ -583,7 +654,7 @@ MoEOutput<S> MoELayer<S, Exchange>::step(const ConstMatrixRef<S>& x,
     ctx.weighted_x = (x.array().colwise() * own.gates.col(0).array()).matrix();
     ctx.unit_routing.expert_ids = own.expert_ids;
     ctx.unit_routing.gates.setOnes(own.num_tokens(), 1);
-    capacity = exchange.template forward<S>(config, experts, ctx.weighted_x, ctx.unit_routing,
+    capacity = exchange.template forward<S>(config, experts_now, ctx.weighted_x, ctx.unit_routing,
                                             batch, mode, seed, ctx.exchange, out.y);
   } else if (config.zero_computation_experts > 0) {
     // LongCat-Flash: the FFN experts get the choices of FFN experts; the zero-computation ones
@@ -598,11 +669,11 @@ MoEOutput<S> MoELayer<S, Exchange>::step(const ConstMatrixRef<S>& x,
           ctx.identity_gate[t] += own.gates(t, j);
           ctx.ffn_routing.expert_ids(t, j) = kUnusedSlot;
         }
-    capacity = exchange.template forward<S>(config, experts, x, ctx.ffn_routing, batch, mode, seed,
-                                            ctx.exchange, out.y);
+    capacity = exchange.template forward<S>(config, experts_now, x, ctx.ffn_routing, batch, mode,
+                                            seed, ctx.exchange, out.y);
     out.y += (x.array().colwise() * ctx.identity_gate.array()).matrix();
   } else {
-    capacity = exchange.template forward<S>(config, experts, x, own, batch, mode, seed,
+    capacity = exchange.template forward<S>(config, experts_now, x, own, batch, mode, seed,
                                             ctx.exchange, out.y);
   }
   if (config.shared.ffn_hidden > 0)

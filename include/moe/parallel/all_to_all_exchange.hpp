@@ -19,6 +19,7 @@
 #include "moe/dispatch/capacity_planner.hpp"
 #include "moe/dispatch/dropless_permute.hpp"
 #include "moe/experts/dropless_ffn.hpp"
+#include "moe/experts/expert_compute.hpp"
 #include "moe/experts/expert_weights.hpp"
 #include "moe/health/capacity.hpp"
 #include "moe/layer/config.hpp"
@@ -63,7 +64,7 @@ class AllToAllExchange {
     RowMatrix<S> outgoing, incoming, computed, returned;  ///< exchange buffers, reused
     RowMatrix<S> unit_gates, unit_gate_grad;              ///< [received, 1] ones, and scratch
     RowMatrix<S> grad_weights;
-    DroplessFFNContext<S> experts;  ///< the local experts' activations
+    DroplessFFNContexts<S> experts;  ///< the local experts' activations
   };
 
   /// `expert_placement` defaults to contiguous blocks over comm.size() ranks.
@@ -170,7 +171,7 @@ class AllToAllExchange {
   /// the capacity plan's weights, dropped entries never sent). Collective.
   template <class S>
   std::optional<CapacityStats> forward(const MoELayerConfig& config,
-                                       const ExpertWeights<S>& experts, ConstMatrixRef<S> x,
+                                       const ExpertCompute<S>& experts, ConstMatrixRef<S> x,
                                        const Routing<S>& own, const Routing<S>& /*batch*/,
                                        Mode mode, std::uint64_t seed, Context<S>& ctx,
                                        MatrixRef<S> y) const {
@@ -192,7 +193,7 @@ class AllToAllExchange {
     if (ex.rows_received > 0) {
       ctx.unit_gates = RowMatrix<S>::Ones(ex.rows_received, 1);
       dropless_ffn_forward<S>(experts, ctx.incoming, ctx.unit_gates, ex.experts, ctx.experts,
-                              ctx.computed);
+                              /*save_for_backward=*/true, ctx.computed);
     }
     ctx.returned.resize(tokens * k, d);
     return_rows<S>(comm, ex, ctx.computed, ctx.returned);
@@ -213,7 +214,7 @@ class AllToAllExchange {
   /// Backward of forward: back through the combine, to the experts' owners, through the experts
   /// and home again, in forward's buffers. Collective.
   template <class S>
-  void backward(const MoELayerConfig& config, const ExpertWeights<S>& experts,
+  void backward(const MoELayerConfig& config, const ExpertCompute<S>& experts,
                 ConstMatrixRef<S> /*x*/, ConstMatrixRef<S> grad_y, Context<S>& ctx,
                 ExpertGradients<S>& grads, MatrixRef<S> grad_x, RowMatrix<S>& grad_gates) const {
     const ExchangePlan& ex = ctx.plan;
