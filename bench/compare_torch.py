@@ -213,6 +213,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="float32, bfloat16 (dropless shapes), or both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     blas = blas_in_use()
@@ -221,6 +223,7 @@ def main():
     def emit(name, seconds):
         print(json.dumps({"name": name, "seconds": seconds, "core": blas["core"]}), flush=True)
 
+    dtypes = args.dtypes.split(",")
     for shape in args.shapes.split(","):
         T, d, f, E, k, cf = SHAPES[shape]
         if cf is None:
@@ -230,7 +233,7 @@ def main():
             variants = {"capacity": lambda p, cf=cf: layer_capacity(p, cf),
                         "loop": lambda p, k=k: layer_loop(p, k)}
         p = Params(T, d, f, E)
-        for variant, layer in variants.items():
+        for variant, layer in (variants if "float32" in dtypes else {}).items():
             with torch.no_grad():
                 emit(f"{shape}/{variant}/forward", best_seconds(lambda: layer(p)))
 
@@ -241,9 +244,9 @@ def main():
             emit(f"{shape}/{variant}/forward_backward", best_seconds(step))
             p.zero_grad()
         with torch.no_grad():
-            for piece, fn in pieces(p, k).items():
+            for piece, fn in (pieces(p, k) if "float32" in dtypes else {}).items():
                 emit(f"{shape}/piece/{piece}", best_seconds(fn, min_time=0.2))
-        if cf is None:  # the dropless shapes in bfloat16
+        if cf is None and "bfloat16" in dtypes:  # the dropless shapes in bfloat16
             p16 = Bf16Params(p)
             for variant, layer in variants.items():
                 with torch.no_grad():
