@@ -89,7 +89,9 @@ void bind_configs(py::module_& m) {
   health.def_readwrite("hot_factor", &HealthConfig::hot_factor)
       .def_readwrite("cold_factor", &HealthConfig::cold_factor)
       .def_readwrite("average", &HealthConfig::average)
-      .def_readwrite("selection_metrics", &HealthConfig::selection_metrics);
+      .def_readwrite("selection_metrics", &HealthConfig::selection_metrics)
+      .def_readwrite("bf16_what_if", &HealthConfig::bf16_what_if,
+                     "A MoELayer's report also holds bf16_what_if(router, x, both) (what_if).");
   def_keyword_init<HealthConfig>(health);
   def_fields_repr(health);
 
@@ -241,7 +243,8 @@ void bind_report(py::module_& m) {
       "with a non-finite probability); logits (LogitStats or None); capacity (CapacityReport or "
       "None); mean_distribution [E]; margins (TopkMargins, NaN unless "
       "HealthConfig.selection_metrics); stability (Bf16Stability or None); "
-      "active_experts_per_token; unused_slots. metrics() gives the scalars the exports write.");
+      "active_experts_per_token; unused_slots; what_if (Bf16WhatIf of a MoELayer's step with "
+      "HealthConfig.bf16_what_if, or None). metrics() gives the scalars the exports write.");
   report.def(py::init<>())
       .def_readwrite("tokens", &HealthReport::tokens)
       .def_readwrite("experts", &HealthReport::experts)
@@ -259,6 +262,7 @@ void bind_report(py::module_& m) {
       .def_readwrite("stability", &HealthReport::stability)
       .def_readwrite("active_experts_per_token", &HealthReport::active_experts_per_token)
       .def_readwrite("unused_slots", &HealthReport::unused_slots)
+      .def_readwrite("what_if", &HealthReport::what_if)
       .def(
           "metrics", [](const HealthReport& r) { return metrics_dict(health_metrics(r)); },
           "{name: float}: the report's scalars in HEALTH_METRIC_NAMES order, NaN where absent "

@@ -435,17 +435,29 @@ TEST_CASE("CSV and JSON Lines round trip", "[health][export]") {
   const auto columns = moe::health_columns();
   REQUIRE(columns.size() == 2 + moe::kHealthMetricCount + moe::kHealthListColumns.size());
   // 0.1.0's 49 columns keep their positions (readers by position keep working); 0.2.0's
-  // columns follow them.
-  REQUIRE(columns.size() == 63);
+  // columns follow them, then 0.3.0's.
+  REQUIRE(columns.size() == 67);
   CHECK(columns[41] == "overflowing_experts");
   CHECK(columns[42] == "soft_hot_experts");
   CHECK(columns[48] == "dropped");
-  const std::vector<std::string_view> appended = {
-      "soft_hot_threshold",  "soft_cold_threshold",  "hard_hot_threshold",
-      "hard_cold_threshold", "soft_entropy",         "hard_entropy",
-      "topk_margin_p1",      "topk_margin_p10",      "topk_margin_p50",
-      "bf16_flipped_tokens", "bf16_flipped_choices", "active_experts_per_token",
-      "unused_slots",        "mean_distribution"};
+  const std::vector<std::string_view> appended = {"soft_hot_threshold",
+                                                  "soft_cold_threshold",
+                                                  "hard_hot_threshold",
+                                                  "hard_cold_threshold",
+                                                  "soft_entropy",
+                                                  "hard_entropy",
+                                                  "topk_margin_p1",
+                                                  "topk_margin_p10",
+                                                  "topk_margin_p50",
+                                                  "bf16_flipped_tokens",
+                                                  "bf16_flipped_choices",
+                                                  "active_experts_per_token",
+                                                  "unused_slots",
+                                                  "mean_distribution",
+                                                  "bf16_whatif_flipped_tokens",
+                                                  "bf16_whatif_flipped_choices",
+                                                  "bf16_whatif_lost",
+                                                  "bf16_whatif_gained"};
   CHECK(std::vector<std::string_view>(columns.begin() + 49, columns.end()) == appended);
 
   SECTION("CSV") {

@@ -6,6 +6,8 @@
 #include <random>
 
 #include "moe/experts/bf16_dropless_ffn.hpp"
+#include "moe/health/bf16_what_if.hpp"
+#include "moe/health/metrics.hpp"
 #include "moe/layer/moe_layer.hpp"
 #include "moe/routing/presets.hpp"
 #include "support/catch.hpp"
@@ -156,4 +158,34 @@ TEST_CASE("bf16 experts are refused where they do not run", "[layer][bf16][error
   native.expert_precision = ExpertPrecision::native;
   MoELayer<float> plain(native);
   CHECK_THROWS_WITH(plain.refresh_bf16_experts(), Contains("expert_precision = bf16"));
+}
+
+TEST_CASE("the layer's health report holds the bf16 what-if of its router when asked",
+          "[layer][bf16][health]") {
+  MoELayerConfig c = bf16_layer_config(false);
+  c.expert_precision = ExpertPrecision::native;
+  // Logits close together, so that rounding the router's operands to bf16 flips selections.
+  c.router = presets::mixtral(presets::Hidden{96}, presets::Experts{16});
+  MoELayer<float> layer(c);
+  layer.init_weights(3);
+  layer.router.weight = test::random_matrix<float>(16, 96, 4, 0.05);
+  const RowMatrix<float> x = test::random_matrix<float>(400, 96, 13);
+  MoELayer<float>::Context ctx;
+  const HealthReport off = layer.forward(x, ctx, Mode::train, 1).health;
+  CHECK(!off.what_if);
+  CHECK(std::isnan(health_metrics(off)[health_metric_index("bf16_whatif_flipped_tokens")]));
+  layer.config.health.bf16_what_if = true;
+  const HealthReport on = layer.forward(x, ctx, Mode::train, 1).health;
+  REQUIRE(on.what_if);
+  const Bf16WhatIf want = bf16_what_if<float>(layer.router, x, Bf16Operands::both);
+  CHECK(on.what_if->flipped_tokens == want.flipped_tokens);
+  CHECK(on.what_if->flipped_choices == want.flipped_choices);
+  CHECK(on.what_if->lost == want.lost);
+  CHECK(on.what_if->gained == want.gained);
+  CHECK(want.flipped_tokens > 0);  // the case exercises flips
+  const HealthMetrics m = health_metrics(on);
+  CHECK(m[health_metric_index("bf16_whatif_flipped_tokens")] ==
+        static_cast<double>(want.flipped_tokens));
+  CHECK(m[health_metric_index("bf16_whatif_flipped_choices")] ==
+        static_cast<double>(want.flipped_choices));
 }

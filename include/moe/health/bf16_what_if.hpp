@@ -23,15 +23,6 @@ enum class Bf16Operands {
   both      ///< both
 };
 
-/// Selections of the router's own precision against those of the rounded operands.
-struct Bf16WhatIf {
-  Index tokens = 0;           ///< tokens compared
-  Index flipped_tokens = 0;   ///< tokens whose set of experts changed
-  Index flipped_choices = 0;  ///< sum over tokens of |K \ K'|: experts swapped out
-  std::vector<Index> lost;    ///< [E] tokens expert e lost under rounding (e in K \ K')
-  std::vector<Index> gained;  ///< [E] tokens expert e gained (e in K' \ K)
-};
-
 /// K = the router's selection from its logits x W^T (+ b) in S (Router::forward in eval mode:
 /// score, selection bias, group limit, adaptive k), K' = the same selection (select_experts) from
 /// bf16(x) bf16(W)^T (+ bf16(b)) accumulated in float, with `rounded` saying which operands are

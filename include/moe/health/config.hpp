@@ -28,6 +28,10 @@ struct HealthConfig {
   /// one over the logits, about half the report's cost again (docs/health.md), and the report is
   /// held to 5% of the router forward. Off, they are NaN in the exports.
   bool selection_metrics = false;
+  /// A MoELayer's report also holds bf16_what_if(router, x, Bf16Operands::both)
+  /// (HealthReport::what_if): which tokens an engine holding the router's input and weights in
+  /// bf16 would route elsewhere. One more router forward over the rounded operands; off by default.
+  bool bf16_what_if = false;
 };
 
 /// Checks a HealthConfig; every message names the field.

@@ -12,7 +12,7 @@
 
 namespace moe {
 
-inline constexpr std::array<std::string_view, 53> kHealthMetricNames = {
+inline constexpr std::array<std::string_view, 55> kHealthMetricNames = {
     "tokens",
     "experts",
     "top_k",
@@ -67,11 +67,16 @@ inline constexpr std::array<std::string_view, 53> kHealthMetricNames = {
     "bf16_flipped_choices",
     "active_experts_per_token",
     "unused_slots",
+    // Appended in 0.3.0.
+    "bf16_whatif_flipped_tokens",
+    "bf16_whatif_flipped_choices",
 };
 
 /// Scalars named before the first export list column (kHealthMetricNames[0, 40)); the rest come
 /// after the lists, so columns once written keep their positions.
 inline constexpr std::size_t kHealthMetricsBeforeLists = 40;
+/// Scalars of the names through 0.2.0 (kHealthMetricNames[0, 53)); 0.3.0's follow.
+inline constexpr std::size_t kHealthMetricsThrough020 = 53;
 
 inline constexpr std::size_t kHealthMetricCount = kHealthMetricNames.size();
 
@@ -135,6 +140,8 @@ inline HealthMetrics health_metrics(const HealthReport& r) {
   m[i++] = r.stability ? d(r.stability->flipped_choices) : nan;
   m[i++] = r.active_experts_per_token;
   m[i++] = d(r.unused_slots);
+  m[i++] = r.what_if ? d(r.what_if->flipped_tokens) : nan;
+  m[i++] = r.what_if ? d(r.what_if->flipped_choices) : nan;
   eigen_assert(i == kHealthMetricCount);
   return m;
 }

@@ -42,6 +42,10 @@ struct HealthReport {
   /// compute an adaptive router saves being top_k minus this. NaN when T = 0.
   double active_experts_per_token = 0.0;
   Index unused_slots = 0;  ///< T k - sum hard.load: slots holding kUnusedSlot
+  /// bf16_what_if(router, x, Bf16Operands::both) of a MoELayer's step with
+  /// HealthConfig::bf16_what_if: the selections that change when the router's input and weights
+  /// are held in bf16 (the logits summed in float), per token and per expert.
+  std::optional<Bf16WhatIf> what_if;
 };
 
 namespace detail {

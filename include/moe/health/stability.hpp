@@ -24,6 +24,15 @@ struct Bf16Stability {
   Index flipped_choices = 0;  ///< sum over tokens of |K \ K'|, experts swapped out (<= tokens k)
 };
 
+/// Selections of the router's own precision against those of the rounded operands.
+struct Bf16WhatIf {
+  Index tokens = 0;           ///< tokens compared
+  Index flipped_tokens = 0;   ///< tokens whose set of experts changed
+  Index flipped_choices = 0;  ///< sum over tokens of |K \ K'|: experts swapped out
+  std::vector<Index> lost;    ///< [E] tokens expert e lost under rounding (e in K \ K')
+  std::vector<Index> gained;  ///< [E] tokens expert e gained (e in K' \ K)
+};
+
 namespace detail {
 
 /// Experts of the top-k of a row (values, ties to the lower index) missing from the top-k of its

@@ -21,6 +21,7 @@
 #include "moe/experts/bf16_expert_weights.hpp"
 #include "moe/experts/expert_compute.hpp"
 #include "moe/experts/expert_weights.hpp"
+#include "moe/health/bf16_what_if.hpp"
 #include "moe/health/report.hpp"
 #include "moe/layer/config.hpp"
 #include "moe/layer/detail/routing_losses.hpp"
@@ -703,6 +704,8 @@ MoEOutput<S> MoELayer<S, Exchange>::step(const ConstMatrixRef<S>& x,
   }
   out.health = capacity ? health_report(batch, *capacity, config.health)
                         : health_report(batch, config.health);
+  // This process's tokens (the whole batch with LocalExchange): the router and x are its own.
+  if (config.health.bf16_what_if) out.health.what_if = bf16_what_if(router, x, Bf16Operands::both);
   return out;
 }
 

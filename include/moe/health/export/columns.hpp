@@ -13,10 +13,11 @@
 namespace moe {
 
 /// Per-expert lists of a record: ';'-separated in CSV, arrays in JSON Lines.
-inline constexpr std::array<std::string_view, 8> kHealthListColumns = {
-    "soft_hot_experts",  "soft_cold_experts", "hard_hot_experts", "hard_cold_experts",
-    "soft_load",         "hard_load",         "dropped",
-    "mean_distribution",  // appended in 0.2.0
+inline constexpr std::array<std::string_view, 10> kHealthListColumns = {
+    "soft_hot_experts",  "soft_cold_experts",  "hard_hot_experts", "hard_cold_experts",
+    "soft_load",         "hard_load",          "dropped",
+    "mean_distribution",                        // appended in 0.2.0
+    "bf16_whatif_lost",  "bf16_whatif_gained",  // appended in 0.3.0
 };
 
 /// A generation of export columns: metrics [first_metric, end_metric) of kHealthMetricNames,
@@ -26,10 +27,11 @@ struct HealthColumnGroup {
 };
 
 /// 0.1.0's columns, then those of 0.2.0 (thresholds, entropies, margins, bf16 stability and
-/// the mean routing distribution).
-inline constexpr std::array<HealthColumnGroup, 2> kHealthColumnGroups = {{
+/// the mean routing distribution), then 0.3.0's (the layer's bf16 what-if, per expert too).
+inline constexpr std::array<HealthColumnGroup, 3> kHealthColumnGroups = {{
     {0, kHealthMetricsBeforeLists, 0, 7},
-    {kHealthMetricsBeforeLists, kHealthMetricCount, 7, kHealthListColumns.size()},
+    {kHealthMetricsBeforeLists, kHealthMetricsThrough020, 7, 8},
+    {kHealthMetricsThrough020, kHealthMetricCount, 8, kHealthListColumns.size()},
 }};
 
 /// Every export column name in order.
@@ -45,7 +47,7 @@ inline std::vector<std::string_view> health_columns() {
 }
 
 /// The lists of kHealthListColumns for one report (`dropped` is empty without capacity counts,
-/// `mean_distribution` when no token was counted).
+/// `mean_distribution` when no token was counted, the what-if's without HealthReport::what_if).
 inline std::array<std::vector<double>, kHealthListColumns.size()> health_lists(
     const HealthReport& r) {
   const auto ids = [](const std::vector<ExpertId>& v) {
@@ -64,7 +66,11 @@ inline std::array<std::vector<double>, kHealthListColumns.size()> health_lists(
           vec(r.soft.load),
           vec(r.hard.load),
           r.capacity ? vec(r.capacity->dropped) : std::vector<double>{},
-          r.mean_distribution.allFinite() ? vec(r.mean_distribution) : std::vector<double>{}};
+          r.mean_distribution.allFinite() ? vec(r.mean_distribution) : std::vector<double>{},
+          r.what_if ? std::vector<double>(r.what_if->lost.begin(), r.what_if->lost.end())
+                    : std::vector<double>{},
+          r.what_if ? std::vector<double>(r.what_if->gained.begin(), r.what_if->gained.end())
+                    : std::vector<double>{}};
 }
 
 }  // namespace moe
