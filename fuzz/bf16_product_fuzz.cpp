@@ -1,0 +1,98 @@
+// bfloat16 rounding and the bf16 products. Invariants: to_bf16 of any float is its nearest bf16,
+// ties to even, overflowing to infinity past the largest and NaN to 0x7fc0; both bf16 kernels
+// (the portable one, and vdpbf16ps where the CPU has it) give the plain loop's bits
+// (tests/support/bf16_reference.hpp) for any shape, column range of whole panels and normal
+// operands, storing or accumulating.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <moe/core/aligned_buffer.hpp>
+#include <moe/kernels/bf16_product.hpp>
+
+#include "fuzz_input.hpp"
+#include "support/bf16_reference.hpp"
+
+namespace {
+
+using moe::bf16;
+using moe::Index;
+
+/// to_bf16(x) is the bf16 nearest x, ties to the even significand.
+void check_rounding(float x) {
+  const std::uint16_t bits = moe::bits_of(moe::to_bf16(x));
+  if (std::isnan(x)) {
+    MOE_FUZZ_CHECK(bits == 0x7fc0);
+    return;
+  }
+  const double exact = x;
+  const double got = moe::to_float(moe::bf16_from_bits(bits));
+  constexpr double kLargest = 3.3895313892515355e38;  // the largest finite bf16
+  // Past the largest bf16 plus half its ulp (2^120), the cast overflows to infinity.
+  if (std::fabs(exact) >= kLargest + std::ldexp(1.0, 119)) {
+    MOE_FUZZ_CHECK(std::isinf(got));
+    return;
+  }
+  MOE_FUZZ_CHECK(std::isfinite(got));
+  // Its neighbours one bf16 step away are no nearer, and at a tie the kept significand is even.
+  for (const int step : {-1, 1}) {
+    const std::uint16_t next = static_cast<std::uint16_t>(bits + step);
+    const double other = moe::to_float(moe::bf16_from_bits(next));
+    if (!std::isfinite(other) || (next & 0x7fff) == 0 || ((next ^ bits) & 0x8000)) continue;
+    const double mine = std::fabs(got - exact), theirs = std::fabs(other - exact);
+    MOE_FUZZ_CHECK(mine < theirs || (mine == theirs && (bits & 1) == 0));
+  }
+}
+
+/// A normal bf16 of magnitude in [2^-20, 2^20], or zero: no product or sum of a few hundred of them
+/// comes near the subnormals, which vdpbf16ps flushes.
+bf16 operand(moe::fuzz::FuzzInput& in) {
+  const std::uint8_t kind = in.byte();
+  if (kind % 8 == 0) return moe::bf16_from_bits(0);
+  const auto exponent = static_cast<std::uint16_t>(127 - 20 + in.byte() % 41);
+  const auto bits =
+      static_cast<std::uint16_t>((kind & 0x80) << 8 | exponent << 7 | (in.byte() & 0x7f));
+  return moe::bf16_from_bits(bits);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  moe::fuzz::FuzzInput in(data, size);
+  float x;
+  const std::uint32_t raw = in.u32();
+  std::memcpy(&x, &raw, sizeof x);
+  check_rounding(x);
+
+  const Index m = in.range(1, 19), depth = in.range(0, 600), cols = in.range(1, 150);
+  const bool accumulate = in.flag();
+  moe::RowMatrix<bf16> a(m, depth), w(depth, cols);
+  moe::RowMatrix<float> c0(m, cols), w_float(depth, cols);
+  for (Index i = 0; i < a.size(); ++i) a.data()[i] = operand(in);
+  for (Index i = 0; i < w.size(); ++i) w_float.data()[i] = moe::to_float(w.data()[i] = operand(in));
+  for (Index i = 0; i < c0.size(); ++i) c0.data()[i] = moe::to_float(operand(in));
+  const moe::kernels::Bf16Panels shape{depth, cols};
+  moe::AlignedBuffer<bf16> panels(static_cast<std::size_t>(shape.size()));
+  moe::kernels::pack_bf16_panels(w_float.data(), cols, false, shape, panels.data());
+  // A column range of whole panels, as a threaded caller's tile takes it.
+  const Index panel0 = in.range(0, shape.panels() - 1);
+  const Index col0 = panel0 * moe::kernels::Bf16Panels::kCols;
+  const Index width = in.range(1, cols - col0);
+  const moe::RowMatrix<float> want = moe::test::reference_bf16_product(a, w, c0, accumulate);
+
+  std::vector<moe::kernels::Bf16Kernel> kernels = {moe::kernels::Bf16Kernel::portable};
+  if (moe::simd::cpu_has_avx512bf16()) kernels.push_back(moe::kernels::Bf16Kernel::avx512_bf16);
+  for (const moe::kernels::Bf16Kernel kernel : kernels) {
+    moe::RowMatrix<float> c = c0;
+    moe::kernels::bf16_product(
+        c.data() + col0, cols, m, [&](Index i) { return a.row(i).data(); }, panels.data(), shape,
+        col0, width, accumulate, kernel);
+    for (Index i = 0; i < m; ++i)
+      for (Index j = 0; j < cols; ++j) {
+        const bool inside = j >= col0 && j < col0 + width;
+        MOE_FUZZ_CHECK(c(i, j) == (inside ? want(i, j) : c0(i, j)));
+      }
+  }
+  return 0;
+}
