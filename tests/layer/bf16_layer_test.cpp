@@ -10,6 +10,7 @@
 #include "moe/health/metrics.hpp"
 #include "moe/layer/moe_layer.hpp"
 #include "moe/routing/presets.hpp"
+#include "support/bf16_reference.hpp"
 #include "support/catch.hpp"
 #include "support/random_matrix.hpp"
 
@@ -188,4 +189,27 @@ TEST_CASE("the layer's health report holds the bf16 what-if of its router when a
         static_cast<double>(want.flipped_tokens));
   CHECK(m[health_metric_index("bf16_whatif_flipped_choices")] ==
         static_cast<double>(want.flipped_choices));
+}
+
+TEST_CASE("a layer over bf16 token rows: the router selects what it selects on their float values",
+          "[layer][bf16]") {
+  for (const ExpertPrecision precision : {ExpertPrecision::native, ExpertPrecision::bf16}) {
+    MoELayerConfig c = bf16_layer_config(true);
+    c.expert_precision = precision;
+    MoELayer<float> layer = bf16_test_layer(c);
+    const RowMatrix<bf16> x16 = test::rounded(test::random_matrix<float>(120, 96, 14));
+    RowMatrix<float> widened(120, 96);
+    for (Index i = 0; i < widened.size(); ++i) widened.data()[i] = to_float(x16.data()[i]);
+    MoELayer<float>::Context ctx, float_ctx;
+    const MoEOutput<float> out = layer.forward(x16, ctx, Mode::train, 1);
+    const MoEOutput<float> want = layer.forward(widened, float_ctx, Mode::train, 1);
+    CHECK(ctx.router.routing.expert_ids == float_ctx.router.routing.expert_ids);
+    CHECK((ctx.router.routing.gates.array() == float_ctx.router.routing.gates.array()).all());
+    CHECK((out.y.array() == want.y.array()).all());
+    const RowMatrix<float> grad_y = test::random_matrix<float>(120, 96, 15);
+    const MoEGradients<float> grads = layer.backward(x16, ctx, grad_y);
+    const MoEGradients<float> float_grads = layer.backward(widened, float_ctx, grad_y);
+    CHECK((grads.x.array() == float_grads.x.array()).all());
+    CHECK((grads.router.weight.array() == float_grads.router.weight.array()).all());
+  }
 }

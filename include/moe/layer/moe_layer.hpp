@@ -17,6 +17,7 @@
 #include "moe/balance/bias_balancer.hpp"
 #include "moe/balance/loss_result.hpp"
 #include "moe/balance/token_mask.hpp"
+#include "moe/core/bfloat16.hpp"
 #include "moe/core/parameters.hpp"
 #include "moe/experts/bf16_expert_weights.hpp"
 #include "moe/experts/expert_compute.hpp"
@@ -51,6 +52,7 @@ struct MoELayerContext {
   /// With weight_before_ffn: the experts' input w_t x_t, and the routing they were given (the
   /// chosen experts with unit gates).
   RowMatrix<S> weighted_x;
+  RowMatrix<S> widened_x;  ///< forward over bf16 rows: x as S
   Routing<S> unit_routing;
   RowMatrix<S> unit_gate_grad;  ///< backward's scratch for the unit gates' (unused) gradient
 
@@ -247,6 +249,16 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     return step(x, nullptr, ctx, mode, seed, micro_batch);
   }
 
+  /// forward over token rows held in bf16 (a bf16 model's activations): widened to S once, exactly
+  /// (every bf16 is a float), then forward; the router, the losses and y are in S. So the router
+  /// selects on bf16 inputs exactly what it selects on their float values, and bf16 experts
+  /// (ExpertPrecision::bf16) round nothing more. Costs one [T, d] copy (ctx.widened_x).
+  MoEOutput<S> forward(const ConstMatrixRef<bf16>& x, Context& ctx, Mode mode,
+                       std::uint64_t seed = 0, Index micro_batch = 0) {
+    widen(x, ctx.widened_x);
+    return forward(ctx.widened_x, ctx, mode, seed, micro_batch);
+  }
+
   /// forward over a padded batch: `token_mask` [T] is true for real tokens. Padding takes no
   /// capacity slot and no expert work, adds nothing to the losses, the balancer's loads or health,
   /// and gets a zero output row and a zero gradient (Megatron-Core removes padding from the
@@ -322,6 +334,13 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
   /// Gradients of <grad_y, y> + aux_loss + z_loss with respect to x and every parameter held here
   /// (the router's and the shared expert's for this process's share of the loss: sum them across
   /// processes as data-parallel gradients are summed).
+  /// backward of the forward over bf16 rows: x as that forward was given it; gradients in S.
+  MoEGradients<S> backward(const ConstMatrixRef<bf16>& x, Context& ctx,
+                           const ConstMatrixRef<S>& grad_y) {
+    widen(x, ctx.widened_x);
+    return backward(ctx.widened_x, ctx, grad_y);
+  }
+
   MoEGradients<S> backward(const ConstMatrixRef<S>& x, Context& ctx,
                            const ConstMatrixRef<S>& grad_y) {
     MoEGradients<S> grads;
@@ -428,6 +447,13 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
                     const IndexVector* cu_seqlens = nullptr);
 
   struct Mapped {};
+
+  /// out = x as S, exactly.
+  static void widen(const ConstMatrixRef<bf16>& x, RowMatrix<S>& out) {
+    out.resize(x.rows(), x.cols());
+    for (Index t = 0; t < x.rows(); ++t)
+      for (Index j = 0; j < x.cols(); ++j) out(t, j) = static_cast<S>(to_float(x(t, j)));
+  }
 
   /// The routed experts as the exchange runs them. With bf16 experts the copy is brought up to
   /// date first by a forward (`forward`) when the float weights changed since it was made, and
