@@ -317,7 +317,7 @@ void bind_layer(py::module_& m) {
       .value("capacity", DispatchKind::capacity);
   py::enum_<ExpertPrecision>(m, "ExpertPrecision",
                              "native (the layer's dtype) or bf16 (bf16 products with float sums "
-                             "over a bf16 copy of the float32 weights; dropless, float32 layers).")
+                             "over a bf16 copy of the float32 weights; float32 layers).")
       .value("native", ExpertPrecision::native)
       .value("bf16", ExpertPrecision::bf16);
 

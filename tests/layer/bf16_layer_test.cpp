@@ -146,10 +146,6 @@ TEST_CASE("a layer with bf16 experts: same bits at 1 and 2 threads", "[layer][bf
 
 TEST_CASE("bf16 experts are refused where they do not run", "[layer][bf16][errors]") {
   using Catch::Matchers::Contains;
-  MoELayerConfig c = bf16_layer_config(false);
-  c.dispatch = DispatchKind::capacity;
-  CHECK_THROWS_WITH(MoELayer<float>(c),
-                    Contains("MoELayerConfig::expert_precision") && Contains("capacity dispatch"));
   MoELayer<double> layer(bf16_layer_config(false));
   MoELayer<double>::Context ctx;
   const RowMatrix<double> x = test::random_matrix(8, 96, 12);
@@ -212,4 +208,41 @@ TEST_CASE("a layer over bf16 token rows: the router selects what it selects on t
     CHECK((grads.x.array() == float_grads.x.array()).all());
     CHECK((grads.router.weight.array() == float_grads.router.weight.array()).all());
   }
+}
+
+TEST_CASE("a capacity layer with bf16 experts: near the float layer, the same drops, any threads",
+          "[layer][bf16][capacity]") {
+  MoELayerConfig c = bf16_layer_config(true);
+  c.dispatch = DispatchKind::capacity;
+  c.capacity.train_factor = 1.0;  // some tokens dropped
+  MoELayerConfig native_config = c;
+  native_config.expert_precision = ExpertPrecision::native;
+  const RowMatrix<float> x = test::random_matrix<float>(160, 96, 16);
+  const RowMatrix<float> grad_y = test::random_matrix<float>(160, 96, 17);
+  const auto run = [&](const MoELayerConfig& config, int threads) {
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+    MoELayer<float> layer = bf16_test_layer(config);
+    MoELayer<float>::Context ctx;
+    MoEOutput<float> out = layer.forward(x, ctx, Mode::train, 1);
+    MoEGradients<float> grads = layer.backward(x, ctx, grad_y);
+    return std::make_pair(out, grads);
+  };
+  const auto one = run(c, 1), two = run(c, 2), native = run(native_config, 2);
+  REQUIRE(one.first.health.capacity);
+  CHECK(one.first.health.capacity->dropped.sum() > 0);
+  CHECK(one.first.health.capacity->dropped == native.first.health.capacity->dropped);
+  CHECK((one.first.y.array() == two.first.y.array()).all());
+  CHECK((one.second.experts.w1.array() == two.second.experts.w1.array()).all());
+  CHECK((one.second.x.array() == two.second.x.array()).all());
+  const double bound = 8 * std::ldexp(1.0, -8);
+  CHECK(relative_error(one.first.y, native.first.y) < bound);
+  CHECK(relative_error(one.first.y, native.first.y) > 0);
+  CHECK(relative_error(one.second.x, native.second.x) < bound);
+  CHECK(relative_error(one.second.experts.w1, native.second.experts.w1) < bound);
+  CHECK(relative_error(one.second.experts.w2, native.second.experts.w2) < bound);
+  CHECK(relative_error(one.second.router.weight, native.second.router.weight) < bound);
 }

@@ -9,6 +9,7 @@
 #include "moe/core/types.hpp"
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/bf16_dropless_ffn.hpp"
+#include "moe/experts/capacity_ffn.hpp"
 #include "moe/experts/dropless_ffn.hpp"
 #include "moe/experts/expert_weights.hpp"
 
@@ -96,6 +97,77 @@ void dropless_ffn_backward(const ExpertCompute<S>& experts, ConstMatrixRef<S> gr
                            MatrixRef<S> grad_gates) {
   detail::dropless_ffn_backward_of<S>(experts, nullptr, grad_y, plan, ctx, grads, grad_x,
                                       grad_gates);
+}
+
+/// The capacity FFN's contexts in the layer's precision and in bf16. bf16 experts run the capacity
+/// buffer [E*C, d] as a dropless plan of E*C one-choice rows, slot s of expert e routed to e when
+/// filled: the filled slots are computed in place of the buffer's rows, the others neither read
+/// nor computed, and 0 in the output, as the capacity FFN leaves them.
+template <class S>
+struct CapacityFFNContexts {
+  CapacityFFNContext<S> native;
+  DroplessPlan slots;  ///< bf16: the buffer's filled slots as a plan
+  Bf16FFNContext bf16;
+  RowMatrix<S> unit_gates, unit_gate_grad;  ///< bf16: [E*C, 1] ones, and their (unused) gradient
+  bool ran_bf16 = false;                    ///< whether the last forward ran in bf16
+  Index bf16_capacity = -1;
+
+  /// C of the last forward (-1 before any).
+  Index capacity() const noexcept { return ran_bf16 ? bf16_capacity : native.capacity; }
+};
+
+/// capacity_ffn_forward in the experts' precision over the buffer x [E*C, d] whose first filled[e]
+/// slots of each expert hold tokens; out [E*C, d] (0 in empty slots). `save_for_backward` as the
+/// native context's own (the bf16 one always saves).
+template <class S>
+void capacity_ffn_forward(const ExpertCompute<S>& experts, ConstMatrixRef<S> x, Index capacity,
+                          const IndexVector& filled, CapacityFFNContexts<S>& ctx,
+                          bool save_for_backward, MatrixRef<S> out) {
+  ctx.ran_bf16 = experts.bf16 != nullptr;
+  if constexpr (std::is_same_v<S, float>) {
+    if (experts.bf16 != nullptr) {
+      const Index count = experts.weights.config.num_experts;
+      require(capacity >= 0, "capacity", ">= 0", capacity);
+      require(filled.size() == count, "filled", detail::concat(count, " entries"), filled.size());
+      ExpertIdMatrix ids(checked_mul(count, capacity, "capacity"), 1);
+      for (Index e = 0; e < count; ++e) {
+        require(filled[e] >= 0 && filled[e] <= capacity, "filled",
+                detail::concat("0 <= filled <= capacity (", capacity, ") for expert ", e),
+                filled[e]);
+        for (Index s = 0; s < capacity; ++s)
+          ids(e * capacity + s, 0) = s < filled[e] ? static_cast<ExpertId>(e) : kUnusedSlot;
+      }
+      make_dropless_plan(ids, count, /*block_size=*/1, ctx.slots);
+      ctx.unit_gates.setOnes(ids.rows(), 1);
+      ctx.bf16.save_for_backward = true;
+      ctx.bf16_capacity = capacity;
+      return dropless_ffn_forward(*experts.bf16, x, ctx.unit_gates, ctx.slots, ctx.bf16, out);
+    }
+  }
+  require(experts.bf16 == nullptr, "MoELayerConfig::expert_precision",
+          "bf16 experts in a layer of float", "a layer of double");
+  ctx.native.save_for_backward = save_for_backward;
+  capacity_ffn_forward<S>(experts.weights, x, capacity, filled, ctx.native, out);
+}
+
+/// Backward of that forward given its buffer x: grad_x [E*C, d] (0 in empty slots) and the
+/// gradients in the master weights' shapes (float for bf16 experts).
+template <class S>
+void capacity_ffn_backward(const ExpertCompute<S>& experts, ConstMatrixRef<S> x,
+                           ConstMatrixRef<S> grad_out, CapacityFFNContexts<S>& ctx,
+                           ExpertGradients<S>& grads, MatrixRef<S> grad_x) {
+  require(ctx.ran_bf16 == (experts.bf16 != nullptr), "ctx",
+          experts.bf16 ? "a context of a bf16 forward"
+                       : "a context of a forward in the layer's precision",
+          ctx.ran_bf16 ? "a bf16 forward's" : "another precision's");
+  if constexpr (std::is_same_v<S, float>) {
+    if (experts.bf16 != nullptr) {
+      ctx.unit_gate_grad.resize(ctx.slots.num_tokens, 1);
+      return dropless_ffn_backward(*experts.bf16, grad_out, ctx.slots, ctx.bf16, grads, grad_x,
+                                   ctx.unit_gate_grad);
+    }
+  }
+  capacity_ffn_backward<S>(experts.weights, x, grad_out, ctx.native, grads, grad_x);
 }
 
 }  // namespace moe

@@ -22,7 +22,7 @@ enum class DispatchKind { dropless, capacity };
 enum class ExpertPrecision {
   native,  ///< the layer's scalar (float or double), as its weights
   /// bf16 products with float sums over a bf16 copy of the float weights, kept by the layer
-  /// (MoELayer<float>, dropless dispatch): mixed-precision training and bf16 inference
+  /// (MoELayer<float>): mixed-precision training and bf16 inference
   bf16
 };
 
@@ -114,9 +114,6 @@ inline void validate(const MoELayerConfig& c) {
     require(c.dispatch == DispatchKind::dropless, "MoELayerConfig::weight_before_ffn",
             "dropless dispatch", "capacity dispatch");
   }
-  if (c.expert_precision == ExpertPrecision::bf16)
-    require(c.dispatch == DispatchKind::dropless, "MoELayerConfig::expert_precision",
-            "dropless dispatch with bf16 experts", "capacity dispatch");
   if (c.aux_loss) validate(*c.aux_loss);
   validate(c.health);
   if (c.zero_computation_experts > 0) {

@@ -48,7 +48,7 @@ class LocalExchange {
     DroplessPlan plan;                ///< dropless: the rows sorted by expert
     DroplessFFNContexts<S> dropless;  ///< dropless: the experts' activations
     CapacityPlan<S> capacity_plan;    ///< capacity: each entry's slot, or dropped
-    CapacityFFNContext<S> capacity_ffn;
+    CapacityFFNContexts<S> capacity_ffn;
     RowMatrix<S> expert_in, expert_out;  ///< capacity buffers [E*C, d], kept until backward
     CombineGradients<S> combine;         ///< backward's scratch
     RowMatrix<S> grad_expert_in;
@@ -98,9 +98,8 @@ class LocalExchange {
     ctx.expert_out.resize(plan.num_slots(), config.router.hidden);
     dispatch<S>(plan, x, ctx.expert_in);
     // The dispatch buffer stays in the context until backward: the experts read it in place.
-    ctx.capacity_ffn.save_for_backward = false;
-    capacity_ffn_forward<S>(experts.weights, ctx.expert_in, plan.capacity, plan.kept,
-                            ctx.capacity_ffn, ctx.expert_out);
+    capacity_ffn_forward<S>(experts, ctx.expert_in, plan.capacity, plan.kept, ctx.capacity_ffn,
+                            /*save_for_backward=*/false, ctx.expert_out);
     combine<S>(plan, ctx.expert_out, y);
     return capacity_stats(plan);
   }
@@ -108,9 +107,10 @@ class LocalExchange {
   /// Checks that `ctx` holds the forward of `tokens` tokens.
   template <class S>
   void require_forward(const Context<S>& ctx, DispatchKind kind, Index tokens) const {
-    const Index planned = kind == DispatchKind::dropless
-                              ? ctx.dropless.num_tokens()
-                              : (ctx.capacity_ffn.capacity < 0 ? -1 : ctx.capacity_plan.num_tokens);
+    const Index planned =
+        kind == DispatchKind::dropless
+            ? ctx.dropless.num_tokens()
+            : (ctx.capacity_ffn.capacity() < 0 ? -1 : ctx.capacity_plan.num_tokens);
     require(planned == tokens, "ctx",
             detail::concat("a context filled by the forward of ", tokens, " tokens"),
             detail::concat("a context of ", std::max<Index>(planned, 0), " tokens"));
@@ -133,8 +133,8 @@ class LocalExchange {
     ctx.combine.weight.resize(plan.num_entries());
     combine_backward<S>(plan, ctx.expert_out, grad_y, ctx.combine.expert_out, ctx.combine.weight);
     ctx.grad_expert_in.resize(plan.num_slots(), d);
-    capacity_ffn_backward<S>(experts.weights, ctx.expert_in, ctx.combine.expert_out,
-                             ctx.capacity_ffn, grads, ctx.grad_expert_in);
+    capacity_ffn_backward<S>(experts, ctx.expert_in, ctx.combine.expert_out, ctx.capacity_ffn,
+                             grads, ctx.grad_expert_in);
     dispatch_backward<S>(plan, ctx.grad_expert_in, grad_x);
     grad_gates = capacity_plan_backward<S>(plan, ctx.combine.weight);
   }
