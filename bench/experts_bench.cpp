@@ -49,6 +49,36 @@ const Shape kShapes[] = {{512, 2048, 1408, 64, 6},
                          {16, 2048, 1408, 64, 6},
                          {1, 4096, 14336, 8, 2}};
 
+/// k distinct experts per token, uniformly random (moe/routing/synthetic.hpp, seed 42).
+moe::ExpertIdMatrix uniform_ids(const Shape& s) {
+  moe::SyntheticRoutingConfig routing;
+  routing.num_tokens = s.tokens;
+  routing.num_experts = s.experts;
+  routing.top_k = s.k;
+  routing.seed = 42;
+  return moe::synthetic_expert_ids(routing);
+}
+
+/// The OpenMP team of one benchmark: `threads` threads while it lives, the former size after.
+struct Team {
+  explicit Team(int threads) {
+#if defined(_OPENMP)
+    saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+  }
+  ~Team() {
+#if defined(_OPENMP)
+    omp_set_num_threads(saved);
+#endif
+  }
+  Team(const Team&) = delete;
+  Team& operator=(const Team&) = delete;
+  int saved = 1;
+};
+
 /// Everything one shape needs, built once and kept while consecutive benchmarks use the shape:
 /// Mixtral-like weights are 5.6 GB.
 struct Setup {
@@ -59,12 +89,7 @@ struct Setup {
     fill(w.w2, 3);
     fill(x, 4);
     fill(gates, 5);
-    moe::SyntheticRoutingConfig routing;
-    routing.num_tokens = s.tokens;
-    routing.num_experts = s.experts;
-    routing.top_k = s.k;
-    routing.seed = 42;
-    ids = moe::synthetic_expert_ids(routing);
+    ids = uniform_ids(s);
     ctx.save_for_backward = false;
     std::vector<bool> active(static_cast<std::size_t>(s.experts), false);
     for (Index i = 0; i < ids.size(); ++i) active[static_cast<std::size_t>(ids.data()[i])] = true;
@@ -215,12 +240,10 @@ double median(std::vector<double> v) {
 void BM_experts_forward(benchmark::State& state) {
   const Index shape = state.range(0);
   const int threads = static_cast<int>(state.range(1));
-#if defined(_OPENMP)
-  const int saved_threads = omp_get_max_threads();
-  omp_set_num_threads(threads);
-#else
+#if !defined(_OPENMP)
   if (threads > 1) return state.SkipWithError("built without OpenMP");
 #endif
+  const Team team(threads);
   Setup& run = setup_for(shape);
   const Shape& s = run.s;
   SwigluGemmLimit gemm(s.tokens * s.k, s.d, s.f, /*with_backward=*/false);
@@ -243,9 +266,6 @@ void BM_experts_forward(benchmark::State& state) {
       to_gemm.push_back(t_forward / t_gemm);
     }
   }
-#if defined(_OPENMP)
-  omp_set_num_threads(saved_threads);
-#endif
   state.counters["forward_ms"] = 1e3 * median(forward);
   state.counters["read_GB/s"] = run.active_bytes() * 1e-9 / median(read);
   state.counters["fwd/read"] = median(to_read);
@@ -301,12 +321,10 @@ struct Bf16GemmLimit {
 void BM_experts_forward_bf16(benchmark::State& state) {
   const Index shape = state.range(0);
   const int threads = static_cast<int>(state.range(1));
-#if defined(_OPENMP)
-  const int saved_threads = omp_get_max_threads();
-  omp_set_num_threads(threads);
-#else
+#if !defined(_OPENMP)
   if (threads > 1) return state.SkipWithError("built without OpenMP");
 #endif
+  const Team team(threads);
   Setup& run = setup_for(shape);
   const Shape& s = run.s;
   run.make_bf16();
@@ -330,9 +348,6 @@ void BM_experts_forward_bf16(benchmark::State& state) {
       to_gemm.push_back(t_forward / t_gemm);
     }
   }
-#if defined(_OPENMP)
-  omp_set_num_threads(saved_threads);
-#endif
   state.counters["bf16_ms"] = 1e3 * median(forward);
   state.counters["float_ms"] = 1e3 * median(float_forward);
   state.counters["float/bf16"] = median(speedup);
@@ -365,12 +380,7 @@ struct TrainingSetup {
     fill(x, 4);
     fill(gates, 5);
     fill(grad_out, 6);
-    moe::SyntheticRoutingConfig routing;
-    routing.num_tokens = s.tokens;
-    routing.num_experts = s.experts;
-    routing.top_k = s.k;
-    routing.seed = 42;
-    ids = moe::synthetic_expert_ids(routing);
+    ids = uniform_ids(s);
     moe::make_dropless_plan(ids, s.experts, 128, plan);
     w16 = moe::Bf16ExpertWeights(w, moe::Bf16Copies::training);
   }
@@ -412,12 +422,10 @@ struct TrainingSetup {
 void BM_experts_training_bf16(benchmark::State& state) {
   const Index shape = state.range(0);
   const int threads = static_cast<int>(state.range(1));
-#if defined(_OPENMP)
-  const int saved_threads = omp_get_max_threads();
-  omp_set_num_threads(threads);
-#else
+#if !defined(_OPENMP)
   if (threads > 1) return state.SkipWithError("built without OpenMP");
 #endif
+  const Team team(threads);
   static std::unique_ptr<TrainingSetup> cached;
   static Index cached_shape = -1;
   if (cached_shape != shape) {
@@ -446,9 +454,6 @@ void BM_experts_training_bf16(benchmark::State& state) {
       step_ratio.push_back((f32 + b32) / (f16 + b16));
     }
   }
-#if defined(_OPENMP)
-  omp_set_num_threads(saved_threads);
-#endif
   state.counters["float_fwd_ms"] = 1e3 * median(fwd32);
   state.counters["bf16_fwd_ms"] = 1e3 * median(fwd16);
   state.counters["float_step_ms"] = 1e3 * median(step32);

@@ -210,6 +210,15 @@ inline void make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_id
   });
 }
 
+/// row_token[pair_row[p]] = p / k for every routed pair p: the token each data row of the padded
+/// buffer holds, so an expert's products can read its rows where the tokens are. row_token has
+/// plan.padded_rows() entries; padding rows' entries are left as they are (never read).
+template <class RowTokens>
+void fill_row_tokens(const DroplessPlan& plan, RowTokens&& row_token) {
+  for (Index p = 0; p < plan.num_pairs(); ++p)
+    if (plan.pair_row[p] >= 0) row_token[plan.pair_row[p]] = p / plan.top_k;
+}
+
 /// Convenience form of make_dropless_plan that returns a fresh plan.
 inline DroplessPlan make_dropless_plan(const Eigen::Ref<const ExpertIdMatrix>& expert_ids,
                                        Index num_experts, Index block_size = 128) {

@@ -154,10 +154,8 @@ void bf16_dropless_ffn_forward(const Bf16ExpertWeights& weights,
     row_stride = d;
   }
   if (ctx.saved) ws.matrix<float>(Bf16FFNContext::kGates, tokens, k) = gates;
-  // row_token[pair_row[p]] = p / k: the token each data row reads.
   auto row_token = ws.vector<Index>(Bf16FFNContext::kRowToken, ctx.padded_rows);
-  for (Index p = 0; p < tokens * k; ++p)
-    if (plan.pair_row[p] >= 0) row_token[plan.pair_row[p]] = p / k;
+  fill_row_tokens(plan, row_token);
 
   auto h1 = ws.matrix<float>(Bf16FFNContext::kH1, ctx.padded_rows, f);
   auto h3 = ws.matrix<float>(Bf16FFNContext::kH3, gated ? ctx.padded_rows : 0, gated ? f : 0);

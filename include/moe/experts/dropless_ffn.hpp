@@ -93,11 +93,8 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
     dropless_permute<S>(x, plan, buf.x(), /*zero_padding=*/false);
     detail::grouped_ffn_forward<S>(weights, ctx.topology, buf.x(), buf, buf.y());
   } else {
-    // row_token[pair_row[p]] = p / k: the token each data row reads (padding rows are never read).
     auto row_token = ctx.workspace.template vector<Index>(detail::kRowTokenSlot, ctx.padded_rows);
-    const Index pairs = plan.num_tokens * plan.top_k;
-    for (Index p = 0; p < pairs; ++p)
-      if (plan.pair_row[p] >= 0) row_token[plan.pair_row[p]] = p / plan.top_k;
+    fill_row_tokens(plan, row_token);
     const kernels::GatheredRows<S> rows(x.data(), x.outerStride(), row_token.data(),
                                         ctx.padded_rows, c.hidden);
     detail::grouped_ffn_forward<S>(weights, ctx.topology, rows, buf, buf.y());

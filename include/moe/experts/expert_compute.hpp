@@ -106,7 +106,8 @@ void dropless_ffn_backward(const ExpertCompute<S>& experts, ConstMatrixRef<S> gr
 template <class S>
 struct CapacityFFNContexts {
   CapacityFFNContext<S> native;
-  DroplessPlan slots;  ///< bf16: the buffer's filled slots as a plan
+  ExpertIdMatrix slot_experts;  ///< bf16: [E*C, 1] the expert of each filled slot, else unused
+  DroplessPlan slots;           ///< bf16: the buffer's filled slots as a plan
   Bf16FFNContext bf16;
   RowMatrix<S> unit_gates, unit_gate_grad;  ///< bf16: [E*C, 1] ones, and their (unused) gradient
   bool ran_bf16 = false;                    ///< whether the last forward ran in bf16
@@ -129,7 +130,8 @@ void capacity_ffn_forward(const ExpertCompute<S>& experts, ConstMatrixRef<S> x, 
       const Index count = experts.weights.config.num_experts;
       require(capacity >= 0, "capacity", ">= 0", capacity);
       require(filled.size() == count, "filled", detail::concat(count, " entries"), filled.size());
-      ExpertIdMatrix ids(checked_mul(count, capacity, "capacity"), 1);
+      ExpertIdMatrix& ids = ctx.slot_experts;  // kept across steps: no allocation once grown
+      ids.resize(checked_mul(count, capacity, "capacity"), 1);
       for (Index e = 0; e < count; ++e) {
         require(filled[e] >= 0 && filled[e] <= capacity, "filled",
                 detail::concat("0 <= filled <= capacity (", capacity, ") for expert ", e),
