@@ -25,6 +25,7 @@
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/bf16_dropless_ffn.hpp"
 #include "moe/experts/dropless_ffn.hpp"
+#include "moe/experts/packed_expert_weights.hpp"
 #include "moe/kernels/simd.hpp"
 #include "moe/routing/synthetic.hpp"
 
@@ -109,6 +110,20 @@ struct Setup {
   void forward() {
     moe::make_dropless_plan(ids, s.experts, 128, plan);
     moe::dropless_ffn_forward<float>(w, x, gates, plan, ctx, y);
+    benchmark::DoNotOptimize(y.data());
+  }
+
+  /// The panel copy of the weights, made on first use; refresh() lays them out again.
+  void make_panels() {
+    if (panels.config().num_experts != s.experts) refresh_panels();
+  }
+  void refresh_panels() {
+    panels.refresh(w);
+    benchmark::DoNotOptimize(panels.w1().data);
+  }
+  void forward_panels() {
+    moe::make_dropless_plan(ids, s.experts, 128, plan);
+    moe::dropless_ffn_forward<float>(w, panels, x, gates, plan, ctx, y);
     benchmark::DoNotOptimize(y.data());
   }
 
@@ -204,6 +219,7 @@ struct Setup {
   moe::ExpertIdMatrix ids;
   moe::DroplessPlan plan;
   moe::DroplessFFNContext<float> ctx;
+  moe::PackedExpertWeights<float> panels;
   moe::Bf16ExpertWeights w16;
   moe::Bf16FFNContext ctx16;
   std::vector<const moe::bf16*> up16, down16;
@@ -235,8 +251,10 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-/// Args: shape, threads. Counters: the forward's median time (ms) and its ratios to the limits
-/// (forward / limit: 1 is at the limit); the read limit's bandwidth.
+/// Args: shape, threads. Counters: the forward over the weights as stored (row-major) and over
+/// their panel copy (PackedExpertWeights): median times (ms) and ratios to the limits (forward /
+/// limit: 1 is at the limit); the read limit's bandwidth; refresh_ms, laying the weights out in
+/// panels again (after an optimizer step).
 void BM_experts_forward(benchmark::State& state) {
   const Index shape = state.range(0);
   const int threads = static_cast<int>(state.range(1));
@@ -247,32 +265,46 @@ void BM_experts_forward(benchmark::State& state) {
   Setup& run = setup_for(shape);
   const Shape& s = run.s;
   SwigluGemmLimit gemm(s.tokens * s.k, s.d, s.f, /*with_backward=*/false);
+  run.make_panels();
   run.forward();  // warm-up: workspaces grow, pages fault in
+  run.forward_panels();
   run.read();
   run.memcpy_weights();
   gemm.step();
   std::vector<double> forward, to_read, to_memcpy, to_gemm, read;
+  std::vector<double> panels, panels_to_read, panels_to_gemm, speedup, refresh;
   const int rounds = s.tokens * s.d * s.f > (Index{1} << 33) ? 5 : 15;
   for (auto _ : state) {
     for (int i = 0; i < rounds; ++i) {
       const double t_forward = seconds([&] { run.forward(); });
+      const double t_panels = seconds([&] { run.forward_panels(); });
       const double t_read = seconds([&] { run.read(); });
       const double t_memcpy = seconds([&] { run.memcpy_weights(); });
       const double t_gemm = seconds([&] { gemm.step(); });
       forward.push_back(t_forward);
+      panels.push_back(t_panels);
       read.push_back(t_read);
       to_read.push_back(t_forward / t_read);
       to_memcpy.push_back(t_forward / t_memcpy);
       to_gemm.push_back(t_forward / t_gemm);
+      panels_to_read.push_back(t_panels / t_read);
+      panels_to_gemm.push_back(t_panels / t_gemm);
+      speedup.push_back(t_forward / t_panels);
     }
+    for (int i = 0; i < 3; ++i) refresh.push_back(seconds([&] { run.refresh_panels(); }));
   }
   state.counters["forward_ms"] = 1e3 * median(forward);
   state.counters["read_GB/s"] = run.active_bytes() * 1e-9 / median(read);
   state.counters["fwd/read"] = median(to_read);
   state.counters["fwd/memcpy"] = median(to_memcpy);
   state.counters["fwd/gemm"] = median(to_gemm);
+  state.counters["panels_ms"] = 1e3 * median(panels);
+  state.counters["panels/read"] = median(panels_to_read);
+  state.counters["panels/gemm"] = median(panels_to_gemm);
+  state.counters["fwd/panels"] = median(speedup);
+  state.counters["refresh_ms"] = 1e3 * median(refresh);
   state.counters["GFLOP/s"] =
-      2.0 * 3.0 * static_cast<double>(s.tokens * s.k * s.d * s.f) * 1e-9 / median(forward);
+      2.0 * 3.0 * static_cast<double>(s.tokens * s.k * s.d * s.f) * 1e-9 / median(panels);
 }
 
 /// The same FLOPs as dense bf16 products over [T*k, d] through kernels::bf16_product: h1 = X W1,

@@ -15,6 +15,7 @@
 
 #include "moe/kernels/bf16_product.hpp"
 #include "moe/kernels/gemm.hpp"
+#include "moe/kernels/panels.hpp"
 
 #include "moe/routing/config.hpp"
 #include "moe/routing/hash.hpp"
@@ -31,10 +32,12 @@
 #include "moe/dispatch/expert_choice.hpp"
 
 #include "moe/sparse/ops.hpp"
+#include "moe/sparse/panel_ops.hpp"
 
 #include "moe/experts/bf16_dropless_ffn.hpp"
 #include "moe/experts/capacity_ffn.hpp"
 #include "moe/experts/dropless_ffn.hpp"
+#include "moe/experts/packed_expert_weights.hpp"
 
 #include "moe/balance/bias_balancer.hpp"
 #include "moe/balance/global_load_balancing_loss.hpp"

@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "moe/core/aligned_buffer.hpp"
 #include "moe/kernels/gemm.hpp"
 #include "support/catch.hpp"
 
@@ -259,4 +260,69 @@ TEST_CASE("gemm over gathered rows equals gemm over their gathered copy, bit for
           ((ours - reference).cast<double>().array().abs() <= 65 * 1.2e-7 * bound.array()).all());
     }
   }
+}
+
+TEST_CASE("pack_panels lays a matrix out as column panels, zeros past its last column",
+          "[core][gemm][panels]") {
+  const RowMatrix<float> w = random_matrix<float>(7, 101, 30);  // 3 panels, the last 5 wide
+  const kernels::Panels shape{7, 101};
+  REQUIRE(shape.panels() == 3);
+  REQUIRE(shape.size() == 3 * 7 * 48);
+  std::vector<float> panels(static_cast<std::size_t>(shape.size()), -1.0f);
+  kernels::pack_panels(w.data(), w.outerStride(), shape, panels.data());
+  for (Index q = 0; q < 3; ++q)
+    for (Index p = 0; p < 7; ++p)
+      for (Index j = 0; j < 48; ++j) {
+        const float value = panels[static_cast<std::size_t>(q * 7 * 48 + p * 48 + j)];
+        const Index column = q * 48 + j;
+        REQUIRE(value == (column < 101 ? w(p, column) : 0.0f));
+      }
+}
+
+TEST_CASE("panel_product gives gemm's bits over the same weights, for every row count",
+          "[core][gemm][panels]") {
+  Eigen::setNbThreads(1);
+  const Index d = 200, f = 176;  // 176 = 3 panels + 32 columns
+  const RowMatrix<float> w = random_matrix<float>(d, f, 31);
+  const RowMatrix<float> x = random_matrix<float>(150, d, 32);
+  const kernels::Panels shape{d, f};
+  AlignedBuffer<float> panels(static_cast<std::size_t>(shape.size()));
+  kernels::pack_panels(w.data(), w.outerStride(), shape, panels.data());
+  for (Index m : {1, 3, 8, 9, 40, 64, 65, 150})
+    for (bool accumulate : {false, true}) {
+      INFO("m=" << m << " accumulate=" << accumulate);
+      RowMatrix<float> expected = random_matrix<float>(m, f, 33), ours = expected;
+      kernels::gemm(expected, x.topRows(m), w, accumulate);
+      kernels::panel_product(ours, x.topRows(m), panels.data(), shape, 0, accumulate);
+      REQUIRE(ours == expected);
+      // A column range from inside the second panel to the end, into a block of a wider result.
+      RowMatrix<float> wide = random_matrix<float>(m, f, 34), wide_expected = wide;
+      kernels::gemm(wide_expected.rightCols(f - 64), x.topRows(m), w.rightCols(f - 64), accumulate);
+      kernels::panel_product(wide.rightCols(f - 64), x.topRows(m), panels.data(), shape, 64,
+                             accumulate);
+      REQUIRE(wide == wide_expected);
+      // And it is the product: against the triple loop.
+      RowMatrix<float> reference = RowMatrix<float>::Zero(m, f);
+      RowMatrix<double> bound(m, f);
+      reference_product(reference, bound, x.topRows(m), w, false);
+      kernels::panel_product(ours, x.topRows(m), panels.data(), shape, 0);
+      REQUIRE(
+          ((ours - reference).cast<double>().array().abs() <= d * 1.2e-7 * bound.array()).all());
+    }
+}
+
+TEST_CASE("panel_product refuses operands that do not fit its panels", "[core][gemm][panels]") {
+  const kernels::Panels shape{32, 96};
+  AlignedBuffer<float> panels(static_cast<std::size_t>(shape.size()), 0.0f);
+  const RowMatrix<float> x = RowMatrix<float>::Ones(4, 32), short_x = RowMatrix<float>::Ones(4, 31);
+  RowMatrix<float> out(4, 48), wrong_rows(3, 48);
+  REQUIRE_THROWS_WITH(kernels::panel_product(out, short_x, panels.data(), shape, 0),
+                      Catch::Contains("lhs") && Catch::Contains("32 columns"));
+  REQUIRE_THROWS_WITH(kernels::panel_product(wrong_rows, x, panels.data(), shape, 0),
+                      Catch::Contains("dst") && Catch::Contains("4 rows"));
+  REQUIRE_THROWS_WITH(kernels::panel_product(out, x, panels.data(), shape, 8),
+                      Catch::Contains("col0") && Catch::Contains("multiple of 16"));
+  REQUIRE_THROWS_WITH(kernels::panel_product(out, x, panels.data(), shape, 64),
+                      Catch::Contains("col0") && Catch::Contains("<= 96"));
+  REQUIRE_NOTHROW(kernels::panel_product(out, x, panels.data(), shape, 48));
 }

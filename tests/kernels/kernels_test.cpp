@@ -58,6 +58,10 @@ namespace {
     static void transpose_into(A&&... a) {                                    \
       ns::detail::transpose_into(std::forward<A>(a)...);                      \
     }                                                                         \
+    template <class... A>                                                     \
+    static void panel_product(A&&... a) {                                     \
+      ns::detail::panel_product(std::forward<A>(a)...);                       \
+    }                                                                         \
   }
 
 #if defined(__FMA__)
@@ -232,6 +236,55 @@ void check_packed(Index m, Index n, Index k) {
       }
 }
 
+/// panel_product over the panels of b [k, n] for columns [col0, col0 + cols), rows read in place
+/// or gathered, against the reference of the in-place kernel gemm runs for m rows.
+template <class Set, class S>
+void check_panels(Index m, Index n, Index k, Index col0, Index cols) {
+  using B = typename Set::template Blocking<S>;
+  const Buffer<S> a(m, k, 21), b(k, n, 22);
+  const kernels::Panels shape{k, n};
+  AlignedBuffer<S> panels(static_cast<std::size_t>(shape.size()));
+  kernels::pack_panels(b.data(), b.stride, shape, panels.data());
+  std::vector<Index> order(static_cast<std::size_t>(m));
+  for (Index i = 0; i < m; ++i) order[static_cast<std::size_t>(i)] = m - 1 - i;
+  const auto lhs_row = [&](Index i) { return a.row(i); };
+  const auto gathered_row = [&](Index i) { return a.row(m - 1 - i); };
+  const S* w = b.data() + col0;
+  for (bool accumulate : {false, true})
+    for (bool gathered : {false, true}) {
+      INFO("panels m=" << m << " n=" << n << " k=" << k << " col0=" << col0 << " cols=" << cols
+                       << " accumulate=" << accumulate << " gathered=" << gathered);
+      const kernels::detail::View<S> lhs{a.data(),
+                                         m,
+                                         k,
+                                         a.stride,
+                                         gathered ? Storage::gathered : Storage::row_major,
+                                         gathered ? order.data() : nullptr};
+      require_same_bits<S>(
+          Buffer<S>(m, cols, 23),
+          [&](S* c, Index cs) {
+            Set::panel_product(c, cs, lhs, panels.data(), shape, col0, cols, accumulate);
+          },
+          [&](S* c, Index cs) {
+            const auto run = [&](const auto& row) {
+              const auto at = [&](Index i, Index p) { return row(i)[p]; };
+              if (m <= B::kStreamedMaxRows)
+                test::ref::streamed_product(c, cs, m, cols, k, at, w, b.stride, accumulate);
+              else if (m <= B::kSkinnyMaxRows)
+                test::ref::skinny_product(c, cs, m, cols, k, row, w, b.stride, accumulate, {});
+              else
+                test::ref::chunked_product<S>(
+                    c, cs, m, cols, k, at, [&](Index p, Index j) { return w[p * b.stride + j]; },
+                    accumulate, B::kPackedDepth);
+            };
+            if (gathered)
+              run(gathered_row);
+            else
+              run(lhs_row);
+          });
+    }
+}
+
 template <class Set, class S>
 void check_transpose(Index width, Index depth) {
   constexpr Index kStride = Set::template Blocking<S>::kTileCols;
@@ -295,6 +348,18 @@ TEMPLATE_TEST_CASE("each product kernel computes its reference's bits", "[kernel
       for (Index m : {Index(2), B::kTileRows + 3, Index(100)})
         for (Index n : {lanes, lanes + 3, B::kTileCols + 5, B::kPackedCols + B::kTileCols + 1})
           for (Index k : {Index(1), Index(9), B::kPackedDepth + 44}) check_packed<Set, S>(m, n, k);
+    });
+  }
+  SECTION("over weights in panels: each row count in the order of gemm's kernel for it") {
+    for_each_kernel_set([](auto set) {
+      using Set = decltype(set);
+      using B = typename Set::template Blocking<S>;
+      for (Index m : {Index(1), B::kStreamedMaxRows, B::kStreamedMaxRows + 3, B::kSkinnyMaxRows,
+                      B::kSkinnyMaxRows + 9})
+        for (Index k : {Index(0), Index(1), Index(130), B::kPackedDepth + 44}) {
+          check_panels<Set, S>(m, 53, k, 0, 53);     // two panels, the second 5 wide
+          check_panels<Set, S>(m, 150, k, 16, 112);  // from inside a panel to inside another
+        }
     });
   }
   SECTION("the transposition of weights into panels") {

@@ -10,6 +10,7 @@
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/detail/grouped_ffn.hpp"
 #include "moe/experts/expert_weights.hpp"
+#include "moe/experts/packed_expert_weights.hpp"
 #include "moe/kernels/gemm.hpp"
 #include "moe/sparse/topology.hpp"
 
@@ -61,16 +62,23 @@ GroupedBuffers<S> dropless_buffers(const ExpertWeights<S>& w, DroplessFFNContext
 
 }  // namespace detail
 
-/// out[t] = sum_j gates(t, j) * FFN_{e(t,j)}(x[t]), FFN_e(x) = act(x W1[e] + b1[e]) W2[e] + b2[e]
-/// (MegaBlocks dMoE: padded_gather -> sdd -> act -> dsd -> padded_scatter). x [T, d]; gates [T, k].
+namespace detail {
+
+/// dropless_ffn_forward, its products reading `panels` (a copy of weights' matrices) when set.
 template <class S>
-void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
-                          ConstMatrixRef<S> gates, const DroplessPlan& plan,
-                          DroplessFFNContext<S>& ctx, MatrixRef<S> out) {
-  detail::require_weights(weights, "weights");
+void dropless_ffn_forward_over(const ExpertWeights<S>& weights,
+                               const PackedExpertWeights<S>* panels, ConstMatrixRef<S> x,
+                               ConstMatrixRef<S> gates, const DroplessPlan& plan,
+                               DroplessFFNContext<S>& ctx, MatrixRef<S> out) {
+  require_weights(weights, "weights");
   const ExpertFFNConfig& c = weights.config;
+  if (panels != nullptr)
+    require(same_shapes(panels->config(), c), "panels",
+            "the panels of weights of the same config (PackedExpertWeights(weights))",
+            panels->config().num_experts < 0 ? "an empty PackedExpertWeights"
+                                             : "the panels of weights of another shape");
   require(plan.num_experts == c.num_experts, "plan.num_experts",
-          detail::concat(c.num_experts, " (weights.config.num_experts)"), plan.num_experts);
+          concat(c.num_experts, " (weights.config.num_experts)"), plan.num_experts);
   require_shape(x, "x", plan.num_tokens, c.hidden);
   require_shape(gates, "gates", plan.num_tokens, plan.top_k);
   require_shape(out, "out", plan.num_tokens, c.hidden);
@@ -87,19 +95,41 @@ void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
   ctx.padded_rows = plan.padded_rows();
   // Under a BLAS backend the products cannot read gathered rows in place: group them once anyway.
   ctx.saved = ctx.save_for_backward || !kernels::kGemmReadsGatheredRowsInPlace;
-  detail::GroupedBuffers<S> buf = detail::dropless_buffers(weights, ctx);
-  ctx.workspace.template matrix<S>(detail::kGatesSlot, plan.num_tokens, plan.top_k) = gates;
+  GroupedBuffers<S> buf = dropless_buffers(weights, ctx);
+  ctx.workspace.template matrix<S>(kGatesSlot, plan.num_tokens, plan.top_k) = gates;
   if (ctx.saved) {
     dropless_permute<S>(x, plan, buf.x(), /*zero_padding=*/false);
-    detail::grouped_ffn_forward<S>(weights, ctx.topology, buf.x(), buf, buf.y());
+    grouped_ffn_forward<S>(weights, ctx.topology, buf.x(), buf, buf.y(), panels);
   } else {
-    auto row_token = ctx.workspace.template vector<Index>(detail::kRowTokenSlot, ctx.padded_rows);
+    auto row_token = ctx.workspace.template vector<Index>(kRowTokenSlot, ctx.padded_rows);
     fill_row_tokens(plan, row_token);
     const kernels::GatheredRows<S> rows(x.data(), x.outerStride(), row_token.data(),
                                         ctx.padded_rows, c.hidden);
-    detail::grouped_ffn_forward<S>(weights, ctx.topology, rows, buf, buf.y());
+    grouped_ffn_forward<S>(weights, ctx.topology, rows, buf, buf.y(), panels);
   }
   dropless_unpermute<S>(buf.y(), gates, plan, out);
+}
+
+}  // namespace detail
+
+/// out[t] = sum_j gates(t, j) * FFN_{e(t,j)}(x[t]), FFN_e(x) = act(x W1[e] + b1[e]) W2[e] + b2[e]
+/// (MegaBlocks dMoE: padded_gather -> sdd -> act -> dsd -> padded_scatter). x [T, d]; gates [T, k].
+template <class S>
+void dropless_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x,
+                          ConstMatrixRef<S> gates, const DroplessPlan& plan,
+                          DroplessFFNContext<S>& ctx, MatrixRef<S> out) {
+  detail::dropless_ffn_forward_over<S>(weights, nullptr, x, gates, plan, ctx, out);
+}
+
+/// The same with the products reading `panels`, the panel copy of weights' matrices
+/// (PackedExpertWeights(weights), refreshed since weights last changed): the bits of the forward
+/// over weights, at the read speed of contiguous panels. The biases are read from weights, and
+/// the backward takes weights as after any forward.
+template <class S>
+void dropless_ffn_forward(const ExpertWeights<S>& weights, const PackedExpertWeights<S>& panels,
+                          ConstMatrixRef<S> x, ConstMatrixRef<S> gates, const DroplessPlan& plan,
+                          DroplessFFNContext<S>& ctx, MatrixRef<S> out) {
+  detail::dropless_ffn_forward_over<S>(weights, &panels, x, gates, plan, ctx, out);
 }
 
 /// Returns the combined output [T, d]; see the overload writing into `out`.

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
@@ -32,6 +33,7 @@
 
 #include "moe/core/error.hpp"
 #include "moe/kernels/detail/thread_buffer.hpp"
+#include "moe/kernels/panels.hpp"
 #include "moe/kernels/parallel.hpp"
 #include "moe/kernels/prefetch.hpp"
 #include "moe/kernels/simd.hpp"
@@ -284,6 +286,23 @@ void product(S* c, Index c_stride, const View<S>& lhs, const View<S>& rhs, bool 
   product_here(c, c_stride, lhs, rhs, accumulate, next);
 }
 
+/// panel_product on the instruction set product_isa() names.
+template <class S>
+void panels_product(S* c, Index c_stride, const View<S>& lhs, const S* panels, const Panels& shape,
+                    Index col0, Index cols, bool accumulate) {
+  if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
+#if MOE_RUNTIME_AVX512
+    if (product_isa() == ProductIsa::avx512)
+      return avx512::detail::panel_product(c, c_stride, lhs, panels, shape, col0, cols, accumulate);
+#endif
+#if MOE_RUNTIME_AVX2
+    if (product_isa() == ProductIsa::avx2)
+      return avx2::detail::panel_product(c, c_stride, lhs, panels, shape, col0, cols, accumulate);
+#endif
+  }
+  panel_product(c, c_stride, lhs, panels, shape, col0, cols, accumulate);
+}
+
 }  // namespace detail
 
 /// dst = lhs * rhs, or dst += lhs * rhs with `accumulate`, by the kernel select_product_kernel
@@ -315,6 +334,37 @@ void gemm(Dst&& dst, const GatheredRows<S>& lhs, const Rhs& rhs, bool accumulate
                 "gemm over gathered rows writes a row-major result from a direct-access rhs");
   detail::product<S>(dst.data(), dst.outerStride(), detail::view_of(lhs), detail::view_of<S>(rhs),
                      accumulate, next);
+}
+
+/// dst = lhs * W[:, col0 .. col0 + dst.cols()), or dst += with `accumulate`, W [shape.depth,
+/// shape.cols] in panels (pack_panels); lhs row-major or GatheredRows; col0 a multiple of 16. Each
+/// element is summed as gemm sums it over W row-major for the same rows (streamed, skinny or
+/// packed order: detail::panel_product), so the bits equal gemm's wherever gemm runs its own
+/// kernels (a result of at least a packet of columns, no BLAS backend).
+template <class Dst, class Lhs, class S>
+void panel_product(Dst&& dst, const Lhs& lhs, const S* panels, const Panels& shape, Index col0,
+                   bool accumulate = false) {
+  using D = std::decay_t<Dst>;
+  static_assert(std::is_same_v<typename D::Scalar, S> && storage_of<D>() == Storage::row_major,
+                "panel_product writes a row-major result of the panels' scalar");
+  detail::View<S> rows;
+  if constexpr (std::is_same_v<Lhs, GatheredRows<S>>) {
+    rows = detail::view_of(lhs);
+  } else {
+    static_assert(storage_of<Lhs>() == Storage::row_major,
+                  "panel_product reads the rows of a row-major lhs or GatheredRows");
+    rows = detail::view_of<S>(lhs);
+  }
+  require(lhs.cols() == shape.depth, "lhs",
+          moe::detail::concat(shape.depth, " columns (the panels' depth)"), lhs.cols());
+  require(dst.rows() == lhs.rows(), "dst", moe::detail::concat(lhs.rows(), " rows (lhs rows)"),
+          dst.rows());
+  require(
+      col0 >= 0 && col0 % 16 == 0 && col0 + dst.cols() <= shape.cols, "col0",
+      moe::detail::concat("a multiple of 16 with col0 + ", dst.cols(), " columns <= ", shape.cols),
+      col0);
+  detail::panels_product<S>(dst.data(), dst.outerStride(), rows, panels, shape, col0, dst.cols(),
+                            accumulate);
 }
 
 /// dst = lhs * rhs split into fixed blocks of kFixedProductBlock rows of dst (or of columns, when

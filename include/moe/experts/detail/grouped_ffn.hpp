@@ -9,8 +9,10 @@
 #include "moe/core/workspace.hpp"
 #include "moe/experts/activation.hpp"
 #include "moe/experts/expert_weights.hpp"
+#include "moe/experts/packed_expert_weights.hpp"
 #include "moe/kernels/parallel.hpp"
 #include "moe/sparse/ops.hpp"
+#include "moe/sparse/panel_ops.hpp"
 #include "moe/sparse/topology.hpp"
 
 namespace moe::detail {
@@ -61,10 +63,12 @@ void group_column_sums(const BlockSparseTopology& topo, ConstMatrixRef<S> values
 /// y = act(x W1[e] + b1[e]) W2[e] + b2[e] for every data row of the grouped input `x`: buffers.x(),
 /// the caller's grouped rows, or the token rows read in place (GatheredRows); padding rows are
 /// neither read nor written in y (buffers.y(), or the caller's output). MegaBlocks SparseMLP:
-/// sdd -> act -> dsd.
+/// sdd -> act -> dsd. With `panels` the products read W1, W3 and W2 from that copy of w's
+/// matrices (the same bits), the biases from w.
 template <class S, class Rows>
 void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& topo, const Rows& x,
-                         GroupedBuffers<S>& buf, MatrixRef<S> y) {
+                         GroupedBuffers<S>& buf, MatrixRef<S> y,
+                         const PackedExpertWeights<S>* panels = nullptr) {
   const ExpertFFNConfig& c = w.config;
   auto h1 = buf.h1();
   auto h3 = buf.h3();
@@ -79,12 +83,19 @@ void grouped_ffn_forward(const ExpertWeights<S>& w, const BlockSparseTopology& t
     if (w.b3.size()) up.rowwise() += w.b3.row(e).segment(c0, cw);
     activation_forward(c.activation, c.swiglu_limit, tile, up, a.block(r0, c0, n, cw));
   };
-  if (buf.gated)
+  if (panels != nullptr && buf.gated)
+    sdd_pair_panels<S>(x, panels->w1(), panels->w3(), topo, h1, h3, activate);
+  else if (panels != nullptr)
+    sdd_panels<S>(x, panels->w1(), topo, h1, activate);
+  else if (buf.gated)
     sdd_pair_rows<S>(x, w.w1, w.w3, topo, h1, h3, activate);
   else
     sdd_rows<S>(x, w.w1, topo, h1, activate);
   // Padding rows of a (and of dh3 below) are never read: the products touch data rows only.
-  dsd<S>(a, w.w2, topo, y);
+  if (panels != nullptr)
+    dsd_panels<S>(a, panels->w2(), topo, y);
+  else
+    dsd<S>(a, w.w2, topo, y);
   add_group_bias<S>(topo, w.b2, y);
 }
 
