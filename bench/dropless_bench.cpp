@@ -14,6 +14,7 @@
 #include "moe/core/random.hpp"
 #include "moe/dispatch/dropless_plan.hpp"
 #include "moe/experts/dropless_ffn.hpp"
+#include "moe/experts/packed_expert_weights.hpp"
 #include "moe/kernels/parallel.hpp"
 #include "moe/routing/synthetic.hpp"
 
@@ -66,9 +67,10 @@ void set_counters(benchmark::State& state, const Shape& s, double flops) {
       benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-/// What a step runs: a forward with nothing to follow (token rows read in place), a training
-/// forward (keeps its grouped input for backward), or forward and backward.
-enum Pass { inference_forward, training_forward, forward_backward };
+/// What a step runs: a forward with nothing to follow (token rows read in place), the same over a
+/// panel copy of the weights (PackedExpertWeights, made once), a training forward (keeps its
+/// grouped input for backward), or forward and backward.
+enum Pass { inference_forward, panel_forward, training_forward, forward_backward };
 
 /// One dropless expert FFN step (plan, forward, optionally backward) with its buffers.
 struct DroplessRun {
@@ -93,14 +95,18 @@ struct DroplessRun {
     fill(x, 4);
     fill(gates, 5);
     fill(grad_out, 6);
-    ctx.save_for_backward = pass != inference_forward;
+    ctx.save_for_backward = pass != inference_forward && pass != panel_forward;
+    if (pass == panel_forward) panels.refresh(w);
   }
   static moe::ExpertFFNConfig make_config(const Shape& s) {
     return moe::bench::swiglu_experts(s.experts, s.d, s.f);
   }
   void step() {
     moe::make_dropless_plan(ids, s.experts, block, plan);
-    moe::dropless_ffn_forward<float>(w, x, gates, plan, ctx, y);
+    if (panels.config().num_experts > 0)
+      moe::dropless_ffn_forward<float>(w, panels, x, gates, plan, ctx, y);
+    else
+      moe::dropless_ffn_forward<float>(w, x, gates, plan, ctx, y);
     if (backward)
       moe::dropless_ffn_backward<float>(w, grad_out, plan, ctx, grads, grad_x, grad_gates);
     benchmark::DoNotOptimize(y.data());
@@ -112,6 +118,7 @@ struct DroplessRun {
   bool backward;
   moe::ExpertFFNConfig config;
   moe::ExpertWeights<float> w;
+  moe::PackedExpertWeights<float> panels;  ///< panel_forward only
   Matrix x, gates, grad_out;
   moe::ExpertIdMatrix ids;
   moe::DroplessPlan plan;
@@ -247,6 +254,7 @@ void BM_dropless_forward_backward(benchmark::State& state) { dropless(state, for
 void BM_dense_limit_forward(benchmark::State& state) { dense_limit(state, false); }
 void BM_dense_limit_forward_backward(benchmark::State& state) { dense_limit(state, true); }
 void BM_ratio_forward(benchmark::State& state) { paired_ratio(state, inference_forward); }
+void BM_ratio_panel_forward(benchmark::State& state) { paired_ratio(state, panel_forward); }
 void BM_ratio_training_forward(benchmark::State& state) { paired_ratio(state, training_forward); }
 void BM_ratio_forward_backward(benchmark::State& state) { paired_ratio(state, forward_backward); }
 
@@ -285,6 +293,7 @@ void training_ratio_args(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_ratio_forward)->Apply(ratio_args);
+BENCHMARK(BM_ratio_panel_forward)->Apply(training_ratio_args)->Args({5, 128, 4});
 BENCHMARK(BM_ratio_training_forward)->Apply(training_ratio_args);
 BENCHMARK(BM_ratio_forward_backward)->Apply(ratio_args);
 BENCHMARK(BM_dropless_forward)->Apply(dropless_args);

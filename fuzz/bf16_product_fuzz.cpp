@@ -1,8 +1,10 @@
-// bfloat16 rounding and the bf16 products. Invariants: to_bf16 of any float is its nearest bf16,
-// ties to even, overflowing to infinity past the largest and NaN to 0x7fc0; both bf16 kernels
-// (the portable one, and vdpbf16ps where the CPU has it) give the plain loop's bits
+// bfloat16 rounding and the products over panels. Invariants: to_bf16 of any float is its
+// nearest bf16, ties to even, overflowing to infinity past the largest and NaN to 0x7fc0; both
+// bf16 kernels (the portable one, and vdpbf16ps where the CPU has it) give the plain loop's bits
 // (tests/support/bf16_reference.hpp) for any shape, column range of whole panels and normal
-// operands, storing or accumulating.
+// operands, storing or accumulating; the float panel product gives gemm's bits over the same
+// weights row-major for any row count (each in the order of gemm's kernel for it), column range
+// and accumulation, and leaves every other column alone.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -10,6 +12,8 @@
 
 #include <moe/core/aligned_buffer.hpp>
 #include <moe/kernels/bf16_product.hpp>
+#include <moe/kernels/gemm.hpp>
+#include <moe/kernels/panels.hpp>
 
 #include "fuzz_input.hpp"
 #include "support/bf16_reference.hpp"
@@ -56,6 +60,25 @@ bf16 operand(moe::fuzz::FuzzInput& in) {
   return moe::bf16_from_bits(bits);
 }
 
+/// kernels::panel_product over the panels of a random [depth, cols] float matrix, from a column
+/// that is a multiple of 16, against kernels::gemm over the same columns of the matrix.
+void check_float_panels(moe::fuzz::FuzzInput& in) {
+  const Index m = in.range(1, 90), depth = in.range(0, 300), cols = in.range(16, 150);
+  const bool accumulate = in.flag();
+  moe::RowMatrix<float> a(m, depth), w(depth, cols), c0(m, cols);
+  for (moe::RowMatrix<float>* matrix : {&a, &w, &c0})
+    for (Index i = 0; i < matrix->size(); ++i) matrix->data()[i] = in.unit<float>() - 0.5f;
+  const moe::kernels::Panels shape{depth, cols};
+  moe::AlignedBuffer<float> panels(static_cast<std::size_t>(shape.size()));
+  moe::kernels::pack_panels(w.data(), cols, shape, panels.data());
+  const Index col0 = 16 * in.range(0, (cols - 16) / 16);
+  const Index width = in.range(std::min<Index>(16, cols - col0), cols - col0);
+  moe::RowMatrix<float> want = c0, c = c0;
+  moe::kernels::gemm(want.middleCols(col0, width), a, w.middleCols(col0, width), accumulate);
+  moe::kernels::panel_product(c.middleCols(col0, width), a, panels.data(), shape, col0, accumulate);
+  MOE_FUZZ_CHECK(c == want);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -94,5 +117,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         MOE_FUZZ_CHECK(c(i, j) == (inside ? want(i, j) : c0(i, j)));
       }
   }
+  check_float_panels(in);
   return 0;
 }

@@ -287,7 +287,12 @@ void bind_layer_for(py::module_& m) {
           "refresh_bf16_experts", [](Layer& l) { l.layer().refresh_bf16_experts(); },
           "With expert_precision = bf16: rounds the routed experts' float weights into the bf16 "
           "copy their products read, now (a forward does it by itself when sampled weights "
-          "changed; call this after editing a few weights by hand).");
+          "changed; call this after editing a few weights by hand).")
+      .def(
+          "refresh_expert_panels", [](Layer& l) { l.layer().refresh_expert_panels(); },
+          "With expert_layout = panels: lays the routed experts' weights out in the panel copy "
+          "the forward reads, now (a forward does it by itself when sampled weights changed; call "
+          "this after editing a few weights by hand).");
   register_dtype_pair(m, "MoELayer");
 }
 
@@ -320,6 +325,12 @@ void bind_layer(py::module_& m) {
                              "over a bf16 copy of the float32 weights; float32 layers).")
       .value("native", ExpertPrecision::native)
       .value("bf16", ExpertPrecision::bf16);
+  py::enum_<ExpertLayout>(m, "ExpertLayout",
+                          "row_major (the forward reads the experts' weights in place) or panels "
+                          "(from a copy in column panels the layer keeps: the same bits, faster "
+                          "at decode and at tens of rows per expert, one more copy in memory).")
+      .value("row_major", ExpertLayout::row_major)
+      .value("panels", ExpertLayout::panels);
 
   py::class_<SharedExpertConfig> shared(
       m, "SharedExpertConfig",
@@ -353,6 +364,7 @@ void bind_layer(py::module_& m) {
       .def_readwrite("weight_before_ffn", &MoELayerConfig::weight_before_ffn)
       .def_readwrite("zero_computation_experts", &MoELayerConfig::zero_computation_experts)
       .def_readwrite("expert_precision", &MoELayerConfig::expert_precision)
+      .def_readwrite("expert_layout", &MoELayerConfig::expert_layout)
       .def_readwrite("health", &MoELayerConfig::health)
       .def("num_ffn_experts", &MoELayerConfig::num_ffn_experts,
            "The experts with weights: router.num_experts less the zero-computation ones.");

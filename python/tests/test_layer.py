@@ -233,3 +233,21 @@ def test_bf16_experts_follow_a_pytorch_optimizer_step_and_stay_near_float():
     layer.refresh_bf16_experts()
     with pytest.raises(moe.Error, match="expert_precision = bf16"):
         native.refresh_bf16_experts()
+
+
+def test_expert_panels_give_the_row_major_layers_bits_and_follow_a_step():
+    config = dropless_config()
+    config.expert_layout = moe.ExpertLayout.panels
+    layer = moe.MoELayer(config, dtype=np.float32)
+    plain = moe.MoELayer(dropless_config(), dtype=np.float32)
+    layer.init_weights(9)
+    plain.init_weights(9)
+    x = exact_inputs(T, D, 3, np.float32)
+    np.testing.assert_array_equal(layer.forward(x).y, plain.forward(x).y)
+    # An edit through the parameter views reaches the next forward.
+    for params in (layer.parameters(), plain.parameters()):
+        params["experts.w2"][...] *= 0.5
+    np.testing.assert_array_equal(layer.forward(x).y, plain.forward(x).y)
+    layer.refresh_expert_panels()
+    with pytest.raises(moe.Error, match="expert_layout = row_major"):
+        plain.refresh_expert_panels()

@@ -8,6 +8,7 @@
 #include "moe/core/workspace.hpp"
 #include "moe/experts/detail/grouped_ffn.hpp"
 #include "moe/experts/expert_weights.hpp"
+#include "moe/experts/packed_expert_weights.hpp"
 #include "moe/sparse/topology.hpp"
 
 namespace moe {
@@ -35,6 +36,54 @@ GroupedBuffers<S> capacity_buffers(const ExpertWeights<S>& w, CapacityFFNContext
                            w.config.ffn_hidden, is_gated(w.config.activation)};
 }
 
+/// capacity_ffn_forward, its products reading `panels` (a copy of weights' matrices) when set.
+template <class S>
+void capacity_ffn_forward_over(const ExpertWeights<S>& weights,
+                               const PackedExpertWeights<S>* panels, ConstMatrixRef<S> x,
+                               Index capacity, const Eigen::Ref<const IndexVector>& filled,
+                               CapacityFFNContext<S>& ctx, MatrixRef<S> out) {
+  require_weights(weights, "weights");
+  if (panels != nullptr) require_panels_of(*panels, weights.config);
+  const ExpertFFNConfig& c = weights.config;
+  const Index experts = c.num_experts;
+  require(capacity >= 0, "capacity", ">= 0", capacity);
+  const Index slots = checked_mul(experts, capacity, "capacity");
+  require_shape(x, "x", slots, c.hidden);
+  require_shape(out, "out", slots, c.hidden);
+  require(filled.size() == 0 || filled.size() == experts, "filled",
+          concat("0 or ", experts, " entries"), filled.size());
+  IndexVector offsets(experts + 1), rows(experts);
+  for (Index e = 0; e <= experts; ++e) offsets[e] = e * capacity;
+  for (Index e = 0; e < experts; ++e) {
+    rows[e] = filled.size() ? filled[e] : capacity;
+    require(rows[e] >= 0 && rows[e] <= capacity, "filled",
+            concat("0 <= filled <= capacity (", capacity, ") for expert ", e), rows[e]);
+  }
+  // Only the filled slots are read: a NaN in an empty one is the dispatcher's padding, not input.
+  for (Index e = 0; e < experts; ++e) require_finite(x.middleRows(e * capacity, rows[e]), "x");
+  ctx.capacity = capacity;
+  ctx.experts = c;
+  ctx.topology = make_topology(offsets, rows, 1, c.ffn_hidden, c.block_cols);
+  ctx.topology.write_padding = false;  // empty slots are set to zero below, never read
+  ctx.saved = ctx.save_for_backward;
+  GroupedBuffers<S> buf = capacity_buffers(weights, ctx);
+  if (ctx.saved) {
+    // Copied so backward does not depend on the caller keeping x alive.
+    auto xs = buf.x();
+    kernels::parallel_for(0, experts, [&](Index e) {
+      const Index g0 = e * capacity;
+      xs.middleRows(g0, rows[e]) = x.middleRows(g0, rows[e]);
+    });
+    grouped_ffn_forward<S>(weights, ctx.topology, buf.x(), buf, out, panels);
+  } else {
+    // Every read of x (the first products) ends before the last product writes out.
+    grouped_ffn_forward<S>(weights, ctx.topology, x, buf, out, panels);
+  }
+  kernels::parallel_for(0, experts, [&](Index e) {
+    out.middleRows(e * capacity + rows[e], capacity - rows[e]).setZero();
+  });
+}
+
 }  // namespace detail
 
 /// y[e*C + s] = act(x[e*C + s] W1[e] + b1[e]) W2[e] + b2[e] for the first filled[e] slots of each
@@ -46,45 +95,17 @@ template <class S>
 void capacity_ffn_forward(const ExpertWeights<S>& weights, ConstMatrixRef<S> x, Index capacity,
                           const Eigen::Ref<const IndexVector>& filled, CapacityFFNContext<S>& ctx,
                           MatrixRef<S> out) {
-  detail::require_weights(weights, "weights");
-  const ExpertFFNConfig& c = weights.config;
-  const Index experts = c.num_experts;
-  require(capacity >= 0, "capacity", ">= 0", capacity);
-  const Index slots = checked_mul(experts, capacity, "capacity");
-  require_shape(x, "x", slots, c.hidden);
-  require_shape(out, "out", slots, c.hidden);
-  require(filled.size() == 0 || filled.size() == experts, "filled",
-          detail::concat("0 or ", experts, " entries"), filled.size());
-  IndexVector offsets(experts + 1), rows(experts);
-  for (Index e = 0; e <= experts; ++e) offsets[e] = e * capacity;
-  for (Index e = 0; e < experts; ++e) {
-    rows[e] = filled.size() ? filled[e] : capacity;
-    require(rows[e] >= 0 && rows[e] <= capacity, "filled",
-            detail::concat("0 <= filled <= capacity (", capacity, ") for expert ", e), rows[e]);
-  }
-  // Only the filled slots are read: a NaN in an empty one is the dispatcher's padding, not input.
-  for (Index e = 0; e < experts; ++e) require_finite(x.middleRows(e * capacity, rows[e]), "x");
-  ctx.capacity = capacity;
-  ctx.experts = c;
-  ctx.topology = make_topology(offsets, rows, 1, c.ffn_hidden, c.block_cols);
-  ctx.topology.write_padding = false;  // empty slots are set to zero below, never read
-  ctx.saved = ctx.save_for_backward;
-  detail::GroupedBuffers<S> buf = detail::capacity_buffers(weights, ctx);
-  if (ctx.saved) {
-    // Copied so backward does not depend on the caller keeping x alive.
-    auto xs = buf.x();
-    kernels::parallel_for(0, experts, [&](Index e) {
-      const Index g0 = e * capacity;
-      xs.middleRows(g0, rows[e]) = x.middleRows(g0, rows[e]);
-    });
-    detail::grouped_ffn_forward<S>(weights, ctx.topology, buf.x(), buf, out);
-  } else {
-    // Every read of x (the first products) ends before the last product writes out.
-    detail::grouped_ffn_forward<S>(weights, ctx.topology, x, buf, out);
-  }
-  kernels::parallel_for(0, experts, [&](Index e) {
-    out.middleRows(e * capacity + rows[e], capacity - rows[e]).setZero();
-  });
+  detail::capacity_ffn_forward_over<S>(weights, nullptr, x, capacity, filled, ctx, out);
+}
+
+/// The same with the products reading `panels`, the panel copy of weights' matrices
+/// (PackedExpertWeights(weights), refreshed since weights last changed): the same bits.
+template <class S>
+void capacity_ffn_forward(const ExpertWeights<S>& weights, const PackedExpertWeights<S>& panels,
+                          ConstMatrixRef<S> x, Index capacity,
+                          const Eigen::Ref<const IndexVector>& filled, CapacityFFNContext<S>& ctx,
+                          MatrixRef<S> out) {
+  detail::capacity_ffn_forward_over<S>(weights, &panels, x, capacity, filled, ctx, out);
 }
 
 namespace detail {

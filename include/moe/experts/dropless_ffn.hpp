@@ -72,11 +72,7 @@ void dropless_ffn_forward_over(const ExpertWeights<S>& weights,
                                DroplessFFNContext<S>& ctx, MatrixRef<S> out) {
   require_weights(weights, "weights");
   const ExpertFFNConfig& c = weights.config;
-  if (panels != nullptr)
-    require(same_shapes(panels->config(), c), "panels",
-            "the panels of weights of the same config (PackedExpertWeights(weights))",
-            panels->config().num_experts < 0 ? "an empty PackedExpertWeights"
-                                             : "the panels of weights of another shape");
+  if (panels != nullptr) require_panels_of(*panels, c);
   require(plan.num_experts == c.num_experts, "plan.num_experts",
           concat(c.num_experts, " (weights.config.num_experts)"), plan.num_experts);
   require_shape(x, "x", plan.num_tokens, c.hidden);

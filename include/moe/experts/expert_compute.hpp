@@ -12,15 +12,18 @@
 #include "moe/experts/capacity_ffn.hpp"
 #include "moe/experts/dropless_ffn.hpp"
 #include "moe/experts/expert_weights.hpp"
+#include "moe/experts/packed_expert_weights.hpp"
 
 namespace moe {
 
 /// The routed experts' weights as the products read them: `weights` (the master copy, which takes
-/// the gradients), and `bf16`, when set, the copy the dropless FFN's products read instead.
+/// the gradients), and `bf16`, when set, the copy the FFN's products read instead; or `panels`,
+/// when set, the panel copy of `weights` the forward's products read (the same bits).
 template <class S>
 struct ExpertCompute {
   const ExpertWeights<S>& weights;
   const Bf16ExpertWeights* bf16 = nullptr;
+  const PackedExpertWeights<S>* panels = nullptr;
 };
 
 /// The dropless FFN's contexts in the layer's precision and in bf16; the forward that ran last
@@ -51,7 +54,8 @@ void dropless_ffn_forward(const ExpertCompute<S>& experts, ConstMatrixRef<S> x,
   require(experts.bf16 == nullptr, "MoELayerConfig::expert_precision",
           "bf16 experts in a layer of float", "a layer of double");
   ctx.native.save_for_backward = save_for_backward;
-  dropless_ffn_forward<S>(experts.weights, x, gates, plan, ctx.native, y);
+  detail::dropless_ffn_forward_over<S>(experts.weights, experts.panels, x, gates, plan, ctx.native,
+                                       y);
 }
 
 namespace detail {
@@ -149,7 +153,8 @@ void capacity_ffn_forward(const ExpertCompute<S>& experts, ConstMatrixRef<S> x, 
   require(experts.bf16 == nullptr, "MoELayerConfig::expert_precision",
           "bf16 experts in a layer of float", "a layer of double");
   ctx.native.save_for_backward = save_for_backward;
-  capacity_ffn_forward<S>(experts.weights, x, capacity, filled, ctx.native, out);
+  detail::capacity_ffn_forward_over<S>(experts.weights, experts.panels, x, capacity, filled,
+                                       ctx.native, out);
 }
 
 /// Backward of that forward given its buffer x: grad_x [E*C, d] (0 in empty slots) and the

@@ -105,4 +105,17 @@ class PackedExpertWeights {
   AlignedBuffer<S> w1_, w3_, w2_;
 };
 
+namespace detail {
+
+/// Checks that `panels` were made from weights of config `c`.
+template <class S>
+void require_panels_of(const PackedExpertWeights<S>& panels, const ExpertFFNConfig& c) {
+  require(same_shapes(panels.config(), c), "panels",
+          "the panels of weights of the same config (PackedExpertWeights(weights))",
+          panels.config().num_experts < 0 ? "an empty PackedExpertWeights"
+                                          : "the panels of weights of another shape");
+}
+
+}  // namespace detail
+
 }  // namespace moe

@@ -26,6 +26,16 @@ enum class ExpertPrecision {
   bf16
 };
 
+/// How the routed experts' forward products read their matrices (native precision).
+enum class ExpertLayout {
+  row_major,  ///< in place, as the parameters are stored
+  /// from a copy in column panels (PackedExpertWeights) that the layer makes at its first forward
+  /// and again once the weights changed: the same bits, read at the speed of a plain pass over the
+  /// weights at decode and near the GEMM rate at tens of rows per expert, for one more copy of the
+  /// matrices (README: expert FFNs at serving batch sizes)
+  panels
+};
+
 /// Always-on experts every token passes through, added to the routed output (DeepSeek-V3), and
 /// optionally scaled by sigmoid(x . w_gate) (Qwen2-MoE shared_expert_gate). ffn_hidden 0: none.
 struct SharedExpertConfig {
@@ -61,6 +71,10 @@ struct MoELayerConfig {
   /// weights changed; gradients stay float. The router, shared expert, losses and health stay in
   /// the layer's precision.
   ExpertPrecision expert_precision = ExpertPrecision::native;
+  /// panels: the routed experts' forward reads a panel copy of their weights that the layer keeps
+  /// (MoELayer::refresh_expert_panels), bit for bit the forward over the weights themselves; the
+  /// backward reads the weights. Native precision only (bf16 experts read bf16 panels).
+  ExpertLayout expert_layout = ExpertLayout::row_major;
   /// The step's health report (MoEOutput::health): thresholds, and the opt-in top-k margins and
   /// bfloat16 stability (HealthConfig::selection_metrics).
   HealthConfig health;
@@ -114,6 +128,12 @@ inline void validate(const MoELayerConfig& c) {
     require(c.dispatch == DispatchKind::dropless, "MoELayerConfig::weight_before_ffn",
             "dropless dispatch", "capacity dispatch");
   }
+  require(
+      c.expert_layout == ExpertLayout::row_major || c.expert_precision == ExpertPrecision::native,
+      "MoELayerConfig::expert_layout",
+      "row_major with expert_precision = bf16 (bf16 experts "
+      "always read their bf16 panels)",
+      "panels");
   if (c.aux_loss) validate(*c.aux_loss);
   validate(c.health);
   if (c.zero_computation_experts > 0) {

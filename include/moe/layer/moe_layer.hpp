@@ -22,6 +22,7 @@
 #include "moe/experts/bf16_expert_weights.hpp"
 #include "moe/experts/expert_compute.hpp"
 #include "moe/experts/expert_weights.hpp"
+#include "moe/experts/packed_expert_weights.hpp"
 #include "moe/health/bf16_what_if.hpp"
 #include "moe/health/report.hpp"
 #include "moe/layer/config.hpp"
@@ -434,6 +435,20 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
   /// refresh_bf16_experts; empty before).
   const Bf16ExpertWeights& bf16_experts() const noexcept { return bf16_experts_; }
 
+  /// With ExpertLayout::panels: lays the routed experts' weights out in the panel copy the
+  /// forward's products read, now. A forward does it by itself when it finds the weights changed
+  /// (as for the bf16 copy: a few values of each expert's matrices compared); call this after an
+  /// edit that may leave those untouched.
+  void refresh_expert_panels() {
+    require(config.expert_layout == ExpertLayout::panels, "MoELayer::refresh_expert_panels",
+            "a layer configured with expert_layout = panels", "expert_layout = row_major");
+    refresh_panels();
+  }
+
+  /// The panel copy of the routed experts (ExpertLayout::panels, after a forward or
+  /// refresh_expert_panels; empty before).
+  const PackedExpertWeights<S>& expert_panels() const noexcept { return panel_experts_; }
+
  private:
   /// The backward of one step(), over the rows it ran on. Defined below the class, not inline:
   /// with the compiled component (moe::compiled) it is instantiated there, not in every
@@ -459,8 +474,15 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
   /// date first by a forward (`forward`) when the float weights changed since it was made, and
   /// made with the transposes the backward reads when `training` (never dropped once made).
   ExpertCompute<S> expert_compute(bool forward, bool training) {
-    if (config.expert_precision != ExpertPrecision::bf16 || experts.w1.size() == 0)
-      return ExpertCompute<S>{experts, nullptr};
+    if (experts.w1.size() == 0) return ExpertCompute<S>{experts};
+    if (config.expert_layout == ExpertLayout::panels) {
+      // The backward reads the weights themselves: only a forward needs the copy current.
+      if (forward &&
+          (panel_experts_.config().num_experts < 0 || panel_fingerprint_ != fingerprint()))
+        refresh_panels();
+      return ExpertCompute<S>{experts, nullptr, &panel_experts_};
+    }
+    if (config.expert_precision != ExpertPrecision::bf16) return ExpertCompute<S>{experts};
     const bool has_transposes = bf16_experts_.copies() == Bf16Copies::training;
     const Bf16Copies copies =
         training || has_transposes ? Bf16Copies::training : Bf16Copies::forward;
@@ -477,6 +499,12 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     } else {
       (void)copies;
     }
+  }
+
+  void refresh_panels() {
+    if (experts.w1.size() == 0) return;
+    panel_experts_.refresh(experts);
+    panel_fingerprint_ = fingerprint();
   }
 
   /// A few values of each expert's matrices and biases (8 spread over each block), compared bit
@@ -589,8 +617,10 @@ class MoELayer : public TokenExchangeMember<Exchange>, public ParameterSet<MoELa
     }
   }
 
-  Bf16ExpertWeights bf16_experts_;               ///< ExpertPrecision::bf16: what the products read
-  std::vector<std::uint32_t> bf16_fingerprint_;  ///< fingerprint() when bf16_experts_ was made
+  Bf16ExpertWeights bf16_experts_;                ///< ExpertPrecision::bf16: what the products read
+  std::vector<std::uint32_t> bf16_fingerprint_;   ///< fingerprint() when bf16_experts_ was made
+  PackedExpertWeights<S> panel_experts_;          ///< ExpertLayout::panels: what the forward reads
+  std::vector<std::uint32_t> panel_fingerprint_;  ///< fingerprint() when panel_experts_ was made
 };
 
 template <class S, class Exchange>
