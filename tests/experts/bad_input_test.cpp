@@ -1,11 +1,13 @@
 // The bad-input catalogue of the experts family: configs, weights and their initialization, the
 // dropless and capacity FFNs forward and backward (shapes, non-finite input, foreign contexts,
-// overlapping outputs, sizes).
+// overlapping outputs, sizes), their panel copies and the block-sparse products over panels.
 #include <limits>
 #include <vector>
 
 #include <moe/experts/capacity_ffn.hpp>
 #include <moe/experts/dropless_ffn.hpp>
+#include <moe/experts/packed_expert_weights.hpp>
+#include <moe/sparse/panel_ops.hpp>
 
 #include "support/bad_input.hpp"
 #include "support/catch.hpp"
@@ -206,4 +208,53 @@ TEST_CASE("the capacity FFN refuses bad input and foreign contexts", "[experts][
   require_rejects(
       [&] { moe::capacity_ffn_backward<double>(wider, x, big, ctx, wider_grads, grad_x); }, "ctx",
       "f = 7", "f = 5");
+}
+
+TEST_CASE("panel copies and the products over them refuse weights they were not made from",
+          "[experts][errors][panels]") {
+  Dropless d;
+  const moe::PackedExpertWeights<double> panels(d.weights), empty;
+  moe::ExpertWeights<double> wider([] {
+    auto c = config();
+    c.ffn_hidden = 6;
+    return c;
+  }());
+  wider.init_weights(4, 0.3);
+  const moe::PackedExpertWeights<double> other(wider);
+  Matrix y(4, 4);
+  const auto forward = [&](const moe::PackedExpertWeights<double>& copy) {
+    return [&] {
+      moe::DroplessFFNContext<double> ctx;
+      moe::dropless_ffn_forward<double>(d.weights, copy, d.x, d.gates, d.plan, ctx, y);
+    };
+  };
+  require_rejects(forward(other), "panels",
+                  "the panels of weights of the same config (PackedExpertWeights(weights))",
+                  "the panels of weights of another shape");
+  require_rejects(forward(empty), "panels", "the panels of weights of the same config",
+                  "an empty PackedExpertWeights");
+  CHECK_NOTHROW(forward(panels)());
+  moe::CapacityFFNContext<double> capacity_ctx;
+  Matrix slots = moe::test::random_matrix(6, 4, 5), out(6, 4);
+  require_rejects(
+      [&] {
+        moe::capacity_ffn_forward<double>(d.weights, other, slots, 2, moe::IndexVector(),
+                                          capacity_ctx, out);
+      },
+      "panels", "the panels of weights of the same config", "another shape");
+  moe::ExpertWeights<double> edited = d.weights;
+  edited.config.ffn_hidden = 6;  // the parameters keep their shapes
+  require_rejects([&] { moe::PackedExpertWeights<double> copy(edited); }, "master.w1",
+                  "shape [12, 6]", "[12, 5]");
+  // The products over panels name the operand that does not fit the topology.
+  const moe::BlockSparseTopology topo = moe::make_topology(d.plan, 5);
+  Matrix h1(topo.rows(), 5), h3(topo.rows(), 5), grouped(topo.rows(), 4);
+  require_rejects(
+      [&] {
+        moe::sdd_pair_panels<double>(grouped, panels.w1(), other.w3(), topo, h1, h3,
+                                     moe::NoEpilogue{});
+      },
+      "b2", "panels of [4, 5] matrices", "panels of [4, 6]");
+  require_rejects([&] { moe::dsd_panels<double>(h1, other.w2(), topo, grouped); }, "b",
+                  "panels of [5, 4] matrices", "panels of [6, 4]");
 }

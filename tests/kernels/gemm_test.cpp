@@ -10,6 +10,7 @@
 
 #include "moe/core/aligned_buffer.hpp"
 #include "moe/kernels/gemm.hpp"
+#include "support/bad_input.hpp"
 #include "support/catch.hpp"
 
 using namespace moe;
@@ -316,13 +317,13 @@ TEST_CASE("panel_product refuses operands that do not fit its panels", "[core][g
   AlignedBuffer<float> panels(static_cast<std::size_t>(shape.size()), 0.0f);
   const RowMatrix<float> x = RowMatrix<float>::Ones(4, 32), short_x = RowMatrix<float>::Ones(4, 31);
   RowMatrix<float> out(4, 48), wrong_rows(3, 48);
-  REQUIRE_THROWS_WITH(kernels::panel_product(out, short_x, panels.data(), shape, 0),
-                      Catch::Contains("lhs") && Catch::Contains("32 columns"));
-  REQUIRE_THROWS_WITH(kernels::panel_product(wrong_rows, x, panels.data(), shape, 0),
-                      Catch::Contains("dst") && Catch::Contains("4 rows"));
-  REQUIRE_THROWS_WITH(kernels::panel_product(out, x, panels.data(), shape, 8),
-                      Catch::Contains("col0") && Catch::Contains("multiple of 16"));
-  REQUIRE_THROWS_WITH(kernels::panel_product(out, x, panels.data(), shape, 64),
-                      Catch::Contains("col0") && Catch::Contains("<= 96"));
+  test::require_rejects([&] { kernels::panel_product(out, short_x, panels.data(), shape, 0); },
+                        "lhs", "32 columns (the panels' depth)", "31");
+  test::require_rejects([&] { kernels::panel_product(wrong_rows, x, panels.data(), shape, 0); },
+                        "dst", "4 rows (lhs rows)", "3");
+  test::require_rejects([&] { kernels::panel_product(out, x, panels.data(), shape, 8); }, "col0",
+                        "a multiple of 16 with col0 + 48 columns <= 96", "8");
+  test::require_rejects([&] { kernels::panel_product(out, x, panels.data(), shape, 64); }, "col0",
+                        "a multiple of 16 with col0 + 48 columns <= 96", "64");
   REQUIRE_NOTHROW(kernels::panel_product(out, x, panels.data(), shape, 48));
 }
