@@ -2,9 +2,9 @@
 // nearest bf16, ties to even, overflowing to infinity past the largest and NaN to 0x7fc0; both
 // bf16 kernels (the portable one, and vdpbf16ps where the CPU has it) give the plain loop's bits
 // (tests/support/bf16_reference.hpp) for any shape, column range of whole panels and normal
-// operands, storing or accumulating; the float panel product gives gemm's bits over the same
-// weights row-major for any row count (each in the order of gemm's kernel for it), column range
-// and accumulation, and leaves every other column alone.
+// operands, storing or accumulating; the float panel product gives the plain loop's bits in the
+// order it states for its row count (tests/kernels/reference_kernels.hpp), for any column range,
+// depth (0 too) and accumulation, and leaves every other column alone.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -16,6 +16,7 @@
 #include <moe/kernels/panels.hpp>
 
 #include "fuzz_input.hpp"
+#include "kernels/reference_kernels.hpp"
 #include "support/bf16_reference.hpp"
 
 namespace {
@@ -61,7 +62,7 @@ bf16 operand(moe::fuzz::FuzzInput& in) {
 }
 
 /// kernels::panel_product over the panels of a random [depth, cols] float matrix, from a column
-/// that is a multiple of 16, against kernels::gemm over the same columns of the matrix.
+/// that is a multiple of 16, against the plain loop of its order (tests/kernels).
 void check_float_panels(moe::fuzz::FuzzInput& in) {
   const Index m = in.range(1, 90), depth = in.range(0, 300), cols = in.range(16, 150);
   const bool accumulate = in.flag();
@@ -74,7 +75,16 @@ void check_float_panels(moe::fuzz::FuzzInput& in) {
   const Index col0 = 16 * in.range(0, (cols - 16) / 16);
   const Index width = in.range(std::min<Index>(16, cols - col0), cols - col0);
   moe::RowMatrix<float> want = c0, c = c0;
-  moe::kernels::gemm(want.middleCols(col0, width), a, w.middleCols(col0, width), accumulate);
+  // The products run on the copy product_isa() names: every run-time copy fuses its madds.
+#if defined(__FMA__)
+  moe::test::ref::fused_madd = true;
+#else
+  moe::test::ref::fused_madd = moe::kernels::product_isa() != moe::kernels::ProductIsa::compiled;
+#endif
+  const float* w_columns = depth > 0 ? w.data() + col0 : nullptr;  // depth 0: nothing to read
+  moe::test::ref::panel_product(
+      want.data() + col0, cols, m, width, depth, [&](Index i) { return a.row(i).data(); },
+      w_columns, cols, accumulate);
   moe::kernels::panel_product(c.middleCols(col0, width), a, panels.data(), shape, col0, accumulate);
   MOE_FUZZ_CHECK(c == want);
 }

@@ -240,7 +240,6 @@ void check_packed(Index m, Index n, Index k) {
 /// or gathered, against the reference of the in-place kernel gemm runs for m rows.
 template <class Set, class S>
 void check_panels(Index m, Index n, Index k, Index col0, Index cols) {
-  using B = typename Set::template Blocking<S>;
   const Buffer<S> a(m, k, 21), b(k, n, 22);
   const kernels::Panels shape{k, n};
   AlignedBuffer<S> panels(static_cast<std::size_t>(shape.size()));
@@ -266,21 +265,10 @@ void check_panels(Index m, Index n, Index k, Index col0, Index cols) {
             Set::panel_product(c, cs, lhs, panels.data(), shape, col0, cols, accumulate);
           },
           [&](S* c, Index cs) {
-            const auto run = [&](const auto& row) {
-              const auto at = [&](Index i, Index p) { return row(i)[p]; };
-              if (m <= B::kStreamedMaxRows)
-                test::ref::streamed_product(c, cs, m, cols, k, at, w, b.stride, accumulate);
-              else if (m <= B::kSkinnyMaxRows)
-                test::ref::skinny_product(c, cs, m, cols, k, row, w, b.stride, accumulate, {});
-              else
-                test::ref::chunked_product<S>(
-                    c, cs, m, cols, k, at, [&](Index p, Index j) { return w[p * b.stride + j]; },
-                    accumulate, B::kPackedDepth);
-            };
             if (gathered)
-              run(gathered_row);
+              test::ref::panel_product(c, cs, m, cols, k, gathered_row, w, b.stride, accumulate);
             else
-              run(lhs_row);
+              test::ref::panel_product(c, cs, m, cols, k, lhs_row, w, b.stride, accumulate);
           });
     }
 }

@@ -106,6 +106,23 @@ void packed_product(S* c, Index c_stride, Index m, Index n, Index k, const LhsGr
       accumulate, kernels::ProductBlocking<S>::kPackedDepth);
 }
 
+/// c (+)= lhs rows times columns [col0, col0 + n) of w (row-major [k, >= col0 + n]) in the order
+/// panel_product states for m rows: gemm's own kernel's for m rows (streamed up to
+/// kStreamedMaxRows, skinny up to kSkinnyMaxRows, packed past it).
+template <class S, class LhsRow>
+void panel_product(S* c, Index c_stride, Index m, Index n, Index k, const LhsRow& lhs_row,
+                   const S* w, Index w_stride, bool accumulate) {
+  using B = kernels::ProductBlocking<S>;
+  const auto lhs = [&](Index i, Index p) { return lhs_row(i)[p]; };
+  const auto rhs = [&](Index p, Index j) { return w[p * w_stride + j]; };
+  if (m <= B::kStreamedMaxRows)
+    streamed_product(c, c_stride, m, n, k, lhs, w, w_stride, accumulate);
+  else if (m <= B::kSkinnyMaxRows)
+    chunked_product<S>(c, c_stride, m, n, k, lhs, rhs, accumulate, std::max<Index>(k, 1));
+  else
+    chunked_product<S>(c, c_stride, m, n, k, lhs, rhs, accumulate, B::kPackedDepth);
+}
+
 /// buffer[p, j] = w[j, p], buffer rows buffer_stride apart (the kernels' kTileCols).
 template <class S>
 void transpose_into(S* buffer, Index buffer_stride, const S* w, Index w_stride, Index width,
