@@ -84,6 +84,14 @@ TEST_CASE("aligned buffers and the workspace hand out 64-byte aligned memory tha
   }
   moe::AlignedBuffer<double> empty;
   CHECK(empty.data() == nullptr);
+  CHECK(empty.copy().data() == nullptr);
+  moe::AlignedBuffer<int> counted(5);
+  for (int i = 0; i < 5; ++i) counted.data()[i] = 3 * i + 1;
+  const moe::AlignedBuffer<int> copy = counted.copy();  // its own memory, the same values
+  CHECK(copy.data() != counted.data());
+  CHECK(aligned(copy.data()));
+  CHECK(copy.size() == 5);
+  for (int i = 0; i < 5; ++i) CHECK(copy.data()[i] == 3 * i + 1);
 
   moe::Workspace ws;
   auto a = ws.matrix<float>(0, 10, 7);

@@ -148,7 +148,8 @@ TEST_CASE("the forward over panels refuses panels of other weights", "[dropless]
   REQUIRE_THROWS_WITH(dropless_ffn_forward<float>(w, empty, x, gates, plan, ctx, y),
                       Catch::Contains("panels") && Catch::Contains("empty PackedExpertWeights"));
   ExpertWeights<float> unbound;
-  REQUIRE_THROWS_WITH(PackedExpertWeights<float>{unbound}, Catch::Contains("ExpertFFNConfig::hidden"));
+  REQUIRE_THROWS_WITH(PackedExpertWeights<float>{unbound},
+                      Catch::Contains("ExpertFFNConfig::hidden"));
 }
 
 #if defined(_OPENMP)

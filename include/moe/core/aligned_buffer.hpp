@@ -14,7 +14,7 @@ namespace moe {
 inline constexpr std::size_t kBufferAlignment = 64;
 
 /// `size()` values of T at a kBufferAlignment-aligned address, uninitialized unless asked; moves
-/// keep the allocation, copies are not allowed (who owns a buffer is always explicit).
+/// keep the allocation, copies are made only by copy() (who owns a buffer is always explicit).
 template <class T>
 class AlignedBuffer {
   static_assert(std::is_trivially_copyable_v<T> && std::is_trivially_destructible_v<T>,
@@ -31,6 +31,13 @@ class AlignedBuffer {
   /// `size` values, each `value`.
   AlignedBuffer(std::size_t size, T value) : AlignedBuffer(size) {
     for (std::size_t i = 0; i < size; ++i) data_.get()[i] = value;
+  }
+
+  /// A new buffer holding the same values.
+  AlignedBuffer copy() const {
+    AlignedBuffer to(size_);
+    for (std::size_t i = 0; i < size_; ++i) to.data_.get()[i] = data_.get()[i];
+    return to;
   }
 
   T* data() noexcept { return data_.get(); }

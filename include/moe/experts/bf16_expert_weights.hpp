@@ -3,7 +3,6 @@
 // bf16 params next to its fp32 main params) and as a float checkpoint is served in bf16.
 #pragma once
 
-#include <algorithm>
 #include <cstddef>
 
 #include "moe/core/aligned_buffer.hpp"
@@ -47,12 +46,12 @@ class Bf16ExpertWeights {
         config_(other.config_),
         up_(other.up_),
         down_(other.down_),
-        w1_(copied(other.w1_)),
-        w3_(copied(other.w3_)),
-        w2_(copied(other.w2_)),
-        w1t_(copied(other.w1t_)),
-        w3t_(copied(other.w3t_)),
-        w2t_(copied(other.w2t_)),
+        w1_(other.w1_.copy()),
+        w3_(other.w3_.copy()),
+        w2_(other.w2_.copy()),
+        w1t_(other.w1t_.copy()),
+        w3t_(other.w3t_.copy()),
+        w2t_(other.w2t_.copy()),
         b1_(other.b1_),
         b3_(other.b3_),
         b2_(other.b2_) {}
@@ -161,12 +160,6 @@ class Bf16ExpertWeights {
   }
 
  private:
-  static AlignedBuffer<bf16> copied(const AlignedBuffer<bf16>& from) {
-    AlignedBuffer<bf16> to(from.size());
-    std::copy_n(from.data(), from.size(), to.data());
-    return to;
-  }
-
   /// Expert e's panels in `buffer`.
   static bf16* panels_of(AlignedBuffer<bf16>& buffer, Index e, const kernels::Bf16Panels& shape) {
     return buffer.data() + e * shape.size();

@@ -5,7 +5,6 @@
 // give each 48-column slice from a different page (README: expert FFNs at serving batch sizes).
 #pragma once
 
-#include <algorithm>
 #include <cstddef>
 
 #include "moe/core/aligned_buffer.hpp"
@@ -34,9 +33,9 @@ class PackedExpertWeights {
       : config_(other.config_),
         up_(other.up_),
         down_(other.down_),
-        w1_(copied(other.w1_)),
-        w3_(copied(other.w3_)),
-        w2_(copied(other.w2_)) {}
+        w1_(other.w1_.copy()),
+        w3_(other.w3_.copy()),
+        w2_(other.w2_.copy()) {}
   PackedExpertWeights(PackedExpertWeights&&) noexcept = default;
   PackedExpertWeights& operator=(const PackedExpertWeights& other) {
     if (this != &other) *this = PackedExpertWeights(other);
@@ -94,12 +93,6 @@ class PackedExpertWeights {
   }
 
  private:
-  static AlignedBuffer<S> copied(const AlignedBuffer<S>& from) {
-    AlignedBuffer<S> to(from.size());
-    std::copy_n(from.data(), from.size(), to.data());
-    return to;
-  }
-
   ExpertFFNConfig config_{-1};
   kernels::Panels up_, down_;
   AlignedBuffer<S> w1_, w3_, w2_;
